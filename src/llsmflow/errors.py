@@ -1,0 +1,36 @@
+"""One exception type for bad input, so the CLI can print one clear line and exit non-zero.
+
+Every message names the file (when there is one), the offending value and what was expected.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class LlsmflowError(Exception):
+    """Bad input or an unrecoverable condition, described for a person.
+
+    Parameters
+    ----------
+    message:
+        What is wrong, including the value seen and what was expected.
+    path:
+        The file or directory concerned, if any; prefixed to the message.
+    """
+
+    def __init__(self, message: str, path: str | Path | None = None):
+        self.path = Path(path) if path is not None else None
+        self.message = message
+        super().__init__(f"{path}: {message}" if path is not None else message)
+
+
+def require_positive_voxel_size(voxel_size_um, path=None, what: str = "voxel size") -> tuple[float, ...]:
+    """Return ``voxel_size_um`` as a tuple of floats, raising if any entry is missing, zero or negative."""
+    if voxel_size_um is None:
+        raise LlsmflowError(f"{what} is missing; expected positive sizes in µm", path)
+    values = tuple(float(v) for v in voxel_size_um)
+    for v in values:
+        if not (v > 0 and v < float("inf")):
+            raise LlsmflowError(f"{what} {values} µm is invalid; expected finite positive values", path)
+    return values

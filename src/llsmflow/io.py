@@ -1,0 +1,230 @@
+"""Reading and writing volumes and acquisition metadata.
+
+Volumes are ZYX arrays with a physical voxel size ``(dz_um, dy_um, dx_um)``. Input may be a plain TIFF stack
+(ZYX), an OME-TIFF or an ImageJ hyperstack (any of T, C, Z, Y, X axes; pick one channel and timepoint).
+Outputs are OME-TIFF files carrying ``PhysicalSize{X,Y,Z}`` in µm, written atomically: to a temporary name in the
+destination directory first, renamed only when complete, so an interrupted step never leaves a file that looks
+finished.
+
+TIFF parsing is tifffile's; this module only maps its metadata to voxel sizes and gives clear errors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from llsmflow.errors import LlsmflowError, require_positive_voxel_size
+
+
+@dataclass
+class Volume:
+    """A ZYX volume and its physical voxel size (µm, ZYX order)."""
+
+    data: np.ndarray
+    voxel_size_um: tuple[float, float, float] | None
+    path: Path | None = None
+    metadata: dict = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it to ``path`` only if the block completes.
+
+    Works for files and directories (Zarr stores). On error the temporary output is removed and ``path`` is
+    left untouched. The temporary name starts with ``.`` and ends with ``.partial`` so that it never matches a
+    workflow output pattern.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    tmp.unlink()
+    try:
+        yield tmp
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+        raise
+
+
+def _ome_voxel_size(ome_xml: str) -> tuple[float, float, float] | None:
+    meta = tifffile.xml2dict(ome_xml)
+    image = meta.get("OME", {}).get("Image", {})
+    if isinstance(image, list):
+        image = image[0]
+    pixels = image.get("Pixels", {})
+    factors = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3, "m": 1e6}
+    sizes = []
+    for axis in ("Z", "Y", "X"):
+        value = pixels.get(f"PhysicalSize{axis}")
+        if value is None:
+            return None
+        unit = pixels.get(f"PhysicalSize{axis}Unit", "µm")
+        sizes.append(float(value) * factors.get(unit, 1.0))
+    return (sizes[0], sizes[1], sizes[2])
+
+
+def _imagej_voxel_size(tif: tifffile.TiffFile) -> tuple[float, float, float] | None:
+    ij = tif.imagej_metadata or {}
+    page = tif.pages.first
+    try:
+        xres = page.tags["XResolution"].value
+        yres = page.tags["YResolution"].value
+    except KeyError:
+        return None
+    dx = xres[1] / xres[0] if xres[0] else None
+    dy = yres[1] / yres[0] if yres[0] else None
+    dz = ij.get("spacing")
+    if dx is None or dy is None or dz is None:
+        return None
+    scale = {"nm": 1e-3, "mm": 1e3}.get(str(ij.get("unit", "um")).replace("micron", "um"), 1.0)
+    return (float(dz) * scale, float(dy) * scale, float(dx) * scale)
+
+
+def read_volume(
+    path: str | Path,
+    channel: int | None = None,
+    timepoint: int | None = None,
+    voxel_size_um: tuple[float, float, float] | None = None,
+) -> Volume:
+    """Read one ZYX volume from a TIFF, OME-TIFF or ImageJ hyperstack.
+
+    Parameters
+    ----------
+    path:
+        The TIFF file. It is opened read-only.
+    channel, timepoint:
+        Index to select when the file has C or T axes. Required if those axes have more than one entry.
+    voxel_size_um:
+        ``(dz, dy, dx)`` in µm overriding what the file says (e.g. from an acquisition metadata file).
+
+    Returns
+    -------
+    Volume
+        ``data`` is ZYX in the file's dtype; ``voxel_size_um`` is the override, else the file's, else None.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise LlsmflowError("file not found; expected a TIFF volume", path)
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            axes = series.axes
+            data = series.asarray()
+            if tif.is_ome:
+                file_voxel = _ome_voxel_size(tif.ome_metadata)
+            elif tif.is_imagej:
+                file_voxel = _imagej_voxel_size(tif)
+            else:
+                file_voxel = None
+    except LlsmflowError:
+        raise
+    except Exception as exc:  # tifffile raises many types for truncated/corrupt files
+        raise LlsmflowError(f"cannot read as TIFF ({type(exc).__name__}: {exc}); expected a readable TIFF", path) from exc
+
+    axes = axes.replace("Q", "Z").replace("I", "Z")  # plain stacks of pages read as "IYX"/"QYX"
+    for name, index in (("C", channel), ("T", timepoint)):
+        if name in axes:
+            pos = axes.index(name)
+            size = data.shape[pos]
+            if index is None:
+                if size != 1:
+                    raise LlsmflowError(f"has {size} entries along {name}; choose one ({name.lower()}=0..{size - 1})", path)
+                index = 0
+            if not 0 <= index < size:
+                raise LlsmflowError(f"{name} index {index} out of range; expected 0..{size - 1}", path)
+            data = np.take(data, index, axis=pos)
+            axes = axes[:pos] + axes[pos + 1 :]
+    for extra in [a for a in axes if a not in "ZYX"]:
+        pos = axes.index(extra)
+        if data.shape[pos] != 1:
+            raise LlsmflowError(f"unexpected axis {extra!r} of size {data.shape[pos]} (axes {axes}); expected ZYX", path)
+        data = np.take(data, 0, axis=pos)
+        axes = axes.replace(extra, "")
+    if axes == "YX":
+        data = data[np.newaxis]
+        axes = "ZYX"
+    if data.ndim != 3 or axes != "ZYX":
+        raise LlsmflowError(f"has axes {axes!r} and shape {data.shape}; expected a 3-D ZYX volume", path)
+    if data.dtype.kind not in "uif":
+        raise LlsmflowError(f"has dtype {data.dtype}; expected an integer or floating point image", path)
+    if data.dtype.kind == "f" and not np.all(np.isfinite(data)):
+        raise LlsmflowError("contains NaN or infinite voxels; expected finite intensities", path)
+
+    voxel = voxel_size_um if voxel_size_um is not None else file_voxel
+    if voxel is not None:
+        voxel = require_positive_voxel_size(voxel, path)
+    return Volume(data=data, voxel_size_um=voxel, path=path)
+
+
+def write_volume(
+    path: str | Path,
+    data: np.ndarray,
+    voxel_size_um: tuple[float, float, float],
+    metadata: dict | None = None,
+    compression: str | None = "zlib",
+) -> Path:
+    """Write a ZYX volume as OME-TIFF with physical voxel sizes (µm), atomically.
+
+    ``metadata`` (JSON-serialisable) is stored in the OME description's ``Description`` of the image so that
+    processing parameters travel with the file.
+    """
+    path = Path(path)
+    dz, dy, dx = require_positive_voxel_size(voxel_size_um, path)
+    if data.ndim != 3:
+        raise LlsmflowError(f"volume of shape {data.shape} given; expected 3-D ZYX", path)
+    ome_meta = {
+        "axes": "ZYX",
+        "PhysicalSizeX": dx,
+        "PhysicalSizeXUnit": "µm",
+        "PhysicalSizeY": dy,
+        "PhysicalSizeYUnit": "µm",
+        "PhysicalSizeZ": dz,
+        "PhysicalSizeZUnit": "µm",
+    }
+    if metadata:
+        ome_meta["Description"] = json.dumps(metadata, sort_keys=True, default=str)
+    with atomic_output(path) as tmp:
+        tifffile.imwrite(tmp, data, ome=True, metadata=ome_meta, compression=compression, photometric="minisblack")
+    return path
+
+
+def read_volume_description(path: str | Path) -> dict:
+    """Return the JSON metadata stored by :func:`write_volume`, or ``{}`` if none."""
+    with tifffile.TiffFile(path) as tif:
+        if not tif.is_ome:
+            return {}
+        image = tifffile.xml2dict(tif.ome_metadata).get("OME", {}).get("Image", {})
+        if isinstance(image, list):
+            image = image[0]
+        text = image.get("Description")
+    if not text:
+        return {}
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return {}
+
+
+def write_json(path: str | Path, obj) -> Path:
+    """Write ``obj`` as indented JSON, atomically."""
+    path = Path(path)
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
+    return path

@@ -1,0 +1,214 @@
+"""Provenance: a record of every step and of every run, beside the outputs.
+
+Each workflow step writes a *step record* (JSON: step name, wildcards, parameters, inputs, outputs, start and end
+time, host, SLURM job id, threads, peak memory, and anything the step notes, such as the deconvolution backend
+that actually ran) through :class:`StepRecorder`. At the end of a run, :func:`write_run_record` gathers the step
+records with the resolved configuration, the workflow version (git commit, dirty tree), the software versions,
+and the size and sha256 of every input and output into ``provenance/run-record.json``.
+
+Only environment variables from :data:`ENV_ALLOW_LIST` are recorded, never anything that looks like a secret.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import importlib.metadata
+import json
+import logging
+import os
+import platform
+import resource
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from llsmflow import __version__
+from llsmflow.io import write_json
+
+ENV_ALLOW_LIST = ("SLURM_JOB_ID", "SLURM_JOB_NAME", "SLURM_JOB_PARTITION", "SLURM_CPUS_PER_TASK",
+                  "SLURM_MEM_PER_NODE", "SLURM_CLUSTER_NAME", "SLURMD_NODENAME", "CUDA_VISIBLE_DEVICES",
+                  "APPTAINER_CONTAINER", "APPTAINER_NAME", "SINGULARITY_CONTAINER", "OMP_NUM_THREADS")
+SECRET_MARKERS = ("TOKEN", "PASSWORD", "SECRET", "KEY", "CREDENTIAL")
+PACKAGES = ("llsmflow", "numpy", "scipy", "scikit-image", "tifffile", "zarr", "dask", "pandas", "pyarrow",
+            "trackpy", "ome-zarr", "snakemake", "snakemake-executor-plugin-slurm", "dask-jobqueue",
+            "pycudadecon", "cupy-cuda12x", "matplotlib")
+
+log = logging.getLogger("llsmflow")
+
+
+def now_iso() -> str:
+    """Current time as an ISO 8601 string with timezone."""
+    return _dt.datetime.now(_dt.UTC).astimezone().isoformat(timespec="seconds")
+
+
+def sha256_of(path: str | Path, block_bytes: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(block_bytes):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_entries(paths, root: str | Path | None = None) -> list[dict]:
+    """``[{path, bytes, sha256}]`` for every file in ``paths`` (directories are walked), sorted by path.
+
+    Paths are given relative to ``root`` when they lie under it.
+    """
+    entries = []
+    for path in paths:
+        path = Path(path)
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for file in files:
+            shown = file
+            if root is not None:
+                try:
+                    shown = file.resolve().relative_to(Path(root).resolve())
+                except ValueError:
+                    shown = file
+            entries.append({"path": str(shown), "bytes": file.stat().st_size, "sha256": sha256_of(file)})
+    return sorted(entries, key=lambda e: e["path"])
+
+
+def package_versions(packages=PACKAGES) -> dict[str, str]:
+    """Installed versions of the packages the pipeline uses (absent ones are omitted)."""
+    versions = {}
+    for name in packages:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def allowed_environment(environ=None) -> dict[str, str]:
+    """Environment variables safe to record: allow-listed names that do not look like secrets."""
+    environ = os.environ if environ is None else environ
+    return {k: environ[k] for k in ENV_ALLOW_LIST
+            if k in environ and not any(marker in k.upper() for marker in SECRET_MARKERS)}
+
+
+def git_state(directory: str | Path) -> dict:
+    """Git commit of ``directory`` and whether its tree is dirty; ``{}`` outside a repository."""
+    try:
+        commit = subprocess.run(["git", "-C", str(directory), "rev-parse", "HEAD"], capture_output=True,
+                                text=True, check=True, timeout=20).stdout.strip()
+        status = subprocess.run(["git", "-C", str(directory), "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True, check=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"commit": commit, "dirty": bool(status.strip())}
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process (MiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def configure_logging(log_path: str | Path | None = None) -> None:
+    """Log llsmflow messages with timestamps to stderr and, if given, to ``log_path``."""
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_path:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_path, encoding="utf-8"))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
+                        handlers=handlers, force=True)
+
+
+class StepRecorder:
+    """Context manager that writes a step record when the step completes successfully.
+
+    Parameters
+    ----------
+    record_path:
+        Where the JSON step record goes (written atomically, only on success).
+    step:
+        Name of the step (the workflow rule).
+    params, wildcards:
+        Parameters and identifiers of this step (JSON-serialisable).
+    inputs, outputs:
+        Paths consumed and produced.
+    threads:
+        Threads the step was given.
+    log_path:
+        Log file for this step.
+
+    Use :meth:`note` to add facts known only while running (e.g. ``backend="cpu"``).
+    """
+
+    def __init__(self, record_path, step: str, params=None, wildcards=None, inputs=(), outputs=(),
+                 threads: int = 1, log_path=None):
+        self.record_path = Path(record_path)
+        self.record = {
+            "step": step, "wildcards": dict(wildcards or {}), "params": dict(params or {}),
+            "inputs": [str(p) for p in inputs], "outputs": [str(p) for p in outputs], "threads": threads,
+        }
+        self.log_path = log_path
+        self._t0 = 0.0
+
+    @classmethod
+    def for_workflow_job(cls, job) -> StepRecorder:
+        """Build from a workflow job object exposing ``rule, params, wildcards, input, output, threads, log``.
+
+        The object is duck-typed (it is Snakemake's ``snakemake`` script object in the workflow): this module
+        does not import Snakemake. The step record goes to the job's output named ``step``.
+        """
+        params = {k: v for k, v in job.params.items()}
+        outputs = [o for name, o in job.output.items() if name != "step"]
+        return cls(job.output.step, job.rule, params=params, wildcards=dict(job.wildcards.items()),
+                   inputs=list(job.input), outputs=outputs, threads=job.threads,
+                   log_path=job.log[0] if len(job.log) else None)
+
+    def note(self, **facts) -> None:
+        """Add facts to the record (JSON-serialisable)."""
+        self.record.setdefault("notes", {}).update(facts)
+
+    def __enter__(self) -> StepRecorder:
+        configure_logging(self.log_path)
+        self._t0 = time.perf_counter()
+        self.record["start"] = now_iso()
+        log.info("step %s %s started", self.record["step"], self.record["wildcards"])
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is not None:
+            log.error("step %s failed: %s", self.record["step"], exc)
+            return False
+        self.record.update({
+            "end": now_iso(), "seconds": round(time.perf_counter() - self._t0, 3),
+            "peak_memory_mb": round(peak_memory_mb(), 1), "host": socket.gethostname(),
+            "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "environment": allowed_environment(),
+            "python": platform.python_version(), "llsmflow": __version__,
+        })
+        write_json(self.record_path, self.record)
+        log.info("step %s done in %.1f s, peak memory %.0f MiB", self.record["step"], self.record["seconds"],
+                 self.record["peak_memory_mb"])
+        return False
+
+
+def write_run_record(out_path, config: dict, workflow_dir, step_records, inputs, outputs,
+                     acquisition: dict | None = None, run_dir=None) -> Path:
+    """Write ``run-record.json``: config, workflow version, software, steps, input and output checksums.
+
+    ``run_dir`` (default: current directory) is the base against which paths are recorded.
+    """
+    run_dir = Path(run_dir or Path.cwd())
+    steps = [json.loads(Path(p).read_text(encoding="utf-8")) for p in sorted(step_records, key=str)]
+    record = {
+        "format": "llsmflow-run-record/1",
+        "created": now_iso(),
+        "workflow": {"name": "llsmflow", "version": __version__, **git_state(workflow_dir)},
+        "config": config,
+        "acquisition": acquisition or {},
+        "software": {"python": platform.python_version(), "platform": platform.platform(),
+                     "packages": package_versions()},
+        "host": socket.gethostname(),
+        "environment": allowed_environment(),
+        "steps": steps,
+        "inputs": file_entries(inputs, run_dir),
+        "outputs": file_entries(outputs, run_dir),
+    }
+    return write_json(out_path, record)

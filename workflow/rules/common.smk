@@ -1,0 +1,106 @@
+"""Sample table, paths, input functions and resource estimates shared by every rule."""
+
+import math
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+from llsmflow.errors import LlsmflowError
+from llsmflow.ingest import read_acquisition
+
+
+validate(config, workflow.source_path("../../config/schema.yaml"))
+
+try:
+    ACQ = read_acquisition(
+        config["raw_dir"], config.get("metadata"), config.get("overrides") or {}
+    )
+except LlsmflowError as error:
+    raise WorkflowError(f"llsmflow: {error}") from None
+
+DATASET = config["dataset"]
+WORK = Path(config["work_dir"]) / DATASET
+RESULTS = Path(config["results_dir"]) / DATASET
+SAMPLES = list(ACQ.samples["sample_id"])
+TILES = list(ACQ.tiles["tile"])
+CHANNELS = list(range(len(ACQ.channels)))
+TIMEPOINTS = ACQ.timepoints
+TRACK_CHANNELS = (
+    CHANNELS
+    if config["track"]["channels"] == "all"
+    else [int(c) for c in config["track"]["channels"]]
+)
+STITCH = config["stitch"]
+if STITCH["reference_channel"] not in CHANNELS:
+    raise WorkflowError(
+        f"llsmflow: config stitch.reference_channel = {STITCH['reference_channel']}; "
+        f"expected one of {CHANNELS}"
+    )
+if STITCH["reference_timepoint"] not in TIMEPOINTS:
+    raise WorkflowError(
+        f"llsmflow: config stitch.reference_timepoint = {STITCH['reference_timepoint']}; "
+        f"expected one of {TIMEPOINTS}"
+    )
+_bad_track = sorted(set(TRACK_CHANNELS) - set(CHANNELS))
+if _bad_track:
+    raise WorkflowError(
+        f"llsmflow: config track.channels lists {_bad_track}; expected channels among {CHANNELS}"
+    )
+
+
+wildcard_constraints:
+    sample=r"\d{3}x_\d{3}y_\d{3}z-ch\d+-t\d{4}",
+    channel=r"\d+",
+    timepoint=r"\d{4}",
+
+
+def intermediate(path):
+    """Intermediates are temporary unless the config keeps them."""
+    return path if config["keep_intermediates"] else temp(path)
+
+
+def sample_row(sample):
+    return ACQ.samples.loc[ACQ.samples["sample_id"] == sample].iloc[0]
+
+
+def raw_stack(wildcards):
+    return str(ACQ.raw_dir / sample_row(wildcards.sample)["path"])
+
+
+def sample_channel(wildcards):
+    return int(sample_row(wildcards.sample)["channel"])
+
+
+def sample_id(tile, channel, timepoint):
+    return f"{tile}-ch{int(channel)}-t{int(timepoint):04d}"
+
+
+def raw_volume_mb():
+    """Size of one raw stack in MB (uint16), from the metadata, for resource estimates."""
+    shape = ACQ.metadata.get("raw_shape_zyx") or [512, 512, 512]
+    return math.prod(shape) * 2 / 1e6
+
+
+def deskewed_volume_mb():
+    """Size of one deskewed float32 volume in MB."""
+    nz, ny, nx = ACQ.metadata.get("raw_shape_zyx") or [512, 512, 512]
+    shear = abs(ACQ.dz_um * math.cos(math.radians(ACQ.angle_deg)) / ACQ.dx_um)
+    return nz * ny * (nx + nz * shear) * 4 / 1e6
+
+
+def mem_mb_for(volume_mb, factor, floor_mb=500):
+    """Memory request: volume size × the step's factor, doubling on each retry."""
+
+    def estimate(wildcards, attempt):
+        return int(max(floor_mb, volume_mb * factor) * 2 ** (attempt - 1))
+
+    return estimate
+
+
+def step_record(name):
+    return WORK / "steps" / name
+
+
+def log_file(name):
+    return WORK / "logs" / name

@@ -1,0 +1,42 @@
+rule prepare_psf:
+    """Background-subtract, centre, normalise and resample a channel's PSF to the deskewed voxel size."""
+    input:
+        psf=lambda wildcards: str(ACQ.psf_path(int(wildcards.channel))),
+    output:
+        psf=WORK / "psf" / "ch{channel}.ome.tif",
+        step=step_record("prepare_psf/ch{channel}.json"),
+    params:
+        psf_voxel_um=lambda wildcards: ACQ.channels[int(wildcards.channel)]["psf_voxel_size_um"],
+        data_voxel_um=ACQ.deskewed_voxel_size_um,
+        background=config["deconvolution"]["psf_background"],
+    log:
+        log_file("prepare_psf/ch{channel}.log"),
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    script:
+        "../scripts/prepare_psf.py"
+
+
+rule deconvolve:
+    """Richardson–Lucy deconvolution of one deskewed volume with its channel's PSF."""
+    input:
+        volume=WORK / "deskewed" / "{sample}.ome.tif",
+        psf=lambda wildcards: WORK / "psf" / f"ch{sample_channel(wildcards)}.ome.tif",
+    output:
+        volume=intermediate(WORK / "deconvolved" / "{sample}.ome.tif"),
+        step=step_record("deconvolve/{sample}.json"),
+    params:
+        iterations=config["deconvolution"]["iterations"],
+        background=config["deconvolution"]["background"],
+        backend=config["deconvolution"]["backend"],
+        method=config["deconvolution"]["method"],
+    log:
+        log_file("deconvolve/{sample}.log"),
+    threads: config["deconvolution"]["threads"]
+    resources:
+        mem_mb=mem_mb_for(deskewed_volume_mb(), 12),
+        runtime=60,
+    script:
+        "../scripts/deconvolve.py"

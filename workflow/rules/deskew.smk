@@ -1,0 +1,22 @@
+rule deskew:
+    """Shear one raw stage-scan stack into the objective frame (float32 OME-TIFF with voxel sizes)."""
+    input:
+        raw=raw_stack,
+    output:
+        volume=intermediate(WORK / "deskewed" / "{sample}.ome.tif"),
+        step=step_record("deskew/{sample}.json"),
+    params:
+        dz_um=ACQ.dz_um,
+        dx_um=ACQ.dx_um,
+        dy_um=ACQ.dy_um,
+        angle_deg=ACQ.angle_deg,
+        scan_axis=ACQ.scan_axis,
+        fill_value=config["deskew"]["fill_value"],
+    log:
+        log_file("deskew/{sample}.log"),
+    threads: 1
+    resources:
+        mem_mb=mem_mb_for(deskewed_volume_mb(), 3),
+        runtime=30,
+    script:
+        "../scripts/deskew.py"

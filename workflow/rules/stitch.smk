@@ -1,0 +1,64 @@
+def reference_tiles(wildcards):
+    return [
+        WORK
+        / "deconvolved"
+        / f"{sample_id(tile, STITCH['reference_channel'], STITCH['reference_timepoint'])}.ome.tif"
+        for tile in TILES
+    ]
+
+
+def tiles_of(wildcards):
+    return [
+        WORK
+        / "deconvolved"
+        / f"{sample_id(tile, wildcards.channel, wildcards.timepoint)}.ome.tif"
+        for tile in TILES
+    ]
+
+
+rule register:
+    """Register overlapping tiles once (reference channel and timepoint) and optimise all positions."""
+    input:
+        tiles=reference_tiles,
+    output:
+        tiles_csv=WORK / "stitch" / "tiles.csv",
+        transforms=WORK / "stitch" / "transforms.json",
+        step=step_record("register.json"),
+    params:
+        tile_names=TILES,
+        nominal_origins_um={
+            row.tile: [row.z_um, row.y_um, row.x_um] for row in ACQ.tiles.itertuples()
+        },
+        min_quality=STITCH["min_quality"],
+        upsample_factor=STITCH["upsample_factor"],
+        max_shift_um=STITCH["max_shift_um"],
+    log:
+        log_file("register.log"),
+    threads: 1
+    resources:
+        mem_mb=mem_mb_for(deskewed_volume_mb() * len(TILES), 4),
+        runtime=30,
+    script:
+        "../scripts/register.py"
+
+
+rule fuse:
+    """Fuse the tiles of one channel and timepoint at their registered positions, chunk by chunk, into Zarr."""
+    input:
+        tiles=tiles_of,
+        transforms=WORK / "stitch" / "transforms.json",
+    output:
+        fused=intermediate(directory(WORK / "fused" / "ch{channel}-t{timepoint}.zarr")),
+        step=step_record("fuse/ch{channel}-t{timepoint}.json"),
+    params:
+        tile_names=TILES,
+        blend_width_um=STITCH["blend_width_um"],
+        chunks=STITCH["chunks"],
+    log:
+        log_file("fuse/ch{channel}-t{timepoint}.log"),
+    threads: 2
+    resources:
+        mem_mb=mem_mb_for(deskewed_volume_mb() * len(TILES), 3),
+        runtime=30,
+    script:
+        "../scripts/fuse.py"

@@ -1,0 +1,27 @@
+rule track:
+    """Detect and link particles of one channel in 3-D over time (trackpy), with statistics and plots."""
+    input:
+        archive=RESULTS / f"{DATASET}.ome.zarr",
+    output:
+        parquet=RESULTS / "tracks" / "ch{channel}.parquet",
+        csv=RESULTS / "tracks" / "ch{channel}.csv",
+        summary=RESULTS / "tracks" / "ch{channel}_summary.csv",
+        msd=RESULTS / "tracks" / "ch{channel}_msd.csv",
+        tracks_png=RESULTS / "tracks" / "ch{channel}_tracks.png",
+        msd_png=RESULTS / "tracks" / "ch{channel}_msd.png",
+        step=step_record("track/ch{channel}.json"),
+    params:
+        diameter_um=config["track"]["diameter_um"],
+        search_range_um=config["track"]["search_range_um"],
+        memory=config["track"]["memory"],
+        min_track_length=config["track"]["min_track_length"],
+        min_mass=config["track"]["min_mass"],
+        percentile=config["track"]["percentile"],
+    log:
+        log_file("track/ch{channel}.log"),
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=60,
+    script:
+        "../scripts/track.py"

@@ -1,0 +1,17 @@
+"""Fused mosaic projection per channel with registered tile outlines (thin wrapper over llsmflow.qc)."""
+
+from pathlib import Path
+
+from llsmflow.archive import read_ome_zarr
+from llsmflow.provenance import StepRecorder
+from llsmflow.qc import save_mosaic
+from llsmflow.stitch import read_transforms
+
+with StepRecorder.for_workflow_job(snakemake) as step:
+    image, meta = read_ome_zarr(snakemake.input.archive)
+    transforms = read_transforms(snakemake.input.transforms)
+    shapes = {name: entry.get("shape", [0, 0, 0]) for name, entry in transforms["tiles"].items()}
+    tiles = {name: (entry["origin_um"], shapes[name]) for name, entry in transforms["tiles"].items()}
+    projection = image[0, 0].max(axis=0).compute()
+    save_mosaic(projection, meta["origin_um"], meta["voxel_size_um"], tiles, snakemake.output.png,
+                title=f"{Path(snakemake.input.archive).name}, channel {meta['channel_names'][0]}, t = 0")

@@ -20,6 +20,6 @@ include: "workflow/rules/provenance.smk"
 
 
 rule all:
+    default_target: True
     input:
         RESULTS / "provenance" / "run-record.json",
-    default_target: True

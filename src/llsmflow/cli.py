@@ -37,7 +37,9 @@ def _background(text: str):
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"background {text!r} is invalid; expected a number or 'auto'") from None
+        raise argparse.ArgumentTypeError(
+            f"background {text!r} is invalid; expected a number or 'auto'"
+        ) from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"background {value} is invalid; expected >= 0 or 'auto'")
     return value
@@ -57,14 +59,22 @@ def cmd_synth(args) -> int:
     from llsmflow.synth import SynthParams, generate
 
     ny, nx = args.tiles
-    params = SynthParams(tiles_y=ny, tiles_x=nx, channels=args.channels, timepoints=args.timepoints,
-                         angle_deg=args.angle, seed=args.seed)
+    params = SynthParams(
+        tiles_y=ny,
+        tiles_x=nx,
+        channels=args.channels,
+        timepoints=args.timepoints,
+        angle_deg=args.angle,
+        seed=args.seed,
+    )
     if args.tiny:
         params.raw_shape_zyx = (32, 64, 96)
         params.particles_per_tile = 6
     summary = generate(args.outdir, params, progress=_progress("wrote stack"))
-    print(f"synthetic acquisition: {summary['files']} raw stacks, {summary['tiles']} tiles, "
-          f"{params.channels} channels, {params.timepoints} timepoints")
+    print(
+        f"synthetic acquisition: {summary['files']} raw stacks, {summary['tiles']} tiles, "
+        f"{params.channels} channels, {params.timepoints} timepoints"
+    )
     print(f"  raw data:     {summary['raw_dir']}  (metadata: {summary['metadata']})")
     print(f"  ground truth: {summary['truth_dir']}")
     return 0
@@ -79,12 +89,18 @@ def cmd_deskew(args) -> int:
         if args.scan_axis != "x":
             raise LlsmflowError("--rotate supports --scan-axis x only")
         data, voxel, origin = deskew_rotate(raw.data, args.dz, args.dx, args.angle, dy_um=args.dy)
-        write_volume(args.output, data, voxel, {"frame": "coverslip", "origin_um": origin, "source": str(args.input)})
+        write_volume(
+            args.output, data, voxel, {"frame": "coverslip", "origin_um": origin, "source": str(args.input)}
+        )
     else:
         result = deskew(raw.data, args.dz, args.dx, args.angle, dy_um=args.dy, scan_axis=args.scan_axis)
         data, voxel = result.data, result.voxel_size_um
-        write_volume(args.output, data, voxel, {"frame": "objective", "origin_offset_um": result.origin_offset_um,
-                                                "source": str(args.input)})
+        write_volume(
+            args.output,
+            data,
+            voxel,
+            {"frame": "objective", "origin_offset_um": result.origin_offset_um, "source": str(args.input)},
+        )
     print(f"{args.output}: {data.shape} voxels (ZYX), voxel size {tuple(round(v, 5) for v in voxel)} µm")
     return 0
 
@@ -99,18 +115,44 @@ def cmd_deconvolve(args) -> int:
     psf_voxel = (args.dzpsf or args.dz, args.dxpsf or args.dx, args.dxpsf or args.dx)
     if args.max_memory is not None:
         log.warning("--max-memory: chunked deconvolution is not available yet; deconvolving the whole volume")
-    result = deconvolve(volume.data, psf.data, data_voxel, psf_voxel, iterations=args.iterations,
-                        background=args.background, backend=args.backend, method=args.method,
-                        progress=_progress("iteration"))
-    write_volume(args.output, result.data, data_voxel,
-                 {"deconvolution": {"backend": result.backend, "iterations": result.iterations,
-                                    "background": result.background}, "source": str(args.input)})
-    print(f"{args.output}: {result.iterations} iterations on backend {result.backend} in {result.seconds:.1f} s")
+    result = deconvolve(
+        volume.data,
+        psf.data,
+        data_voxel,
+        psf_voxel,
+        iterations=args.iterations,
+        background=args.background,
+        backend=args.backend,
+        method=args.method,
+        progress=_progress("iteration"),
+    )
+    write_volume(
+        args.output,
+        result.data,
+        data_voxel,
+        {
+            "deconvolution": {
+                "backend": result.backend,
+                "iterations": result.iterations,
+                "background": result.background,
+            },
+            "source": str(args.input),
+        },
+    )
+    print(
+        f"{args.output}: {result.iterations} iterations on backend {result.backend} in {result.seconds:.1f} s"
+    )
     return 0
 
 
 def cmd_stitch(args) -> int:
-    from llsmflow.stitch import fuse_to_zarr, read_tiles_csv, read_transforms, register_tiles, write_transforms
+    from llsmflow.stitch import (
+        fuse_to_zarr,
+        read_tiles_csv,
+        read_transforms,
+        register_tiles,
+        write_transforms,
+    )
 
     tiles = read_tiles_csv(args.tiles)
     from llsmflow.io import read_volume
@@ -118,18 +160,27 @@ def cmd_stitch(args) -> int:
     first = read_volume(tiles[0].path)
     voxel = first.voxel_size_um
     if voxel is None:
-        raise LlsmflowError("tile has no voxel size in its metadata; expected an OME-TIFF from llsmflow deskew",
-                            tiles[0].path)
+        raise LlsmflowError(
+            "tile has no voxel size in its metadata; expected an OME-TIFF from llsmflow deskew", tiles[0].path
+        )
     if args.transforms and Path(args.transforms).exists():
         transforms = read_transforms(args.transforms)
         log.info("using registered positions from %s", args.transforms)
     else:
-        transforms = register_tiles(tiles, voxel, min_quality=args.min_quality, max_shift_um=args.max_shift_um)
+        transforms = register_tiles(
+            tiles, voxel, min_quality=args.min_quality, max_shift_um=args.max_shift_um
+        )
         if args.transforms:
             write_transforms(args.transforms, transforms)
     positions = {key: tuple(entry["origin_um"]) for key, entry in transforms["tiles"].items()}
-    fuse_to_zarr(tiles, positions, voxel, args.output, blend_width_um=args.blend_width_um,
-                 progress=_progress("fused chunk"))
+    fuse_to_zarr(
+        tiles,
+        positions,
+        voxel,
+        args.output,
+        blend_width_um=args.blend_width_um,
+        progress=_progress("fused chunk"),
+    )
     print(f"{args.output}: fused {len(tiles)} tiles")
     return 0
 
@@ -140,12 +191,22 @@ def cmd_track(args) -> int:
 
     image, meta = read_ome_zarr(args.input)
     if not 0 <= args.channel < image.shape[1]:
-        raise LlsmflowError(f"channel {args.channel} out of range; expected 0..{image.shape[1] - 1}", args.input)
+        raise LlsmflowError(
+            f"channel {args.channel} out of range; expected 0..{image.shape[1] - 1}", args.input
+        )
     frames = (image[t, args.channel].compute() for t in range(image.shape[0]))
-    tracks = track_particles(frames, meta["voxel_size_um"], meta["time_interval_s"], diameter_um=args.diameter_um,
-                             search_range_um=args.search_range_um, memory=args.memory,
-                             min_track_length=args.min_track_length, min_mass=args.min_mass,
-                             origin_um=meta.get("origin_um", (0, 0, 0)), progress=_progress("frame"))
+    tracks = track_particles(
+        frames,
+        meta["voxel_size_um"],
+        meta["time_interval_s"],
+        diameter_um=args.diameter_um,
+        search_range_um=args.search_range_um,
+        memory=args.memory,
+        min_track_length=args.min_track_length,
+        min_mass=args.min_mass,
+        origin_um=meta.get("origin_um", (0, 0, 0)),
+        progress=_progress("frame"),
+    )
     output = Path(args.output)
     write_tracks(tracks, output.with_suffix(".parquet"), output.with_suffix(".csv"))
     print(f"{output.with_suffix('.csv')}: {tracks['particle'].nunique()} tracks, {len(tracks)} localisations")
@@ -160,20 +221,32 @@ def cmd_archive(args) -> int:
 
     stores = [Path(s) for s in args.fused]
     if len(stores) != args.channels * args.timepoints:
-        raise LlsmflowError(f"{len(stores)} fused volumes given; expected channels × timepoints = "
-                            f"{args.channels * args.timepoints} (ordered t0c0, t0c1, …)")
+        raise LlsmflowError(
+            f"{len(stores)} fused volumes given; expected channels × timepoints = "
+            f"{args.channels * args.timepoints} (ordered t0c0, t0c1, …)"
+        )
     arrays = []
     for store in stores:
         try:
             arrays.append(da.from_zarr(zarr.open_array(store, mode="r")))
         except Exception as exc:
-            raise LlsmflowError(f"cannot open as a Zarr array ({exc}); expected output of llsmflow stitch",
-                                store) from exc
+            raise LlsmflowError(
+                f"cannot open as a Zarr array ({exc}); expected output of llsmflow stitch", store
+            ) from exc
     attrs = dict(zarr.open_array(stores[0], mode="r").attrs)
-    image = da.stack([da.stack(arrays[t * args.channels:(t + 1) * args.channels]) for t in range(args.timepoints)])
+    image = da.stack(
+        [da.stack(arrays[t * args.channels : (t + 1) * args.channels]) for t in range(args.timepoints)]
+    )
     names = args.channel_names or [f"ch{c}" for c in range(args.channels)]
-    write_ome_zarr(args.output, image, attrs["voxel_size_um"], args.time_interval_s, channel_names=names,
-                   ngff_version=args.ngff_version, origin_um=tuple(attrs.get("origin_um", (0, 0, 0))))
+    write_ome_zarr(
+        args.output,
+        image,
+        attrs["voxel_size_um"],
+        args.time_interval_s,
+        channel_names=names,
+        ngff_version=args.ngff_version,
+        origin_um=tuple(attrs.get("origin_um", (0, 0, 0))),
+    )
     print(f"{args.output}: OME-Zarr {args.ngff_version}, shape TCZYX {image.shape}")
     return 0
 
@@ -184,8 +257,9 @@ def find_workflow_root(explicit: str | None = None) -> Path:
     for candidate in candidates:
         if (candidate / "Snakefile").is_file():
             return candidate.resolve()
-    raise LlsmflowError("no Snakefile found; expected --workflow-dir pointing at an llsmflow checkout",
-                        candidates[0])
+    raise LlsmflowError(
+        "no Snakefile found; expected --workflow-dir pointing at an llsmflow checkout", candidates[0]
+    )
 
 
 def check_config(configfile: Path, workflow_root: Path) -> dict:
@@ -214,15 +288,25 @@ def cmd_run(args) -> int:
     config = check_config(configfile, root)
     profile = Path(args.profile) if Path(args.profile).is_dir() else root / "profiles" / args.profile
     if not (profile / "config.yaml").is_file():
-        raise LlsmflowError(f"profile {args.profile!r} not found; expected a directory with config.yaml "
-                            f"(available: {', '.join(sorted(p.name for p in (root / 'profiles').iterdir()))})",
-                            profile)
-    snakemake = shutil.which("snakemake", path=str(Path(sys.executable).parent) + os.pathsep
-                             + os.environ.get("PATH", ""))
+        raise LlsmflowError(
+            f"profile {args.profile!r} not found; expected a directory with config.yaml "
+            f"(available: {', '.join(sorted(p.name for p in (root / 'profiles').iterdir()))})",
+            profile,
+        )
+    snakemake = shutil.which(
+        "snakemake", path=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
+    )
     if snakemake is None:
         raise LlsmflowError("the snakemake command was not found; expected `pip install llsmflow[workflow]`")
-    command = [snakemake, "--snakefile", str(root / "Snakefile"), "--configfile", str(configfile),
-               "--profile", str(profile)]
+    command = [
+        snakemake,
+        "--snakefile",
+        str(root / "Snakefile"),
+        "--configfile",
+        str(configfile),
+        "--profile",
+        str(profile),
+    ]
     if args.cores:
         command += ["--cores", str(args.cores)]
     command += args.snakemake_args
@@ -232,8 +316,11 @@ def cmd_run(args) -> int:
     elapsed = time.perf_counter() - start
     results = Path(config.get("results_dir", "results")) / config["dataset"]
     if status != 0:
-        print(f"llsmflow run: workflow failed after {elapsed:.0f} s (exit {status}); see the logs under "
-              f"{Path(config.get('work_dir', 'work')) / config['dataset'] / 'logs'}", file=sys.stderr)
+        print(
+            f"llsmflow run: workflow failed after {elapsed:.0f} s (exit {status}); see the logs under "
+            f"{Path(config.get('work_dir', 'work')) / config['dataset'] / 'logs'}",
+            file=sys.stderr,
+        )
         return status
     print(f"llsmflow run: done in {elapsed:.0f} s. Results in {results}/:")
     for relative in (f"{config['dataset']}.ome.zarr", "tracks", "qc", "provenance"):
@@ -252,8 +339,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("synth", help="write a synthetic stage-scan LLSM acquisition with ground truth")
     p.add_argument("outdir", type=Path, help="output directory (raw/ and truth/ are created in it)")
-    p.add_argument("--tiles", type=_parse_tiles, default=(2, 1), help="tile grid NYxNX: across × along the scan "
-                   "(default 2x1)")
+    p.add_argument(
+        "--tiles",
+        type=_parse_tiles,
+        default=(2, 1),
+        help="tile grid NYxNX: across × along the scan (default 2x1)",
+    )
     p.add_argument("--channels", type=int, default=2, help="number of channels, 1–3 (default 2)")
     p.add_argument("--timepoints", type=int, default=5, help="number of timepoints (default 5)")
     p.add_argument("--angle", type=float, default=31.5, help="sheet angle in degrees (default 31.5)")
@@ -261,15 +352,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tiny", action="store_true", help="smaller stacks, for tests")
     p.set_defaults(func=cmd_synth)
 
-    p = sub.add_parser("deskew", help="deskew a stage-scanned stack (optionally rotate to the coverslip frame)")
+    p = sub.add_parser(
+        "deskew", help="deskew a stage-scanned stack (optionally rotate to the coverslip frame)"
+    )
     p.add_argument("input", type=Path, help="raw stack: TIFF (ZYX), OME-TIFF or ImageJ hyperstack")
     p.add_argument("output", type=Path, help="output OME-TIFF (float32, with voxel sizes)")
     p.add_argument("--dx", type=float, required=True, help="camera pixel size in µm")
     p.add_argument("--dy", type=float, default=None, help="pixel size along y in µm (default: --dx)")
     p.add_argument("--dz", type=float, required=True, help="stage step between planes in µm")
-    p.add_argument("--angle", type=float, required=True, help="sheet angle in degrees (e.g. 31.5; Zeiss LLS7: 30)")
+    p.add_argument(
+        "--angle", type=float, required=True, help="sheet angle in degrees (e.g. 31.5; Zeiss LLS7: 30)"
+    )
     p.add_argument("--scan-axis", choices=("x", "y"), default="x", help="stage scan axis (y for OPM)")
-    p.add_argument("--rotate", action="store_true", help="also rotate to the coverslip frame, isotropic voxels")
+    p.add_argument(
+        "--rotate", action="store_true", help="also rotate to the coverslip frame, isotropic voxels"
+    )
     p.add_argument("--channel", type=int, default=None, help="channel index for multi-channel files")
     p.add_argument("--timepoint", type=int, default=None, help="timepoint index for time-lapse files")
     p.set_defaults(func=cmd_deskew)
@@ -294,8 +391,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("stitch", help="register and fuse tiles into a Zarr volume")
     p.add_argument("--tiles", type=Path, required=True, help="tiles.csv with columns path,x_um,y_um,z_um")
     p.add_argument("--output", type=Path, required=True, help="output Zarr store (fused volume)")
-    p.add_argument("--transforms", type=Path, default=None,
-                   help="transforms.json: used if it exists, else written with the registered positions")
+    p.add_argument(
+        "--transforms",
+        type=Path,
+        default=None,
+        help="transforms.json: used if it exists, else written with the registered positions",
+    )
     p.add_argument("--min-quality", type=float, default=0.3, help="drop pairs with lower correlation (0–1)")
     p.add_argument("--max-shift-um", type=float, default=3.0, help="largest stage error searched, µm")
     p.add_argument("--blend-width-um", type=float, default=2.0, help="width of blending ramps, µm")
@@ -309,7 +410,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--search-range-um", type=float, default=1.2, help="largest displacement per frame, µm")
     p.add_argument("--memory", type=int, default=1, help="frames a particle may vanish")
     p.add_argument("--min-track-length", type=int, default=3)
-    p.add_argument("--min-mass", type=float, default=None, help="minimum integrated brightness (default: auto)")
+    p.add_argument(
+        "--min-mass", type=float, default=None, help="minimum integrated brightness (default: auto)"
+    )
     p.set_defaults(func=cmd_track)
 
     p = sub.add_parser("archive", help="assemble fused Zarr volumes into an OME-Zarr archive (TCZYX)")
@@ -323,7 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_archive)
 
     p = sub.add_parser("run", help="run the whole workflow with Snakemake")
-    p.add_argument("--profile", default="local", help="profile name under profiles/ or a directory (default local)")
+    p.add_argument(
+        "--profile", default="local", help="profile name under profiles/ or a directory (default local)"
+    )
     p.add_argument("--configfile", default=None, help="workflow config (default config/config.yaml)")
     p.add_argument("--cores", default=None, help="cores to use (default: the profile's)")
     p.add_argument("--workflow-dir", default=None, help="llsmflow checkout holding the Snakefile")
@@ -337,8 +442,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "snakemake_args", None) and args.snakemake_args[:1] == ["--"]:
         args.snakemake_args = args.snakemake_args[1:]
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(message)s",
+    )
     try:
         return args.func(args)
     except LlsmflowError as error:

@@ -50,8 +50,9 @@ def deskewed_plane_spacing_um(dz_um: float, angle_deg: float) -> float:
     return dz_um * abs(math.sin(math.radians(angle)))
 
 
-def deskewed_shape(raw_shape_zyx: tuple[int, int, int], dz_um: float, dx_um: float, angle_deg: float,
-                   scan_axis: str = "x") -> tuple[int, int, int]:
+def deskewed_shape(
+    raw_shape_zyx: tuple[int, int, int], dz_um: float, dx_um: float, angle_deg: float, scan_axis: str = "x"
+) -> tuple[int, int, int]:
     """Shape of the deskewed volume: the scan axis grows by ``floor(Nz·dz·|cos θ|/dx)`` pixels."""
     nz, ny, nx = raw_shape_zyx
     extra = math.floor(nz * abs(shear_px_per_plane(dz_um, dx_um, angle_deg)))
@@ -76,8 +77,15 @@ class DeskewResult:
     shear_px_per_plane: float
 
 
-def deskew(raw_zyx: np.ndarray, dz_um: float, dx_um: float, angle_deg: float, dy_um: float | None = None,
-           scan_axis: str = "x", fill_value: float = 0.0) -> DeskewResult:
+def deskew(
+    raw_zyx: np.ndarray,
+    dz_um: float,
+    dx_um: float,
+    angle_deg: float,
+    dy_um: float | None = None,
+    scan_axis: str = "x",
+    fill_value: float = 0.0,
+) -> DeskewResult:
     """Deskew a stage-scanned stack into the objective frame by a per-plane linear-interpolated shift.
 
     Parameters
@@ -136,9 +144,9 @@ def _shift_plane_into(out_yx: np.ndarray, plane_yx: np.ndarray, shift_px: float)
     whole = math.floor(shift_px)
     frac = shift_px - whole
     if frac < 1e-6:
-        out_yx[:, whole:whole + nx] = plane_yx
+        out_yx[:, whole : whole + nx] = plane_yx
         return
-    dst = out_yx[:, whole + 1:whole + nx]
+    dst = out_yx[:, whole + 1 : whole + nx]
     np.multiply(plane_yx[:, 1:], np.float32(1.0 - frac), out=dst, casting="unsafe")
     dst += np.float32(frac) * plane_yx[:, :-1]
 
@@ -168,9 +176,15 @@ def stage_to_objective_um(stage_xyz_um, angle_deg: float) -> tuple[float, float,
     return (float(z), float(y), float(x))
 
 
-def deskew_rotate(raw_zyx: np.ndarray, dz_um: float, dx_um: float, angle_deg: float,
-                  dy_um: float | None = None, output_voxel_um: float | None = None,
-                  fill_value: float = 0.0) -> tuple[np.ndarray, tuple[float, float, float], tuple[float, float, float]]:
+def deskew_rotate(
+    raw_zyx: np.ndarray,
+    dz_um: float,
+    dx_um: float,
+    angle_deg: float,
+    dy_um: float | None = None,
+    output_voxel_um: float | None = None,
+    fill_value: float = 0.0,
+) -> tuple[np.ndarray, tuple[float, float, float], tuple[float, float, float]]:
     """Deskew and rotate a raw stack into the coverslip frame with isotropic voxels, in ONE interpolation.
 
     Parameters
@@ -207,6 +221,14 @@ def deskew_rotate(raw_zyx: np.ndarray, dz_um: float, dx_um: float, angle_deg: fl
     cov_to_raw = np.linalg.inv(raw_to_cov)
     matrix = cov_to_raw * out_um
     offset = cov_to_raw @ lo
-    out = ndimage.affine_transform(raw, matrix, offset=offset, output_shape=out_shape, order=1,
-                                   mode="constant", cval=fill_value, prefilter=False)
+    out = ndimage.affine_transform(
+        raw,
+        matrix,
+        offset=offset,
+        output_shape=out_shape,
+        order=1,
+        mode="constant",
+        cval=fill_value,
+        prefilter=False,
+    )
     return out.astype(np.float32, copy=False), (out_um, out_um, out_um), tuple(float(v) for v in lo)

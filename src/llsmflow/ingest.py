@@ -57,11 +57,15 @@ class Acquisition:
 
     def sample_path(self, tile: str, channel: int, timepoint: int) -> Path:
         """Absolute path of the raw stack for (tile, channel, timepoint)."""
-        row = self.samples.loc[(self.samples["tile"] == tile) & (self.samples["channel"] == channel)
-                               & (self.samples["timepoint"] == timepoint)]
+        row = self.samples.loc[
+            (self.samples["tile"] == tile)
+            & (self.samples["channel"] == channel)
+            & (self.samples["timepoint"] == timepoint)
+        ]
         if len(row) != 1:
-            raise LlsmflowError(f"no raw stack for tile {tile}, channel {channel}, timepoint {timepoint}",
-                                self.raw_dir)
+            raise LlsmflowError(
+                f"no raw stack for tile {tile}, channel {channel}, timepoint {timepoint}", self.raw_dir
+            )
         return self.raw_dir / row["path"].iloc[0]
 
     def psf_path(self, channel: int) -> Path:
@@ -88,8 +92,9 @@ def _inside(root: Path, candidate: Path) -> bool:
     return True
 
 
-def read_acquisition(raw_dir: str | Path, metadata_path: str | Path | None = None,
-                     overrides: dict | None = None) -> Acquisition:
+def read_acquisition(
+    raw_dir: str | Path, metadata_path: str | Path | None = None, overrides: dict | None = None
+) -> Acquisition:
     """Read an acquisition directory into an :class:`Acquisition`.
 
     Parameters
@@ -107,15 +112,18 @@ def read_acquisition(raw_dir: str | Path, metadata_path: str | Path | None = Non
         raise LlsmflowError("raw data directory not found; expected a directory of TIFF stacks", raw_dir)
     metadata_path = Path(metadata_path) if metadata_path else raw_dir / METADATA_NAME
     if not metadata_path.is_file():
-        raise LlsmflowError("acquisition metadata file not found; expected a JSON file (see llsmflow synth)",
-                            metadata_path)
+        raise LlsmflowError(
+            "acquisition metadata file not found; expected a JSON file (see llsmflow synth)", metadata_path
+        )
     try:
         meta = json.loads(metadata_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise LlsmflowError(f"is not valid JSON ({exc})", metadata_path) from exc
     for key, value in (overrides or {}).items():
         if key not in OVERRIDABLE:
-            raise LlsmflowError(f"override {key!r} is not supported; expected one of {', '.join(OVERRIDABLE)}")
+            raise LlsmflowError(
+                f"override {key!r} is not supported; expected one of {', '.join(OVERRIDABLE)}"
+            )
         if value is not None:
             meta[key] = value
 
@@ -136,28 +144,43 @@ def read_acquisition(raw_dir: str | Path, metadata_path: str | Path | None = Non
         raise LlsmflowError("metadata lists no channels; expected a 'channels' list", metadata_path)
     for index, channel in enumerate(channels):
         if channel.get("index", index) != index:
-            raise LlsmflowError(f"channel entry {index} has index {channel.get('index')}; expected {index}",
-                                metadata_path)
+            raise LlsmflowError(
+                f"channel entry {index} has index {channel.get('index')}; expected {index}", metadata_path
+            )
         channel.setdefault("name", f"ch{index}")
         psf = channel.get("psf")
         if psf is None:
             raise LlsmflowError(f"channel {index} names no PSF file; expected a 'psf' entry", metadata_path)
         if not _inside(raw_dir, raw_dir / psf):
-            raise LlsmflowError(f"PSF path {psf!r} escapes the raw data directory; expected a path inside it",
-                                metadata_path)
+            raise LlsmflowError(
+                f"PSF path {psf!r} escapes the raw data directory; expected a path inside it", metadata_path
+            )
         if not (raw_dir / psf).is_file():
-            raise LlsmflowError(f"PSF file of channel {index} not found; expected {psf!r} in the raw directory",
-                                raw_dir / psf)
-        require_positive_voxel_size(channel.get("psf_voxel_size_um"), metadata_path,
-                                    what=f"channel {index} psf_voxel_size_um")
+            raise LlsmflowError(
+                f"PSF file of channel {index} not found; expected {psf!r} in the raw directory", raw_dir / psf
+            )
+        require_positive_voxel_size(
+            channel.get("psf_voxel_size_um"), metadata_path, what=f"channel {index} psf_voxel_size_um"
+        )
 
     tiles = _tile_table(meta, angle, metadata_path)
     samples = _discover_samples(raw_dir, meta, tiles, len(channels), metadata_path)
     samples["time_s"] = samples["timepoint"] * interval
-    return Acquisition(raw_dir=raw_dir, metadata_path=metadata_path, angle_deg=angle, dz_um=dz, dx_um=dx, dy_um=dy,
-                       scan_axis=scan_axis, time_interval_s=interval,
-                       camera_offset=float(meta.get("camera_offset", 0.0)), channels=channels, tiles=tiles,
-                       samples=samples, metadata=meta)
+    return Acquisition(
+        raw_dir=raw_dir,
+        metadata_path=metadata_path,
+        angle_deg=angle,
+        dz_um=dz,
+        dx_um=dx,
+        dy_um=dy,
+        scan_axis=scan_axis,
+        time_interval_s=interval,
+        camera_offset=float(meta.get("camera_offset", 0.0)),
+        channels=channels,
+        tiles=tiles,
+        samples=samples,
+        metadata=meta,
+    )
 
 
 def _tile_table(meta: dict, angle: float, path: Path) -> pd.DataFrame:
@@ -166,9 +189,20 @@ def _tile_table(meta: dict, angle: float, path: Path) -> pd.DataFrame:
         ix, iy, iz = (int(entry.get(k, 0)) for k in ("ix", "iy", "iz"))
         stage = tuple(float(entry.get(k, 0.0)) for k in ("stage_x_um", "stage_y_um", "stage_z_um"))
         origin = stage_to_objective_um(stage, angle)
-        rows.append({"tile": f"{ix:03d}x_{iy:03d}y_{iz:03d}z", "ix": ix, "iy": iy, "iz": iz,
-                     "stage_x_um": stage[0], "stage_y_um": stage[1], "stage_z_um": stage[2],
-                     "z_um": origin[0], "y_um": origin[1], "x_um": origin[2]})
+        rows.append(
+            {
+                "tile": f"{ix:03d}x_{iy:03d}y_{iz:03d}z",
+                "ix": ix,
+                "iy": iy,
+                "iz": iz,
+                "stage_x_um": stage[0],
+                "stage_y_um": stage[1],
+                "stage_z_um": stage[2],
+                "z_um": origin[0],
+                "y_um": origin[1],
+                "x_um": origin[2],
+            }
+        )
     table = pd.DataFrame(rows)
     duplicated = table["tile"][table["tile"].duplicated()]
     if len(duplicated):
@@ -176,45 +210,69 @@ def _tile_table(meta: dict, angle: float, path: Path) -> pd.DataFrame:
     return table
 
 
-def _discover_samples(raw_dir: Path, meta: dict, tiles: pd.DataFrame, n_channels: int, path: Path) -> pd.DataFrame:
+def _discover_samples(
+    raw_dir: Path, meta: dict, tiles: pd.DataFrame, n_channels: int, path: Path
+) -> pd.DataFrame:
     pattern = re.compile(meta.get("file_regex") or r"")
     psf_names = {c["psf"] for c in meta["channels"]}
     rows = []
     for file in sorted(raw_dir.iterdir()):
-        if file.name in psf_names or file.suffix.lower() not in (".tif", ".tiff") or file.name.startswith("."):
+        if (
+            file.name in psf_names
+            or file.suffix.lower() not in (".tif", ".tiff")
+            or file.name.startswith(".")
+        ):
             continue
         match = pattern.match(file.name)
         if not match:
             continue
         groups = match.groupdict()
-        tile = f"{int(groups.get('ix', 0)):03d}x_{int(groups.get('iy', 0)):03d}y_{int(groups.get('iz', 0)):03d}z"
-        rows.append({"tile": tile, "channel": int(groups["channel"]), "timepoint": int(groups["timepoint"]),
-                     "path": file.name})
+        tile = (
+            f"{int(groups.get('ix', 0)):03d}x_{int(groups.get('iy', 0)):03d}y_{int(groups.get('iz', 0)):03d}z"
+        )
+        rows.append(
+            {
+                "tile": tile,
+                "channel": int(groups["channel"]),
+                "timepoint": int(groups["timepoint"]),
+                "path": file.name,
+            }
+        )
     if not rows:
-        raise LlsmflowError("no raw stacks match the metadata's file_regex; expected TIFF stacks of the acquisition",
-                            raw_dir)
+        raise LlsmflowError(
+            "no raw stacks match the metadata's file_regex; expected TIFF stacks of the acquisition", raw_dir
+        )
     samples = pd.DataFrame(rows)
     samples["sample_id"] = samples.apply(lambda r: f"{r.tile}-ch{r.channel}-t{r.timepoint:04d}", axis=1)
     duplicated = samples[samples["sample_id"].duplicated(keep=False)]
     if len(duplicated):
         names = ", ".join(duplicated["path"].head(2))
-        raise LlsmflowError(f"two files map to sample {duplicated['sample_id'].iloc[0]} ({names}); "
-                            "expected one stack per tile, channel and timepoint", raw_dir)
+        raise LlsmflowError(
+            f"two files map to sample {duplicated['sample_id'].iloc[0]} ({names}); "
+            "expected one stack per tile, channel and timepoint",
+            raw_dir,
+        )
     unknown_tiles = set(samples["tile"]) - set(tiles["tile"])
     if unknown_tiles:
-        raise LlsmflowError(f"stacks for tile(s) {sorted(unknown_tiles)} have no stage position in the metadata",
-                            path)
+        raise LlsmflowError(
+            f"stacks for tile(s) {sorted(unknown_tiles)} have no stage position in the metadata", path
+        )
     bad_channels = sorted(set(samples["channel"]) - set(range(n_channels)))
     if bad_channels:
-        raise LlsmflowError(f"stacks for channel(s) {bad_channels} have no channel entry in the metadata", path)
+        raise LlsmflowError(
+            f"stacks for channel(s) {bad_channels} have no channel entry in the metadata", path
+        )
     timepoints = sorted(samples["timepoint"].unique())
     expected = {(t, c, tp) for t in tiles["tile"] for c in range(n_channels) for tp in timepoints}
     found = set(zip(samples["tile"], samples["channel"], samples["timepoint"], strict=True))
     missing = sorted(expected - found)
     if missing:
         tile, channel, timepoint = missing[0]
-        raise LlsmflowError(f"{len(missing)} stack(s) missing, first: tile {tile}, channel {channel}, timepoint "
-                            f"{timepoint}; expected every tile × channel × timepoint", raw_dir)
+        raise LlsmflowError(
+            f"{len(missing)} stack(s) missing, first: tile {tile}, channel {channel}, timepoint "
+            f"{timepoint}; expected every tile × channel × timepoint",
+            raw_dir,
+        )
     return samples.sort_values(["timepoint", "channel", "tile"]).reset_index(drop=True)
 
 
@@ -222,6 +280,13 @@ def tiles_csv_table(acquisition: Acquisition, deskewed_paths: dict[str, str | Pa
     """The ``tiles.csv`` table (``path,x_um,y_um,z_um``) of nominal objective-frame tile origins."""
     rows = []
     for _, tile in acquisition.tiles.iterrows():
-        rows.append({"path": str(deskewed_paths[tile["tile"]]), "x_um": tile["x_um"], "y_um": tile["y_um"],
-                     "z_um": tile["z_um"], "tile": tile["tile"]})
+        rows.append(
+            {
+                "path": str(deskewed_paths[tile["tile"]]),
+                "x_um": tile["x_um"],
+                "y_um": tile["y_um"],
+                "z_um": tile["z_um"],
+                "tile": tile["tile"],
+            }
+        )
     return pd.DataFrame(rows)

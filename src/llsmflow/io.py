@@ -12,10 +12,12 @@ TIFF parsing is tifffile's; this module only maps its metadata to voxel sizes an
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,7 +138,9 @@ def read_volume(
     except LlsmflowError:
         raise
     except Exception as exc:  # tifffile raises many types for truncated/corrupt files
-        raise LlsmflowError(f"cannot read as TIFF ({type(exc).__name__}: {exc}); expected a readable TIFF", path) from exc
+        raise LlsmflowError(
+            f"cannot read as TIFF ({type(exc).__name__}: {exc}); expected a readable TIFF", path
+        ) from exc
 
     axes = axes.replace("Q", "Z").replace("I", "Z")  # plain stacks of pages read as "IYX"/"QYX"
     for name, index in (("C", channel), ("T", timepoint)):
@@ -145,7 +149,9 @@ def read_volume(
             size = data.shape[pos]
             if index is None:
                 if size != 1:
-                    raise LlsmflowError(f"has {size} entries along {name}; choose one ({name.lower()}=0..{size - 1})", path)
+                    raise LlsmflowError(
+                        f"has {size} entries along {name}; choose one ({name.lower()}=0..{size - 1})", path
+                    )
                 index = 0
             if not 0 <= index < size:
                 raise LlsmflowError(f"{name} index {index} out of range; expected 0..{size - 1}", path)
@@ -154,7 +160,9 @@ def read_volume(
     for extra in [a for a in axes if a not in "ZYX"]:
         pos = axes.index(extra)
         if data.shape[pos] != 1:
-            raise LlsmflowError(f"unexpected axis {extra!r} of size {data.shape[pos]} (axes {axes}); expected ZYX", path)
+            raise LlsmflowError(
+                f"unexpected axis {extra!r} of size {data.shape[pos]} (axes {axes}); expected ZYX", path
+            )
         data = np.take(data, 0, axis=pos)
         axes = axes.replace(extra, "")
     if axes == "YX":
@@ -200,8 +208,14 @@ def write_volume(
     }
     if metadata:
         ome_meta["Description"] = json.dumps(metadata, sort_keys=True, default=str)
+    # A content-derived UUID (tifffile would use a random one) keeps identical results byte-identical.
+    content = hashlib.sha256(np.ascontiguousarray(data).tobytes())
+    content.update(json.dumps(ome_meta, sort_keys=True, default=str).encode())
+    ome_meta["UUID"] = str(uuid.uuid5(uuid.NAMESPACE_URL, f"llsmflow:{content.hexdigest()}"))
     with atomic_output(path) as tmp:
-        tifffile.imwrite(tmp, data, ome=True, metadata=ome_meta, compression=compression, photometric="minisblack")
+        tifffile.imwrite(
+            tmp, data, ome=True, metadata=ome_meta, compression=compression, photometric="minisblack"
+        )
     return path
 
 

@@ -28,13 +28,40 @@ from pathlib import Path
 from llsmflow import __version__
 from llsmflow.io import write_json
 
-ENV_ALLOW_LIST = ("SLURM_JOB_ID", "SLURM_JOB_NAME", "SLURM_JOB_PARTITION", "SLURM_CPUS_PER_TASK",
-                  "SLURM_MEM_PER_NODE", "SLURM_CLUSTER_NAME", "SLURMD_NODENAME", "CUDA_VISIBLE_DEVICES",
-                  "APPTAINER_CONTAINER", "APPTAINER_NAME", "SINGULARITY_CONTAINER", "OMP_NUM_THREADS")
+ENV_ALLOW_LIST = (
+    "SLURM_JOB_ID",
+    "SLURM_JOB_NAME",
+    "SLURM_JOB_PARTITION",
+    "SLURM_CPUS_PER_TASK",
+    "SLURM_MEM_PER_NODE",
+    "SLURM_CLUSTER_NAME",
+    "SLURMD_NODENAME",
+    "CUDA_VISIBLE_DEVICES",
+    "APPTAINER_CONTAINER",
+    "APPTAINER_NAME",
+    "SINGULARITY_CONTAINER",
+    "OMP_NUM_THREADS",
+)
 SECRET_MARKERS = ("TOKEN", "PASSWORD", "SECRET", "KEY", "CREDENTIAL")
-PACKAGES = ("llsmflow", "numpy", "scipy", "scikit-image", "tifffile", "zarr", "dask", "pandas", "pyarrow",
-            "trackpy", "ome-zarr", "snakemake", "snakemake-executor-plugin-slurm", "dask-jobqueue",
-            "pycudadecon", "cupy-cuda12x", "matplotlib")
+PACKAGES = (
+    "llsmflow",
+    "numpy",
+    "scipy",
+    "scikit-image",
+    "tifffile",
+    "zarr",
+    "dask",
+    "pandas",
+    "pyarrow",
+    "trackpy",
+    "ome-zarr",
+    "snakemake",
+    "snakemake-executor-plugin-slurm",
+    "dask-jobqueue",
+    "pycudadecon",
+    "cupy-cuda12x",
+    "matplotlib",
+)
 
 log = logging.getLogger("llsmflow")
 
@@ -87,17 +114,30 @@ def package_versions(packages=PACKAGES) -> dict[str, str]:
 def allowed_environment(environ=None) -> dict[str, str]:
     """Environment variables safe to record: allow-listed names that do not look like secrets."""
     environ = os.environ if environ is None else environ
-    return {k: environ[k] for k in ENV_ALLOW_LIST
-            if k in environ and not any(marker in k.upper() for marker in SECRET_MARKERS)}
+    return {
+        k: environ[k]
+        for k in ENV_ALLOW_LIST
+        if k in environ and not any(marker in k.upper() for marker in SECRET_MARKERS)
+    }
 
 
 def git_state(directory: str | Path) -> dict:
     """Git commit of ``directory`` and whether its tree is dirty; ``{}`` outside a repository."""
     try:
-        commit = subprocess.run(["git", "-C", str(directory), "rev-parse", "HEAD"], capture_output=True,
-                                text=True, check=True, timeout=20).stdout.strip()
-        status = subprocess.run(["git", "-C", str(directory), "status", "--porcelain", "--untracked-files=no"],
-                                capture_output=True, text=True, check=True, timeout=20).stdout
+        commit = subprocess.run(
+            ["git", "-C", str(directory), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=20,
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "-C", str(directory), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=20,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return {}
     return {"commit": commit, "dirty": bool(status.strip())}
@@ -114,8 +154,12 @@ def configure_logging(log_path: str | Path | None = None) -> None:
     if log_path:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_path, encoding="utf-8"))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
-                        handlers=handlers, force=True)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        handlers=handlers,
+        force=True,
+    )
 
 
 class StepRecorder:
@@ -139,12 +183,25 @@ class StepRecorder:
     Use :meth:`note` to add facts known only while running (e.g. ``backend="cpu"``).
     """
 
-    def __init__(self, record_path, step: str, params=None, wildcards=None, inputs=(), outputs=(),
-                 threads: int = 1, log_path=None):
+    def __init__(
+        self,
+        record_path,
+        step: str,
+        params=None,
+        wildcards=None,
+        inputs=(),
+        outputs=(),
+        threads: int = 1,
+        log_path=None,
+    ):
         self.record_path = Path(record_path)
         self.record = {
-            "step": step, "wildcards": dict(wildcards or {}), "params": dict(params or {}),
-            "inputs": [str(p) for p in inputs], "outputs": [str(p) for p in outputs], "threads": threads,
+            "step": step,
+            "wildcards": dict(wildcards or {}),
+            "params": dict(params or {}),
+            "inputs": [str(p) for p in inputs],
+            "outputs": [str(p) for p in outputs],
+            "threads": threads,
         }
         self.log_path = log_path
         self._t0 = 0.0
@@ -158,9 +215,16 @@ class StepRecorder:
         """
         params = {k: v for k, v in job.params.items()}
         outputs = [o for name, o in job.output.items() if name != "step"]
-        return cls(job.output.step, job.rule, params=params, wildcards=dict(job.wildcards.items()),
-                   inputs=list(job.input), outputs=outputs, threads=job.threads,
-                   log_path=job.log[0] if len(job.log) else None)
+        return cls(
+            job.output.step,
+            job.rule,
+            params=params,
+            wildcards=dict(job.wildcards.items()),
+            inputs=list(job.input),
+            outputs=outputs,
+            threads=job.threads,
+            log_path=job.log[0] if len(job.log) else None,
+        )
 
     def note(self, **facts) -> None:
         """Add facts to the record (JSON-serialisable)."""
@@ -177,20 +241,38 @@ class StepRecorder:
         if exc_type is not None:
             log.error("step %s failed: %s", self.record["step"], exc)
             return False
-        self.record.update({
-            "end": now_iso(), "seconds": round(time.perf_counter() - self._t0, 3),
-            "peak_memory_mb": round(peak_memory_mb(), 1), "host": socket.gethostname(),
-            "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "environment": allowed_environment(),
-            "python": platform.python_version(), "llsmflow": __version__,
-        })
+        self.record.update(
+            {
+                "end": now_iso(),
+                "seconds": round(time.perf_counter() - self._t0, 3),
+                "peak_memory_mb": round(peak_memory_mb(), 1),
+                "host": socket.gethostname(),
+                "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+                "environment": allowed_environment(),
+                "python": platform.python_version(),
+                "llsmflow": __version__,
+            }
+        )
         write_json(self.record_path, self.record)
-        log.info("step %s done in %.1f s, peak memory %.0f MiB", self.record["step"], self.record["seconds"],
-                 self.record["peak_memory_mb"])
+        log.info(
+            "step %s done in %.1f s, peak memory %.0f MiB",
+            self.record["step"],
+            self.record["seconds"],
+            self.record["peak_memory_mb"],
+        )
         return False
 
 
-def write_run_record(out_path, config: dict, workflow_dir, step_records, inputs, outputs,
-                     acquisition: dict | None = None, run_dir=None) -> Path:
+def write_run_record(
+    out_path,
+    config: dict,
+    workflow_dir,
+    step_records,
+    inputs,
+    outputs,
+    acquisition: dict | None = None,
+    run_dir=None,
+) -> Path:
     """Write ``run-record.json``: config, workflow version, software, steps, input and output checksums.
 
     ``run_dir`` (default: current directory) is the base against which paths are recorded.
@@ -203,8 +285,11 @@ def write_run_record(out_path, config: dict, workflow_dir, step_records, inputs,
         "workflow": {"name": "llsmflow", "version": __version__, **git_state(workflow_dir)},
         "config": config,
         "acquisition": acquisition or {},
-        "software": {"python": platform.python_version(), "platform": platform.platform(),
-                     "packages": package_versions()},
+        "software": {
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "packages": package_versions(),
+        },
         "host": socket.gethostname(),
         "environment": allowed_environment(),
         "steps": steps,

@@ -21,7 +21,9 @@ def contrast_limits(image: np.ndarray, low: float = 0.5, high: float = 99.8) -> 
     return float(lo), float(max(hi, lo + 1e-6))
 
 
-def save_projection_panel(panels: list[tuple[str, np.ndarray, float]], out_png: str | Path, title: str = "") -> Path:
+def save_projection_panel(
+    panels: list[tuple[str, np.ndarray, float]], out_png: str | Path, title: str = ""
+) -> Path:
     """Save maximum projections side by side.
 
     ``panels`` holds ``(title, image_2d, aspect)`` with ``aspect`` = row pixel size / column pixel size, so that
@@ -40,23 +42,37 @@ def save_projection_panel(panels: list[tuple[str, np.ndarray, float]], out_png: 
     return _save(fig, out_png)
 
 
-def save_mosaic(projection_yx: np.ndarray, origin_um, voxel_size_um, tiles: dict, out_png: str | Path,
-                title: str = "") -> Path:
+def save_mosaic(
+    projection_yx: np.ndarray, origin_um, voxel_size_um, tiles: dict, out_png: str | Path, title: str = ""
+) -> Path:
     """Save a fused maximum projection (YX, axes in µm) with each tile's registered outline.
 
     ``tiles`` maps tile name to ``(origin_um (z, y, x), shape (z, y, x))``.
     """
     dy, dx = voxel_size_um[1], voxel_size_um[2]
     ny, nx = projection_yx.shape
-    extent = (origin_um[2] - dx / 2, origin_um[2] + (nx - 0.5) * dx, origin_um[1] + (ny - 0.5) * dy,
-              origin_um[1] - dy / 2)
+    extent = (
+        origin_um[2] - dx / 2,
+        origin_um[2] + (nx - 0.5) * dx,
+        origin_um[1] + (ny - 0.5) * dy,
+        origin_um[1] - dy / 2,
+    )
     fig, ax = plt.subplots(figsize=(7, 7 * ny * dy / max(nx * dx, 1e-9) + 0.8))
     lo, hi = contrast_limits(projection_yx)
     ax.imshow(projection_yx, cmap="gray", vmin=lo, vmax=hi, extent=extent, interpolation="nearest")
     colours = plt.cm.tab10.colors
     for i, (name, (origin, shape)) in enumerate(sorted(tiles.items())):
-        ax.add_patch(Rectangle((origin[2] - dx / 2, origin[1] - dy / 2), shape[2] * dx, shape[1] * dy, fill=False,
-                               edgecolor=colours[i % 10], linewidth=1.2, label=name))
+        ax.add_patch(
+            Rectangle(
+                (origin[2] - dx / 2, origin[1] - dy / 2),
+                shape[2] * dx,
+                shape[1] * dy,
+                fill=False,
+                edgecolor=colours[i % 10],
+                linewidth=1.2,
+                label=name,
+            )
+        )
     ax.set_xlabel("x (µm)")
     ax.set_ylabel("y (µm)")
     ax.legend(fontsize=7, loc="upper right")

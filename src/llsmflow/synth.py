@@ -183,7 +183,9 @@ def _tile_layout(p: SynthParams, rng: np.random.Generator) -> list[_Tile]:
     return tiles
 
 
-def _inside_any_tile(points_um: np.ndarray, tiles: list[_Tile], p: SynthParams, margin_um: float) -> np.ndarray:
+def _inside_any_tile(
+    points_um: np.ndarray, tiles: list[_Tile], p: SynthParams, margin_um: float
+) -> np.ndarray:
     """Which objective-frame points lie inside the imaged parallelogram of at least one tile (with margin)."""
     nz, ny, nx = p.raw_shape_zyx
     dzp = deskewed_plane_spacing_um(p.dz_um, p.angle_deg)
@@ -194,19 +196,26 @@ def _inside_any_tile(points_um: np.ndarray, tiles: list[_Tile], p: SynthParams, 
         z, y, x = rel[:, 0], rel[:, 1], rel[:, 2]
         u = x - z * shear_um  # camera-column coordinate (µm) of the point in the plane it is seen in
         inside |= (
-            (z >= margin_um) & (z <= (nz - 1) * dzp - margin_um)
-            & (y >= margin_um) & (y <= (ny - 1) * p.dx_um - margin_um)
-            & (u >= margin_um) & (u <= (nx - 1) * p.dx_um - margin_um)
+            (z >= margin_um)
+            & (z <= (nz - 1) * dzp - margin_um)
+            & (y >= margin_um)
+            & (y <= (ny - 1) * p.dx_um - margin_um)
+            & (u >= margin_um)
+            & (u <= (nx - 1) * p.dx_um - margin_um)
         )
     return inside
 
 
-def _sample_inside(n: int, tiles, p: SynthParams, rng, margin_um: float, min_separation_um: float) -> np.ndarray:
+def _sample_inside(
+    n: int, tiles, p: SynthParams, rng, margin_um: float, min_separation_um: float
+) -> np.ndarray:
     nz, ny, nx = p.raw_shape_zyx
     dzp = deskewed_plane_spacing_um(p.dz_um, p.angle_deg)
     origins = np.array([t.origin_true_um for t in tiles])
     lo = origins.min(axis=0)
-    hi = origins.max(axis=0) + np.array([(nz - 1) * dzp, (ny - 1) * p.dx_um, (nx - 1) * p.dx_um + nz * p.dz_um])
+    hi = origins.max(axis=0) + np.array(
+        [(nz - 1) * dzp, (ny - 1) * p.dx_um, (nx - 1) * p.dx_um + nz * p.dz_um]
+    )
     chosen: list[np.ndarray] = []
     for _ in range(200 * n):
         if len(chosen) == n:
@@ -218,8 +227,10 @@ def _sample_inside(n: int, tiles, p: SynthParams, rng, margin_um: float, min_sep
             continue
         chosen.append(candidate)
     if len(chosen) < n:
-        raise LlsmflowError(f"could not place {n} particles {min_separation_um} µm apart in the imaged volume; "
-                            "expected fewer particles or a larger volume")
+        raise LlsmflowError(
+            f"could not place {n} particles {min_separation_um} µm apart in the imaged volume; "
+            "expected fewer particles or a larger volume"
+        )
     return np.array(chosen)
 
 
@@ -247,7 +258,11 @@ def _simulate_trajectories(start_um: np.ndarray, p: SynthParams, diffusion: floa
 def _filament_points(tiles, p: SynthParams, rng) -> np.ndarray:
     """Points sampled every 0.04 µm along a few straight static filaments inside the imaged region."""
     points = []
-    starts = _sample_inside(p.filaments, tiles, p, rng, margin_um=1.0, min_separation_um=1.0) if p.filaments else []
+    starts = (
+        _sample_inside(p.filaments, tiles, p, rng, margin_um=1.0, min_separation_um=1.0)
+        if p.filaments
+        else []
+    )
     for start in starts:
         direction = rng.normal(size=3) * np.array([0.3, 1.0, 1.0])
         direction /= np.linalg.norm(direction)
@@ -280,7 +295,9 @@ def generate(outdir: str | Path, params: SynthParams | None = None, progress=Non
     p.validate()
     outdir = Path(outdir)
     if (outdir / "raw" / "acquisition.json").exists():
-        raise LlsmflowError("already holds a synthetic acquisition; expected an empty or new directory", outdir)
+        raise LlsmflowError(
+            "already holds a synthetic acquisition; expected an empty or new directory", outdir
+        )
     rng = np.random.default_rng(p.seed)
     raw_dir, truth_dir = outdir / "raw", outdir / "truth"
     (truth_dir / "noisefree").mkdir(parents=True, exist_ok=True)
@@ -304,18 +321,39 @@ def generate(outdir: str | Path, params: SynthParams | None = None, progress=Non
         for t in range(p.timepoints):
             for i in range(n_particles):
                 z, y, x = positions[t, i]
-                trajectories.append({"channel": c, "particle": i, "frame": t, "t_s": t * p.time_interval_s,
-                                     "z_um": z, "y_um": y, "x_um": x, "photons": photons[i]})
+                trajectories.append(
+                    {
+                        "channel": c,
+                        "particle": i,
+                        "frame": t,
+                        "t_s": t * p.time_interval_s,
+                        "z_um": z,
+                        "y_um": y,
+                        "x_um": x,
+                        "photons": photons[i],
+                    }
+                )
         sigma_z, sigma_xy = psf_sigmas_um(p.emission_nm[c], p.numerical_aperture)
         psf_name = f"PSF_ch{c}_{p.wavelengths_nm[c]}nm.tif"
         psf = _psf_stack(sigma_z, sigma_xy, p, rng)
         with atomic_output(raw_dir / psf_name) as tmp:
-            tifffile.imwrite(tmp, psf, imagej=True, resolution=(1 / p.dx_um, 1 / p.dx_um),
-                             metadata={"spacing": 0.1, "unit": "um", "axes": "ZYX"})
-        channels_meta.append({
-            "index": c, "name": f"ch{c}_{p.wavelengths_nm[c]}nm", "excitation_nm": p.wavelengths_nm[c],
-            "emission_nm": p.emission_nm[c], "psf": psf_name, "psf_voxel_size_um": [0.1, p.dx_um, p.dx_um],
-        })
+            tifffile.imwrite(
+                tmp,
+                psf,
+                imagej=True,
+                resolution=(1 / p.dx_um, 1 / p.dx_um),
+                metadata={"spacing": 0.1, "unit": "um", "axes": "ZYX"},
+            )
+        channels_meta.append(
+            {
+                "index": c,
+                "name": f"ch{c}_{p.wavelengths_nm[c]}nm",
+                "excitation_nm": p.wavelengths_nm[c],
+                "emission_nm": p.emission_nm[c],
+                "psf": psf_name,
+                "psf_voxel_size_um": [0.1, p.dx_um, p.dx_um],
+            }
+        )
 
     files, total, done = [], len(tiles) * p.channels * p.timepoints, 0
     for tile in tiles:
@@ -325,20 +363,39 @@ def generate(outdir: str | Path, params: SynthParams | None = None, progress=Non
             positions, photons = per_channel_positions[c]
             for t in range(p.timepoints):
                 emitters = np.concatenate([positions[t], filaments]) - np.asarray(tile.origin_true_um)
-                amplitudes = np.concatenate([photons, np.full(len(filaments), p.filament_photons * 0.04
-                                                              / (math.sqrt(2 * math.pi) * sigma_xy))])
-                raw_expected = render_emitters(p.raw_shape_zyx, emitters, amplitudes, dzp, p.dx_um, shear,
-                                               sigma_z, sigma_xy)
-                name = FILE_TEMPLATE.format(channel=c, timepoint=t, wavelength=p.wavelengths_nm[c],
-                                            time_ms=round(t * p.time_interval_s * 1000),
-                                            abs_ms=round(t * p.time_interval_s * 1000) + 1000 * c,
-                                            ix=tile.ix, iy=tile.iy)
+                amplitudes = np.concatenate(
+                    [
+                        photons,
+                        np.full(
+                            len(filaments), p.filament_photons * 0.04 / (math.sqrt(2 * math.pi) * sigma_xy)
+                        ),
+                    ]
+                )
+                raw_expected = render_emitters(
+                    p.raw_shape_zyx, emitters, amplitudes, dzp, p.dx_um, shear, sigma_z, sigma_xy
+                )
+                name = FILE_TEMPLATE.format(
+                    channel=c,
+                    timepoint=t,
+                    wavelength=p.wavelengths_nm[c],
+                    time_ms=round(t * p.time_interval_s * 1000),
+                    abs_ms=round(t * p.time_interval_s * 1000) + 1000 * c,
+                    ix=tile.ix,
+                    iy=tile.iy,
+                )
                 with atomic_output(raw_dir / name) as tmp:
-                    tifffile.imwrite(tmp, _noisy_camera_frames(raw_expected, p, rng), photometric="minisblack")
-                truth = render_emitters((nz, ny, deskewed_nx), emitters, amplitudes, dzp, p.dx_um, 0.0,
-                                        sigma_z, sigma_xy)
-                write_volume(truth_dir / "noisefree" / f"{tile_key}_ch{c}_t{t:04d}.tif", truth.astype(np.float32),
-                             (dzp, p.dx_um, p.dx_um), {"origin_um": tile.origin_true_um})
+                    tifffile.imwrite(
+                        tmp, _noisy_camera_frames(raw_expected, p, rng), photometric="minisblack"
+                    )
+                truth = render_emitters(
+                    (nz, ny, deskewed_nx), emitters, amplitudes, dzp, p.dx_um, 0.0, sigma_z, sigma_xy
+                )
+                write_volume(
+                    truth_dir / "noisefree" / f"{tile_key}_ch{c}_t{t:04d}.tif",
+                    truth.astype(np.float32),
+                    (dzp, p.dx_um, p.dx_um),
+                    {"origin_um": tile.origin_true_um},
+                )
                 files.append(name)
                 done += 1
                 if progress:
@@ -358,21 +415,50 @@ def generate(outdir: str | Path, params: SynthParams | None = None, progress=Non
         "timepoints": p.timepoints,
         "camera_offset": p.camera_offset,
         "channels": channels_meta,
-        "tiles": [{"ix": t.ix, "iy": t.iy, "iz": 0, "stage_x_um": t.stage_nominal_um[0],
-                   "stage_y_um": t.stage_nominal_um[1], "stage_z_um": t.stage_nominal_um[2]} for t in tiles],
+        "tiles": [
+            {
+                "ix": t.ix,
+                "iy": t.iy,
+                "iz": 0,
+                "stage_x_um": t.stage_nominal_um[0],
+                "stage_y_um": t.stage_nominal_um[1],
+                "stage_z_um": t.stage_nominal_um[2],
+            }
+            for t in tiles
+        ],
         "file_regex": FILE_REGEX,
     }
     write_json(raw_dir / "acquisition.json", acquisition)
     truth_frame = pd.DataFrame(trajectories)
     with atomic_output(truth_dir / "trajectories.csv") as tmp:
         truth_frame.to_csv(tmp, index=False)
-    write_json(truth_dir / "tiles.json", {
-        "frame": "objective (deskewed) frame, µm, ZYX; origin = true position of tile 000x_000y",
-        "tiles": {f"{t.ix:03d}x_{t.iy:03d}y_000z": {"origin_um": t.origin_true_um,
-                                                    "nominal_origin_um": t.origin_nominal_um} for t in tiles},
-    })
+    write_json(
+        truth_dir / "tiles.json",
+        {
+            "frame": "objective (deskewed) frame, µm, ZYX; origin = true position of tile 000x_000y",
+            "tiles": {
+                f"{t.ix:03d}x_{t.iy:03d}y_000z": {
+                    "origin_um": t.origin_true_um,
+                    "nominal_origin_um": t.origin_nominal_um,
+                }
+                for t in tiles
+            },
+        },
+    )
     write_json(truth_dir / "static.json", {"filament_points_zyx_um": filaments.round(4).tolist()})
-    write_json(truth_dir / "params.json", asdict(p) | {"diffusion_um2_s_per_channel": list(p.diffusion_um2_s[:p.channels]),
-                                                        "deskewed_voxel_size_um": [dzp, p.dx_um, p.dx_um]})
-    return {"raw_dir": str(raw_dir), "truth_dir": str(truth_dir), "files": len(files),
-            "particles_per_channel": n_particles, "tiles": len(tiles), "metadata": str(raw_dir / "acquisition.json")}
+    write_json(
+        truth_dir / "params.json",
+        asdict(p)
+        | {
+            "diffusion_um2_s_per_channel": list(p.diffusion_um2_s[: p.channels]),
+            "deskewed_voxel_size_um": [dzp, p.dx_um, p.dx_um],
+        },
+    )
+    return {
+        "raw_dir": str(raw_dir),
+        "truth_dir": str(truth_dir),
+        "files": len(files),
+        "particles_per_channel": n_particles,
+        "tiles": len(tiles),
+        "metadata": str(raw_dir / "acquisition.json"),
+    }

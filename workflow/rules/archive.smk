@@ -11,6 +11,14 @@ rule archive:
     output:
         archive=directory(RESULTS / f"{DATASET}.ome.zarr"),
         step=step_record("archive.json"),
+    log:
+        log_file("archive.log"),
+    conda:
+        "../../envs/llsmflow.yaml"
+    threads: 2
+    resources:
+        mem_mb=2000,
+        runtime=60,
     params:
         channels=CHANNELS,
         timepoints=TIMEPOINTS,
@@ -24,11 +32,5 @@ rule archive:
             "deconvolution": config["deconvolution"],
             "stitch": config["stitch"],
         },
-    log:
-        log_file("archive.log"),
-    threads: 2
-    resources:
-        mem_mb=2000,
-        runtime=60,
     script:
         "../scripts/archive.py"

@@ -9,7 +9,6 @@ from snakemake.utils import validate
 from llsmflow.errors import LlsmflowError
 from llsmflow.ingest import read_acquisition
 
-
 validate(config, workflow.source_path("../../config/schema.yaml"))
 
 try:
@@ -104,3 +103,53 @@ def step_record(name):
 
 def log_file(name):
     return WORK / "logs" / name
+
+
+def reference_tiles(wildcards):
+    return [
+        WORK
+        / "deconvolved"
+        / f"{sample_id(tile, STITCH['reference_channel'], STITCH['reference_timepoint'])}.ome.tif"
+        for tile in TILES
+    ]
+
+
+def tiles_of(wildcards):
+    return [
+        WORK
+        / "deconvolved"
+        / f"{sample_id(tile, wildcards.channel, wildcards.timepoint)}.ome.tif"
+        for tile in TILES
+    ]
+
+
+def all_step_records(wildcards):
+    records = [step_record("ingest.json"), step_record("register.json")]
+    records += [step_record(f"deskew/{s}.json") for s in SAMPLES]
+    records += [step_record(f"deconvolve/{s}.json") for s in SAMPLES]
+    records += [step_record(f"prepare_psf/ch{c}.json") for c in CHANNELS]
+    records += [
+        step_record(f"fuse/ch{c}-t{t:04d}.json") for c in CHANNELS for t in TIMEPOINTS
+    ]
+    records += [step_record("archive.json"), step_record("qc_mosaic.json")]
+    records += [step_record(f"track/ch{c}.json") for c in TRACK_CHANNELS]
+    records += [step_record(f"qc_tile/{t}-ch{c}.json") for t in TILES for c in CHANNELS]
+    return records
+
+
+def result_files(wildcards):
+    files = [RESULTS / f"{DATASET}.ome.zarr", RESULTS / "qc" / "mosaic.png"]
+    files += [RESULTS / "qc" / f"tile_{t}_ch{c}.png" for t in TILES for c in CHANNELS]
+    for c in TRACK_CHANNELS:
+        files += [
+            RESULTS / "tracks" / f"ch{c}{suffix}"
+            for suffix in (
+                ".parquet",
+                ".csv",
+                "_summary.csv",
+                "_msd.csv",
+                "_tracks.png",
+                "_msd.png",
+            )
+        ]
+    return files

@@ -5,16 +5,20 @@ rule prepare_psf:
     output:
         psf=WORK / "psf" / "ch{channel}.ome.tif",
         step=step_record("prepare_psf/ch{channel}.json"),
-    params:
-        psf_voxel_um=lambda wildcards: ACQ.channels[int(wildcards.channel)]["psf_voxel_size_um"],
-        data_voxel_um=ACQ.deskewed_voxel_size_um,
-        background=config["deconvolution"]["psf_background"],
     log:
         log_file("prepare_psf/ch{channel}.log"),
+    conda:
+        "../../envs/llsmflow.yaml"
     threads: 1
     resources:
         mem_mb=1000,
         runtime=10,
+    params:
+        psf_voxel_um=lambda wildcards: ACQ.channels[int(wildcards.channel)][
+            "psf_voxel_size_um"
+        ],
+        data_voxel_um=ACQ.deskewed_voxel_size_um,
+        background=config["deconvolution"]["psf_background"],
     script:
         "../scripts/prepare_psf.py"
 
@@ -27,16 +31,18 @@ rule deconvolve:
     output:
         volume=intermediate(WORK / "deconvolved" / "{sample}.ome.tif"),
         step=step_record("deconvolve/{sample}.json"),
+    log:
+        log_file("deconvolve/{sample}.log"),
+    conda:
+        "../../envs/llsmflow.yaml"
+    threads: config["deconvolution"]["threads"]
+    resources:
+        mem_mb=mem_mb_for(deskewed_volume_mb(), 12),
+        runtime=60,
     params:
         iterations=config["deconvolution"]["iterations"],
         background=config["deconvolution"]["background"],
         backend=config["deconvolution"]["backend"],
         method=config["deconvolution"]["method"],
-    log:
-        log_file("deconvolve/{sample}.log"),
-    threads: config["deconvolution"]["threads"]
-    resources:
-        mem_mb=mem_mb_for(deskewed_volume_mb(), 12),
-        runtime=60,
     script:
         "../scripts/deconvolve.py"

@@ -5,6 +5,14 @@ rule deskew:
     output:
         volume=intermediate(WORK / "deskewed" / "{sample}.ome.tif"),
         step=step_record("deskew/{sample}.json"),
+    log:
+        log_file("deskew/{sample}.log"),
+    conda:
+        "../../envs/llsmflow.yaml"
+    threads: 1
+    resources:
+        mem_mb=mem_mb_for(deskewed_volume_mb(), 3),
+        runtime=30,
     params:
         dz_um=ACQ.dz_um,
         dx_um=ACQ.dx_um,
@@ -12,11 +20,5 @@ rule deskew:
         angle_deg=ACQ.angle_deg,
         scan_axis=ACQ.scan_axis,
         fill_value=config["deskew"]["fill_value"],
-    log:
-        log_file("deskew/{sample}.log"),
-    threads: 1
-    resources:
-        mem_mb=mem_mb_for(deskewed_volume_mb(), 3),
-        runtime=30,
     script:
         "../scripts/deskew.py"

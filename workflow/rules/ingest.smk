@@ -6,11 +6,13 @@ rule ingest:
         samples=WORK / "samples.tsv",
         acquisition=WORK / "acquisition.json",
         step=step_record("ingest.json"),
-    params:
-        raw_dir=config["raw_dir"],
-        overrides=config.get("overrides") or {},
     log:
         log_file("ingest.log"),
     localrule: True
+    conda:
+        "../../envs/llsmflow.yaml"
+    params:
+        raw_dir=lambda wildcards: str(ACQ.raw_dir),
+        overrides=config.get("overrides") or {},
     script:
         "../scripts/ingest.py"

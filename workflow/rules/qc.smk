@@ -17,6 +17,8 @@ rule qc_tile:
         step=step_record("qc_tile/{tile}-ch{channel}.json"),
     log:
         log_file("qc_tile/{tile}-ch{channel}.log"),
+    conda:
+        "../../envs/llsmflow.yaml"
     threads: 1
     resources:
         mem_mb=1000,
@@ -35,6 +37,8 @@ rule qc_mosaic:
         step=step_record("qc_mosaic.json"),
     log:
         log_file("qc_mosaic.log"),
+    conda:
+        "../../envs/llsmflow.yaml"
     threads: 1
     resources:
         mem_mb=1000,

@@ -1,21 +1,3 @@
-def reference_tiles(wildcards):
-    return [
-        WORK
-        / "deconvolved"
-        / f"{sample_id(tile, STITCH['reference_channel'], STITCH['reference_timepoint'])}.ome.tif"
-        for tile in TILES
-    ]
-
-
-def tiles_of(wildcards):
-    return [
-        WORK
-        / "deconvolved"
-        / f"{sample_id(tile, wildcards.channel, wildcards.timepoint)}.ome.tif"
-        for tile in TILES
-    ]
-
-
 rule register:
     """Register overlapping tiles once (reference channel and timepoint) and optimise all positions."""
     input:
@@ -24,6 +6,14 @@ rule register:
         tiles_csv=WORK / "stitch" / "tiles.csv",
         transforms=WORK / "stitch" / "transforms.json",
         step=step_record("register.json"),
+    log:
+        log_file("register.log"),
+    conda:
+        "../../envs/llsmflow.yaml"
+    threads: 1
+    resources:
+        mem_mb=mem_mb_for(deskewed_volume_mb() * len(TILES), 4),
+        runtime=30,
     params:
         tile_names=TILES,
         nominal_origins_um={
@@ -32,12 +22,6 @@ rule register:
         min_quality=STITCH["min_quality"],
         upsample_factor=STITCH["upsample_factor"],
         max_shift_um=STITCH["max_shift_um"],
-    log:
-        log_file("register.log"),
-    threads: 1
-    resources:
-        mem_mb=mem_mb_for(deskewed_volume_mb() * len(TILES), 4),
-        runtime=30,
     script:
         "../scripts/register.py"
 
@@ -50,15 +34,17 @@ rule fuse:
     output:
         fused=intermediate(directory(WORK / "fused" / "ch{channel}-t{timepoint}.zarr")),
         step=step_record("fuse/ch{channel}-t{timepoint}.json"),
-    params:
-        tile_names=TILES,
-        blend_width_um=STITCH["blend_width_um"],
-        chunks=STITCH["chunks"],
     log:
         log_file("fuse/ch{channel}-t{timepoint}.log"),
+    conda:
+        "../../envs/llsmflow.yaml"
     threads: 2
     resources:
         mem_mb=mem_mb_for(deskewed_volume_mb() * len(TILES), 3),
         runtime=30,
+    params:
+        tile_names=TILES,
+        blend_width_um=STITCH["blend_width_um"],
+        chunks=STITCH["chunks"],
     script:
         "../scripts/fuse.py"

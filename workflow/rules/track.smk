@@ -10,6 +10,14 @@ rule track:
         tracks_png=RESULTS / "tracks" / "ch{channel}_tracks.png",
         msd_png=RESULTS / "tracks" / "ch{channel}_msd.png",
         step=step_record("track/ch{channel}.json"),
+    log:
+        log_file("track/ch{channel}.log"),
+    conda:
+        "../../envs/llsmflow.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=60,
     params:
         diameter_um=config["track"]["diameter_um"],
         search_range_um=config["track"]["search_range_um"],
@@ -17,11 +25,5 @@ rule track:
         min_track_length=config["track"]["min_track_length"],
         min_mass=config["track"]["min_mass"],
         percentile=config["track"]["percentile"],
-    log:
-        log_file("track/ch{channel}.log"),
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=60,
     script:
         "../scripts/track.py"

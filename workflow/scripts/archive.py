@@ -6,8 +6,8 @@ from pathlib import Path
 import dask.array as da
 
 from llsmflow.archive import write_ome_zarr
-from llsmflow.stitch import read_transforms
 from llsmflow.provenance import StepRecorder, package_versions
+from llsmflow.stitch import read_transforms
 
 with StepRecorder.for_workflow_job(snakemake) as step:
     p = snakemake.params
@@ -30,7 +30,16 @@ with StepRecorder.for_workflow_job(snakemake) as step:
         "processing": p.processing,
         "software": package_versions(),
     }
-    write_ome_zarr(snakemake.output.archive, image, attrs["voxel_size_um"], p.time_interval_s,
-                   channel_names=p.channel_names, wavelengths_nm=p.emission_nm, ngff_version=p.ngff_version,
-                   chunks_zyx=tuple(p.chunks), attributes=attributes, origin_um=tuple(attrs["origin_um"]))
+    write_ome_zarr(
+        snakemake.output.archive,
+        image,
+        attrs["voxel_size_um"],
+        p.time_interval_s,
+        channel_names=p.channel_names,
+        wavelengths_nm=p.emission_nm,
+        ngff_version=p.ngff_version,
+        chunks_zyx=tuple(p.chunks),
+        attributes=attributes,
+        origin_um=tuple(attrs["origin_um"]),
+    )
     step.note(shape_tczyx=list(image.shape), ngff_version=p.ngff_version)

@@ -11,11 +11,29 @@ with StepRecorder.for_workflow_job(snakemake) as step:
     volume = read_volume(snakemake.input.volume)
     psf = read_volume(snakemake.input.psf)
     log = logging.getLogger("llsmflow.decon")
-    result = deconvolve(volume.data, psf.data, volume.voxel_size_um, psf.voxel_size_um, iterations=p.iterations,
-                        background=p.background, psf_background=0.0, backend=p.backend, method=p.method,
-                        progress=lambda i, n: log.info("iteration %d/%d", i, n))
-    metadata = read_volume_description(snakemake.input.volume) | {"deconvolution": {
-        "backend": result.backend, "iterations": result.iterations, "background": result.background}}
+    result = deconvolve(
+        volume.data,
+        psf.data,
+        volume.voxel_size_um,
+        psf.voxel_size_um,
+        iterations=p.iterations,
+        background=p.background,
+        psf_background=0.0,
+        backend=p.backend,
+        method=p.method,
+        progress=lambda i, n: log.info("iteration %d/%d", i, n),
+    )
+    metadata = read_volume_description(snakemake.input.volume) | {
+        "deconvolution": {
+            "backend": result.backend,
+            "iterations": result.iterations,
+            "background": result.background,
+        }
+    }
     write_volume(snakemake.output.volume, result.data, volume.voxel_size_um, metadata)
-    step.note(backend=result.backend, iterations=result.iterations, background=result.background,
-              seconds_deconvolution=round(result.seconds, 3))
+    step.note(
+        backend=result.backend,
+        iterations=result.iterations,
+        background=result.background,
+        seconds_deconvolution=round(result.seconds, 3),
+    )

@@ -7,8 +7,13 @@ from llsmflow.provenance import StepRecorder
 with StepRecorder.for_workflow_job(snakemake) as step:
     p = snakemake.params
     raw = read_volume(snakemake.input.raw)
-    result = deskew(raw.data, p.dz_um, p.dx_um, p.angle_deg, dy_um=p.dy_um, scan_axis=p.scan_axis,
-                    fill_value=p.fill_value)
-    write_volume(snakemake.output.volume, result.data, result.voxel_size_um,
-                 {"origin_offset_um": result.origin_offset_um, "source": snakemake.input.raw})
+    result = deskew(
+        raw.data, p.dz_um, p.dx_um, p.angle_deg, dy_um=p.dy_um, scan_axis=p.scan_axis, fill_value=p.fill_value
+    )
+    write_volume(
+        snakemake.output.volume,
+        result.data,
+        result.voxel_size_um,
+        {"origin_offset_um": result.origin_offset_um, "source": snakemake.input.raw},
+    )
     step.note(shape_in=raw.data.shape, shape_out=result.data.shape, voxel_size_um=result.voxel_size_um)

@@ -3,8 +3,8 @@
 import logging
 
 from llsmflow.io import read_volume
-from llsmflow.stitch import Tile, fuse_to_zarr, read_transforms
 from llsmflow.provenance import StepRecorder
+from llsmflow.stitch import Tile, fuse_to_zarr, read_transforms
 
 with StepRecorder.for_workflow_job(snakemake) as step:
     p = snakemake.params
@@ -13,11 +13,24 @@ with StepRecorder.for_workflow_job(snakemake) as step:
     for name, path in zip(p.tile_names, snakemake.input.tiles, strict=True):
         volume = read_volume(path)
         entry = transforms["tiles"][name]
-        tiles.append(Tile(key=name, origin_um=tuple(entry["nominal_origin_um"]), shape=volume.data.shape,
-                          data=volume.data, path=str(path)))
+        tiles.append(
+            Tile(
+                key=name,
+                origin_um=tuple(entry["nominal_origin_um"]),
+                shape=volume.data.shape,
+                data=volume.data,
+                path=str(path),
+            )
+        )
         positions[name] = tuple(entry["origin_um"])
     log = logging.getLogger("llsmflow.stitch")
-    fuse_to_zarr(tiles, positions, transforms["voxel_size_um"], snakemake.output.fused,
-                 blend_width_um=p.blend_width_um, chunks=tuple(p.chunks),
-                 progress=lambda done, total: log.info("fused chunk %d/%d", done, total))
+    fuse_to_zarr(
+        tiles,
+        positions,
+        transforms["voxel_size_um"],
+        snakemake.output.fused,
+        blend_width_um=p.blend_width_um,
+        chunks=tuple(p.chunks),
+        progress=lambda done, total: log.info("fused chunk %d/%d", done, total),
+    )
     step.note(tiles=len(tiles))

@@ -5,11 +5,19 @@ from llsmflow.io import atomic_output, write_json
 from llsmflow.provenance import StepRecorder
 
 with StepRecorder.for_workflow_job(snakemake) as step:
-    acquisition = read_acquisition(snakemake.params.raw_dir, snakemake.input.metadata, snakemake.params.overrides)
+    acquisition = read_acquisition(
+        snakemake.params.raw_dir, snakemake.input.metadata, snakemake.params.overrides
+    )
     with atomic_output(snakemake.output.samples) as tmp:
         acquisition.samples.to_csv(tmp, sep="\t", index=False)
-    write_json(snakemake.output.acquisition, acquisition.metadata | {
-        "deskewed_voxel_size_um": acquisition.deskewed_voxel_size_um,
-        "tile_origins_um": acquisition.tiles.to_dict(orient="records"),
-    })
-    step.note(samples=len(acquisition.samples), tiles=len(acquisition.tiles), channels=len(acquisition.channels))
+    write_json(
+        snakemake.output.acquisition,
+        acquisition.metadata
+        | {
+            "deskewed_voxel_size_um": acquisition.deskewed_voxel_size_um,
+            "tile_origins_um": acquisition.tiles.to_dict(orient="records"),
+        },
+    )
+    step.note(
+        samples=len(acquisition.samples), tiles=len(acquisition.tiles), channels=len(acquisition.channels)
+    )

@@ -12,8 +12,15 @@ p = snakemake.params
 results = Path(p.results_dir)
 shutil.copyfile(snakemake.input.transforms, snakemake.output.transforms)
 acquisition = json.loads(Path(snakemake.input.acquisition).read_text(encoding="utf-8"))
-write_run_record(snakemake.output.record, p.config, workflow_dir=Path(snakemake.scriptdir).parent.parent,
-                 step_records=snakemake.input.steps, inputs=p.raw_files, outputs=snakemake.input.results,
-                 acquisition=acquisition)
-write_checksum_manifest(results, snakemake.output.manifest,
-                        extra_files={f"raw/{Path(f).name}": f for f in p.raw_files})
+write_run_record(
+    snakemake.output.record,
+    p.config,
+    workflow_dir=Path(snakemake.scriptdir).parent.parent,
+    step_records=snakemake.input.steps,
+    inputs=p.raw_files,
+    outputs=snakemake.input.results,
+    acquisition=acquisition,
+)
+write_checksum_manifest(
+    results, snakemake.output.manifest, extra_files={f"raw/{Path(f).name}": f for f in p.raw_files}
+)

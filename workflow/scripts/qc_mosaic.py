@@ -13,5 +13,11 @@ with StepRecorder.for_workflow_job(snakemake) as step:
     shapes = {name: entry.get("shape", [0, 0, 0]) for name, entry in transforms["tiles"].items()}
     tiles = {name: (entry["origin_um"], shapes[name]) for name, entry in transforms["tiles"].items()}
     projection = image[0, 0].max(axis=0).compute()
-    save_mosaic(projection, meta["origin_um"], meta["voxel_size_um"], tiles, snakemake.output.png,
-                title=f"{Path(snakemake.input.archive).name}, channel {meta['channel_names'][0]}, t = 0")
+    save_mosaic(
+        projection,
+        meta["origin_um"],
+        meta["voxel_size_um"],
+        tiles,
+        snakemake.output.png,
+        title=f"{Path(snakemake.input.archive).name}, channel {meta['channel_names'][0]}, t = 0",
+    )

@@ -3,6 +3,7 @@
 import logging
 
 from llsmflow.archive import read_ome_zarr
+from llsmflow.io import atomic_output
 from llsmflow.provenance import StepRecorder
 from llsmflow.track import (
     ensemble_msd,
@@ -13,7 +14,6 @@ from llsmflow.track import (
     track_particles,
     write_tracks,
 )
-from llsmflow.io import atomic_output
 
 with StepRecorder.for_workflow_job(snakemake) as step:
     p = snakemake.params
@@ -22,11 +22,19 @@ with StepRecorder.for_workflow_job(snakemake) as step:
     voxel, interval = meta["voxel_size_um"], meta["time_interval_s"]
     log = logging.getLogger("llsmflow.track")
     frames = [image[t, channel] for t in range(image.shape[0])]
-    tracks = track_particles((f.compute() for f in frames), voxel, interval, diameter_um=p.diameter_um,
-                             search_range_um=p.search_range_um, memory=p.memory,
-                             min_track_length=p.min_track_length, min_mass=p.min_mass, percentile=p.percentile,
-                             origin_um=meta["origin_um"],
-                             progress=lambda i, n: log.info("detected frame %d/%d", i, n))
+    tracks = track_particles(
+        (f.compute() for f in frames),
+        voxel,
+        interval,
+        diameter_um=p.diameter_um,
+        search_range_um=p.search_range_um,
+        memory=p.memory,
+        min_track_length=p.min_track_length,
+        min_mass=p.min_mass,
+        percentile=p.percentile,
+        origin_um=meta["origin_um"],
+        progress=lambda i, n: log.info("detected frame %d/%d", i, n),
+    )
     write_tracks(tracks, snakemake.output.parquet, snakemake.output.csv)
     summary = summarise_tracks(tracks, interval)
     msd = ensemble_msd(tracks, interval)

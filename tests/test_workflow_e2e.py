@@ -1,0 +1,199 @@
+"""End to end: `llsmflow run` on the tiny synthetic acquisition, outputs checked against the ground truth."""
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+LLSMFLOW = Path(sys.executable).parent / "llsmflow"
+
+pytestmark = pytest.mark.e2e
+
+
+def _sha256(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def workflow_run(tiny_acquisition, tmp_path_factory):
+    """Run the whole workflow once in a fresh directory; return (run_dir, config, raw checksums before)."""
+    run_dir = tmp_path_factory.mktemp("run")
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config.update(
+        dataset="tiny", raw_dir=str(tiny_acquisition / "raw"), results_dir="results", work_dir="work"
+    )
+    config_path = run_dir / "config.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    raw_before = {p.name: _sha256(p) for p in (tiny_acquisition / "raw").iterdir()}
+    env = dict(os.environ, LLSMFLOW_TEST_TOKEN="fake-secret-value-123")
+    result = subprocess.run(
+        [str(LLSMFLOW), "run", "--configfile", str(config_path), "--workflow-dir", str(REPO), "--cores", "2"],
+        cwd=run_dir,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
+    if result.returncode != 0:
+        pytest.fail(f"workflow failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
+    return run_dir, config, raw_before, result.stdout
+
+
+def test_run_prints_where_results_are(workflow_run):
+    run_dir, _, _, stdout = workflow_run
+    assert "Results in results/tiny/" in stdout
+    assert (run_dir / "results" / "tiny" / "tiny.ome.zarr").is_dir()
+
+
+def test_raw_data_untouched(workflow_run, tiny_acquisition):
+    _, _, raw_before, _ = workflow_run
+    assert {p.name: _sha256(p) for p in (tiny_acquisition / "raw").iterdir()} == raw_before
+
+
+def test_registration_recovers_true_tile_positions(workflow_run, tiny_acquisition):
+    run_dir = workflow_run[0]
+    transforms = json.loads((run_dir / "results/tiny/provenance/transforms.json").read_text())
+    truth = json.loads((tiny_acquisition / "truth" / "tiles.json").read_text())["tiles"]
+    voxel = np.asarray(transforms["voxel_size_um"])
+    reference = transforms["reference"]
+    for name, entry in transforms["tiles"].items():
+        found = np.asarray(entry["origin_um"]) - np.asarray(transforms["tiles"][reference]["origin_um"])
+        expected = np.asarray(truth[name]["origin_um"]) - np.asarray(truth[reference]["origin_um"])
+        assert np.all(np.abs(found - expected) < 0.5 * voxel), (name, found, expected)
+    # the stage error was real: nominal positions were off by more than the tolerance
+    nominal = {n: np.asarray(t["nominal_origin_um"]) for n, t in truth.items()}
+    errors = [np.abs(np.asarray(truth[n]["origin_um"]) - nominal[n]) for n in truth if n != reference]
+    assert max(e.max() for e in errors) > 0.5 * voxel.max()
+
+
+def test_archive_is_ome_zarr_with_physical_scales(workflow_run, tiny_acquisition):
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    run_dir = workflow_run[0]
+    archive = run_dir / "results/tiny/tiny.ome.zarr"
+    nodes = list(Reader(parse_url(str(archive)))())
+    image = nodes[0]
+    multiscales = image.metadata
+    assert [a["name"] for a in multiscales["axes"]] == ["t", "c", "z", "y", "x"]
+    assert [a.get("unit") for a in multiscales["axes"]] == [
+        "second",
+        None,
+        "micrometer",
+        "micrometer",
+        "micrometer",
+    ]
+    meta = json.loads((tiny_acquisition / "raw" / "acquisition.json").read_text())
+    scale = next(t for t in multiscales["coordinateTransformations"][0] if t["type"] == "scale")["scale"]
+    dzp = meta["dz_um"] * np.sin(np.radians(meta["angle_deg"]))
+    assert scale == pytest.approx([meta["time_interval_s"], 1.0, dzp, meta["dx_um"], meta["dx_um"]])
+    assert image.data[0].shape[:2] == (5, 2)
+    assert multiscales.get("channel_names") == [c["name"] for c in meta["channels"]]
+
+
+def _match_tracks(tracks, truth, max_distance_um=0.6):
+    """For each true trajectory, the fraction of its frames covered by its best-matching single track."""
+    coverage = []
+    for _, true_track in truth.groupby("particle"):
+        true_track = true_track.set_index("frame")
+        best = 0.0
+        for _, track in tracks.groupby("particle"):
+            common = track.set_index("frame")[["z_um", "y_um", "x_um"]].merge(
+                true_track[["z_um", "y_um", "x_um"]],
+                left_index=True,
+                right_index=True,
+                suffixes=("", "_true"),
+            )
+            if common.empty:
+                continue
+            distance = np.sqrt(sum((common[f"{a}_um"] - common[f"{a}_um_true"]) ** 2 for a in "zyx"))
+            best = max(best, float((distance < max_distance_um).sum()) / len(true_track))
+        coverage.append(best)
+    return np.array(coverage)
+
+
+@pytest.mark.parametrize("channel", [0, 1])
+def test_tracks_follow_true_trajectories(workflow_run, tiny_acquisition, channel):
+    run_dir = workflow_run[0]
+    tracks = pd.read_parquet(run_dir / f"results/tiny/tracks/ch{channel}.parquet")
+    assert {"particle", "frame", "t_s", "z_um", "y_um", "x_um"} <= set(tracks.columns)
+    assert tracks[["particle", "frame"]].equals(
+        tracks[["particle", "frame"]].sort_values(["particle", "frame"])
+    )
+    csv = pd.read_csv(run_dir / f"results/tiny/tracks/ch{channel}.csv")
+    assert len(csv) == len(tracks)
+    truth = pd.read_csv(tiny_acquisition / "truth" / "trajectories.csv")
+    truth = truth[truth.channel == channel]
+    coverage = _match_tracks(tracks, truth)
+    # most true particles are followed as one track over at least 80 % of the frames
+    assert np.mean(coverage >= 0.8) >= 0.8, coverage
+    # localisation: matched points within a fraction of a µm
+    summary = pd.read_csv(run_dir / f"results/tiny/tracks/ch{channel}_summary.csv")
+    assert len(summary) == tracks["particle"].nunique()
+
+
+def test_provenance_record(workflow_run, tiny_acquisition):
+    run_dir = workflow_run[0]
+    provenance = run_dir / "results/tiny/provenance"
+    record = json.loads((provenance / "run-record.json").read_text())
+    assert record["config"]["dataset"] == "tiny"
+    assert record["software"]["packages"]["numpy"]
+    inputs = {Path(e["path"]).name: e["sha256"] for e in record["inputs"]}
+    for raw_file in (tiny_acquisition / "raw").glob("*.tif"):
+        assert inputs[raw_file.name] == _sha256(raw_file)
+    outputs = {e["path"]: e for e in record["outputs"]}
+    track_csv = "results/tiny/tracks/ch0.csv"
+    assert outputs[track_csv]["sha256"] == _sha256(run_dir / track_csv)
+    steps = {s["step"] for s in record["steps"]}
+    assert {"deskew", "deconvolve", "register", "fuse", "archive", "track"} <= steps
+    backends = {s["notes"]["backend"] for s in record["steps"] if s["step"] == "deconvolve"}
+    assert backends == {"cpu"}
+    assert "fake-secret-value-123" not in (provenance / "run-record.json").read_text()
+    manifest = (provenance / "checksums.sha256").read_text().splitlines()
+    assert any(line.endswith("tiny.ome.zarr/zarr.json") for line in manifest)
+
+
+def test_qc_previews_are_pngs(workflow_run):
+    run_dir = workflow_run[0]
+    pngs = sorted((run_dir / "results/tiny/qc").glob("*.png"))
+    assert len(pngs) == 2 * 2 + 1
+    for png in pngs:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_intermediates_are_temporary(workflow_run):
+    run_dir = workflow_run[0]
+    assert not list((run_dir / "work/tiny").glob("deskewed/*.tif"))
+    assert not list((run_dir / "work/tiny").glob("fused/*.zarr"))
+
+
+def test_rerun_has_nothing_to_do(workflow_run):
+    run_dir, _, _, _ = workflow_run
+    result = subprocess.run(
+        [
+            str(LLSMFLOW),
+            "run",
+            "--configfile",
+            str(run_dir / "config.yaml"),
+            "--workflow-dir",
+            str(REPO),
+            "--",
+            "--dry-run",
+        ],
+        cwd=run_dir,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Nothing to be done" in result.stdout + result.stderr
+    shutil.rmtree(run_dir / ".snakemake" / "locks", ignore_errors=True)

@@ -278,14 +278,14 @@ def psf_to_otf(psf_prepared: np.ndarray, padded_shape: tuple[int, int, int], xp=
     return xp.fft.rfftn(xp.asarray(kernel)).astype(xp.complex64, copy=False)
 
 
-def _fft_pair(xp, shape):
+def _fft_pair(xp, shape, workers: int = -1):
     if xp is np:
 
         def forward(a):
-            return scipy.fft.rfftn(a, workers=-1)
+            return scipy.fft.rfftn(a, workers=workers)
 
         def inverse(a):
-            return scipy.fft.irfftn(a, s=shape, workers=-1)
+            return scipy.fft.irfftn(a, s=shape, workers=workers)
 
     else:
 
@@ -325,6 +325,7 @@ def richardson_lucy(
     progress: Callable[[int, int], None] | None = None,
     *,
     initial: str = "data",
+    threads: int | None = None,
 ) -> np.ndarray:
     """Deconvolve a ZYX volume by Richardson–Lucy iterations, in float32, with NumPy or CuPy.
 
@@ -346,6 +347,8 @@ def richardson_lucy(
         ``numpy`` (FFT by ``scipy.fft`` on all cores) or ``cupy`` (runs on the current CUDA device).
     progress : callable, optional
         Called as ``progress(iteration, iterations)`` after each iteration (1-based).
+    threads : int, optional
+        CPU threads for the FFTs (NumPy backend); default all cores.
     initial : {'data', 'flat'}
         First estimate: the background-subtracted data (cudaDecon), or a constant equal to its mean
         (``skimage.restoration.richardson_lucy`` uses a constant; after one iteration any constant gives the
@@ -389,7 +392,7 @@ def richardson_lucy(
 
     otf = psf_to_otf(psf, padded_shape, xp=xp)
     otf_conj = xp.conj(otf)
-    forward, inverse = _fft_pair(xp, padded_shape)
+    forward, inverse = _fft_pair(xp, padded_shape, workers=threads or -1)
     dmax = float(data.max())
     eps = xp.float32(_RATIO_EPS * dmax if dmax > 0 else np.finfo(np.float32).tiny)
 
@@ -619,6 +622,7 @@ def deconvolve(
     backend: str = "auto",
     method: str = "rl",
     progress: Callable[[int, int], None] | None = None,
+    threads: int | None = None,
 ) -> DeconResult:
     """Deconvolve a ZYX volume with a measured PSF on the best available backend.
 
@@ -636,6 +640,8 @@ def deconvolve(
         Data background, see :func:`resolve_background`.
     psf_background : float or 'auto'
         PSF background, see :func:`prepare_psf`.
+    threads : int, optional
+        CPU threads for the FFTs of the NumPy backend (default: all cores).
     backend : {'auto', 'pycudadecon', 'cupy', 'cpu'}
         See :func:`choose_backend`. With ``'auto'``, pycudadecon is skipped when ``dy != dx`` (it assumes
         square pixels).
@@ -677,7 +683,9 @@ def deconvolve(
         xp = np
         if name == "cupy":
             import cupy as xp
-        data = richardson_lucy(volume, kernel, iterations=iterations, background=bg, xp=xp, progress=progress)
+        data = richardson_lucy(
+            volume, kernel, iterations=iterations, background=bg, xp=xp, progress=progress, threads=threads
+        )
     return DeconResult(
         data=data,
         backend=name,

@@ -21,6 +21,7 @@ with StepRecorder.for_workflow_job(snakemake) as step:
         psf_background=0.0,
         backend=p.backend,
         method=p.method,
+        threads=snakemake.threads,
         progress=lambda i, n: log.info("iteration %d/%d", i, n),
     )
     metadata = read_volume_description(snakemake.input.volume) | {

@@ -12,6 +12,7 @@ from llsmflow.geometry import (
     deskew_rotate,
     deskewed_plane_spacing_um,
     deskewed_shape,
+    deskewed_valid_mask,
     objective_to_coverslip_matrix,
     shear_px_per_plane,
     stage_to_objective_um,
@@ -158,3 +159,31 @@ def test_real_lls7_crop_deskews_to_formula_shape(real_data):
     # intensity is conserved plane by plane, up to the columns lost at the plane edges
     kept = result.data.sum(axis=(1, 2)) / raw.data.astype(np.float64).sum(axis=(1, 2))
     assert np.all(kept > 0.85) and np.all(kept <= 1.0 + 1e-6)
+
+
+@pytest.mark.parametrize(
+    ("raw_shape", "dz", "angle", "scan_axis"),
+    [
+        ((12, 5, 9), 0.3, 31.5, "x"),
+        ((12, 5, 9), 0.3, -31.5, "x"),
+        ((9, 11, 4), 0.25, 40.0, "y"),
+        ((7, 3, 6), 0.104 / math.cos(math.radians(31.5)), 31.5, "x"),
+    ],
+)
+def test_deskewed_valid_mask_is_where_deskew_puts_data(raw_shape, dz, angle, scan_axis):
+    dx = 0.104
+    ones = deskew(np.ones(raw_shape, np.float32), dz, dx, angle, scan_axis=scan_axis).data
+    mask = deskewed_valid_mask(raw_shape, dz, dx, angle, scan_axis=scan_axis, margin_px=0)
+    assert mask.dtype == bool and mask.shape == ones.shape == deskewed_shape(
+        raw_shape, dz, dx, angle, scan_axis
+    )
+    np.testing.assert_array_equal(mask, ones > 0.999)
+    assert 0 < mask.mean() < 1  # the wedges are there
+    # the margin erodes each plane's run of valid voxels along the scan axis only, by that many pixels per end
+    eroded = deskewed_valid_mask(raw_shape, dz, dx, angle, scan_axis=scan_axis, margin_px=2)
+    axis = 2 if scan_axis == "x" else 1
+    structure = np.ones([5 if a == axis else 1 for a in range(3)], bool)
+    np.testing.assert_array_equal(eroded, ndimage.binary_erosion(mask, structure, border_value=0))
+    np.testing.assert_array_equal(eroded.sum(axis=axis), np.maximum(mask.sum(axis=axis) - 4, 0))
+    with pytest.raises(LlsmflowError, match="margin_px"):
+        deskewed_valid_mask(raw_shape, dz, dx, angle, margin_px=-1)

@@ -530,3 +530,16 @@ def test_write_tracks_and_plots(movie, tmp_path):
     with pytest.raises(LlsmflowError, match="projection"):
         track.plot_tracks(tracks, projection[None], VOXEL, (0.0, 0.0, 0.0), tmp_path / "bad.png")
     assert not (tmp_path / "bad.png").exists()
+
+
+def test_population_split_finds_the_gap_above_background():
+    """Deconvolved data: particles stand a clear factor above speckle and dim structure; the split is in the gap."""
+    rng = np.random.default_rng(0)
+    background = 10 ** rng.normal(2.2, 0.25, 300)  # speckle + texture maxima, a broad unimodal population
+    particles = rng.uniform(2500, 5000, 12)
+    split = track._population_split(np.concatenate([background, particles]))
+    assert background.max() < split < particles.min()
+    # a continuous range of brightness has no gap: the rule stays out of the way
+    assert track._population_split(10 ** rng.uniform(1, 4, 300)) == 0.0
+    # one very bright outlier alone does not make a population
+    assert track._population_split(np.concatenate([background, [1e6]])) == 0.0

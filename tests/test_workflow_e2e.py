@@ -136,7 +136,20 @@ def test_tracks_follow_true_trajectories(workflow_run, tiny_acquisition, channel
     coverage = _match_tracks(tracks, truth)
     # most true particles are followed as one track over at least 80 % of the frames
     assert np.mean(coverage >= 0.8) >= 0.8, coverage
-    # localisation: matched points within a fraction of a µm
+    # localisation: RMS error per axis below half a voxel for detections matched to a true position
+    meta = json.loads((tiny_acquisition / "raw" / "acquisition.json").read_text())
+    voxel = np.array([meta["dz_um"] * np.sin(np.radians(meta["angle_deg"])), meta["dx_um"], meta["dx_um"]])
+    errors = []
+    for frame, points in tracks.groupby("frame"):
+        true = truth[truth.frame == frame][["z_um", "y_um", "x_um"]].to_numpy()
+        found = points[["z_um", "y_um", "x_um"]].to_numpy()
+        distance = np.linalg.norm(found[:, None, :] - true[None, :, :], axis=2)
+        nearest = distance.argmin(axis=1)
+        close = distance[np.arange(len(found)), nearest] < 0.5
+        errors.append(found[close] - true[nearest[close]])
+    errors = np.concatenate(errors)
+    assert len(errors) >= 0.8 * len(truth)
+    assert np.all(np.sqrt((errors**2).mean(axis=0)) < 0.5 * voxel), np.sqrt((errors**2).mean(axis=0)) / voxel
     summary = pd.read_csv(run_dir / f"results/tiny/tracks/ch{channel}_summary.csv")
     assert len(summary) == tracks["particle"].nunique()
 

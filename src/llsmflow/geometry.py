@@ -151,6 +151,66 @@ def _shift_plane_into(out_yx: np.ndarray, plane_yx: np.ndarray, shift_px: float)
     dst += np.float32(frac) * plane_yx[:, :-1]
 
 
+def deskewed_valid_mask(
+    raw_shape_zyx: tuple[int, int, int],
+    dz_um: float,
+    dx_um: float,
+    angle_deg: float,
+    scan_axis: str = "x",
+    margin_px: int = 1,
+    dy_um: float | None = None,
+) -> np.ndarray:
+    """Where a deskewed volume holds data: True for voxels that :func:`deskew` interpolated from raw voxels.
+
+    Deskewing shifts raw plane ``k`` by ``base + k·s`` pixels along the scan axis, so the data fill a
+    parallelogram in (z, scan axis) and the two wedges beside it keep the fill value. Columns that a plane's
+    sub-pixel shift leaves without a full pair of raw neighbours (its first column when the shift is
+    fractional) are invalid, exactly as :func:`deskew` leaves them at the fill value.
+
+    Parameters
+    ----------
+    raw_shape_zyx:
+        Shape ``(nz, ny, nx)`` of the raw stack.
+    dz_um, dx_um, angle_deg, scan_axis, dy_um:
+        As for :func:`deskew` (``dy_um`` defaults to ``dx_um`` and matters only for ``scan_axis="y"``).
+    margin_px:
+        Pixels dropped at both ends of each plane's valid run along the scan axis (erosion), e.g. to keep
+        away from interpolation or deconvolution edge effects; 0 keeps every interpolated voxel.
+
+    Returns
+    -------
+    numpy.ndarray
+        bool, of shape :func:`deskewed_shape`.
+    """
+    raw_shape = tuple(int(n) for n in raw_shape_zyx)
+    if len(raw_shape) != 3 or min(raw_shape) < 1:
+        raise LlsmflowError(
+            f"raw shape {tuple(raw_shape_zyx)} is invalid; expected three positive sizes (z, y, x)"
+        )
+    if scan_axis not in ("x", "y"):
+        raise LlsmflowError(f"scan axis {scan_axis!r} is invalid; expected 'x' or 'y'")
+    margin = int(margin_px)
+    if margin < 0:
+        raise LlsmflowError(f"margin_px={margin_px!r} is invalid; expected a non-negative number of pixels")
+    dy_um = dx_um if dy_um is None else dy_um
+    scan_pixel_um = dx_um if scan_axis == "x" else dy_um
+    shear = shear_px_per_plane(dz_um, scan_pixel_um, angle_deg)
+    nz, ny, nx = raw_shape if scan_axis == "x" else (raw_shape[0], raw_shape[2], raw_shape[1])
+    out_nx = nx + math.floor(nz * abs(shear))
+    base = -shear * (nz - 1) if shear < 0 else 0.0  # as in deskew
+    columns = np.arange(out_nx)
+    valid = np.zeros((nz, out_nx), dtype=bool)
+    for k in range(nz):
+        shift = base + k * shear
+        whole = math.floor(shift)
+        first = whole if shift - whole < 1e-6 else whole + 1  # as in _shift_plane_into
+        valid[k] = (columns >= first + margin) & (columns < min(whole + nx, out_nx) - margin)
+    mask = np.broadcast_to(valid[:, None, :], (nz, ny, out_nx))
+    if scan_axis == "y":
+        mask = mask.transpose(0, 2, 1)
+    return np.ascontiguousarray(mask)
+
+
 def objective_to_coverslip_matrix(angle_deg: float) -> np.ndarray:
     """3×3 rotation taking objective-frame (z, y, x) µm vectors to coverslip-frame (Z, Y, X) µm vectors.
 

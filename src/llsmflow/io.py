@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -124,6 +125,10 @@ def read_volume(
     path = Path(path)
     if not path.is_file():
         raise LlsmflowError("file not found; expected a TIFF volume", path)
+    tifffile_log = logging.getLogger("tifffile")
+    previous_level = tifffile_log.level
+    # tifffile logs its own complaints about damaged files; the error raised below says it once, clearly.
+    tifffile_log.setLevel(logging.CRITICAL)
     try:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
@@ -141,6 +146,8 @@ def read_volume(
         raise LlsmflowError(
             f"cannot read as TIFF ({type(exc).__name__}: {exc}); expected a readable TIFF", path
         ) from exc
+    finally:
+        tifffile_log.setLevel(previous_level)
 
     axes = axes.replace("Q", "Z").replace("I", "Z")  # plain stacks of pages read as "IYX"/"QYX"
     for name, index in (("C", channel), ("T", timepoint)):

@@ -28,9 +28,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import tifffile
+from scipy import ndimage
 
 from llsmflow.errors import LlsmflowError
-from llsmflow.geometry import deskewed_plane_spacing_um, shear_px_per_plane, stage_to_objective_um
+from llsmflow.geometry import (
+    deskewed_plane_spacing_um,
+    deskewed_valid_mask,
+    shear_px_per_plane,
+    stage_to_objective_um,
+)
 from llsmflow.io import atomic_output, write_json, write_volume
 
 FILE_TEMPLATE = (
@@ -48,7 +54,8 @@ class SynthParams:
     """Parameters of the synthetic acquisition (µm, s, degrees, nm).
 
     ``tiles_y × tiles_x`` tiles: y runs across the scan direction, x along it. Raw stacks are
-    ``raw_shape_zyx`` (planes × camera rows × camera columns).
+    ``raw_shape_zyx`` (planes × camera rows × camera columns). Stage errors are uniform in
+    ±``stage_error_um`` (half that in z), capped at a third of the overlap width so that tiles still overlap.
     """
 
     tiles_y: int = 2
@@ -69,6 +76,8 @@ class SynthParams:
     particle_photons: tuple[float, float] = (250.0, 500.0)
     filaments: int = 3
     filament_photons: float = 60.0
+    texture_photons: float = 25.0
+    texture_scale_um: float = 0.35
     background_photons: float = 4.0
     camera_offset: float = 100.0
     read_noise: float = 2.0
@@ -177,7 +186,9 @@ def _tile_layout(p: SynthParams, rng: np.random.Generator) -> list[_Tile]:
             if ix == 0 and iy == 0:
                 error = np.zeros(3)  # the stage is zeroed on the first tile: errors are relative to it
             else:
-                error = rng.uniform(-p.stage_error_um, p.stage_error_um, 3) * np.array([0.5, 1.0, 1.0])
+                # An acquisition keeps its overlap: errors stay below a third of the overlap width.
+                amplitude = min(p.stage_error_um, p.overlap * ny * p.dx_um / 3)
+                error = rng.uniform(-amplitude, amplitude, 3) * np.array([0.5, 1.0, 1.0])
             true = tuple(float(a + e) for a, e in zip(nominal, error, strict=True))
             tiles.append(_Tile(ix, iy, stage, nominal, true))
     return tiles
@@ -286,6 +297,54 @@ def _psf_stack(sigma_z: float, sigma_xy: float, p: SynthParams, rng, dz_psf: flo
     return _noisy_camera_frames(bead, p, rng)
 
 
+class _Texture:
+    """A static, dim, textured "cell body" filling the imaged region, blurred by each channel's PSF.
+
+    It gives every tile overlap content to register on, as real cells do, while staying far dimmer than the
+    particles. The field lives on a 0.1 µm grid over the objective-frame bounding box of all tiles and is
+    sampled (linear interpolation of a field much smoother than the grid) at each voxel's objective position.
+    """
+
+    spacing_um = 0.1
+
+    def __init__(self, tiles, p: SynthParams, rng: np.random.Generator):
+        nz, ny, nx = p.raw_shape_zyx
+        dzp = deskewed_plane_spacing_um(p.dz_um, p.angle_deg)
+        deskewed_width = (
+            nx + math.floor(nz * abs(shear_px_per_plane(p.dz_um, p.dx_um, p.angle_deg)))
+        ) * p.dx_um
+        origins = np.array([t.origin_true_um for t in tiles])
+        margin = 1.0
+        self.lo = origins.min(axis=0) - margin
+        hi = origins.max(axis=0) + np.array([nz * dzp, ny * p.dx_um, deskewed_width]) + margin
+        shape = tuple(int(math.ceil(v / self.spacing_um)) + 1 for v in hi - self.lo)
+        field = ndimage.gaussian_filter(rng.normal(size=shape), p.texture_scale_um / self.spacing_um)
+        field /= field.std() or 1.0
+        self.field = np.clip(field, 0.0, None).astype(np.float32)  # patches of label, dark gaps between
+        self.amplitude = p.texture_photons
+        self._blurred: dict[tuple[float, float], np.ndarray] = {}
+
+    def _for_psf(self, sigma_z: float, sigma_xy: float) -> np.ndarray:
+        key = (sigma_z, sigma_xy)
+        if key not in self._blurred:
+            sigmas = (sigma_z / self.spacing_um, sigma_xy / self.spacing_um, sigma_xy / self.spacing_um)
+            self._blurred[key] = ndimage.gaussian_filter(self.field, sigmas) * np.float32(self.amplitude)
+        return self._blurred[key]
+
+    def sample(self, shape_zyx, origin_um, plane_spacing_um, pixel_um, shear_px, sigma_z, sigma_xy):
+        """Expected photons of the texture in a stack whose plane ``k`` is sheared by ``k·shear_px`` pixels."""
+        nz, ny, nx = shape_zyx
+        k, j, i = np.meshgrid(np.arange(nz), np.arange(ny), np.arange(nx), indexing="ij", sparse=True)
+        z = origin_um[0] + k * plane_spacing_um
+        y = origin_um[1] + j * pixel_um
+        x = origin_um[2] + (i + k * shear_px) * pixel_um
+        coords = [
+            np.broadcast_to((c - lo) / self.spacing_um, shape_zyx)
+            for c, lo in zip((z, y, x), self.lo, strict=True)
+        ]
+        return ndimage.map_coordinates(self._for_psf(sigma_z, sigma_xy), coords, order=1, mode="nearest")
+
+
 def generate(outdir: str | Path, params: SynthParams | None = None, progress=None) -> dict:
     """Write the synthetic acquisition to ``outdir`` (``raw/`` and ``truth/``) and return a summary.
 
@@ -309,6 +368,7 @@ def generate(outdir: str | Path, params: SynthParams | None = None, progress=Non
     shear = shear_px_per_plane(p.dz_um, p.dx_um, p.angle_deg)
     deskewed_nx = nx + math.floor(nz * abs(shear))
     filaments = _filament_points(tiles, p, rng)
+    texture = _Texture(tiles, p, rng) if p.texture_photons > 0 else None
     n_particles = p.particles_per_tile * len(tiles)
 
     trajectories, channels_meta = [], []
@@ -374,6 +434,10 @@ def generate(outdir: str | Path, params: SynthParams | None = None, progress=Non
                 raw_expected = render_emitters(
                     p.raw_shape_zyx, emitters, amplitudes, dzp, p.dx_um, shear, sigma_z, sigma_xy
                 )
+                if texture is not None:
+                    raw_expected += texture.sample(
+                        p.raw_shape_zyx, tile.origin_true_um, dzp, p.dx_um, shear, sigma_z, sigma_xy
+                    )
                 name = FILE_TEMPLATE.format(
                     channel=c,
                     timepoint=t,
@@ -390,6 +454,12 @@ def generate(outdir: str | Path, params: SynthParams | None = None, progress=Non
                 truth = render_emitters(
                     (nz, ny, deskewed_nx), emitters, amplitudes, dzp, p.dx_um, 0.0, sigma_z, sigma_xy
                 )
+                if texture is not None:
+                    truth += texture.sample(
+                        (nz, ny, deskewed_nx), tile.origin_true_um, dzp, p.dx_um, 0.0, sigma_z, sigma_xy
+                    )
+                    # the noise-free deskewed volume only holds what the stage scan imaged
+                    truth *= deskewed_valid_mask(p.raw_shape_zyx, p.dz_um, p.dx_um, p.angle_deg, margin_px=0)
                 write_volume(
                     truth_dir / "noisefree" / f"{tile_key}_ch{c}_t{t:04d}.tif",
                     truth.astype(np.float32),

@@ -229,8 +229,10 @@ def _as_uint16(arr: np.ndarray) -> tuple[np.ndarray, float, float]:
 
 ADAPTIVE_STOP_FRACTION = 0.2
 """Linking may shrink the search range down to this fraction of it where candidates crowd."""
-POPULATION_SEPARATION_DECADES = 1.0
-"""Candidate populations whose median masses differ by more than this (log10) are split by Otsu's method."""
+POPULATION_GAP_FACTOR = 2.0
+"""A gap of more than this factor in mass between consecutive candidates separates particles from the rest."""
+POPULATION_MIN_UPPER = 3
+"""At least this many candidates must lie above a separating gap."""
 NOISE_FLOOR_FRACTION = 0.25
 """Block noise is at least this fraction of the median block noise of the volume."""
 
@@ -353,24 +355,30 @@ def _noise_reference(diam: tuple[int, int, int], percentile: float, separation) 
 
 
 def _population_split(mass: np.ndarray) -> float:
-    """Threshold between two candidate populations that lie more than a decade apart, else 0.
+    """Mass in the widest clear gap between the brightest candidates and the rest, else 0.
 
     Deconvolved data need this: Richardson–Lucy concentrates a particle's intensity while the background,
-    clamped at zero, becomes sparse speckle whose mass distribution is far from Gaussian, so the median/MAD
-    rule of :func:`auto_min_mass` lets its tail through. There, the log-masses of candidates form two clear
-    populations (speckle, and real structure one to three decades brighter), split here by Otsu's method.
+    clamped at zero, becomes sparse speckle, and dim static structure (a textured cell body, filaments)
+    leaves many maxima of intermediate mass; neither is Gaussian, so the median/MAD rule of
+    :func:`auto_min_mass` lets their tail through. Particles then stand apart: sorted by mass, the candidates
+    show a gap of more than a factor :data:`POPULATION_GAP_FACTOR` between the dimmest particle and the
+    brightest background maximum. The widest such gap with at least :data:`POPULATION_MIN_UPPER` candidates
+    above it, within the brighter half, is taken; without a clear gap (a continuous range of brightness, as in
+    raw data) this rule does not apply.
     """
-    from skimage.filters import threshold_otsu
-
-    positive = mass[mass > 0]
+    positive = np.sort(mass[mass > 0])[::-1]
     if positive.size < _MIN_CANDIDATES_FOR_AUTO:
         return 0.0
-    log_snr = np.log10(positive)
-    split = float(threshold_otsu(log_snr))
-    low, high = log_snr[log_snr <= split], log_snr[log_snr > split]
-    if low.size == 0 or high.size == 0 or np.median(high) - np.median(low) < POPULATION_SEPARATION_DECADES:
+    log_mass = np.log10(positive)
+    gaps = log_mass[:-1] - log_mass[1:]  # gaps[i]: between candidate i (brighter) and i + 1
+    usable = np.arange(gaps.size)
+    usable = usable[(usable + 1 >= POPULATION_MIN_UPPER) & (usable < positive.size // 2)]
+    if usable.size == 0:
         return 0.0
-    return float(10**split)
+    widest = usable[np.argmax(gaps[usable])]
+    if gaps[widest] < math.log10(POPULATION_GAP_FACTOR):
+        return 0.0
+    return float(10 ** (0.5 * (log_mass[widest] + log_mass[widest + 1])))
 
 
 def _auto_keep(found: pd.DataFrame, shape, diam, percentile: float, separation) -> np.ndarray:
@@ -381,10 +389,14 @@ def _auto_keep(found: pd.DataFrame, shape, diam, percentile: float, separation) 
         return np.ones(len(found), dtype=bool)
     snr = found["mass"].to_numpy() / np.maximum(noise, 1e-3 * top)
     reference, density = _noise_reference(tuple(diam), percentile, separation)
+    mass = found["mass"].to_numpy()
+    split = _population_split(mass)
+    if split > 0:
+        # Two clear populations (typical of deconvolved data): the bright one, if it stands out of noise.
+        return (mass > split) & (snr > auto_min_mass(snr, reference))
     expected = density * float(np.prod([max(s - d, 0) for s, d in zip(shape, diam, strict=True)]))
     if len(snr) >= max(_MIN_CANDIDATES_FOR_AUTO, _NOISE_DOMINATED * expected):
-        mass = found["mass"].to_numpy()
-        return (snr > auto_min_mass(snr)) & (mass > _population_split(mass))
+        return snr > auto_min_mass(snr)
     # Too few candidates to be mostly noise maxima (a small volume, or clean data where the band-pass
     # leaves no noise peaks): white noise of the measured level stands in for the background.
     return snr > auto_min_mass(snr, reference)

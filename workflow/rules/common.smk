@@ -23,6 +23,9 @@ WORK = Path(config["work_dir"]) / DATASET
 RESULTS = Path(config["results_dir"]) / DATASET
 SAMPLES = list(ACQ.samples["sample_id"])
 TILES = list(ACQ.tiles["tile"])
+NOMINAL_ORIGINS_UM = {
+    row.tile: [row.z_um, row.y_um, row.x_um] for row in ACQ.tiles.itertuples()
+}
 CHANNELS = list(range(len(ACQ.channels)))
 TIMEPOINTS = ACQ.timepoints
 TRACK_CHANNELS = (

@@ -16,9 +16,7 @@ rule register:
         runtime=30,
     params:
         tile_names=TILES,
-        nominal_origins_um={
-            row.tile: [row.z_um, row.y_um, row.x_um] for row in ACQ.tiles.itertuples()
-        },
+        nominal_origins_um=NOMINAL_ORIGINS_UM,
         min_quality=STITCH["min_quality"],
         upsample_factor=STITCH["upsample_factor"],
         max_shift_um=STITCH["max_shift_um"],
@@ -44,6 +42,7 @@ rule fuse:
         runtime=30,
     params:
         tile_names=TILES,
+        nominal_origins_um=NOMINAL_ORIGINS_UM,
         blend_width_um=STITCH["blend_width_um"],
         chunks=STITCH["chunks"],
     script:

@@ -14,6 +14,16 @@ with StepRecorder.for_workflow_job(snakemake) as step:
         snakemake.output.volume,
         result.data,
         result.voxel_size_um,
-        {"origin_offset_um": result.origin_offset_um, "source": snakemake.input.raw},
+        {
+            "origin_offset_um": result.origin_offset_um,
+            "source": snakemake.input.raw,
+            "raw_shape_zyx": raw.data.shape,
+            "deskew": {
+                "dz_um": p.dz_um,
+                "dx_um": p.dx_um,
+                "angle_deg": p.angle_deg,
+                "scan_axis": p.scan_axis,
+            },
+        },
     )
     step.note(shape_in=raw.data.shape, shape_out=result.data.shape, voxel_size_um=result.voxel_size_um)

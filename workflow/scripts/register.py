@@ -3,31 +3,33 @@
 import numpy as np
 import pandas as pd
 
-from llsmflow.io import atomic_output, read_volume, read_volume_description
+from llsmflow.io import atomic_output
 from llsmflow.provenance import StepRecorder
-from llsmflow.stitch import Tile, register_tiles, write_transforms
+from llsmflow.stitch import register_tiles, tile_from_deskewed, write_transforms
 
 with StepRecorder.for_workflow_job(snakemake) as step:
     p = snakemake.params
-    tiles, rows = [], []
-    for name, path in zip(p.tile_names, snakemake.input.tiles, strict=True):
-        volume = read_volume(path)
-        offset = read_volume_description(path).get("origin_offset_um", [0.0, 0.0, 0.0])
-        origin = tuple(float(a + b) for a, b in zip(p.nominal_origins_um[name], offset, strict=True))
-        tiles.append(
-            Tile(key=name, origin_um=origin, shape=volume.data.shape, data=volume.data, path=str(path))
-        )
-        rows.append(
-            {"path": str(path), "x_um": origin[2], "y_um": origin[1], "z_um": origin[0], "tile": name}
-        )
-        voxel = volume.voxel_size_um
+    tiles = [
+        tile_from_deskewed(path, name, p.nominal_origins_um[name])
+        for name, path in zip(p.tile_names, snakemake.input.tiles, strict=True)
+    ]
     transforms = register_tiles(
         tiles,
-        voxel,
+        tiles[0].voxel_size_um,
         min_quality=p.min_quality,
         upsample_factor=p.upsample_factor,
         max_shift_um=p.max_shift_um,
     )
+    rows = [
+        {
+            "path": t.path,
+            "x_um": t.origin_um[2],
+            "y_um": t.origin_um[1],
+            "z_um": t.origin_um[0],
+            "tile": t.key,
+        }
+        for t in tiles
+    ]
     with atomic_output(snakemake.output.tiles_csv) as tmp:
         pd.DataFrame(rows).to_csv(tmp, index=False)
     write_transforms(snakemake.output.transforms, transforms)

@@ -1,0 +1,126 @@
+"""The command line: each stage runs on real files, and bad input gives one clear line and a non-zero exit."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from llsmflow.io import read_volume, read_volume_description
+
+LLSMFLOW = str(Path(sys.executable).parent / "llsmflow")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(*args, cwd=None):
+    return subprocess.run([LLSMFLOW, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def one_error_line(result, *fragments):
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("command", ["synth", "deskew", "deconvolve", "stitch", "track", "archive", "run"])
+def test_every_subcommand_has_help(command):
+    result = run(command, "--help")
+    assert result.returncode == 0
+    assert "usage: llsmflow" in result.stdout
+
+
+def test_deskew_and_deconvolve_commands(tiny_acquisition, tmp_path):
+    raw = sorted((tiny_acquisition / "raw").glob("*_ch0_*000x_000y_000z_0000t.tif"))[0]
+    deskewed = tmp_path / "deskewed.ome.tif"
+    result = run("deskew", raw, deskewed, "--dx", 0.104, "--dz", 0.3, "--angle", 31.5)
+    assert result.returncode == 0, result.stderr
+    volume = read_volume(deskewed)
+    assert volume.voxel_size_um == pytest.approx((0.3 * np.sin(np.radians(31.5)), 0.104, 0.104))
+    assert read_volume_description(deskewed)["frame"] == "objective"
+
+    decon = tmp_path / "decon.ome.tif"
+    psf = tiny_acquisition / "raw" / "PSF_ch0_488nm.tif"
+    dzp = volume.voxel_size_um[0]
+    result = run(
+        "deconvolve",
+        deskewed,
+        decon,
+        "--psf",
+        psf,
+        "--dx",
+        0.104,
+        "--dz",
+        dzp,
+        "--dzpsf",
+        0.1,
+        "--iterations",
+        5,
+        "--backend",
+        "cpu",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "backend cpu" in result.stdout
+    out = read_volume(decon)
+    assert out.data.shape == volume.data.shape
+    # deconvolution concentrates intensity: the brightest voxels get brighter relative to the mean
+    assert out.data.max() / out.data.mean() > volume.data.max() / volume.data.mean()
+
+    rotated = tmp_path / "rotated.ome.tif"
+    result = run("deskew", raw, rotated, "--dx", 0.104, "--dz", 0.3, "--angle", 31.5, "--rotate")
+    assert result.returncode == 0, result.stderr
+    assert read_volume(rotated).voxel_size_um == pytest.approx((0.104, 0.104, 0.104))
+
+
+def test_bad_inputs_give_one_clear_line(tiny_acquisition, tmp_path):
+    raw = sorted((tiny_acquisition / "raw").glob("*.tif"))[-1]
+    one_error_line(
+        run(
+            "deskew", tmp_path / "missing.tif", tmp_path / "o.tif", "--dx", 0.1, "--dz", 0.3, "--angle", 31.5
+        ),
+        "missing.tif",
+        "file not found",
+    )
+    one_error_line(
+        run("deskew", raw, tmp_path / "o.tif", "--dx", 0.1, "--dz", 0.3, "--angle", 95),
+        "angle",
+        "expected 0 < |angle| < 90",
+    )
+    one_error_line(
+        run("deskew", raw, tmp_path / "o.tif", "--dx", 0, "--dz", 0.3, "--angle", 31.5), "voxel size"
+    )
+    truncated = tmp_path / "truncated.tif"
+    truncated.write_bytes(raw.read_bytes()[:5000])
+    one_error_line(
+        run("deskew", truncated, tmp_path / "o.tif", "--dx", 0.1, "--dz", 0.3, "--angle", 31.5),
+        "truncated.tif",
+        "expected a readable TIFF",
+    )
+    assert not (tmp_path / "o.tif").exists()
+    flat_psf = tmp_path / "flat_psf.tif"
+    import tifffile
+
+    tifffile.imwrite(flat_psf, np.full((9, 9, 9), 100, np.uint16))
+    one_error_line(
+        run("deconvolve", raw, tmp_path / "d.tif", "--psf", flat_psf, "--dx", 0.1, "--dz", 0.2), "PSF"
+    )
+    assert not (tmp_path / "d.tif").exists()
+
+
+def test_run_rejects_config_that_fails_schema(tmp_path, tiny_acquisition):
+    config = {"dataset": "x", "raw_dir": str(tiny_acquisition / "raw"), "deconvolution": {"iterations": -3}}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    one_error_line(run("run", "--configfile", path, "--workflow-dir", REPO), "deconvolution.iterations", "-3")
+    config = {"dataset": "x", "raw_dir": str(tmp_path / "nowhere")}
+    path.write_text(yaml.safe_dump(config))
+    one_error_line(run("run", "--configfile", path, "--workflow-dir", REPO), "nowhere", "raw data directory")
+
+
+def test_synth_rejects_bad_tile_grid(tmp_path):
+    result = run("synth", tmp_path / "s", "--tiles", "2by1")
+    assert result.returncode != 0
+    assert "expected NYxNX" in result.stderr

@@ -124,3 +124,95 @@ def test_synth_rejects_bad_tile_grid(tmp_path):
     result = run("synth", tmp_path / "s", "--tiles", "2by1")
     assert result.returncode != 0
     assert "expected NYxNX" in result.stderr
+
+
+def test_stage_commands_chain(tiny_acquisition, tmp_path):
+    """deskew → deconvolve → stitch → archive → track, one file at a time, as a facility engineer would."""
+    import json
+
+    import pandas as pd
+
+    from llsmflow.archive import read_ome_zarr
+    from llsmflow.ingest import read_acquisition
+
+    acq = read_acquisition(tiny_acquisition / "raw")
+    truth = json.loads((tiny_acquisition / "truth" / "tiles.json").read_text())["tiles"]
+    dzp = acq.deskewed_voxel_size_um[0]
+    fused = []
+    for timepoint in range(3):
+        rows = []
+        for tile in acq.tiles.itertuples():
+            raw = acq.sample_path(tile.tile, 0, timepoint)
+            deskewed = tmp_path / f"{tile.tile}_t{timepoint}_deskewed.ome.tif"
+            decon = tmp_path / f"{tile.tile}_t{timepoint}_decon.ome.tif"
+            assert (
+                run(
+                    "deskew", raw, deskewed, "--dx", acq.dx_um, "--dz", acq.dz_um, "--angle", acq.angle_deg
+                ).returncode
+                == 0
+            )
+            result = run(
+                "deconvolve",
+                deskewed,
+                decon,
+                "--psf",
+                acq.psf_path(0),
+                "--dx",
+                acq.dx_um,
+                "--dz",
+                dzp,
+                "--dzpsf",
+                0.1,
+                "--backend",
+                "cpu",
+            )
+            assert result.returncode == 0, result.stderr
+            rows.append(
+                {
+                    "path": decon.name,
+                    "tile": tile.tile,
+                    "x_um": tile.x_um,
+                    "y_um": tile.y_um,
+                    "z_um": tile.z_um,
+                }
+            )
+        tiles_csv = tmp_path / f"tiles_t{timepoint}.csv"
+        pd.DataFrame(rows).to_csv(tiles_csv, index=False)
+        transforms = tmp_path / "transforms.json"  # registered on t0, reused for later timepoints
+        out = tmp_path / f"fused_t{timepoint}.zarr"
+        result = run("stitch", "--tiles", tiles_csv, "--output", out, "--transforms", transforms)
+        assert result.returncode == 0, result.stderr
+        fused.append(out)
+    registered = json.loads(transforms.read_text())["tiles"]
+    first, second = (np.asarray(registered[row["tile"]]["origin_um"]) for row in rows[:2])
+    expected = np.asarray(truth["000x_001y_000z"]["origin_um"]) - np.asarray(
+        truth["000x_000y_000z"]["origin_um"]
+    )
+    assert np.all(np.abs((second - first) - expected) < 0.5 * np.asarray(acq.deskewed_voxel_size_um))
+
+    archive = tmp_path / "tiny.ome.zarr"
+    result = run(
+        "archive",
+        *fused,
+        "--output",
+        archive,
+        "--channels",
+        1,
+        "--timepoints",
+        3,
+        "--time-interval-s",
+        acq.time_interval_s,
+        "--channel-names",
+        "ch0_488nm",
+    )
+    assert result.returncode == 0, result.stderr
+    image, meta = read_ome_zarr(archive)
+    assert image.shape[:2] == (3, 1) and meta["channel_names"] == ["ch0_488nm"]
+    assert meta["time_interval_s"] == pytest.approx(acq.time_interval_s)
+
+    tracks_csv = tmp_path / "tracks.csv"
+    result = run("track", archive, "--output", tracks_csv, "--channel", 0)
+    assert result.returncode == 0, result.stderr
+    tracks = pd.read_csv(tracks_csv)
+    assert tracks["particle"].nunique() >= 8 and set(tracks["frame"]) == {0, 1, 2}
+    assert (tmp_path / "tracks.parquet").is_file()

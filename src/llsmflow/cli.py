@@ -151,14 +151,14 @@ def cmd_stitch(args) -> int:
         read_tiles_csv,
         read_transforms,
         register_tiles,
+        tile_from_deskewed,
         write_transforms,
     )
 
-    tiles = read_tiles_csv(args.tiles)
-    from llsmflow.io import read_volume
-
-    first = read_volume(tiles[0].path)
-    voxel = first.voxel_size_um
+    listed = read_tiles_csv(args.tiles)
+    # deskewed tiles carry their deskew parameters: rebuild their validity masks (the empty wedges)
+    tiles = [tile_from_deskewed(t.path, t.key, t.origin_um, origin_is_volume=True) for t in listed]
+    voxel = tiles[0].voxel_size_um
     if voxel is None:
         raise LlsmflowError(
             "tile has no voxel size in its metadata; expected an OME-TIFF from llsmflow deskew", tiles[0].path
@@ -181,7 +181,8 @@ def cmd_stitch(args) -> int:
         blend_width_um=args.blend_width_um,
         progress=_progress("fused chunk"),
     )
-    print(f"{args.output}: fused {len(tiles)} tiles")
+    used = sum(1 for pair in transforms["pairs"] if pair["used"])
+    print(f"{args.output}: fused {len(tiles)} tiles ({used} of {len(transforms['pairs'])} pairs registered)")
     return 0
 
 
@@ -397,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="transforms.json: used if it exists, else written with the registered positions",
     )
-    p.add_argument("--min-quality", type=float, default=0.3, help="drop pairs with lower correlation (0–1)")
+    p.add_argument("--min-quality", type=float, default=0.5, help="drop pairs with lower correlation (0–1)")
     p.add_argument("--max-shift-um", type=float, default=3.0, help="largest stage error searched, µm")
     p.add_argument("--blend-width-um", type=float, default=2.0, help="width of blending ramps, µm")
     p.set_defaults(func=cmd_stitch)

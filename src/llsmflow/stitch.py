@@ -284,20 +284,22 @@ def _open_lazy(path: Path, shape: tuple[int, int, int]):
     return arr
 
 
-def tile_from_deskewed(path: str | Path, key: str, nominal_origin_um) -> Tile:
+def tile_from_deskewed(path: str | Path, key: str, nominal_origin_um, origin_is_volume: bool = False) -> Tile:
     """A :class:`Tile` from a deskewed (or deskewed then deconvolved) OME-TIFF written by the workflow.
 
     The file's metadata (written by ``llsmflow deskew`` / the deskew rule) gives the offset of its first voxel
     from the raw stack's origin and the deskew parameters, from which the tile's validity mask (the
     parallelogram the stage scan imaged; the empty wedges are not data) is rebuilt. ``nominal_origin_um``
-    is the objective-frame position (z, y, x, µm) of the raw stack's origin, e.g. from the stage position.
+    is the objective-frame position (z, y, x, µm) of the raw stack's origin, e.g. from the stage position;
+    with ``origin_is_volume`` it is already the position of the deskewed volume's first voxel (as in
+    ``tiles.csv``).
     """
     from llsmflow.geometry import deskewed_valid_mask
     from llsmflow.io import read_volume_description
 
     volume = read_volume(path)
     description = read_volume_description(path)
-    offset = description.get("origin_offset_um", (0.0, 0.0, 0.0))
+    offset = (0.0, 0.0, 0.0) if origin_is_volume else description.get("origin_offset_um", (0.0, 0.0, 0.0))
     origin = tuple(float(a + b) for a, b in zip(nominal_origin_um, offset, strict=True))
     valid = None
     deskew_params = description.get("deskew")
@@ -333,13 +335,16 @@ def read_tiles_csv(path: str | Path) -> list[Tile]:
     ----------
     path:
         The CSV file. Tile paths may be absolute or relative to the CSV's directory. Other columns are
-        ignored. ``x_um, y_um, z_um`` are the nominal stage positions (µm) of the centre of each tile's voxel
-        (0, 0, 0).
+        ignored, but for an optional ``tile`` column naming each tile: names (rather than paths) key the
+        registered positions in ``transforms.json``, so the positions registered at one timepoint apply to the
+        files of every timepoint. ``x_um, y_um, z_um`` are the nominal stage positions (µm) of the centre of
+        each tile's voxel (0, 0, 0).
 
     Returns
     -------
     list of Tile
-        In file order, with ``key`` the path as written in the CSV, ``path`` the resolved file, ``shape`` and
+        In file order, with ``key`` the tile name (else the path as written in the CSV), ``path`` the resolved
+        file, ``shape`` and
         ``voxel_size_um`` read from the file's header (pixels are read lazily, later).
 
     Raises
@@ -373,12 +378,12 @@ def read_tiles_csv(path: str | Path) -> list[Tile]:
     tiles: list[Tile] = []
     seen: dict[str, int] = {}
     for line, row in enumerate(rows, start=2):
-        key = row["path"]
-        if not key:
+        if not row["path"]:
             raise LlsmflowError(f"line {line}: empty path; expected a tile file", path)
+        key = row.get("tile") or row["path"]
         if key in seen:
             raise LlsmflowError(
-                f"line {line}: tile {key!r} already listed on line {seen[key]}; expected unique paths", path
+                f"line {line}: tile {key!r} already listed on line {seen[key]}; expected unique tiles", path
             )
         seen[key] = line
         position = []
@@ -390,7 +395,7 @@ def read_tiles_csv(path: str | Path) -> list[Tile]:
             if not math.isfinite(value):
                 raise LlsmflowError(f"line {line}: {col}={row[col]!r}; expected a finite number of µm", path)
             position.append(value)
-        tile_path = Path(key)
+        tile_path = Path(row["path"])
         if not tile_path.is_absolute():
             tile_path = path.parent / tile_path
         if not tile_path.is_file():

@@ -431,16 +431,18 @@ def detect_particles(
         It should be a little larger than the particle image (about 2 full widths at half maximum); for
         the elongated light-sheet PSF a larger Z value, e.g. ``(0.9, 0.5, 0.5)``, localises Z better.
     min_mass : float or None
-        Minimum integrated, band-passed brightness (trackpy ``mass``) in units of ``volume``. None chooses
-        it per volume: each candidate's mass is divided by the local noise (:func:`local_noise`, so regions
-        of higher Poisson noise, such as a dim cell body, need brighter maxima) and candidates more than
-        7 robust SDs above the median of all candidates are kept (:func:`auto_min_mass`). This rejects noise
-        blobs, noise over dim broad static structure and faint thin structure (tested with out-of-focus
-        blobs at 60 % and a membrane at 20 % of the background); structure as bright as the particles is
-        not rejected. When there are too few candidates for them to be mostly noise (fewer than 20, or under
-        a quarter of what white noise gives in this volume: small volumes, clean or noise-free data), the
-        median and MAD come from white noise of the measured level instead; a noise-free volume keeps
-        every maximum.
+        Minimum integrated, band-passed brightness (trackpy ``mass``) in units of ``volume``. None chooses it
+        per volume. First, if the candidates' masses show a clear gap (a factor of 2 or more, with at least 3
+        candidates above it, in the brighter half; :func:`_population_split`), as deconvolved data do, the
+        candidates above the gap that also stand out of white noise are kept. Otherwise each candidate's mass
+        is divided by the local noise (:func:`local_noise`, so regions of higher Poisson noise, such as a dim
+        cell body, need brighter maxima) and candidates more than 7 robust SDs above the median of all
+        candidates are kept (:func:`auto_min_mass`). This rejects noise blobs, noise over dim broad static
+        structure and faint thin structure (tested with out-of-focus blobs at 60 % and a membrane at 20 % of
+        the background); structure as bright as the particles is not rejected. When there are too few
+        candidates for them to be mostly noise (fewer than 20, or under a quarter of what white noise gives in
+        this volume: small volumes, clean or noise-free data), the median and MAD come from white noise of the
+        measured level instead; a noise-free volume keeps every maximum.
     percentile : float
         Candidate maxima must be brighter than this percentile of the band-passed volume (trackpy default 64).
     separation_um : float, sequence of 3 floats or None

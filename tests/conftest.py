@@ -1,12 +1,27 @@
 """Shared fixtures: a tiny synthetic acquisition, generated once per test session."""
 
+import os
 from pathlib import Path
 
 import pytest
 
 from llsmflow.synth import SynthParams, generate
 
-REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+
+def _find_real_data() -> Path:
+    """The shared real LLSM samples: $LLSMFLOW_REAL_DATA, else ../shared/data/real beside the checkout."""
+    candidates = [
+        os.environ.get("LLSMFLOW_REAL_DATA"),
+        Path(__file__).resolve().parents[2] / "shared/data/real",
+        "/work/shared/data/real",
+    ]
+    for candidate in candidates:
+        if candidate and Path(candidate).is_dir():
+            return Path(candidate)
+    return Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+
+
+REAL_DATA = _find_real_data()
 
 
 def tiny_params(**overrides) -> SynthParams:

@@ -7,7 +7,6 @@ Fixtures are small (48x64x64 at most) so the whole module runs in a few seconds 
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +16,9 @@ from scipy import ndimage
 from llsmflow import decon
 from llsmflow.errors import LlsmflowError
 
-REAL_PSF = Path("/work/shared/data/real/pycudadecon_psf.tif")
+from .conftest import REAL_DATA
+
+REAL_PSF = REAL_DATA / "pycudadecon_psf.tif"
 REAL_PSF_VOXEL_UM = (0.1, 0.1, 0.1)  # dzpsf = dxpsf = 0.1 µm (field notes)
 
 VOXEL_UM = (0.3, 0.1, 0.1)  # synthetic data voxel size (dz, dy, dx)

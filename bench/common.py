@@ -35,8 +35,11 @@ def median_of(func, repeats: int = 3) -> float:
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
-        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                     if line.startswith("model name"))
+        model = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
         cpu = model
     except (OSError, StopIteration):
         pass
@@ -46,16 +49,25 @@ def machine() -> str:
 
 def git_commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
 
 def record(title: str, command: str, rows: list[tuple[str, str]], notes: str = "") -> None:
     """Append one benchmark result block to RESULTS.md and print it."""
-    lines = [f"\n### {title}", "", f"- date: {dt.date.today().isoformat()}, commit {git_commit()}",
-             f"- machine: {machine()}", f"- command: `{command}`", "", "| measure | value |", "|---|---|"]
+    lines = [
+        f"\n### {title}",
+        "",
+        f"- date: {dt.date.today().isoformat()}, commit {git_commit()}",
+        f"- machine: {machine()}",
+        f"- command: `{command}`",
+        "",
+        "| measure | value |",
+        "|---|---|",
+    ]
     lines += [f"| {name} | {value} |" for name, value in rows]
     if notes:
         lines += ["", notes]

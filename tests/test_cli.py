@@ -26,7 +26,9 @@ def one_error_line(result, *fragments):
         assert fragment in lines[0], lines[0]
 
 
-@pytest.mark.parametrize("command", ["synth", "deskew", "deconvolve", "stitch", "track", "archive", "run"])
+@pytest.mark.parametrize(
+    "command", ["synth", "deskew", "deconvolve", "stitch", "track", "archive", "verify", "run"]
+)
 def test_every_subcommand_has_help(command):
     result = run(command, "--help")
     assert result.returncode == 0

@@ -210,3 +210,63 @@ def test_rerun_has_nothing_to_do(workflow_run):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Nothing to be done" in result.stdout + result.stderr
     shutil.rmtree(run_dir / ".snakemake" / "locks", ignore_errors=True)
+
+
+def test_archive_holds_tracks_and_verifies(workflow_run, tiny_acquisition, tmp_path):
+    """The archive carries its tables and a manifest; `llsmflow verify` catches every kind of damage."""
+    import zarr
+
+    run_dir = workflow_run[0]
+    archive = run_dir / "results/tiny/tiny.ome.zarr"
+    attrs = dict(zarr.open_group(str(archive), mode="r").attrs)["llsmflow"]
+    table = attrs["tables"]["tracks_ch0"]
+    assert _sha256(archive / table["path"]) == _sha256(run_dir / "results/tiny/tracks/ch0.parquet")
+    assert table["sha256"] == _sha256(archive / table["path"])
+    assert attrs["acquisition"]["angle_deg"] == 31.5
+    assert attrs["processing"]["deconvolution"]["iterations"] == 10
+    manifest = (archive / "checksums.sha256").read_text()
+    assert "raw/acquisition.json" in manifest and "tables/tracks_ch0.parquet" in manifest
+
+    ok = subprocess.run([str(LLSMFLOW), "verify", str(archive)], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "intact" in ok.stdout
+
+    def damaged(change):
+        copy = tmp_path / f"copy-{change.__name__}.ome.zarr"
+        shutil.copytree(archive, copy)
+        changed = change(copy)
+        result = subprocess.run([str(LLSMFLOW), "verify", str(copy)], capture_output=True, text=True)
+        assert result.returncode == 1
+        return changed, result.stdout
+
+    def flip_byte(copy):
+        chunk = next(p for p in sorted(copy.rglob("*")) if p.is_file() and "/c/" in p.as_posix())
+        data = bytearray(chunk.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        chunk.write_bytes(bytes(data))
+        return chunk.relative_to(copy).as_posix()
+
+    def delete_chunk(copy):
+        chunk = next(p for p in sorted(copy.rglob("*")) if p.is_file() and "/c/" in p.as_posix())
+        chunk.unlink()
+        return chunk.relative_to(copy).as_posix()
+
+    def stray_file(copy):
+        level = next(p for p in sorted(copy.iterdir()) if p.is_dir() and p.name != "tables")
+        (level / "notes.txt").write_text("added later\n")
+        return f"{level.name}/notes.txt"
+
+    for change, kind in ((flip_byte, "changed"), (delete_chunk, "missing"), (stray_file, "extra")):
+        name, stdout = damaged(change)
+        assert f"{kind}: {name}" in stdout
+
+    raw_copy = tmp_path / "raw"
+    shutil.copytree(tiny_acquisition / "raw", raw_copy)
+    victim = sorted(raw_copy.glob("Scan_*.tif"))[0]
+    data = bytearray(victim.read_bytes())
+    data[-1] ^= 0x01
+    victim.write_bytes(bytes(data))
+    result = subprocess.run(
+        [str(LLSMFLOW), "verify", str(archive), "--raw-dir", str(raw_copy)], capture_output=True, text=True
+    )
+    assert result.returncode == 1 and f"changed: raw/{victim.name}" in result.stdout

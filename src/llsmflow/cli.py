@@ -196,11 +196,16 @@ def cmd_track(args) -> int:
             f"channel {args.channel} out of range; expected 0..{image.shape[1] - 1}", args.input
         )
     frames = (image[t, args.channel].compute() for t in range(image.shape[0]))
+    if len(args.diameter_um) not in (1, 3):
+        raise LlsmflowError(
+            f"--diameter-um {args.diameter_um} is invalid; expected one value or three (z y x)"
+        )
+    diameter = args.diameter_um[0] if len(args.diameter_um) == 1 else tuple(args.diameter_um)
     tracks = track_particles(
         frames,
         meta["voxel_size_um"],
         meta["time_interval_s"],
-        diameter_um=args.diameter_um,
+        diameter_um=diameter,
         search_range_um=args.search_range_um,
         memory=args.memory,
         min_track_length=args.min_track_length,
@@ -218,7 +223,7 @@ def cmd_archive(args) -> int:
     import dask.array as da
     import zarr
 
-    from llsmflow.archive import write_ome_zarr
+    from llsmflow.archive import write_dataset_archive
 
     stores = [Path(s) for s in args.fused]
     if len(stores) != args.channels * args.timepoints:
@@ -234,21 +239,52 @@ def cmd_archive(args) -> int:
             raise LlsmflowError(
                 f"cannot open as a Zarr array ({exc}); expected output of llsmflow stitch", store
             ) from exc
+    shapes = {a.shape for a in arrays}
+    if len(shapes) != 1:
+        raise LlsmflowError(f"fused volumes have different shapes {sorted(shapes)}; expected one mosaic grid")
     attrs = dict(zarr.open_array(stores[0], mode="r").attrs)
     image = da.stack(
         [da.stack(arrays[t * args.channels : (t + 1) * args.channels]) for t in range(args.timepoints)]
     )
     names = args.channel_names or [f"ch{c}" for c in range(args.channels)]
-    write_ome_zarr(
+    tables = {}
+    for item in args.table:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise LlsmflowError(f"--table {item!r} is invalid; expected NAME=PATH.parquet")
+        tables[name] = path
+    write_dataset_archive(
         args.output,
         image,
         attrs["voxel_size_um"],
         args.time_interval_s,
-        channel_names=names,
+        names,
+        tables=tables,
+        raw_files=args.raw_files,
         ngff_version=args.ngff_version,
         origin_um=tuple(attrs.get("origin_um", (0, 0, 0))),
     )
-    print(f"{args.output}: OME-Zarr {args.ngff_version}, shape TCZYX {image.shape}")
+    print(f"{args.output}: OME-Zarr {args.ngff_version}, shape TCZYX {image.shape}, {len(tables)} table(s)")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from llsmflow.archive import verify_archive
+
+    report = verify_archive(args.archive, raw_dir=args.raw_dir)
+    problems = 0
+    for kind in ("missing", "changed", "extra"):
+        for name in report[kind]:
+            print(f"{kind}: {name}")
+            problems += 1
+    if problems:
+        print(
+            f"{args.archive}: {problems} problem(s): {len(report['missing'])} missing, "
+            f"{len(report['changed'])} changed, {len(report['extra'])} extra",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"{args.archive}: intact (every file matches its sha256)")
     return 0
 
 
@@ -407,7 +443,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", type=Path, help="OME-Zarr archive (TCZYX)")
     p.add_argument("--output", type=Path, required=True, help="tracks.csv (a .parquet is written beside it)")
     p.add_argument("--channel", type=int, default=0)
-    p.add_argument("--diameter-um", type=float, default=0.5, help="particle diameter in µm")
+    p.add_argument(
+        "--diameter-um",
+        type=float,
+        nargs="+",
+        default=[0.5],
+        help="particle diameter in µm: one value, or three for z y x (e.g. 0.9 0.5 0.5)",
+    )
     p.add_argument("--search-range-um", type=float, default=1.2, help="largest displacement per frame, µm")
     p.add_argument("--memory", type=int, default=1, help="frames a particle may vanish")
     p.add_argument("--min-track-length", type=int, default=3)
@@ -424,7 +466,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-interval-s", type=float, required=True)
     p.add_argument("--channel-names", nargs="+", default=None)
     p.add_argument("--ngff-version", choices=("0.4", "0.5"), default="0.5")
+    p.add_argument(
+        "--table",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="a Parquet table (tracks, statistics) to store beside the image; repeatable",
+    )
+    p.add_argument("--raw-files", nargs="*", default=[], help="raw inputs whose sha256 go into the manifest")
     p.set_defaults(func=cmd_archive)
+
+    p = sub.add_parser(
+        "verify", help="check an archive against its sha256 manifest (missing, changed, extra)"
+    )
+    p.add_argument("archive", type=Path, help="the .ome.zarr archive")
+    p.add_argument(
+        "--raw-dir",
+        type=Path,
+        default=None,
+        help="where the raw inputs are now (default: where they were when archived)",
+    )
+    p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("run", help="run the whole workflow with Snakemake")
     p.add_argument(

@@ -1,11 +1,12 @@
 rule archive:
-    """Write the fused TCZYX dataset as OME-Zarr with physical scales, channel names and acquisition metadata."""
+    """The dataset archive: OME-Zarr image (TCZYX, physical scales, channels), tracks as Parquet, checksums."""
     input:
         fused=expand(
             WORK / "fused" / "ch{channel}-t{timepoint:04d}.zarr",
             channel=CHANNELS,
             timepoint=TIMEPOINTS,
         ),
+        tables=lambda wildcards: list(track_tables().values()),
         acquisition=WORK / "acquisition.json",
         transforms=WORK / "stitch" / "transforms.json",
     output:
@@ -22,15 +23,18 @@ rule archive:
     params:
         channels=CHANNELS,
         timepoints=TIMEPOINTS,
+        table_names=lambda wildcards: list(track_tables()),
         channel_names=ACQ.channel_names,
         emission_nm=[c.get("emission_nm") for c in ACQ.channels],
         time_interval_s=ACQ.time_interval_s,
         ngff_version=config["archive"]["ngff_version"],
         chunks=config["archive"]["chunks"],
+        raw_files=RAW_FILES,
         processing=lambda wildcards: {
             "deskew": config["deskew"],
             "deconvolution": config["deconvolution"],
             "stitch": config["stitch"],
+            "track": config["track"],
         },
     script:
         "../scripts/archive.py"

@@ -100,6 +100,23 @@ def mem_mb_for(volume_mb, factor, floor_mb=500):
     return estimate
 
 
+RAW_FILES = (
+    [str(ACQ.raw_dir / p) for p in ACQ.samples["path"]]
+    + [str(ACQ.psf_path(c)) for c in CHANNELS]
+    + [str(ACQ.metadata_path)]
+)
+
+
+def track_tables():
+    """Tables stored in the archive: ``{name: parquet file}``."""
+    tables = {}
+    for c in TRACK_CHANNELS:
+        tables[f"tracks_ch{c}"] = RESULTS / "tracks" / f"ch{c}.parquet"
+        tables[f"track_summary_ch{c}"] = RESULTS / "tracks" / f"ch{c}_summary.parquet"
+        tables[f"msd_ch{c}"] = RESULTS / "tracks" / f"ch{c}_msd.parquet"
+    return tables
+
+
 def step_record(name):
     return WORK / "steps" / name
 
@@ -150,7 +167,9 @@ def result_files(wildcards):
                 ".parquet",
                 ".csv",
                 "_summary.csv",
+                "_summary.parquet",
                 "_msd.csv",
+                "_msd.parquet",
                 "_tracks.png",
                 "_msd.png",
             )

@@ -16,9 +16,7 @@ rule provenance:
         "../../envs/llsmflow.yaml"
     params:
         config=config,
-        raw_files=[str(ACQ.raw_dir / p) for p in ACQ.samples["path"]]
-        + [str(ACQ.psf_path(c)) for c in CHANNELS]
-        + [str(ACQ.metadata_path)],
+        raw_files=RAW_FILES,
         results_dir=lambda wildcards, output: str(Path(output.record).parent.parent),
     script:
         "../scripts/provenance.py"

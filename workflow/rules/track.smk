@@ -1,12 +1,16 @@
 rule track:
     """Detect and link particles of one channel in 3-D over time (trackpy), with statistics and plots."""
     input:
-        archive=RESULTS / f"{DATASET}.ome.zarr",
+        fused=lambda wildcards: [
+            WORK / "fused" / f"ch{wildcards.channel}-t{t:04d}.zarr" for t in TIMEPOINTS
+        ],
     output:
         parquet=RESULTS / "tracks" / "ch{channel}.parquet",
         csv=RESULTS / "tracks" / "ch{channel}.csv",
         summary=RESULTS / "tracks" / "ch{channel}_summary.csv",
+        summary_parquet=RESULTS / "tracks" / "ch{channel}_summary.parquet",
         msd=RESULTS / "tracks" / "ch{channel}_msd.csv",
+        msd_parquet=RESULTS / "tracks" / "ch{channel}_msd.parquet",
         tracks_png=RESULTS / "tracks" / "ch{channel}_tracks.png",
         msd_png=RESULTS / "tracks" / "ch{channel}_msd.png",
         step=step_record("track/ch{channel}.json"),
@@ -16,9 +20,10 @@ rule track:
         "../../envs/llsmflow.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=mem_mb_for(deskewed_volume_mb() * len(TILES), 4),
         runtime=60,
     params:
+        time_interval_s=ACQ.time_interval_s,
         diameter_um=config["track"]["diameter_um"],
         search_range_um=config["track"]["search_range_um"],
         memory=config["track"]["memory"],

@@ -1,10 +1,10 @@
-"""Track particles of one channel in the archive (thin wrapper over llsmflow.track)."""
+"""Track particles of one channel over the fused timepoints (thin wrapper over llsmflow.track)."""
 
 import logging
 
-from llsmflow.archive import read_ome_zarr
 from llsmflow.io import atomic_output
 from llsmflow.provenance import StepRecorder
+from llsmflow.stitch import read_fused
 from llsmflow.track import (
     ensemble_msd,
     fit_diffusion,
@@ -17,32 +17,36 @@ from llsmflow.track import (
 
 with StepRecorder.for_workflow_job(snakemake) as step:
     p = snakemake.params
-    channel = int(snakemake.wildcards.channel)
-    image, meta = read_ome_zarr(snakemake.input.archive)
-    voxel, interval = meta["voxel_size_um"], meta["time_interval_s"]
     log = logging.getLogger("llsmflow.track")
-    frames = [image[t, channel] for t in range(image.shape[0])]
+    stores = list(snakemake.input.fused)
+    _, origin, voxel = read_fused(stores[0])
     tracks = track_particles(
-        (f.compute() for f in frames),
+        lambda t: read_fused(stores[t])[0],
         voxel,
-        interval,
+        p.time_interval_s,
+        n_frames=len(stores),
         diameter_um=p.diameter_um,
         search_range_um=p.search_range_um,
         memory=p.memory,
         min_track_length=p.min_track_length,
         min_mass=p.min_mass,
         percentile=p.percentile,
-        origin_um=meta["origin_um"],
+        origin_um=origin,
         progress=lambda i, n: log.info("detected frame %d/%d", i, n),
     )
     write_tracks(tracks, snakemake.output.parquet, snakemake.output.csv)
-    summary = summarise_tracks(tracks, interval)
-    msd = ensemble_msd(tracks, interval)
+    summary = summarise_tracks(tracks, p.time_interval_s)
+    msd = ensemble_msd(tracks, p.time_interval_s)
     fit = fit_diffusion(msd)
-    for frame, path in ((summary, snakemake.output.summary), (msd, snakemake.output.msd)):
-        with atomic_output(path) as tmp:
-            frame.to_csv(tmp, index=False)
-    projection = frames[0].max(axis=0).compute()
-    plot_tracks(tracks, projection, voxel, meta["origin_um"], snakemake.output.tracks_png)
+    for table, csv_path, parquet_path in (
+        (summary, snakemake.output.summary, snakemake.output.summary_parquet),
+        (msd, snakemake.output.msd, snakemake.output.msd_parquet),
+    ):
+        with atomic_output(csv_path) as tmp:
+            table.to_csv(tmp, index=False)
+        with atomic_output(parquet_path) as tmp:
+            table.to_parquet(tmp, index=False)
+    projection = read_fused(stores[0])[0].max(axis=0)
+    plot_tracks(tracks, projection, voxel, origin, snakemake.output.tracks_png)
     plot_msd(msd, fit, snakemake.output.msd_png)
     step.note(tracks=int(tracks["particle"].nunique()), points=len(tracks), **fit)

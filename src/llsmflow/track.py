@@ -317,6 +317,10 @@ def local_noise(volume, diameter_px) -> tuple[np.ndarray, tuple[int, int, int]]:
     cropped = band[: counts[0] * size[0], : counts[1] * size[1], : counts[2] * size[2]]
     blocks = cropped.reshape(counts[0], size[0], counts[1], size[1], counts[2], size[2])
     blocks = blocks.transpose(0, 2, 4, 1, 3, 5).reshape(counts[0], counts[1], counts[2], -1)
+    # A robust spread needs a few thousand samples, not every voxel: every 4th voxel of a block is plenty and
+    # makes the medians 4× cheaper.
+    if blocks.shape[-1] >= 4 * 2048:
+        blocks = blocks[..., ::4]
     centre = np.median(blocks, axis=-1, keepdims=True)
     sigma = 1.4826 * np.median(np.abs(blocks - centre), axis=-1)
     # Blocks in empty regions (the zero-filled wedges of deskewed data, space outside a fused mosaic) have

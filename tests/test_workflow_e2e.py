@@ -170,6 +170,7 @@ def test_provenance_record(workflow_run, tiny_acquisition):
     assert {"deskew", "deconvolve", "register", "fuse", "archive", "track"} <= steps
     backends = {s["notes"]["backend"] for s in record["steps"] if s["step"] == "deconvolve"}
     assert backends == {"cpu"}
+    assert {s["notes"]["iterations"] for s in record["steps"] if s["step"] == "deconvolve"} == {10}
     assert "fake-secret-value-123" not in (provenance / "run-record.json").read_text()
     manifest = (provenance / "checksums.sha256").read_text().splitlines()
     assert any(line.endswith("tiny.ome.zarr/zarr.json") for line in manifest)
@@ -223,7 +224,7 @@ def test_archive_holds_tracks_and_verifies(workflow_run, tiny_acquisition, tmp_p
     assert _sha256(archive / table["path"]) == _sha256(run_dir / "results/tiny/tracks/ch0.parquet")
     assert table["sha256"] == _sha256(archive / table["path"])
     assert attrs["acquisition"]["angle_deg"] == 31.5
-    assert attrs["processing"]["deconvolution"]["iterations"] == 10
+    assert attrs["processing"]["deconvolution"]["method"] == "rl"
     manifest = (archive / "checksums.sha256").read_text()
     assert "raw/acquisition.json" in manifest and "tables/tracks_ch0.parquet" in manifest
 

@@ -113,8 +113,8 @@ def cmd_deconvolve(args) -> int:
     data_voxel = (args.dz, args.dx, args.dx)
     psf = read_volume(args.psf)
     psf_voxel = (args.dzpsf or args.dz, args.dxpsf or args.dx, args.dxpsf or args.dx)
-    if args.max_memory is not None:
-        log.warning("--max-memory: chunked deconvolution is not available yet; deconvolving the whole volume")
+    if args.max_memory is not None and args.max_memory <= 0:
+        raise LlsmflowError(f"--max-memory {args.max_memory} GB is invalid; expected a positive budget")
     result = deconvolve(
         volume.data,
         psf.data,
@@ -124,6 +124,7 @@ def cmd_deconvolve(args) -> int:
         background=args.background,
         backend=args.backend,
         method=args.method,
+        max_memory_gb=args.max_memory,
         progress=_progress("iteration"),
     )
     write_volume(
@@ -133,14 +134,17 @@ def cmd_deconvolve(args) -> int:
         {
             "deconvolution": {
                 "backend": result.backend,
+                "method": result.method,
                 "iterations": result.iterations,
+                "chunks": result.chunks,
                 "background": result.background,
             },
             "source": str(args.input),
         },
     )
     print(
-        f"{args.output}: {result.iterations} iterations on backend {result.backend} in {result.seconds:.1f} s"
+        f"{args.output}: {result.iterations} {result.method} iterations on backend {result.backend}"
+        f" in {result.seconds:.1f} s ({result.chunks} chunk(s))"
     )
     return 0
 
@@ -416,11 +420,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dz", type=float, required=True, help="data z spacing in µm (deskewed: dz·sin θ)")
     p.add_argument("--dxpsf", type=float, default=None, help="PSF pixel size in µm (default: --dx)")
     p.add_argument("--dzpsf", type=float, default=None, help="PSF z step in µm (default: --dz)")
-    p.add_argument("--iterations", type=int, default=10, help="RL iterations (default 10)")
+    p.add_argument("--iterations", type=int, default=None, help="iterations (default: 10 for rl, 3 for wb)")
     p.add_argument("--background", type=_background, default="auto", help="constant background or 'auto'")
-    p.add_argument("--method", choices=("rl", "wb"), default="rl")
+    p.add_argument(
+        "--method",
+        choices=("rl", "wb"),
+        default="rl",
+        help="rl: Richardson–Lucy; wb: Wiener–Butterworth back projector (converges in ~3 iterations)",
+    )
     p.add_argument("--backend", choices=("auto", "cpu", "cupy", "pycudadecon"), default="auto")
-    p.add_argument("--max-memory", type=float, default=None, help="memory budget in GB (chunked mode)")
+    p.add_argument(
+        "--max-memory",
+        type=float,
+        default=None,
+        help="working-set budget in GB: larger volumes are deconvolved in overlapping chunks",
+    )
     p.add_argument("--channel", type=int, default=None)
     p.add_argument("--timepoint", type=int, default=None)
     p.set_defaults(func=cmd_deconvolve)

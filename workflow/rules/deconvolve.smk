@@ -44,5 +44,6 @@ rule deconvolve:
         background=config["deconvolution"]["background"],
         backend=config["deconvolution"]["backend"],
         method=config["deconvolution"]["method"],
+        max_memory_gb=config["deconvolution"]["max_memory_gb"],
     script:
         "../scripts/deconvolve.py"

@@ -21,20 +21,25 @@ with StepRecorder.for_workflow_job(snakemake) as step:
         psf_background=0.0,
         backend=p.backend,
         method=p.method,
+        max_memory_gb=p.max_memory_gb,
         threads=snakemake.threads,
         progress=lambda i, n: log.info("iteration %d/%d", i, n),
     )
     metadata = read_volume_description(snakemake.input.volume) | {
         "deconvolution": {
             "backend": result.backend,
+            "method": result.method,
             "iterations": result.iterations,
+            "chunks": result.chunks,
             "background": result.background,
         }
     }
     write_volume(snakemake.output.volume, result.data, volume.voxel_size_um, metadata)
     step.note(
         backend=result.backend,
+        method=result.method,
         iterations=result.iterations,
+        chunks=result.chunks,
         background=result.background,
         seconds_deconvolution=round(result.seconds, 3),
     )

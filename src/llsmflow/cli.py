@@ -161,7 +161,12 @@ def cmd_stitch(args) -> int:
 
     listed = read_tiles_csv(args.tiles)
     # deskewed tiles carry their deskew parameters: rebuild their validity masks (the empty wedges)
-    tiles = [tile_from_deskewed(t.path, t.key, t.origin_um, origin_is_volume=True) for t in listed]
+    tiles = [
+        tile_from_deskewed(
+            t.path, t.key, t.origin_um, origin_is_volume=True, lazy=args.max_memory is not None
+        )
+        for t in listed
+    ]
     voxel = tiles[0].voxel_size_um
     if voxel is None:
         raise LlsmflowError(
@@ -183,6 +188,7 @@ def cmd_stitch(args) -> int:
         voxel,
         args.output,
         blend_width_um=args.blend_width_um,
+        max_memory_gb=args.max_memory,
         progress=_progress("fused chunk"),
     )
     used = sum(1 for pair in transforms["pairs"] if pair["used"])
@@ -451,6 +457,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-quality", type=float, default=0.5, help="drop pairs with lower correlation (0–1)")
     p.add_argument("--max-shift-um", type=float, default=3.0, help="largest stage error searched, µm")
     p.add_argument("--blend-width-um", type=float, default=2.0, help="width of blending ramps, µm")
+    p.add_argument(
+        "--max-memory",
+        type=float,
+        default=None,
+        help="memory budget in GB: tiles read lazily, chunks in flight bounded",
+    )
     p.set_defaults(func=cmd_stitch)
 
     p = sub.add_parser("track", help="detect and link particles in an OME-Zarr archive (trackpy)")

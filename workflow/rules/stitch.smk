@@ -44,6 +44,7 @@ rule fuse:
         tile_names=TILES,
         nominal_origins_um=NOMINAL_ORIGINS_UM,
         blend_width_um=STITCH["blend_width_um"],
+        max_memory_gb=STITCH["max_memory_gb"],
         chunks=STITCH["chunks"],
     script:
         "../scripts/fuse.py"

@@ -9,7 +9,7 @@ with StepRecorder.for_workflow_job(snakemake) as step:
     p = snakemake.params
     transforms = read_transforms(snakemake.input.transforms)
     tiles = [
-        tile_from_deskewed(path, name, p.nominal_origins_um[name])
+        tile_from_deskewed(path, name, p.nominal_origins_um[name], lazy=p.max_memory_gb is not None)
         for name, path in zip(p.tile_names, snakemake.input.tiles, strict=True)
     ]
     log = logging.getLogger("llsmflow.stitch")
@@ -20,6 +20,7 @@ with StepRecorder.for_workflow_job(snakemake) as step:
         snakemake.output.fused,
         blend_width_um=p.blend_width_um,
         chunks=tuple(p.chunks),
+        max_memory_gb=p.max_memory_gb,
         progress=lambda done, total: log.info("fused chunk %d/%d", done, total),
     )
     step.note(tiles=len(tiles))

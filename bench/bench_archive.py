@@ -201,10 +201,7 @@ def main() -> None:
         f"--demo-shape {' '.join(map(str, args.demo_shape))} --large-shape {' '.join(map(str, args.large_shape))}"
     )
     title = "Archive writing: write_ome_zarr vs plain zarr v3"
-    if args.no_record:
-        print("\n".join([title, *(f"| {name} | {value} |" for name, value in rows), notes]))
-    else:
-        record(title, command, rows, notes)
+    record(title, command, rows, notes, write=not args.no_record)
 
 
 if __name__ == "__main__":

@@ -269,13 +269,6 @@ def fuse_seconds(tiles, out: Path, repeats: int) -> float:
     return best
 
 
-def print_rows(title: str, command: str, rows, notes: str = "") -> None:
-    print(f"### {title}\n{command}")
-    for name, value in rows:
-        print(f"| {name} | {value} |")
-    print(notes)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -417,8 +410,7 @@ def main() -> None:
                     f"peak RSS {mvs['peak_rss_bytes'] / 2**30:.3f} GiB",
                 )
             )
-        report = record if not args.no_record else print_rows
-        report(
+        record(
             "Fusion: throughput vs a plain Zarr write, peak memory under a budget",
             "python bench/bench_fusion.py " + " ".join(sys.argv[1:]),
             rows,
@@ -426,6 +418,7 @@ def main() -> None:
             f"{min(ratios.values()):.2f} (target >= 0.5). Peak RSS at most {max(fractions):.0%} of the budget "
             f"(target <= 100 %) with a fused volume at least {fused_gib / max(args.budget_gb):.1f}x the budget. "
             f"Chunks in flight: as many as the budget allows, at most one per core ({CPU_COUNT}). {args.note}",
+            write=not args.no_record,
         )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -357,10 +357,7 @@ def main() -> None:
         f" --archive {args.archive}" if args.archive else f" --source {args.source}"
     )
     title = "Tracking: detection vs linking, llsmflow vs trackpy alone"
-    if args.no_record:
-        print("\n".join([title, *(f"| {name} | {value} |" for name, value in rows), notes]))
-    else:
-        record(title, command, rows, notes)
+    record(title, command, rows, notes, write=not args.no_record)
 
 
 if __name__ == "__main__":

@@ -56,8 +56,10 @@ def git_commit() -> str:
         return "unknown"
 
 
-def record(title: str, command: str, rows: list[tuple[str, str]], notes: str = "") -> None:
-    """Append one benchmark result block to RESULTS.md and print it."""
+def record(
+    title: str, command: str, rows: list[tuple[str, str]], notes: str = "", write: bool = True
+) -> None:
+    """Print one benchmark result block and, unless ``write`` is False, append it to RESULTS.md."""
     lines = [
         f"\n### {title}",
         "",
@@ -73,5 +75,6 @@ def record(title: str, command: str, rows: list[tuple[str, str]], notes: str = "
         lines += ["", notes]
     text = "\n".join(lines) + "\n"
     print(text)
-    with RESULTS.open("a", encoding="utf-8") as handle:
-        handle.write(text)
+    if write:
+        with RESULTS.open("a", encoding="utf-8") as handle:
+            handle.write(text)

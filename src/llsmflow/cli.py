@@ -131,16 +131,7 @@ def cmd_deconvolve(args) -> int:
         args.output,
         result.data,
         data_voxel,
-        {
-            "deconvolution": {
-                "backend": result.backend,
-                "method": result.method,
-                "iterations": result.iterations,
-                "chunks": result.chunks,
-                "background": result.background,
-            },
-            "source": str(args.input),
-        },
+        {"deconvolution": result.summary(), "source": str(args.input)},
     )
     print(
         f"{args.output}: {result.iterations} {result.method} iterations on backend {result.backend}"
@@ -230,10 +221,8 @@ def cmd_track(args) -> int:
 
 
 def cmd_archive(args) -> int:
-    import dask.array as da
-    import zarr
-
     from llsmflow.archive import write_dataset_archive
+    from llsmflow.stitch import stack_fused
 
     stores = [Path(s) for s in args.fused]
     if len(stores) != args.channels * args.timepoints:
@@ -241,20 +230,8 @@ def cmd_archive(args) -> int:
             f"{len(stores)} fused volumes given; expected channels × timepoints = "
             f"{args.channels * args.timepoints} (ordered t0c0, t0c1, …)"
         )
-    arrays = []
-    for store in stores:
-        try:
-            arrays.append(da.from_zarr(zarr.open_array(store, mode="r")))
-        except Exception as exc:
-            raise LlsmflowError(
-                f"cannot open as a Zarr array ({exc}); expected output of llsmflow stitch", store
-            ) from exc
-    shapes = {a.shape for a in arrays}
-    if len(shapes) != 1:
-        raise LlsmflowError(f"fused volumes have different shapes {sorted(shapes)}; expected one mosaic grid")
-    attrs = dict(zarr.open_array(stores[0], mode="r").attrs)
-    image = da.stack(
-        [da.stack(arrays[t * args.channels : (t + 1) * args.channels]) for t in range(args.timepoints)]
+    image, origin_um, voxel_size_um = stack_fused(
+        [stores[t * args.channels : (t + 1) * args.channels] for t in range(args.timepoints)]
     )
     names = args.channel_names or [f"ch{c}" for c in range(args.channels)]
     tables = {}
@@ -266,13 +243,13 @@ def cmd_archive(args) -> int:
     write_dataset_archive(
         args.output,
         image,
-        attrs["voxel_size_um"],
+        voxel_size_um,
         args.time_interval_s,
         names,
         tables=tables,
         raw_files=args.raw_files,
         ngff_version=args.ngff_version,
-        origin_um=tuple(attrs.get("origin_um", (0, 0, 0))),
+        origin_um=origin_um,
     )
     print(f"{args.output}: OME-Zarr {args.ngff_version}, shape TCZYX {image.shape}, {len(tables)} table(s)")
     return 0

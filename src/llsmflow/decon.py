@@ -1585,6 +1585,16 @@ class DeconResult:
     method: str = "rl"
     chunks: int = 1
 
+    def summary(self) -> dict:
+        """What ran, for metadata and provenance: backend, method, iterations, chunks, background."""
+        return {
+            "backend": self.backend,
+            "method": self.method,
+            "iterations": self.iterations,
+            "chunks": self.chunks,
+            "background": self.background,
+        }
+
 
 def _to_uint16(volume: np.ndarray, background: float) -> tuple[np.ndarray, float, float]:
     """cudaDecon takes uint16 only: return (data, background, scale) with data ~= volume * scale."""

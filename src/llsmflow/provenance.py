@@ -12,7 +12,6 @@ Only environment variables from :data:`ENV_ALLOW_LIST` are recorded, never anyth
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import importlib.metadata
 import json
 import logging
@@ -26,6 +25,7 @@ import time
 from pathlib import Path
 
 from llsmflow import __version__
+from llsmflow.archive import sha256_file
 from llsmflow.io import write_json
 
 ENV_ALLOW_LIST = (
@@ -71,15 +71,6 @@ def now_iso() -> str:
     return _dt.datetime.now(_dt.UTC).astimezone().isoformat(timespec="seconds")
 
 
-def sha256_of(path: str | Path, block_bytes: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(block_bytes):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def file_entries(paths, root: str | Path | None = None) -> list[dict]:
     """``[{path, bytes, sha256}]`` for every file in ``paths`` (directories are walked), sorted by path.
 
@@ -96,7 +87,7 @@ def file_entries(paths, root: str | Path | None = None) -> list[dict]:
                     shown = file.resolve().relative_to(Path(root).resolve())
                 except ValueError:
                     shown = file
-            entries.append({"path": str(shown), "bytes": file.stat().st_size, "sha256": sha256_of(file)})
+            entries.append({"path": str(shown), "bytes": file.stat().st_size, "sha256": sha256_file(file)})
     return sorted(entries, key=lambda e: e["path"])
 
 

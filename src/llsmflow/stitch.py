@@ -56,6 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import dask
+import dask.array as da
 import numpy as np
 import tifffile
 import zarr
@@ -2028,3 +2029,37 @@ def read_fused(path: str | Path) -> tuple[np.ndarray, tuple[float, float, float]
     if array.ndim != 3 or len(origin) != 3:
         raise LlsmflowError(f"array of shape {array.shape} with origin {origin}; expected a ZYX volume", path)
     return np.asarray(array[...]), origin, voxel
+
+
+def stack_fused(stores_tc: Sequence[Sequence[str | Path]]):
+    """Stack fused volumes (one per timepoint and channel, ``stores_tc[t][c]``) into a lazy TCZYX array.
+
+    Returns
+    -------
+    image, origin_um, voxel_size_um
+        A dask array (T, C, Z, Y, X) reading the stores chunk by chunk, and the common grid of the mosaic
+        (every fused volume of a dataset is fused on the same grid; checked by shape).
+    """
+    arrays = []
+    for row in stores_tc:
+        channels = []
+        for store in row:
+            try:
+                channels.append(da.from_zarr(zarr.open_array(str(store), mode="r")))
+            except Exception as exc:
+                raise LlsmflowError(
+                    f"cannot open as a Zarr array ({exc}); expected output of llsmflow stitch", store
+                ) from exc
+        arrays.append(channels)
+    shapes = {a.shape for row in arrays for a in row}
+    if len(shapes) != 1:
+        raise LlsmflowError(f"fused volumes have different shapes {sorted(shapes)}; expected one mosaic grid")
+    attrs = zarr.open_array(str(stores_tc[0][0]), mode="r").attrs.asdict()
+    try:
+        origin = tuple(float(v) for v in attrs["origin_um"])
+        voxel = _voxel3(attrs["voxel_size_um"])
+    except (KeyError, TypeError, ValueError, LlsmflowError) as exc:
+        raise LlsmflowError(
+            f"attributes origin_um/voxel_size_um missing or invalid ({exc})", stores_tc[0][0]
+        ) from exc
+    return da.stack([da.stack(row) for row in arrays]), origin, voxel

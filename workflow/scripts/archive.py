@@ -3,21 +3,16 @@
 import json
 from pathlib import Path
 
-import dask.array as da
-import zarr
-
 from llsmflow.archive import write_dataset_archive
 from llsmflow.provenance import StepRecorder, package_versions
-from llsmflow.stitch import read_transforms
+from llsmflow.stitch import read_transforms, stack_fused
 
 with StepRecorder.for_workflow_job(snakemake) as step:
     p = snakemake.params
     stores = {Path(f).name: f for f in snakemake.input.fused}
-    image = da.stack(
-        [da.stack([da.from_zarr(stores[f"ch{c}-t{t:04d}.zarr"]) for c in p.channels]) for t in p.timepoints]
+    image, origin_um, voxel_size_um = stack_fused(
+        [[stores[f"ch{c}-t{t:04d}.zarr"] for c in p.channels] for t in p.timepoints]
     )
-    # every fused volume shares the grid of the mosaic: take its position and voxel size from the first
-    fused_attrs = zarr.open_array(stores[f"ch{p.channels[0]}-t{p.timepoints[0]:04d}.zarr"], mode="r").attrs
     attributes = {
         "acquisition": json.loads(Path(snakemake.input.acquisition).read_text(encoding="utf-8")),
         "registration": read_transforms(snakemake.input.transforms),
@@ -27,7 +22,7 @@ with StepRecorder.for_workflow_job(snakemake) as step:
     write_dataset_archive(
         snakemake.output.archive,
         image,
-        fused_attrs["voxel_size_um"],
+        voxel_size_um,
         p.time_interval_s,
         p.channel_names,
         tables=dict(zip(p.table_names, snakemake.input.tables, strict=True)),
@@ -36,6 +31,6 @@ with StepRecorder.for_workflow_job(snakemake) as step:
         wavelengths_nm=p.emission_nm,
         ngff_version=p.ngff_version,
         chunks_zyx=tuple(p.chunks),
-        origin_um=tuple(fused_attrs["origin_um"]),
+        origin_um=origin_um,
     )
     step.note(shape_tczyx=list(image.shape), ngff_version=p.ngff_version, tables=list(p.table_names))

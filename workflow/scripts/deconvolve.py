@@ -25,21 +25,6 @@ with StepRecorder.for_workflow_job(snakemake) as step:
         threads=snakemake.threads,
         progress=lambda i, n: log.info("iteration %d/%d", i, n),
     )
-    metadata = read_volume_description(snakemake.input.volume) | {
-        "deconvolution": {
-            "backend": result.backend,
-            "method": result.method,
-            "iterations": result.iterations,
-            "chunks": result.chunks,
-            "background": result.background,
-        }
-    }
+    metadata = read_volume_description(snakemake.input.volume) | {"deconvolution": result.summary()}
     write_volume(snakemake.output.volume, result.data, volume.voxel_size_um, metadata)
-    step.note(
-        backend=result.backend,
-        method=result.method,
-        iterations=result.iterations,
-        chunks=result.chunks,
-        background=result.background,
-        seconds_deconvolution=round(result.seconds, 3),
-    )
+    step.note(**result.summary(), seconds_deconvolution=round(result.seconds, 3))

@@ -320,6 +320,8 @@ def resolve_images(section: dict | None, backend: str = "cpu", verify_local: boo
         An image that is not pinned while ``require_digest`` is true, a malformed sha256, a missing local
         image or one whose sha256 differs.
     """
+    if section is not None and not isinstance(section, dict):
+        raise LlsmflowError(f"config containers = {section!r} is invalid; expected a mapping (cpu, gpu, ...)")
     section = dict(section or {})
     require = section.get("require_digest", True)
     images = {}

@@ -179,7 +179,7 @@ def test_build_without_a_runtime_says_so(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "x.sif").exists()
 
 
-def _stand_in_apptainer(bindir: Path, log: Path) -> None:
+def _stand_in_apptainer(bindir: Path, log: Path, build_status: int = 0) -> None:
     """An executable named `apptainer` that records how it was called and writes the image file it is asked
     for. It stands in for Apptainer (which cannot be installed here) only to show that spython, which
     always runs `singularity`, reaches an `apptainer`-only host's command, with which arguments and where."""
@@ -191,6 +191,8 @@ def _stand_in_apptainer(bindir: Path, log: Path) -> None:
         "for last; do :; done\n"  # the image path is the argument before the recipe
         'eval "image=\\${$(($#-1))}"\n'
         'echo "built from $last" > "$image"\n'
+        'echo "INFO:    stand-in build log" >&2\n'
+        f"exit {build_status}\n"
     )
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
 
@@ -219,6 +221,19 @@ def test_build_reaches_an_apptainer_only_host(tmp_path, monkeypatch, capsys):
     pinned = yaml.safe_load(out[out.index("containers:") :])
     assert pinned == {"containers": {"cpu": str(output), "cpu_sha256": sha256_file(output)}}
     assert shutil.which("singularity") is None  # PATH restored
+
+
+def test_failed_build_writes_nothing(tmp_path, monkeypatch, capsys):
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    _stand_in_apptainer(bindir, tmp_path / "calls.log", build_status=255)  # e.g. %test failed
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}/usr/bin{os.pathsep}/bin")
+    output = tmp_path / "llsmflow-gpu.sif"
+    assert main(["container", "build", "gpu", "--output", str(output), "--workflow-dir", str(REPO)]) == 2
+    err = capsys.readouterr().err
+    assert "INFO:    stand-in build log" in err
+    assert "apptainer build of llsmflow-gpu.def failed (exit 255" in err
+    assert not output.exists() and not list(tmp_path.glob(".*.partial"))
 
 
 def test_pin_prints_config_lines(tmp_path, capsys):

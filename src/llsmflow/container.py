@@ -7,13 +7,15 @@ Two images are defined in ``envs/apptainer/``: ``llsmflow-cpu.def`` (NumPy/SciPy
 What is here and why it is hand-written
 ---------------------------------------
 * Definitions are parsed, converted to Dockerfiles and built with spython (``SingularityParser``,
-  ``DockerWriter``, ``Client.build``). spython runs the executable named ``singularity`` whatever the host has
-  (``spython/main/base/command.py`` ``init_command``, and ``spython/utils/terminal.py`` ``check_install`` /
-  ``get_singularity_version`` in spython 0.3.14). Hosts that install only Apptainer (≥ 1.0 without its
-  compatibility link, e.g. unprivileged or relocatable installs) have no such command, so
-  :func:`spython_runtime` puts a private directory holding a ``singularity`` link to ``apptainer`` first on
-  ``PATH`` while spython runs: every spython code path then reaches Apptainer, without patching spython.
-  Apptainer is preferred where both exist, as Snakemake does.
+  ``DockerWriter``, the build command line of ``Client.build`` run by ``spython.utils.run_command``, which
+  returns the exit status that ``Client.build`` discards). spython runs the executable named
+  ``singularity`` whatever the host has (``spython/main/base/command.py`` ``init_command``, and
+  ``spython/utils/terminal.py`` ``check_install`` / ``get_singularity_version`` in spython 0.3.14).
+  Hosts that install only Apptainer (without its ``singularity`` compatibility link, e.g. unprivileged or
+  relocatable installs) have no such command, so :func:`spython_runtime` puts a private directory holding
+  a ``singularity`` link to ``apptainer`` first on ``PATH`` while spython runs: every spython code path
+  then reaches Apptainer, without patching spython. Apptainer is preferred where both exist, as Snakemake
+  does.
 * :func:`resolve_images` checks that the configured images are pinned (a registry reference by
   ``@sha256:`` digest, or a local SIF file with its sha256) and picks the image of each rule: the CPU image
   for every rule, the GPU image for ``deconvolve`` when the configured backend can use a GPU. Snakemake
@@ -252,6 +254,7 @@ def build_image(
         ``{"flavour", "path", "sha256", "runtime"}``.
     """
     from spython.main import Client
+    from spython.utils import check_install, run_command
 
     from llsmflow.archive import sha256_file
     from llsmflow.io import atomic_output
@@ -267,13 +270,20 @@ def build_image(
         raise LlsmflowError(f"builder {builder!r} is unknown; expected auto, fakeroot, sudo or root")
     options = ["--fakeroot"] if builder == "fakeroot" else []
     with spython_runtime() as runtime, atomic_output(output) as tmp:
+        if not check_install():
+            raise LlsmflowError(f"`{runtime} --version` failed; expected a working {runtime}")
+        # The command line is spython's (Client.build assembles it the same way); it is run through
+        # spython.utils.run_command rather than Client.build because Client.build discards the exit status.
+        command = Client._init_command("build") + options + [str(tmp), str(definition)]
         with _working_directory(definition.parents[2]):
-            built = Client.build(
-                recipe=str(definition), image=str(tmp), sudo=builder == "sudo", options=options, force=False
-            )
-        if not built or not tmp.is_file():
+            result = run_command(command, sudo=builder == "sudo", capture=False, quiet=True)
+        # stdout went to the terminal; the runtime's log (stderr) was collected: show it once
+        sys.stderr.write("".join(result["message"]))
+        if result["return_code"] != 0 or not tmp.is_file():
             raise LlsmflowError(
-                f"{runtime} build of {definition.name} failed (its output is above); nothing written", output
+                f"{runtime} build of {definition.name} failed (exit {result['return_code']}, log above); "
+                "nothing written",
+                output,
             )
     return {"flavour": flavour, "path": str(output), "sha256": sha256_file(output), "runtime": runtime}
 

@@ -203,7 +203,8 @@ def test_build_reaches_an_apptainer_only_host(tmp_path, monkeypatch, capsys):
     log = tmp_path / "calls.log"
     _stand_in_apptainer(bindir, log)
     monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}/usr/bin{os.pathsep}/bin")
-    assert shutil.which("singularity") is None
+    if shutil.which("singularity"):
+        pytest.skip("a real singularity command is installed here: not an apptainer-only host")
     output = tmp_path / "images" / "llsmflow-cpu.sif"
     args = ["container", "build", "cpu", "--output", str(output), "--builder", "fakeroot"]
     assert main(args + ["--workflow-dir", str(REPO)]) == 0

@@ -101,7 +101,7 @@ def test_gpu_definition_takes_cudadecon_from_conda_forge():
     pip_lines = [line for line in post.splitlines() if "pip install" in line]
     assert pip_lines and not any("pycudadecon" in line or "cupy" in line for line in pip_lines)
     script = _test_script(_recipe("gpu"))
-    assert "python -W error -c 'import pycudadecon; pycudadecon.lib.lib; pycudadecon.lib.otf_lib" in script
+    assert "python -c 'import pycudadecon; pycudadecon.lib.lib; pycudadecon.lib.otf_lib" in script
 
 
 def test_cpu_definition_has_the_fast_fft_extra():

@@ -1,11 +1,34 @@
 """llsmflow: deskew → deconvolve → stitch → archive (OME-Zarr) → track → provenance, for one LLSM dataset."""
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version
+from snakemake_interface_executor_plugins.settings import DeploymentMethod
+
+from llsmflow.container import resolve_images
+from llsmflow.errors import LlsmflowError
 
 min_version("9.0")
 
 
 configfile: "config/config.yaml"
+
+
+# Apptainer images, pinned by digest (config `containers`, docs/containers.md). They are used only with
+# --software-deployment-method apptainer (profiles/slurm-apptainer); unset, no rule runs in a container.
+# Local SIF files are hashed once, by the main Snakemake process, and only when the run uses Apptainer.
+_deployment = getattr(workflow.deployment_settings, "deployment_method", None) or ()
+_verify = workflow.is_main_process and DeploymentMethod.APPTAINER in _deployment
+try:
+    CONTAINERS = resolve_images(
+        config.get("containers"),
+        (config.get("deconvolution") or {}).get("backend", "cpu"),
+        verify_local=_verify,
+    )
+except LlsmflowError as error:
+    raise WorkflowError(f"llsmflow: {error}") from None
+
+
+container: CONTAINERS["cpu"]
 
 
 include: "workflow/rules/common.smk"

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from llsmflow import __version__
+from llsmflow.container import register_container_commands
 from llsmflow.errors import LlsmflowError
 
 log = logging.getLogger("llsmflow")
@@ -500,6 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workflow-dir", default=None, help="llsmflow checkout holding the Snakefile")
     p.add_argument("snakemake_args", nargs=argparse.REMAINDER, help="after --: extra Snakemake arguments")
     p.set_defaults(func=cmd_run)
+    register_container_commands(sub)
     return parser
 
 

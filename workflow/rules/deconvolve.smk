@@ -35,6 +35,8 @@ rule deconvolve:
         log_file("deconvolve/{sample}.log"),
     conda:
         "../../envs/llsmflow.yaml"
+    container:
+        CONTAINERS["deconvolve"]  # the GPU image for a GPU backend (Snakefile)
     threads: config["deconvolution"]["threads"]
     resources:
         mem_mb=mem_mb_for(deskewed_volume_mb(), 12),

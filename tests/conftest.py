@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny synthetic acquisition, generated once per test session."""
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -117,3 +118,16 @@ def tiny_run(tmp_path_factory):
         repo=repo,
         stdout=result.stdout,
     )
+
+
+_SESSION_START = time.time()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Name the artifacts this session kept (e.g. the QC report screenshot) at the end of the test output."""
+    artifacts = Path(__file__).resolve().parents[1] / "test-artifacts"
+    kept = [p for p in sorted(artifacts.glob("*")) if p.is_file() and p.stat().st_mtime >= _SESSION_START]
+    if kept:
+        terminalreporter.write_sep("-", "test artifacts kept")
+        for path in kept:
+            terminalreporter.write_line(str(path))

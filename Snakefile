@@ -31,6 +31,9 @@ except LlsmflowError as error:
 container: CONTAINERS["cpu"]
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/ingest.smk"
 include: "workflow/rules/deskew.smk"

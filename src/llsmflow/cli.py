@@ -335,21 +335,30 @@ def cmd_run(args) -> int:
     if args.cores:
         command += ["--cores", str(args.cores)]
     command += args.snakemake_args
+    from llsmflow.status import print_run_summary, write_run_pointer
+
+    write_run_pointer(Path.cwd(), configfile, root, config)
     print("running:", " ".join(command), flush=True)
+    started_wall = time.time()
     start = time.perf_counter()
     status = subprocess.call(command)
     elapsed = time.perf_counter() - start
     results = Path(config.get("results_dir", "results")) / config["dataset"]
+    dry_run = any(a in ("-n", "--dry-run", "--dryrun") for a in args.snakemake_args)
     if status != 0:
         print(
             f"llsmflow run: workflow failed after {elapsed:.0f} s (exit {status}); see the logs under "
             f"{Path(config.get('work_dir', 'work')) / config['dataset'] / 'logs'}",
             file=sys.stderr,
         )
+        if not dry_run:
+            print_run_summary(config, Path.cwd(), started_wall, elapsed, status, out=sys.stderr)
         return status
     print(f"llsmflow run: done in {elapsed:.0f} s. Results in {results}/:")
     for relative in (f"{config['dataset']}.ome.zarr", "tracks", "qc", "provenance"):
         print(f"  {results / relative}")
+    if not dry_run:
+        print_run_summary(config, Path.cwd(), started_wall, elapsed, status)
     return 0
 
 
@@ -502,6 +511,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("snakemake_args", nargs=argparse.REMAINDER, help="after --: extra Snakemake arguments")
     p.set_defaults(func=cmd_run)
     register_container_commands(sub)
+    from llsmflow.status import register_status_commands
+
+    register_status_commands(sub)
     return parser
 
 

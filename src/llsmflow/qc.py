@@ -29,25 +29,75 @@ def save_projection_panel(
     ``panels`` holds ``(title, image_2d, aspect)`` with ``aspect`` = row pixel size / column pixel size, so that
     projections of anisotropic data are shown in physical proportions.
     """
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.2), squeeze=False)
-    for ax, (name, image, aspect) in zip(axes[0], panels, strict=True):
-        lo, hi = contrast_limits(image)
-        ax.imshow(image, cmap="gray", vmin=lo, vmax=hi, aspect=aspect, interpolation="nearest")
-        ax.set_title(name, fontsize=9)
-        ax.set_xticks([])
-        ax.set_yticks([])
+    return save_projection_grid([panels], out_png, title)
+
+
+def save_projection_grid(
+    rows: list[list[tuple[str, np.ndarray, float]]], out_png: str | Path, title: str = ""
+) -> Path:
+    """Save rows of maximum projections (e.g. YX above ZX), every row with the same number of panels.
+
+    Each panel is ``(title, image_2d, aspect)`` as in :func:`save_projection_panel`. Row heights follow the
+    physical height of their first panel, so a thin ZX projection takes less room than a YX one.
+    """
+    ncols = len(rows[0])
+    if any(len(row) != ncols for row in rows):
+        raise ValueError(f"rows of {[len(r) for r in rows]} panels given; expected the same number in each")
+    heights = [max(0.25, row[0][1].shape[0] * row[0][2] / max(row[0][1].shape[1], 1)) for row in rows]
+    width = 4.2 * ncols
+    fig, axes = plt.subplots(
+        len(rows),
+        ncols,
+        figsize=(width, sum(heights) * 4.0 + 0.5 * len(rows) + (0.4 if title else 0)),
+        squeeze=False,
+        gridspec_kw={"height_ratios": heights},
+    )
+    for row_axes, row in zip(axes, rows, strict=True):
+        for ax, (name, image, aspect) in zip(row_axes, row, strict=True):
+            lo, hi = contrast_limits(image)
+            ax.imshow(image, cmap="gray", vmin=lo, vmax=hi, aspect=aspect, interpolation="nearest")
+            ax.set_title(name, fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, out_png)
 
 
+def tile_projection_rows(
+    raw_zyx: np.ndarray, deskewed_zyx: np.ndarray, deconvolved_zyx: np.ndarray, voxel_size_um
+) -> list[list[tuple[str, np.ndarray, float]]]:
+    """Panels for one tile: raw, deskewed and deconvolved, as YX (max over z) and ZX (max over y) projections.
+
+    ``voxel_size_um`` is the deskewed voxel size ``(dz', dy, dx)`` in µm. The raw stack is shown with the same
+    aspect, so its ZX projection shows the stage-scan shear that deskewing removes.
+    """
+    dz, dy, dx = (float(v) for v in voxel_size_um)
+    volumes = (
+        ("raw (skewed)", np.asarray(raw_zyx)),
+        ("deskewed", np.asarray(deskewed_zyx)),
+        ("deconvolved", np.asarray(deconvolved_zyx)),
+    )
+    yx = [(f"{name}, max over z (YX)", vol.max(axis=0), dy / dx) for name, vol in volumes]
+    zx = [(f"{name}, max over y (ZX)", vol.max(axis=1), dz / dx) for name, vol in volumes]
+    return [yx, zx]
+
+
 def save_mosaic(
-    projection_yx: np.ndarray, origin_um, voxel_size_um, tiles: dict, out_png: str | Path, title: str = ""
+    projection_yx: np.ndarray,
+    origin_um,
+    voxel_size_um,
+    tiles: dict,
+    out_png: str | Path,
+    title: str = "",
+    pairs: list[dict] | None = None,
 ) -> Path:
     """Save a fused maximum projection (YX, axes in µm) with each tile's registered outline.
 
-    ``tiles`` maps tile name to ``(origin_um (z, y, x), shape (z, y, x))``.
+    ``tiles`` maps tile name to ``(origin_um (z, y, x), shape (z, y, x))``. ``pairs`` (optional, the ``pairs``
+    of a transforms file: ``a``, ``b``, ``quality``, ``used``) draws a line between the centres of each
+    registered pair, labelled with its correlation quality (solid: used, dashed: rejected).
     """
     dy, dx = voxel_size_um[1], voxel_size_um[2]
     ny, nx = projection_yx.shape
@@ -73,6 +123,21 @@ def save_mosaic(
                 label=name,
             )
         )
+    for pair in pairs or []:
+        if pair.get("a") not in tiles or pair.get("b") not in tiles:
+            continue
+        (ya, xa), (yb, xb) = (_centre_yx(*tiles[pair["a"]], dy, dx), _centre_yx(*tiles[pair["b"]], dy, dx))
+        used = bool(pair.get("used", True))
+        ax.plot([xa, xb], [ya, yb], "-" if used else "--", color="yellow" if used else "red", linewidth=1.0)
+        ax.annotate(
+            f"q = {float(pair.get('quality', float('nan'))):.2f}",
+            ((xa + xb) / 2, (ya + yb) / 2),
+            color="yellow" if used else "red",
+            fontsize=8,
+            ha="center",
+            va="center",
+            bbox={"facecolor": "black", "alpha": 0.6, "linewidth": 0, "pad": 1.5},
+        )
     ax.set_xlabel("x (µm)")
     ax.set_ylabel("y (µm)")
     ax.legend(fontsize=7, loc="upper right")
@@ -80,6 +145,11 @@ def save_mosaic(
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, out_png)
+
+
+def _centre_yx(origin_um, shape, dy: float, dx: float) -> tuple[float, float]:
+    """Centre (y, x) in µm of a tile with ``origin_um`` (z, y, x) and ``shape`` (z, y, x) voxels."""
+    return origin_um[1] + (shape[1] - 1) * dy / 2, origin_um[2] + (shape[2] - 1) * dx / 2
 
 
 def _save(fig, out_png) -> Path:

@@ -159,6 +159,7 @@ def all_step_records(wildcards):
 
 def result_files(wildcards):
     files = [RESULTS / f"{DATASET}.ome.zarr", RESULTS / "qc" / "mosaic.png"]
+    files += [RESULTS / "qc" / "report.html"]
     files += [RESULTS / "qc" / f"tile_{t}_ch{c}.png" for t in TILES for c in CHANNELS]
     for c in TRACK_CHANNELS:
         files += [

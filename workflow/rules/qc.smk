@@ -13,7 +13,13 @@ rule qc_tile:
         / "deconvolved"
         / f"{sample_id(wildcards.tile, wildcards.channel, STITCH['reference_timepoint'])}.ome.tif",
     output:
-        png=RESULTS / "qc" / "tile_{tile}_ch{channel}.png",
+        png=report(
+            RESULTS / "qc" / "tile_{tile}_ch{channel}.png",
+            caption="../report/qc_tile.rst",
+            category="Tiles",
+            subcategory="channel {channel}",
+            labels={"tile": "{tile}", "channel": "{channel}"},
+        ),
         step=step_record("qc_tile/{tile}-ch{channel}.json"),
     log:
         log_file("qc_tile/{tile}-ch{channel}.log"),
@@ -33,7 +39,11 @@ rule qc_mosaic:
         archive=RESULTS / f"{DATASET}.ome.zarr",
         transforms=WORK / "stitch" / "transforms.json",
     output:
-        png=RESULTS / "qc" / "mosaic.png",
+        png=report(
+            RESULTS / "qc" / "mosaic.png",
+            caption="../report/qc_mosaic.rst",
+            category="Stitching",
+        ),
         step=step_record("qc_mosaic.json"),
     log:
         log_file("qc_mosaic.log"),
@@ -45,3 +55,41 @@ rule qc_mosaic:
         runtime=10,
     script:
         "../scripts/qc_mosaic.py"
+
+
+rule qc_report:
+    """One self-contained HTML report: projections, mosaic, registration, tracks, step times, provenance."""
+    input:
+        tiles=[RESULTS / "qc" / f"tile_{t}_ch{c}.png" for t in TILES for c in CHANNELS],
+        mosaic=RESULTS / "qc" / "mosaic.png",
+        tracks=[RESULTS / "tracks" / f"ch{c}_tracks.png" for c in TRACK_CHANNELS],
+        msd=[RESULTS / "tracks" / f"ch{c}_msd.png" for c in TRACK_CHANNELS],
+        steps=all_step_records,
+        transforms=WORK / "stitch" / "transforms.json",
+        acquisition=WORK / "acquisition.json",
+        archive=RESULTS / f"{DATASET}.ome.zarr",
+    output:
+        html=report(
+            RESULTS / "qc" / "report.html",
+            caption="../report/qc_report.rst",
+            category="Overview",
+        ),
+        step=step_record("qc_report.json"),
+    log:
+        log_file("qc_report.log"),
+    localrule: True
+    conda:
+        "../../envs/llsmflow.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        dataset=DATASET,
+        tile_channels=[[t, c] for t in TILES for c in CHANNELS],
+        track_channels=TRACK_CHANNELS,
+        min_quality=STITCH["min_quality"],
+        raw_files=RAW_FILES,
+        config=config,
+    script:
+        "../scripts/qc_report.py"

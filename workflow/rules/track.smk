@@ -11,8 +11,18 @@ rule track:
         summary_parquet=RESULTS / "tracks" / "ch{channel}_summary.parquet",
         msd=RESULTS / "tracks" / "ch{channel}_msd.csv",
         msd_parquet=RESULTS / "tracks" / "ch{channel}_msd.parquet",
-        tracks_png=RESULTS / "tracks" / "ch{channel}_tracks.png",
-        msd_png=RESULTS / "tracks" / "ch{channel}_msd.png",
+        tracks_png=report(
+            RESULTS / "tracks" / "ch{channel}_tracks.png",
+            caption="../report/tracks.rst",
+            category="Tracking",
+            labels={"channel": "{channel}", "plot": "tracks"},
+        ),
+        msd_png=report(
+            RESULTS / "tracks" / "ch{channel}_msd.png",
+            caption="../report/msd.rst",
+            category="Tracking",
+            labels={"channel": "{channel}", "plot": "MSD"},
+        ),
         step=step_record("track/ch{channel}.json"),
     log:
         log_file("track/ch{channel}.log"),

@@ -1,4 +1,4 @@
-"""Fused mosaic projection per channel with registered tile outlines (thin wrapper over llsmflow.qc)."""
+"""Fused mosaic projection with registered tile outlines and pair qualities (thin wrapper over llsmflow.qc)."""
 
 from pathlib import Path
 
@@ -20,4 +20,6 @@ with StepRecorder.for_workflow_job(snakemake) as step:
         tiles,
         snakemake.output.png,
         title=f"{Path(snakemake.input.archive).name}, channel {meta['channel_names'][0]}, t = 0",
+        pairs=transforms.get("pairs", []),
     )
+    step.note(pairs=len(transforms.get("pairs", [])))

@@ -2,16 +2,13 @@
 
 from llsmflow.io import read_volume
 from llsmflow.provenance import StepRecorder
-from llsmflow.qc import save_projection_panel
+from llsmflow.qc import save_projection_grid, tile_projection_rows
 
 with StepRecorder.for_workflow_job(snakemake) as step:
     raw = read_volume(snakemake.input.raw).data
     deskewed = read_volume(snakemake.input.deskewed)
     deconvolved = read_volume(snakemake.input.deconvolved)
-    panels = [
-        ("raw (skewed), max over planes", raw.max(axis=0), 1.0),
-        ("deskewed, max over z", deskewed.data.max(axis=0), 1.0),
-        ("deconvolved, max over z", deconvolved.data.max(axis=0), 1.0),
-    ]
+    rows = tile_projection_rows(raw, deskewed.data, deconvolved.data, deskewed.voxel_size_um)
     title = f"tile {snakemake.wildcards.tile}, channel {snakemake.wildcards.channel}"
-    save_projection_panel(panels, snakemake.output.png, title)
+    save_projection_grid(rows, snakemake.output.png, title)
+    step.note(shape_raw=raw.shape, shape_deskewed=deskewed.data.shape)

@@ -1,0 +1,293 @@
+"""What a run did and what is left: the summary ``llsmflow run`` prints, and ``llsmflow status``.
+
+*Done* comes from the step records under ``work/<dataset>/steps/`` (one per finished job, with its run time,
+peak memory and backend; see :class:`llsmflow.provenance.StepRecorder`) and from Snakemake's log of the run
+(for rules that write no step record, such as ``provenance``). *Left* comes from a Snakemake dry run, the only
+authority on what Snakemake would (re)run: it knows about changed code, parameters and inputs, which a listing
+of expected files would not. Its "Job stats" table is parsed rather than calling Snakemake's Python API, whose
+shape changes between major versions while the table has stayed the same since Snakemake 5.
+
+``llsmflow run`` leaves a small pointer, ``.llsmflow/runs/<dataset>.json`` in the directory it ran in (config
+file, workflow directory, results and work directories), so that ``llsmflow status results/<dataset>`` can find
+the configuration of a results directory without being told.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+from llsmflow.errors import LlsmflowError
+from llsmflow.io import write_json
+from llsmflow.report import step_records_under, summarise_steps
+
+POINTER_DIR = Path(".llsmflow") / "runs"
+_FINISHED = re.compile(r"Finished jobid: \d+ \(Rule: ([\w-]+)\)")
+
+
+# ------------------------------------------------------------------------------------------ run bookkeeping
+
+
+def run_paths(config: dict) -> tuple[Path, Path]:
+    """``(results, work)`` directories of a dataset, as the workflow lays them out (relative to the run dir)."""
+    dataset = config["dataset"]
+    return Path(config.get("results_dir", "results")) / dataset, Path(
+        config.get("work_dir", "work")
+    ) / dataset
+
+
+def write_run_pointer(run_dir: Path, configfile: Path, workflow_root: Path, config: dict) -> Path:
+    """Record where a dataset's run lives (``.llsmflow/runs/<dataset>.json`` in ``run_dir``)."""
+    results, work = run_paths(config)
+    pointer = {
+        "dataset": config["dataset"],
+        "configfile": str(Path(configfile).resolve()),
+        "workflow_dir": str(Path(workflow_root).resolve()),
+        "run_dir": str(Path(run_dir).resolve()),
+        "results": str((Path(run_dir) / results).resolve()),
+        "work": str((Path(run_dir) / work).resolve()),
+    }
+    path = Path(run_dir) / POINTER_DIR / f"{config['dataset']}.json"
+    if path.is_file():
+        try:
+            if json.loads(path.read_text(encoding="utf-8")) == pointer:
+                return path
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            pass
+    return write_json(path, pointer)
+
+
+def find_run_pointer(results_dir: Path) -> dict | None:
+    """The pointer ``llsmflow run`` left for ``results_dir``: looked for in the current directory and above it."""
+    results_dir = Path(results_dir).resolve()
+    dataset = results_dir.name
+    for base in [Path.cwd().resolve(), *results_dir.parents]:
+        path = base / POINTER_DIR / f"{dataset}.json"
+        if not path.is_file():
+            continue
+        try:
+            pointer = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        if Path(pointer.get("results", "")) == results_dir:
+            return pointer
+    return None
+
+
+def snakemake_log_rules(run_dir: Path, since: float) -> Counter:
+    """Jobs per rule that Snakemake logged as finished in logs written since ``since`` (epoch seconds)."""
+    counts: Counter = Counter()
+    log_dir = Path(run_dir) / ".snakemake" / "log"
+    if not log_dir.is_dir():
+        return counts
+    for log in log_dir.glob("*.snakemake.log"):
+        if log.stat().st_mtime < since:
+            continue
+        counts.update(_FINISHED.findall(log.read_text(encoding="utf-8", errors="replace")))
+    return counts
+
+
+# ---------------------------------------------------------------------------------------------- formatting
+
+
+def _seconds(value) -> str:
+    if value is None:
+        return "–"
+    value = float(value)
+    if value < 120:
+        return f"{value:.1f} s"
+    if value < 7200:
+        return f"{value / 60:.1f} min"
+    return f"{value / 3600:.1f} h"
+
+
+def format_steps(summary: list[dict], extra_jobs: Counter | None = None) -> list[str]:
+    """Lines of a table: step, jobs, wall time, total run time, peak memory, backend."""
+    lines = [f"  {'step':<14}{'jobs':>6}{'wall':>11}{'total':>11}{'peak mem':>11}  backend"]
+    for row in summary:
+        memory = f"{row['peak_memory_mb']:.0f} MiB" if row["peak_memory_mb"] is not None else "–"
+        lines.append(
+            f"  {row['step']:<14}{row['jobs']:>6}{_seconds(row['wall_seconds']):>11}"
+            f"{_seconds(row['seconds']):>11}{memory:>11}  {', '.join(row['backends']) or '–'}"
+        )
+    for rule, jobs in sorted((extra_jobs or {}).items()):
+        lines.append(f"  {rule:<14}{jobs:>6}{'':>11}{'':>11}{'':>11}  (no step record)")
+    return lines
+
+
+def print_run_summary(
+    config: dict, run_dir: Path, started: float, elapsed: float, status: int, out=sys.stdout
+) -> None:
+    """Print what one ``llsmflow run`` did: jobs and time per stage, where the results and the report are.
+
+    ``started`` is the run's start (epoch seconds); only step records that started then or later count.
+    """
+    results, work = run_paths(config)
+    since = _dt.datetime.fromtimestamp(int(started), _dt.UTC)
+    summary = summarise_steps(step_records_under(Path(run_dir) / work / "steps"), since=since)
+    recorded = {row["step"] for row in summary}
+    logged = snakemake_log_rules(run_dir, started)
+    extra = Counter({rule: n for rule, n in logged.items() if rule not in recorded and rule != "all"})
+    jobs = sum(row["jobs"] for row in summary) + sum(extra.values())
+    print("", file=out)
+    if jobs:
+        print(f"ran {jobs} jobs in {_seconds(elapsed)}:", file=out)
+        for line in format_steps(summary, extra):
+            print(line, file=out)
+    else:
+        print("nothing ran: every output was already up to date.", file=out)
+    report = results / "qc" / "report.html"
+    if status == 0:
+        print(
+            f"report: {report}" + ("" if (Path(run_dir) / report).is_file() else " (not written)"), file=out
+        )
+    print(f"logs:   {work / 'logs'}/", file=out)
+
+
+# ---------------------------------------------------------------------------------------------- dry run
+
+
+def parse_job_stats(text: str) -> dict[str, int]:
+    """``{rule: jobs}`` from the "Job stats" table of a Snakemake dry run; empty when nothing is left."""
+    jobs: dict[str, int] = {}
+    lines = text.splitlines()
+    try:
+        start = next(i for i, line in enumerate(lines) if line.strip() == "Job stats:")
+    except StopIteration:
+        return jobs
+    for line in lines[start + 1 :]:
+        fields = line.split()
+        if not fields or fields[0] in ("job",) or set(fields[0]) == {"-"}:
+            continue
+        if fields[0] == "total" or len(fields) != 2 or not fields[1].isdigit():
+            break
+        jobs[fields[0]] = int(fields[1])
+    return jobs
+
+
+def jobs_left(workflow_root: Path, configfile: Path, run_dir: Path) -> dict[str, int]:
+    """Jobs per rule that Snakemake would run now (a dry run in ``run_dir``; the lock is not taken).
+
+    Raises
+    ------
+    LlsmflowError
+        If Snakemake cannot be found or the dry run fails (its last lines are in the message).
+    """
+    snakemake = shutil.which(
+        "snakemake", path=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
+    )
+    if snakemake is None:
+        raise LlsmflowError("the snakemake command was not found; expected `pip install llsmflow[workflow]`")
+    command = [
+        snakemake,
+        "--snakefile",
+        str(workflow_root / "Snakefile"),
+        "--configfile",
+        str(configfile),
+        "--dry-run",
+        "--nolock",
+        # a job still running has "incomplete" outputs: count it as left instead of failing
+        "--rerun-incomplete",
+        "--quiet",
+        "rules",
+        "--cores",
+        "1",
+    ]
+    result = subprocess.run(command, cwd=run_dir, capture_output=True, text=True, timeout=600)
+    text = result.stdout + "\n" + result.stderr
+    if result.returncode != 0:
+        tail = " | ".join(line for line in text.strip().splitlines()[-4:] if line.strip())
+        raise LlsmflowError(f"Snakemake dry run failed (exit {result.returncode}): {tail}", configfile)
+    return parse_job_stats(text)
+
+
+# ---------------------------------------------------------------------------------------------- status
+
+
+def resolve_status_target(results_dir: str | None, configfile: str | None, workflow_dir: str | None):
+    """``(config, configfile, workflow_root, run_dir)`` for ``llsmflow status``."""
+    from llsmflow.cli import check_config, find_workflow_root
+
+    if configfile is None and results_dir is not None:
+        results_path = Path(results_dir)
+        if not results_path.is_dir():
+            raise LlsmflowError(
+                "results directory not found; expected results/<dataset> of a run", results_path
+            )
+        pointer = find_run_pointer(results_path)
+        if pointer is None:
+            raise LlsmflowError(
+                "no record of the `llsmflow run` that wrote this results directory (.llsmflow/runs/ in the run "
+                "directory); pass --configfile",
+                results_path,
+            )
+        configfile = pointer["configfile"]
+        workflow_dir = workflow_dir or pointer["workflow_dir"]
+        run_dir = Path(pointer["run_dir"])
+    else:
+        run_dir = Path.cwd()
+    root = find_workflow_root(workflow_dir)
+    configfile = Path(configfile or root / "config" / "config.yaml")
+    config = check_config(configfile, root)
+    if results_dir is not None:
+        expected = (run_dir / run_paths(config)[0]).resolve()
+        if expected != Path(results_dir).resolve():
+            raise LlsmflowError(
+                f"the config writes results to {expected}, not to this directory; expected matching "
+                "--configfile and results directory",
+                Path(results_dir),
+            )
+    return config, configfile, root, run_dir
+
+
+def cmd_status(args) -> int:
+    config, configfile, root, run_dir = resolve_status_target(
+        args.results_dir, args.configfile, args.workflow_dir
+    )
+    results, work = run_paths(config)
+    records = step_records_under(run_dir / work / "steps")
+    done = summarise_steps(records)
+    left = jobs_left(root, configfile, run_dir)
+    left.pop("all", None)
+    print(f"dataset {config['dataset']}  (config {configfile})")
+    print(f"  results: {run_dir / results}")
+    print(f"  work:    {run_dir / work}")
+    if done:
+        print(f"done: {sum(r['jobs'] for r in done)} jobs with a step record")
+        for line in format_steps(done):
+            print(line)
+    else:
+        print("done: nothing yet (no step records)")
+    if left:
+        print(f"left: {sum(left.values())} jobs (Snakemake dry run)")
+        for rule, jobs in left.items():
+            print(f"  {rule:<14}{jobs:>6}")
+        print("run `llsmflow run` with the same config to finish.")
+    else:
+        print("left: nothing; the run is complete.")
+    report = run_dir / results / "qc" / "report.html"
+    print(f"report: {report}" + ("" if report.is_file() else " (not written yet)"))
+    return 0
+
+
+def register_status_commands(subparsers) -> None:
+    """Add ``llsmflow status`` to the CLI."""
+    p = subparsers.add_parser(
+        "status", help="what is done and what is left for a results directory (or a config)"
+    )
+    p.add_argument(
+        "results_dir",
+        nargs="?",
+        default=None,
+        help="results/<dataset> written by `llsmflow run` (default: the dataset of --configfile)",
+    )
+    p.add_argument("--configfile", default=None, help="workflow config (default config/config.yaml)")
+    p.add_argument("--workflow-dir", default=None, help="llsmflow checkout holding the Snakefile")
+    p.set_defaults(func=cmd_status)

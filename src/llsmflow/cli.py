@@ -17,6 +17,7 @@ from pathlib import Path
 
 from llsmflow import __version__
 from llsmflow.errors import LlsmflowError
+from llsmflow.hpc import register_hpc_commands
 
 log = logging.getLogger("llsmflow")
 
@@ -500,6 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workflow-dir", default=None, help="llsmflow checkout holding the Snakefile")
     p.add_argument("snakemake_args", nargs=argparse.REMAINDER, help="after --: extra Snakemake arguments")
     p.set_defaults(func=cmd_run)
+    register_hpc_commands(sub)
     return parser
 
 

@@ -7,6 +7,7 @@ rule prepare_psf:
         step=step_record("prepare_psf/ch{channel}.json"),
     log:
         log_file("prepare_psf/ch{channel}.log"),
+    localrule: True
     conda:
         "../../envs/llsmflow.yaml"
     threads: 1
@@ -35,10 +36,11 @@ rule deconvolve:
         log_file("deconvolve/{sample}.log"),
     conda:
         "../../envs/llsmflow.yaml"
-    threads: config["deconvolution"]["threads"]
+    threads: RESOURCES["deconvolve"].threads
     resources:
-        mem_mb=mem_mb_for(deskewed_volume_mb(), 12),
-        runtime=60,
+        mem_mb=step_mem_mb("deconvolve"),
+        runtime=step_runtime("deconvolve"),
+        **gpu_resources(),
     params:
         iterations=config["deconvolution"]["iterations"],
         background=config["deconvolution"]["background"],

@@ -11,8 +11,8 @@ rule deskew:
         "../../envs/llsmflow.yaml"
     threads: 1
     resources:
-        mem_mb=mem_mb_for(deskewed_volume_mb(), 3),
-        runtime=30,
+        mem_mb=step_mem_mb("deskew"),
+        runtime=step_runtime("deskew"),
     params:
         dz_um=ACQ.dz_um,
         dx_um=ACQ.dx_um,

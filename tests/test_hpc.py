@@ -62,6 +62,11 @@ def test_volume_sizes_match_the_real_volumes(acquisition, deskewed_tile, tiny_ac
     assert sizes.deskewed_mb == pytest.approx(deskewed.astype(np.float32).nbytes / 1e6)
     assert sizes.psf_shape == psf_shape  # the largest prepared PSF over the channels
     assert (sizes.samples, sizes.tiles, sizes.channels, sizes.timepoints) == (20, 2, 2, 5)
+    from llsmflow.stitch import fused_extent
+
+    positions = {row.tile: (row.z_um, row.y_um, row.x_um) for row in acquisition.tiles.itertuples()}
+    shapes = dict.fromkeys(positions, deskewed.shape)
+    assert sizes.fused_shape == fused_extent(positions, shapes, acquisition.deskewed_voxel_size_um)[1]
     # without raw_shape_zyx in the metadata the first stack's header gives the same shape
     acquisition.metadata.pop("raw_shape_zyx")
     try:

@@ -169,7 +169,6 @@ def volume_sizes(acq) -> VolumeSizes:
     deconvolution prepares them (the largest over channels); the fused shape from the tiles' nominal positions.
     """
     from llsmflow.geometry import deskewed_shape
-    from llsmflow.stitch import fused_extent
 
     raw = acq.metadata.get("raw_shape_zyx")
     if raw is None:
@@ -180,8 +179,11 @@ def volume_sizes(acq) -> VolumeSizes:
     psf = (1, 1, 1)
     for c in range(len(acq.channels)):
         psf = tuple(max(a, b) for a, b in zip(psf, _prepared_psf_shape(acq, c, voxel), strict=True))
-    positions = {row.tile: (row.z_um, row.y_um, row.x_um) for row in acq.tiles.itertuples()}
-    _, fused = fused_extent(positions, {t: deskewed for t in positions}, voxel)
+    # the grid of llsmflow.stitch.fused_extent (not imported: dask and scikit-image would add seconds to every
+    # Snakemake start, and each cluster job starts one)
+    origins = acq.tiles[["z_um", "y_um", "x_um"]].to_numpy(dtype=float)
+    span = origins.max(axis=0) - origins.min(axis=0)
+    fused = tuple(int(math.floor(s / v + 1e-6)) + n for s, v, n in zip(span, voxel, deskewed, strict=True))
     return VolumeSizes(
         raw_shape=raw,
         deskewed_shape=tuple(deskewed),

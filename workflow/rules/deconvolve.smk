@@ -38,9 +38,9 @@ rule deconvolve:
         "../../envs/llsmflow.yaml"
     threads: RESOURCES["deconvolve"].threads
     resources:
+        **gpu_resources(),
         mem_mb=step_mem_mb("deconvolve"),
         runtime=step_runtime("deconvolve"),
-        **gpu_resources(),
     params:
         iterations=config["deconvolution"]["iterations"],
         background=config["deconvolution"]["background"],

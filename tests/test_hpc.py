@@ -244,20 +244,23 @@ def test_profile_init_flags_and_snakemake_accepts_it(tmp_path, tiny_acquisition)
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     base = _config(dataset="tiny", raw_dir=str(tiny_acquisition / "raw"))
-    gpu_out = _dry_run(
-        _config(**base, deconvolution=base["deconvolution"] | {"backend": "cupy"}), run_dir, outdir
-    )
+    gpu_out = _dry_run(base | {"deconvolution": base["deconvolution"] | {"backend": "cupy"}}, run_dir, outdir)
     decon = _rule_resources(gpu_out, "deconvolve")
     assert len(decon) == 20
     assert all("gpu=1" in r and "slurm_partition=gpu" in r for r in decon), decon[0]
+    # deskews share a submission with their deconvolution (profile group "volumes"): same partition, no GPU
     deskew = _rule_resources(gpu_out, "deskew")
-    assert all("slurm_partition=cpu-short" in r and "gpu=" not in r for r in deskew), deskew[0]
+    assert all("slurm_partition=gpu" in r and "gpu=" not in r for r in deskew), deskew[0]
+    qc = _rule_resources(gpu_out, "qc_tile")
+    assert all("slurm_partition=cpu-short" in r and "gpu=" not in r for r in qc), qc[0]
     cpu_out = _dry_run(base, run_dir, outdir)
     decon = _rule_resources(cpu_out, "deconvolve")
     assert all("gpu=" not in r and "slurm_partition=cpu-short" in r for r in decon), decon[0]
     sizes = hpc.volume_sizes(read_acquisition(tiny_acquisition / "raw"))
     expected = hpc.step_resources(sizes, base, cores=4)["deconvolve"]
-    assert all(f"mem_mb={expected.mem_mb}," in r and f"runtime={expected.runtime_min}" in r for r in decon)
+    assert all(
+        f"mem_mb={max(expected.mem_mb, 500)}," in r and f"runtime={expected.runtime_min}" in r for r in decon
+    )
 
 
 def test_profile_init_asks_on_a_terminal(tmp_path):

@@ -519,7 +519,7 @@ def render_profile(answers: SiteAnswers) -> str:
             "# the deconvolve rule requests a GPU when deconvolution.backend is cupy or pycudadecon; it then",
             "# goes to this partition (a CPU backend keeps it on the CPU partition)",
             "config:",
-            f"  - hpc={{gpu_partition: {_yaml_scalar(answers.gpu_partition)}}}",
+            f"  - {_yaml_scalar(f'hpc={{gpu_partition: {_yaml_scalar(answers.gpu_partition)}}}')}",
         ]
     return "\n".join(lines) + "\n"
 

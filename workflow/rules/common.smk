@@ -120,15 +120,20 @@ def step_runtime(step):
     return estimate
 
 
+def gpu_partition():
+    """`slurm_partition` of the GPU deconvolutions, and of the deskews that the profile groups with them (one
+    submission, one partition), when the backend is a GPU one and `hpc.gpu_partition` is set."""
+    if GPU_DECONVOLUTION and config["hpc"]["gpu_partition"]:
+        return {"slurm_partition": config["hpc"]["gpu_partition"]}
+    return {}
+
+
 def gpu_resources():
     """Extra resources of the deconvolve rule: a GPU (on `hpc.gpu_partition`) only for a GPU backend, so
     CPU runs stay schedulable on CPU-only partitions."""
     if not GPU_DECONVOLUTION:
         return {}
-    extra = {"gpu": 1, "gpu_mem_mb": RESOURCES["deconvolve"].gpu_mem_mb}
-    if config["hpc"]["gpu_partition"]:
-        extra["slurm_partition"] = config["hpc"]["gpu_partition"]
-    return extra
+    return {"gpu": 1, "gpu_mem_mb": RESOURCES["deconvolve"].gpu_mem_mb, **gpu_partition()}
 
 
 RAW_FILES = (

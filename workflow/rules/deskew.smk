@@ -11,6 +11,7 @@ rule deskew:
         "../../envs/llsmflow.yaml"
     threads: 1
     resources:
+        **gpu_partition(),
         mem_mb=step_mem_mb("deskew"),
         runtime=step_runtime("deskew"),
     params:

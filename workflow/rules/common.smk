@@ -83,7 +83,11 @@ try:
     SIZES = volume_sizes(ACQ)
 except LlsmflowError as error:
     raise WorkflowError(f"llsmflow: {error}") from None
-RESOURCES = step_resources(SIZES, config, workflow.cores)
+try:
+    _CORES = workflow.cores  # with the SLURM executor: the cores of one submission (profile `cores`)
+except WorkflowError:  # no --cores given (lint, dry run)
+    _CORES = None
+RESOURCES = step_resources(SIZES, config, _CORES)
 GPU_DECONVOLUTION = config["deconvolution"]["backend"] in GPU_BACKENDS
 
 

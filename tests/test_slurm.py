@@ -20,6 +20,9 @@ import yaml
 
 from llsmflow import hpc
 from llsmflow.ingest import read_acquisition
+from llsmflow.synth import generate
+
+from .conftest import tiny_params
 
 REPO = Path(__file__).resolve().parents[1]
 LLSMFLOW = Path(sys.executable).parent / "llsmflow"
@@ -53,11 +56,19 @@ def slurm_cluster():
             subprocess.run(["bash", str(START), "stop", *ours], capture_output=True, text=True, timeout=120)
 
 
-def _jobcomp() -> dict[str, dict[str, str]]:
-    """Job id → fields of SLURM's job completion log (``JobCompType=jobcomp/filetxt``)."""
+def _jobcomp_size() -> int:
+    return JOBCOMP.stat().st_size if JOBCOMP.is_file() else 0
+
+
+def _jobcomp(offset: int = 0) -> dict[str, dict[str, str]]:
+    """Job id → fields of the jobs SLURM's job completion log (``JobCompType=jobcomp/filetxt``) recorded
+    after byte ``offset``."""
     jobs = {}
     if JOBCOMP.is_file():
-        for line in JOBCOMP.read_text().splitlines():
+        with JOBCOMP.open("rb") as fh:
+            fh.seek(offset)
+            text = fh.read().decode(errors="replace")
+        for line in text.splitlines():
             fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
             if "JobId" in fields:
                 jobs[fields["JobId"]] = fields
@@ -81,11 +92,21 @@ def _wait(proc_log, what):
 
 
 @pytest.fixture(scope="module")
-def slurm_and_local_runs(slurm_cluster, tiny_acquisition, tmp_path_factory):
-    """The workflow on the tiny acquisition through profiles/slurm and, at the same time, locally."""
+def small_acquisition(tmp_path_factory) -> Path:
+    """The tiny synthetic acquisition with one channel and three timepoints: 2 tiles × 3 stacks, 21 cluster
+    jobs (the 61 of the two-channel, five-timepoint one would make this test several minutes longer: each
+    job starts Snakemake and Python again inside its SLURM allocation)."""
+    outdir = tmp_path_factory.mktemp("small_acquisition")
+    generate(outdir, tiny_params(channels=1, timepoints=3))
+    return outdir
+
+
+@pytest.fixture(scope="module")
+def slurm_and_local_runs(slurm_cluster, small_acquisition, tmp_path_factory):
+    """The workflow on a tiny acquisition through profiles/slurm and, at the same time, locally."""
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     config.update(
-        dataset="tiny", raw_dir=str(tiny_acquisition / "raw"), results_dir="results", work_dir="work"
+        dataset="tiny", raw_dir=str(small_acquisition / "raw"), results_dir="results", work_dir="work"
     )
     config["deconvolution"]["iterations"] = 3  # fewer iterations: the test is about where jobs run
     dirs = {}
@@ -93,7 +114,7 @@ def slurm_and_local_runs(slurm_cluster, tiny_acquisition, tmp_path_factory):
         dirs[name] = tmp_path_factory.mktemp(f"run-{name}")
         (dirs[name] / "config.yaml").write_text(yaml.safe_dump(config))
     common = ["--configfile", "config.yaml", "--workflow-dir", str(REPO), "--cores", "2"]
-    jobcomp_before = set(_jobcomp())
+    jobcomp_offset = _jobcomp_size()
     start = time.perf_counter()
     slurm = _run(
         [
@@ -115,7 +136,7 @@ def slurm_and_local_runs(slurm_cluster, tiny_acquisition, tmp_path_factory):
     _wait(slurm, "workflow through SLURM")
     seconds = time.perf_counter() - start
     _wait(local, "local workflow")
-    new_jobs = {k: v for k, v in _jobcomp().items() if k not in jobcomp_before}
+    new_jobs = _jobcomp(jobcomp_offset)
     return dirs["slurm"], dirs["local"], config, new_jobs, seconds
 
 
@@ -137,29 +158,32 @@ def test_jobs_went_through_sbatch(slurm_and_local_runs):
     for job_id in ids:
         assert new_jobs[job_id]["JobState"] == "COMPLETED", new_jobs[job_id]
         assert list((slurm_dir / ".snakemake" / "slurm_logs").rglob(f"{job_id}.log")), job_id
-    # grouping: 57 jobs on the cluster in 8 submissions (profiles/slurm: volumes=20, fusion=10, qc=50)
+    # grouping: 21 jobs on the cluster in 7 submissions (profiles/slurm: volumes=20, fusion=10, qc=50)
     profile = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
     groups = dict(entry.split("=") for entry in profile["group-components"])
     sizes = hpc.volume_sizes(read_acquisition(config["raw_dir"]))
     resources = hpc.step_resources(sizes, config)
     expected = hpc.submissions(resources, {k: int(v) for k, v in groups.items()})
     cluster_jobs = sum(1 for s in steps if s["step"] not in local_steps)
-    assert len(ids) == sum(expected.values()) == 8
-    assert cluster_jobs == 57 and len(ids) < cluster_jobs
-    our_submissions = [j for j in new_jobs.values() if j.get("JobName") != "llsmflow-dask"]
+    assert len(ids) == sum(expected.values()) == 7
+    assert cluster_jobs == 21 and len(ids) < cluster_jobs
+    our_submissions = [j for j in new_jobs.values() if j.get("Name") != "llsmflow-dask"]
     assert len(our_submissions) == len(ids), sorted(new_jobs)
     print(f"workflow through SLURM: {seconds:.0f} s, {cluster_jobs} jobs in {len(ids)} sbatch submissions")
 
 
 def test_slurm_results_equal_local_results(slurm_and_local_runs):
+    """Same tracks, positions and archive as the local run, up to FFT round-off: FFTW plans by timing
+    (FFTW_MEASURE), so two runs of the same deconvolution may differ by a few float32 ulps."""
     import zarr
 
     slurm_dir, local_dir, *_ = slurm_and_local_runs
-    for channel in (0, 1):
-        a = pd.read_csv(slurm_dir / f"results/tiny/tracks/ch{channel}.csv")
-        b = pd.read_csv(local_dir / f"results/tiny/tracks/ch{channel}.csv")
-        assert len(a) == len(b) > 0
-        pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-5, atol=1e-6)
+    a = pd.read_csv(slurm_dir / "results/tiny/tracks/ch0.csv")
+    b = pd.read_csv(local_dir / "results/tiny/tracks/ch0.csv")
+    assert len(a) == len(b) > 0
+    pd.testing.assert_frame_equal(a[["particle", "frame", "t_s"]], b[["particle", "frame", "t_s"]])
+    np.testing.assert_allclose(a[["z_um", "y_um", "x_um"]], b[["z_um", "y_um", "x_um"]], atol=1e-4)
+    np.testing.assert_allclose(a["mass"], b["mass"], rtol=1e-3)
     transforms = [
         json.loads((d / "results/tiny/provenance/transforms.json").read_text())
         for d in (slurm_dir, local_dir)
@@ -167,10 +191,10 @@ def test_slurm_results_equal_local_results(slurm_and_local_runs):
     assert transforms[0]["tiles"].keys() == transforms[1]["tiles"].keys()
     for key in transforms[0]["tiles"]:
         np.testing.assert_allclose(
-            transforms[0]["tiles"][key]["origin_um"], transforms[1]["tiles"][key]["origin_um"], atol=1e-6
+            transforms[0]["tiles"][key]["origin_um"], transforms[1]["tiles"][key]["origin_um"], atol=1e-4
         )
     images = [
-        zarr.open_group(str(d / "results/tiny/tiny.ome.zarr"), mode="r")["0"][:]
+        zarr.open_array(str(d / "results/tiny/tiny.ome.zarr" / "s0"), mode="r")[:]
         for d in (slurm_dir, local_dir)
     ]
     assert images[0].shape == images[1].shape

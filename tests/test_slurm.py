@@ -233,6 +233,7 @@ def test_dask_slurm_cluster(slurm_cluster, tiny_acquisition, tmp_path):
         "walltime": "00:10:00",
         "interface": "lo",  # the scheduler and worker talk over 127.0.0.1 only
         "local_directory": str(tmp_path / "dask"),
+        "log_directory": str(tmp_path / "dask-logs"),
         "timeout_s": 120,
     }
     with dask_cluster(settings) as client:
@@ -251,6 +252,7 @@ def test_dask_slurm_cluster(slurm_cluster, tiny_acquisition, tmp_path):
     np.testing.assert_array_equal(
         read_fused(tmp_path / "here.zarr")[0], read_fused(tmp_path / "there.zarr")[0]
     )
+    assert any(job_ids[0] in p.name for p in (tmp_path / "dask-logs").iterdir())  # its SLURM output
     # closing the cluster cancelled the worker job
     for _ in range(50):
         state = subprocess.run(["squeue", "-h", "-j", job_ids[0], "-o", "%T"], capture_output=True, text=True)

@@ -34,6 +34,7 @@ DEFAULTS = {
     "account": None,
     "interface": None,
     "local_directory": None,
+    "log_directory": None,
     "job_extra_directives": [],
     "timeout_s": 300,
 }
@@ -72,6 +73,7 @@ def slurm_cluster_kwargs(settings: Mapping) -> dict:
         "account": settings.get("account"),
         "interface": settings.get("interface"),
         "local_directory": settings.get("local_directory"),
+        "log_directory": settings.get("log_directory"),
     }
     kwargs.update({k: v for k, v in optional.items() if v})
     return kwargs
@@ -87,7 +89,8 @@ def dask_cluster(config: Mapping | None = None) -> Iterator[object | None]:
         The workflow's ``dask`` section: ``cluster`` (``local`` or ``slurm``), ``workers`` (worker jobs),
         ``cores``, ``processes``, ``memory``, ``walltime`` (per worker job), ``partition``, ``account``,
         ``interface`` (network interface of the scheduler and workers, e.g. ``ib0``; ``lo`` on one machine),
-        ``local_directory``, ``job_extra_directives`` (more ``#SBATCH`` lines) and ``timeout_s`` (how long to
+        ``local_directory``, ``log_directory`` (the worker jobs' SLURM output; default: the current
+        directory), ``job_extra_directives`` (more ``#SBATCH`` lines) and ``timeout_s`` (how long to
         wait for the first worker).
 
     Yields

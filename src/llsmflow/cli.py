@@ -18,6 +18,7 @@ from pathlib import Path
 from llsmflow import __version__
 from llsmflow.container import register_container_commands
 from llsmflow.errors import LlsmflowError
+from llsmflow.hpc import register_hpc_commands
 
 log = logging.getLogger("llsmflow")
 
@@ -514,6 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
     from llsmflow.status import register_status_commands
 
     register_status_commands(sub)
+    register_hpc_commands(sub)
     return parser
 
 

@@ -1244,11 +1244,13 @@ def _run_plan(
     out=None,
     wb=None,
     checked: bool = True,
+    client=None,
 ):
     """Deconvolve ``volume`` chunk by chunk following ``plan``; write into ``out`` (default: a new array).
 
     ``checked``: the caller has already verified that every value is finite (``_check_volume``); otherwise
-    each block is checked as it is read.
+    each block is checked as it is read. ``client``: a ``distributed.Client`` whose workers deconvolve the
+    chunks (:func:`_run_plan_on`) when there is more than one.
     """
     threads = _resolve_threads(threads)
     total = iterations * plan.count
@@ -1266,6 +1268,11 @@ def _run_plan(
         dmax = max(vmax - background, 0.0)
     if out is None:
         out = np.empty(plan.shape, dtype=np.float32)
+    if client is not None and plan.count > 1:
+        eps = _RATIO_EPS * dmax if dmax > 0 else float(np.finfo(np.float32).tiny)
+        engine_args = (psf, plan.padded_shape, xp.__name__, None, method, acceleration, wb)
+        run = (background, iterations, eps, initial)
+        return _run_plan_on(client, volume, plan, engine_args, run, out, checked, progress)
     engine = _Engine(psf, plan.padded_shape, xp, threads, method, acceleration, **(wb or {}))
     try:
         for index, (window_start, region, core) in enumerate(plan.boxes()):
@@ -1285,6 +1292,62 @@ def _run_plan(
                 out[_sub_z(core, a, b)] = _to_host(estimate[_sub_z(within, a, b)])
     finally:
         engine.close()
+    return out
+
+
+def _deconvolve_chunk(block, offset, within, engine_args, run) -> np.ndarray:
+    """On a dask worker: deconvolve one chunk's ``block`` (placed at ``offset`` in its FFT window) and return
+    the core ``within`` the window, as a NumPy array. The worker's cores are its threads (``threads=None``)."""
+    import importlib
+
+    psf, padded_shape, xp_name, threads, method, acceleration, wb = engine_args
+    background, iterations, eps, initial = run
+    xp = importlib.import_module(xp_name)
+    engine = _Engine(psf, padded_shape, xp, _resolve_threads(threads), method, acceleration, **(wb or {}))
+    try:
+        region = tuple(slice(0, n) for n in block.shape)
+        engine.load(block, region, background, offset)
+        estimate = engine.iterate(iterations, eps, initial)
+        return np.array(_to_host(estimate[within]), dtype=np.float32, copy=True)
+    finally:
+        engine.close()
+
+
+def _run_plan_on(client, volume, plan: ChunkPlan, engine_args, run, out, checked: bool, progress):
+    """:func:`_run_plan` on a distributed client: this process reads each chunk's block and writes its core;
+    the workers deconvolve, at most two chunks per worker thread in flight (bounded memory here)."""
+    from distributed import as_completed
+
+    from llsmflow.cluster import client_threads
+
+    iterations = run[1]
+    boxes = iter(enumerate(plan.boxes()))
+    remote_args = client.scatter(engine_args, broadcast=True, hash=False)
+    cores = {}
+
+    def submit():
+        item = next(boxes, None)
+        if item is None:
+            return None
+        index, (window_start, region, core) = item
+        block = _read_block(volume, region, check=not checked)
+        offset = tuple(r.start - w for r, w in zip(region, window_start, strict=True))
+        within = tuple(slice(c.start - w, c.stop - w) for c, w in zip(core, window_start, strict=True))
+        future = client.submit(_deconvolve_chunk, block, offset, within, remote_args, run, pure=False)
+        cores[future.key] = core
+        return future
+
+    first = [f for f in (submit() for _ in range(2 * client_threads(client))) if f is not None]
+    done = 0
+    pending = as_completed(first)
+    for future in pending:
+        out[cores.pop(future.key)] = future.result()
+        done += 1
+        if progress is not None:
+            progress(done * iterations, plan.count * iterations)
+        nxt = submit()
+        if nxt is not None:
+            pending.add(nxt)
     return out
 
 
@@ -1651,6 +1714,7 @@ def deconvolve(
     acceleration: bool = False,
     max_memory_gb: float | None = None,
     out=None,
+    client=None,
 ) -> DeconResult:
     """Deconvolve a ZYX volume with a measured PSF on the best available backend.
 
@@ -1692,6 +1756,9 @@ def deconvolve(
     out : array-like, optional
         Where to write the result (shape of ``volume``; e.g. a zarr array or ``numpy.memmap``), chunk by chunk.
         Default: a new float32 NumPy array.
+    client : distributed.Client, optional
+        With a chunked plan and the 'cpu' or 'cupy' backend, the chunks are deconvolved on this client's
+        workers (e.g. SLURM jobs from :func:`llsmflow.cluster.dask_cluster`); this process reads and writes.
 
     Returns
     -------
@@ -1765,6 +1832,7 @@ def deconvolve(
             progress=progress,
             out=out,
             checked=not lazy,
+            client=client,
         )
     return DeconResult(
         data=out,

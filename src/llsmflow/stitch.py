@@ -1860,6 +1860,7 @@ def fuse_to_zarr(
     scheduler: str = "threads",
     progress: Callable[[int, int], None] | bool | None = None,
     max_memory_gb: float | None = None,
+    client=None,
 ) -> Path:
     """Fuse tiles at given positions into one ZYX Zarr v3 array, chunk by chunk.
 
@@ -1904,7 +1905,12 @@ def fuse_to_zarr(
         or True for a text progress bar on stderr.
     max_memory_gb:
         Memory budget (GiB) of this process while fusing, or None for no bound (one chunk per core in
-        flight). The threads or synchronous scheduler is then required.
+        flight). The threads or synchronous scheduler is then required. Ignored with ``client`` (the workers
+        have their own memory limits).
+    client:
+        A ``distributed.Client`` (e.g. from :func:`llsmflow.cluster.dask_cluster`): chunks are computed on its
+        workers, which must see the tiles' files and ``out_path`` (a shared file system). Default: dask's
+        local ``scheduler`` in this process.
 
     Returns
     -------
@@ -1943,12 +1949,17 @@ def fuse_to_zarr(
     chunks = tuple(min(c, n) for c, n in zip(chunks, shape, strict=True))
     grid = [range(0, n, c) for n, c in zip(shape, chunks, strict=True)]
     n_blocks = math.prod(len(g) for g in grid)
-    workers, figures = _plan_workers(
-        max_memory_gb,
-        _block_bytes(tiles, chunks, voxel, float(blend_width_um), dtype) if max_memory_gb else 0,
-        scheduler,
-        CPU_COUNT if scheduler != "synchronous" else 1,
-    )
+    if client is not None:
+        from llsmflow.cluster import client_threads
+
+        workers, figures = client_threads(client), {}
+    else:
+        workers, figures = _plan_workers(
+            max_memory_gb,
+            _block_bytes(tiles, chunks, voxel, float(blend_width_um), dtype) if max_memory_gb else 0,
+            scheduler,
+            CPU_COUNT if scheduler != "synchronous" else 1,
+        )
     detail = ""
     if figures:
         detail = " (budget {budget_gb:.2f} GiB, {in_use_gb:.2f} GiB in use, about {per_chunk_gb:.3f} GiB per chunk)"
@@ -1983,6 +1994,9 @@ def fuse_to_zarr(
             zarr_format=3,
         )
         fuser.store_path = str(tmp)
+        if client is not None:
+            _fuse_on(client, fuser, grid, chunks, shape, n_blocks, max(64, 8 * workers), progress)
+            return out_path
         store = dask.delayed(fuser.store, pure=False)
         prefix = f"llsmflow-fuse-{uuid.uuid4().hex}-"
         # C order: neighbouring chunks read neighbouring tile windows; batches keep the task graph (and the
@@ -2003,6 +2017,32 @@ def fuse_to_zarr(
                 ]
                 dask.compute(*tasks, scheduler=scheduler, num_workers=workers)
     return out_path
+
+
+def _fuse_on(client, fuser, grid, chunks, shape, n_blocks: int, batch: int, progress) -> None:
+    """Compute and store every chunk on a distributed client, ``batch`` chunks in flight at most."""
+    from distributed import as_completed
+
+    remote = client.scatter(fuser, broadcast=True, hash=False)  # sent to each worker once, not per task
+    prefix = f"llsmflow-fuse-{uuid.uuid4().hex}-"
+    starts = itertools.product(*grid)
+    done = 0
+
+    def submit(index, lo):
+        hi = tuple(min(a + c, n) for a, c, n in zip(lo, chunks, shape, strict=True))
+        return client.submit(_Fuser.store, remote, lo, hi, key=f"{prefix}{index}", pure=False)
+
+    pending = as_completed([submit(i, lo) for i, lo in enumerate(itertools.islice(starts, batch))])
+    submitted = min(batch, n_blocks)
+    for future in pending:
+        future.result()  # re-raises a worker's error here
+        done += 1
+        if progress is not None:
+            progress(done, n_blocks)
+        nxt = next(starts, None)
+        if nxt is not None:
+            pending.add(submit(submitted, nxt))
+            submitted += 1
 
 
 def read_fused(path: str | Path) -> tuple[np.ndarray, tuple[float, float, float], tuple[float, float, float]]:

@@ -18,8 +18,8 @@ rule archive:
         "../../envs/llsmflow.yaml"
     threads: 2
     resources:
-        mem_mb=2000,
-        runtime=60,
+        mem_mb=step_mem_mb("archive", floor_mb=2000),
+        runtime=step_runtime("archive"),
     params:
         channels=CHANNELS,
         timepoints=TIMEPOINTS,

@@ -1,12 +1,12 @@
 """Sample table, paths, input functions and resource estimates shared by every rule."""
 
-import math
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from llsmflow.errors import LlsmflowError
+from llsmflow.hpc import GPU_BACKENDS, grow, step_resources, volume_sizes
 from llsmflow.ingest import read_acquisition
 
 validate(config, workflow.source_path("../../config/schema.yaml"))
@@ -78,26 +78,66 @@ def sample_id(tile, channel, timepoint):
     return f"{tile}-ch{int(channel)}-t{int(timepoint):04d}"
 
 
+# Volume sizes and per-step resources: one model (llsmflow.hpc) for the jobs and `llsmflow estimate`.
+try:
+    SIZES = volume_sizes(ACQ)
+except LlsmflowError as error:
+    raise WorkflowError(f"llsmflow: {error}") from None
+try:
+    _CORES = workflow.cores  # with the SLURM executor: the cores of one submission (profile `cores`)
+except WorkflowError:  # no --cores given (lint, dry run)
+    _CORES = None
+RESOURCES = step_resources(SIZES, config, _CORES)
+GPU_DECONVOLUTION = config["deconvolution"]["backend"] in GPU_BACKENDS
+
+
 def raw_volume_mb():
-    """Size of one raw stack in MB (uint16), from the metadata, for resource estimates."""
-    shape = ACQ.metadata.get("raw_shape_zyx") or [512, 512, 512]
-    return math.prod(shape) * 2 / 1e6
+    """Size of one raw stack in MB (uint16), for resource estimates."""
+    return SIZES.raw_mb
 
 
 def deskewed_volume_mb():
     """Size of one deskewed float32 volume in MB."""
-    nz, ny, nx = ACQ.metadata.get("raw_shape_zyx") or [512, 512, 512]
-    shear = abs(ACQ.dz_um * math.cos(math.radians(ACQ.angle_deg)) / ACQ.dx_um)
-    return nz * ny * (nx + nz * shear) * 4 / 1e6
+    return SIZES.deskewed_mb
 
 
 def mem_mb_for(volume_mb, factor, floor_mb=500):
     """Memory request: volume size × the step's factor, doubling on each retry."""
 
     def estimate(wildcards, attempt):
-        return int(max(floor_mb, volume_mb * factor) * 2 ** (attempt - 1))
+        return grow(max(floor_mb, volume_mb * factor), attempt)
 
     return estimate
+
+
+def step_mem_mb(step, floor_mb=500):
+    """Memory request of a step (llsmflow.hpc.step_resources), doubling on each retry."""
+    return mem_mb_for(max(RESOURCES[step].mem_mb, floor_mb), 1, floor_mb)
+
+
+def step_runtime(step):
+    """Wall-clock request (min) of a step, doubling on each retry."""
+
+    def estimate(wildcards, attempt):
+        return grow(RESOURCES[step].runtime_min, attempt)
+
+    return estimate
+
+
+def gpu_partition():
+    """`slurm_partition` of the GPU deconvolutions, and of the deskews that the profile groups with them (one
+    submission, one partition), when the backend is a GPU one and `hpc.gpu_partition` is set."""
+    if GPU_DECONVOLUTION and config["hpc"]["gpu_partition"]:
+        return {"slurm_partition": config["hpc"]["gpu_partition"]}
+    return {}
+
+
+def gpu_resources():
+    """Extra resources of the deconvolve rule: a GPU (on `hpc.gpu_partition`) only for a GPU backend, so
+    CPU runs stay schedulable on CPU-only partitions."""
+    if not GPU_DECONVOLUTION:
+        return {}
+    return {"gpu": 1, "gpu_mem_mb": RESOURCES["deconvolve"].gpu_mem_mb, **gpu_partition()}
 
 
 RAW_FILES = (

@@ -7,6 +7,7 @@ rule prepare_psf:
         step=step_record("prepare_psf/ch{channel}.json"),
     log:
         log_file("prepare_psf/ch{channel}.log"),
+    localrule: True
     conda:
         "../../envs/llsmflow.yaml"
     threads: 1
@@ -37,10 +38,11 @@ rule deconvolve:
         "../../envs/llsmflow.yaml"
     container:
         CONTAINERS["deconvolve"]  # the GPU image for a GPU backend (Snakefile)
-    threads: config["deconvolution"]["threads"]
+    threads: RESOURCES["deconvolve"].threads
     resources:
-        mem_mb=mem_mb_for(deskewed_volume_mb(), 12),
-        runtime=60,
+        **gpu_resources(),
+        mem_mb=step_mem_mb("deconvolve"),
+        runtime=step_runtime("deconvolve"),
     params:
         iterations=config["deconvolution"]["iterations"],
         background=config["deconvolution"]["background"],

@@ -11,8 +11,9 @@ rule deskew:
         "../../envs/llsmflow.yaml"
     threads: 1
     resources:
-        mem_mb=mem_mb_for(deskewed_volume_mb(), 3),
-        runtime=30,
+        **gpu_partition(),
+        mem_mb=step_mem_mb("deskew"),
+        runtime=step_runtime("deskew"),
     params:
         dz_um=ACQ.dz_um,
         dx_um=ACQ.dx_um,

@@ -27,8 +27,8 @@ rule qc_tile:
         "../../envs/llsmflow.yaml"
     threads: 1
     resources:
-        mem_mb=1000,
-        runtime=10,
+        mem_mb=step_mem_mb("qc_tile", floor_mb=1000),
+        runtime=step_runtime("qc_tile"),
     script:
         "../scripts/qc_tile.py"
 
@@ -51,8 +51,8 @@ rule qc_mosaic:
         "../../envs/llsmflow.yaml"
     threads: 1
     resources:
-        mem_mb=1000,
-        runtime=10,
+        mem_mb=step_mem_mb("qc_mosaic", floor_mb=1000),
+        runtime=step_runtime("qc_mosaic"),
     script:
         "../scripts/qc_mosaic.py"
 

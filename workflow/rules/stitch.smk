@@ -12,8 +12,8 @@ rule register:
         "../../envs/llsmflow.yaml"
     threads: 1
     resources:
-        mem_mb=mem_mb_for(deskewed_volume_mb() * len(TILES), 4),
-        runtime=30,
+        mem_mb=step_mem_mb("register"),
+        runtime=step_runtime("register"),
     params:
         tile_names=TILES,
         nominal_origins_um=NOMINAL_ORIGINS_UM,
@@ -38,8 +38,8 @@ rule fuse:
         "../../envs/llsmflow.yaml"
     threads: 2
     resources:
-        mem_mb=mem_mb_for(deskewed_volume_mb() * len(TILES), 3),
-        runtime=30,
+        mem_mb=step_mem_mb("fuse"),
+        runtime=step_runtime("fuse"),
     params:
         tile_names=TILES,
         nominal_origins_um=NOMINAL_ORIGINS_UM,

@@ -30,8 +30,8 @@ rule track:
         "../../envs/llsmflow.yaml"
     threads: 1
     resources:
-        mem_mb=mem_mb_for(deskewed_volume_mb() * len(TILES), 4),
-        runtime=60,
+        mem_mb=step_mem_mb("track"),
+        runtime=step_runtime("track"),
     params:
         time_interval_s=ACQ.time_interval_s,
         diameter_um=config["track"]["diameter_um"],

@@ -1,13 +1,19 @@
 """Deconvolve one deskewed volume (thin wrapper over llsmflow.decon.deconvolve)."""
 
+import contextlib
 import logging
 
+from llsmflow.cluster import dask_cluster
 from llsmflow.decon import deconvolve
 from llsmflow.io import read_volume, read_volume_description, write_volume
 from llsmflow.provenance import StepRecorder
 
-with StepRecorder.for_workflow_job(snakemake) as step:
+with contextlib.ExitStack() as stack:
+    step = stack.enter_context(StepRecorder.for_workflow_job(snakemake))
     p = snakemake.params
+    # chunks go to a dask cluster only when the volume is split (a memory budget is set)
+    dask_settings = snakemake.config["dask"] if p.max_memory_gb is not None else None
+    client = stack.enter_context(dask_cluster(dask_settings))
     volume = read_volume(snakemake.input.volume)
     psf = read_volume(snakemake.input.psf)
     log = logging.getLogger("llsmflow.decon")
@@ -22,6 +28,7 @@ with StepRecorder.for_workflow_job(snakemake) as step:
         backend=p.backend,
         method=p.method,
         max_memory_gb=p.max_memory_gb,
+        client=client,
         threads=snakemake.threads,
         progress=lambda i, n: log.info("iteration %d/%d", i, n),
     )

@@ -2,14 +2,17 @@
 
 import logging
 
+from llsmflow.cluster import dask_cluster
 from llsmflow.provenance import StepRecorder
 from llsmflow.stitch import fuse_to_zarr, positions_from_transforms, read_transforms, tile_from_deskewed
 
-with StepRecorder.for_workflow_job(snakemake) as step:
+with StepRecorder.for_workflow_job(snakemake) as step, dask_cluster(snakemake.config["dask"]) as client:
     p = snakemake.params
     transforms = read_transforms(snakemake.input.transforms)
     tiles = [
-        tile_from_deskewed(path, name, p.nominal_origins_um[name], lazy=p.max_memory_gb is not None)
+        tile_from_deskewed(
+            path, name, p.nominal_origins_um[name], lazy=p.max_memory_gb is not None or client is not None
+        )
         for name, path in zip(p.tile_names, snakemake.input.tiles, strict=True)
     ]
     log = logging.getLogger("llsmflow.stitch")
@@ -21,6 +24,7 @@ with StepRecorder.for_workflow_job(snakemake) as step:
         blend_width_um=p.blend_width_um,
         chunks=tuple(p.chunks),
         max_memory_gb=p.max_memory_gb,
+        client=client,
         progress=lambda done, total: log.info("fused chunk %d/%d", done, total),
     )
-    step.note(tiles=len(tiles))
+    step.note(tiles=len(tiles), dask_cluster=snakemake.config["dask"]["cluster"])

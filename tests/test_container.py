@@ -488,3 +488,14 @@ def test_one_rule_runs_in_the_cpu_image(cpu_image, tiny_acquisition, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-4000:]
     assert sorted(p.name for p in (tmp_path / "work/tiny/psf").iterdir()) == ["ch0.ome.tif", "ch1.ome.tif"]
+
+
+def test_slurm_apptainer_profile_keeps_the_slurm_profiles_settings():
+    """Snakemake profiles do not inherit: the Apptainer profile must repeat every SLURM setting (a missing
+    `slurm-status-command: squeue` hangs runs on clusters without slurmdbd)."""
+    slurm = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
+    apptainer = yaml.safe_load((REPO / "profiles/slurm-apptainer/config.yaml").read_text())
+    differing = {key: (value, apptainer.get(key)) for key, value in slurm.items() if apptainer.get(key) != value}
+    # the SLURM profile's queue size may be tuned separately
+    differing.pop("jobs", None)
+    assert differing == {}

@@ -495,7 +495,9 @@ def test_slurm_apptainer_profile_keeps_the_slurm_profiles_settings():
     `slurm-status-command: squeue` hangs runs on clusters without slurmdbd)."""
     slurm = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
     apptainer = yaml.safe_load((REPO / "profiles/slurm-apptainer/config.yaml").read_text())
-    differing = {key: (value, apptainer.get(key)) for key, value in slurm.items() if apptainer.get(key) != value}
+    differing = {
+        key: (value, apptainer.get(key)) for key, value in slurm.items() if apptainer.get(key) != value
+    }
     # the SLURM profile's queue size may be tuned separately
     differing.pop("jobs", None)
     assert differing == {}

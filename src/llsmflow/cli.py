@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from llsmflow import __version__
-from llsmflow.errors import LlsmflowError
+from llsmflow.errors import LlsmflowError, located
 
 log = logging.getLogger("llsmflow")
 
@@ -85,6 +85,11 @@ def cmd_deskew(args) -> int:
     from llsmflow.io import read_volume, write_volume
 
     raw = read_volume(args.input, channel=args.channel, timepoint=args.timepoint)
+    with located(args.input):
+        return _deskew_and_write(args, raw, deskew, deskew_rotate, write_volume)
+
+
+def _deskew_and_write(args, raw, deskew, deskew_rotate, write_volume) -> int:
     if args.rotate:
         if args.scan_axis != "x":
             raise LlsmflowError("--rotate supports --scan-axis x only")
@@ -115,18 +120,20 @@ def cmd_deconvolve(args) -> int:
     psf_voxel = (args.dzpsf or args.dz, args.dxpsf or args.dx, args.dxpsf or args.dx)
     if args.max_memory is not None and args.max_memory <= 0:
         raise LlsmflowError(f"--max-memory {args.max_memory} GB is invalid; expected a positive budget")
-    result = deconvolve(
-        volume.data,
-        psf.data,
-        data_voxel,
-        psf_voxel,
-        iterations=args.iterations,
-        background=args.background,
-        backend=args.backend,
-        method=args.method,
-        max_memory_gb=args.max_memory,
-        progress=_progress("iteration"),
-    )
+    with located(args.input):  # errors about the PSF name args.psf (psf_path), the rest the input volume
+        result = deconvolve(
+            volume.data,
+            psf.data,
+            data_voxel,
+            psf_voxel,
+            iterations=args.iterations,
+            background=args.background,
+            backend=args.backend,
+            method=args.method,
+            max_memory_gb=args.max_memory,
+            progress=_progress("iteration"),
+            psf_path=args.psf,
+        )
     write_volume(
         args.output,
         result.data,
@@ -306,7 +313,37 @@ def check_config(configfile: Path, workflow_root: Path) -> dict:
     return config
 
 
+def _first_step_error(log_dir: Path, since: float) -> str | None:
+    """The first "step ... failed: <reason>" line of the step logs written since ``since`` (epoch s)."""
+    if not log_dir.is_dir():
+        return None
+    failures = []
+    for log_file in log_dir.rglob("*.log"):
+        try:
+            if log_file.stat().st_mtime < since:
+                continue
+            for line in log_file.read_text(encoding="utf-8", errors="replace").splitlines():
+                if " failed: " in line:
+                    failures.append((log_file.stat().st_mtime, line.split(" failed: ", 1)[1].strip()))
+                    break
+        except OSError:
+            continue
+    return min(failures)[1] if failures else None
+
+
+def _run_environment(work: Path) -> dict[str, str]:
+    """Environment of the workflow: caches that libraries would put in $HOME (matplotlib's font cache,
+    Snakemake's source cache) go under the work directory unless the user chose a place for them."""
+    env = dict(os.environ)
+    cache = (work / ".cache").resolve()
+    env.setdefault("XDG_CACHE_HOME", str(cache / "xdg"))
+    env.setdefault("MPLCONFIGDIR", str(cache / "matplotlib"))
+    return env
+
+
 def cmd_run(args) -> int:
+    from llsmflow.runlock import RunLock, clear_stale_snakemake_locks, lock_path, remove_partial_outputs
+
     root = find_workflow_root(args.workflow_dir)
     configfile = Path(args.configfile or root / "config" / "config.yaml")
     config = check_config(configfile, root)
@@ -333,16 +370,31 @@ def cmd_run(args) -> int:
     ]
     if args.cores:
         command += ["--cores", str(args.cores)]
+    if not {"--rerun-incomplete", "--ri"} & set(args.snakemake_args):
+        command.append("--rerun-incomplete")  # jobs a killed run left unfinished are re-run, not trusted
     command += args.snakemake_args
-    print("running:", " ".join(command), flush=True)
-    start = time.perf_counter()
-    status = subprocess.call(command)
-    elapsed = time.perf_counter() - start
-    results = Path(config.get("results_dir", "results")) / config["dataset"]
+    results_dir = Path(config.get("results_dir", "results"))
+    results = results_dir / config["dataset"]
+    work = Path(config.get("work_dir", "work")) / config["dataset"]
+    # shared storage: outputs follow the user's umask, but are never writable by everyone
+    umask = os.umask(0)
+    os.umask(umask | 0o002)
+    with RunLock(lock_path(results_dir, config["dataset"])):
+        for stale in clear_stale_snakemake_locks(Path.cwd(), [results, work]):
+            log.warning("removed a stale Snakemake lock of an interrupted run: %s", stale)
+        for partial in remove_partial_outputs([results, work]):
+            log.warning("removed an unfinished output of an interrupted run: %s", partial)
+        print("running:", " ".join(command), flush=True)
+        start, started_at = time.perf_counter(), time.time()
+        status = subprocess.call(command, env=_run_environment(work))
+        elapsed = time.perf_counter() - start
     if status != 0:
+        reason = _first_step_error(work / "logs", started_at)
+        if reason:
+            print(f"llsmflow run: error: {reason}", file=sys.stderr)
         print(
             f"llsmflow run: workflow failed after {elapsed:.0f} s (exit {status}); see the logs under "
-            f"{Path(config.get('work_dir', 'work')) / config['dataset'] / 'logs'}",
+            f"{work / 'logs'}",
             file=sys.stderr,
         )
         return status

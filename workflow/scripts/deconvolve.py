@@ -24,6 +24,7 @@ with StepRecorder.for_workflow_job(snakemake) as step:
         max_memory_gb=p.max_memory_gb,
         threads=snakemake.threads,
         progress=lambda i, n: log.info("iteration %d/%d", i, n),
+        psf_path=snakemake.input.psf,
     )
     metadata = read_volume_description(snakemake.input.volume) | {"deconvolution": result.summary()}
     write_volume(snakemake.output.volume, result.data, volume.voxel_size_um, metadata)

@@ -331,6 +331,21 @@ def _first_step_error(log_dir: Path, since: float) -> str | None:
     return min(failures)[1] if failures else None
 
 
+def _call_watching_stderr(command: list[str], env: dict[str, str]) -> tuple[int, str | None]:
+    """Run ``command``, passing its stderr through line by line; return its exit status and the first
+    "No space left on device" line it printed (a full disk shows up in a job's traceback, not in the step
+    logs, which are often on that same full disk)."""
+    disk_full = None
+    with subprocess.Popen(command, env=env, stderr=subprocess.PIPE) as process:
+        assert process.stderr is not None
+        for raw in process.stderr:
+            sys.stderr.buffer.write(raw)
+            sys.stderr.flush()
+            if disk_full is None and b"[Errno 28]" in raw:
+                disk_full = raw.decode("utf-8", "replace").strip().split("[Errno 28] ", 1)[1]
+    return process.returncode, disk_full
+
+
 def _run_environment(work: Path) -> dict[str, str]:
     """Environment of the workflow: caches that libraries would put in $HOME (matplotlib's font cache,
     Snakemake's source cache) go under the work directory unless the user chose a place for them."""
@@ -386,10 +401,16 @@ def cmd_run(args) -> int:
             log.warning("removed an unfinished output of an interrupted run: %s", partial)
         print("running:", " ".join(command), flush=True)
         start, started_at = time.perf_counter(), time.time()
-        status = subprocess.call(command, env=_run_environment(work))
+        status, disk_full = _call_watching_stderr(command, _run_environment(work))
         elapsed = time.perf_counter() - start
     if status != 0:
         reason = _first_step_error(work / "logs", started_at)
+        if disk_full:
+            reason = (
+                f"no space left on the device while writing ({disk_full}); expected free space for the "
+                f"outputs under {work} and {results}: free some, or point work_dir/results_dir to a larger "
+                "disk, then run again (finished steps are kept)"
+            )
         if reason:
             print(f"llsmflow run: error: {reason}", file=sys.stderr)
         print(

@@ -133,6 +133,7 @@ def read_volume(
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             axes = series.axes
+            _check_complete(path, _tiff_data_end(series))
             data = series.asarray()
             if tif.is_ome:
                 file_voxel = _ome_voxel_size(tif.ome_metadata)
@@ -157,7 +158,7 @@ def read_volume(
             if index is None:
                 if size != 1:
                     raise LlsmflowError(
-                        f"has {size} entries along {name}; choose one ({name.lower()}=0..{size - 1})", path
+                        f"has {size} entries along {name}; expected one (choose {name.lower()}=0..{size - 1})", path
                     )
                 index = 0
             if not 0 <= index < size:
@@ -202,6 +203,16 @@ def _tiff_data_end(series) -> int:
     return end
 
 
+def _check_complete(path: Path, end: int) -> None:
+    size = path.stat().st_size
+    if end > size:
+        raise LlsmflowError(
+            f"is truncated: {size} bytes on disk, its pixel data end at byte {end}; expected a complete file "
+            "(copy it again from the instrument)",
+            path,
+        )
+
+
 def read_header(path: str | Path) -> tuple[tuple[int, int, int], np.dtype]:
     """Shape (ZYX voxels) and dtype of the volume in a TIFF, checked without reading its pixels.
 
@@ -232,13 +243,7 @@ def read_header(path: str | Path) -> tuple[tuple[int, int, int], np.dtype]:
         ) from exc
     finally:
         tifffile_log.setLevel(previous_level)
-    size = path.stat().st_size
-    if end > size:
-        raise LlsmflowError(
-            f"is truncated: {size} bytes on disk, its pixel data end at byte {end}; expected a complete file "
-            "(copy it again from the instrument)",
-            path,
-        )
+    _check_complete(path, end)
     if dtype.kind not in "uif":
         raise LlsmflowError(f"has dtype {dtype}; expected an integer or floating point image", path)
     axes = axes.replace("Q", "Z").replace("I", "Z")

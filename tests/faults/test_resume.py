@@ -1,0 +1,139 @@
+"""Interrupted runs resume: SIGKILL at several points, re-run with the same command, same outputs as an
+uninterrupted run. And one run per results directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import zarr
+
+from tests.faults.conftest import (
+    DATASET,
+    clean_env,
+    run_command,
+    run_until,
+    run_workflow,
+    write_config,
+)
+
+
+def _arrays(path: Path) -> dict[str, np.ndarray]:
+    group = zarr.open_group(str(path), mode="r")
+    return {name: np.asarray(array[...]) for name, array in group.arrays()}
+
+
+def _manifest(results: Path) -> dict[str, str]:
+    lines = (results / "provenance" / "checksums.sha256").read_text(encoding="utf-8").splitlines()
+    entries = dict(reversed(line.split("  ", 1)) for line in lines)
+    entries.pop("provenance/run-record.json")  # holds timestamps and host facts of the run
+    return entries
+
+
+def assert_same_outputs(reference: Path, results: Path) -> None:
+    """Arrays, tables, previews and registered positions equal those of the reference run."""
+    name = f"{DATASET}.ome.zarr"
+    ref_arrays, arrays = _arrays(reference / name), _arrays(results / name)
+    assert ref_arrays.keys() == arrays.keys() and ref_arrays
+    for key, array in ref_arrays.items():
+        np.testing.assert_array_equal(arrays[key], array, err_msg=key)
+    tables = sorted(p.relative_to(reference) for p in (reference / "tracks").glob("*.parquet"))
+    assert tables
+    for table in tables:
+        pd.testing.assert_frame_equal(pd.read_parquet(results / table), pd.read_parquet(reference / table))
+    for transforms in ("provenance/transforms.json",):
+        assert json.loads((results / transforms).read_text()) == json.loads((reference / transforms).read_text())
+    # every file of the results (archive chunks and metadata, tables, CSVs, PNGs) byte for byte
+    assert _manifest(results) == _manifest(reference)
+
+
+def _exists(pattern_root: Path, pattern: str):
+    return lambda: any(pattern_root.glob(pattern))
+
+
+def test_killed_three_times_then_resumed(reference_run, small_acquisition, tmp_path):
+    """SIGKILL the whole process group (llsmflow, Snakemake, its jobs) after the first deskewed volume
+    appears, while fusing, while archiving; after each kill the same `llsmflow run` command goes on without
+    any manual step, and the final outputs equal those of an uninterrupted run."""
+    run_dir = tmp_path / "run"
+    write_config(run_dir, small_acquisition)
+    work, results = run_dir / "work" / DATASET, run_dir / "results" / DATASET
+    kill_points = {
+        "after the first deskewed volume": _exists(work / "deskewed", "*.ome.tif"),
+        "while fusing": _exists(work / "fused", "*"),
+        "while archiving": _exists(results, f".{DATASET}.ome.zarr.*.partial"),
+    }
+    for point, ready in kill_points.items():
+        assert run_until(run_dir, ready), f"the run ended before the kill point {point!r}"
+        # what a SIGKILL leaves: our run lock, Snakemake's lock, and no finished run record
+        assert (run_dir / "results" / f".llsmflow-{DATASET}.lock").exists(), point
+        assert list((run_dir / ".snakemake" / "locks").glob("*.lock")), point
+        assert not (results / "provenance" / "run-record.json").exists(), point
+    result = run_workflow(run_dir)
+    assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    assert "removed a stale Snakemake lock" in result.stderr
+    assert_same_outputs(reference_run["run_dir"] / "results" / DATASET, results)
+    leftovers = [p for p in run_dir.rglob("*.partial")]
+    assert not leftovers, leftovers
+    assert not (run_dir / "results" / f".llsmflow-{DATASET}.lock").exists()
+
+
+def _start(run_dir: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        run_command(run_dir),
+        cwd=run_dir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=clean_env(),
+        start_new_session=True,
+    )
+
+
+def test_second_run_on_same_results_refuses(small_acquisition, tmp_path):
+    """While one run holds the results directory, a second one exits 2 naming the lock and its holder."""
+    run_dir = tmp_path / "run"
+    write_config(run_dir, small_acquisition)
+    lock = run_dir / "results" / f".llsmflow-{DATASET}.lock"
+    first = _start(run_dir)
+    try:
+        deadline = time.monotonic() + 120
+        while not lock.exists():
+            assert first.poll() is None and time.monotonic() < deadline, "the first run never took the lock"
+            time.sleep(0.05)
+        second = run_workflow(run_dir, timeout=120)
+        assert second.returncode == 2
+        errors = [line for line in second.stderr.splitlines() if line.startswith("llsmflow run: error:")]
+        assert len(errors) == 1, second.stderr
+        assert str(lock) in errors[0] or lock.name in errors[0]
+        assert f"pid {first.pid} on {socket.gethostname()}" in errors[0]
+        assert "in use by another llsmflow run" in errors[0] and "expected one run at a time" in errors[0]
+        assert first.poll() is None  # the first run goes on undisturbed
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+
+
+def test_stale_lock_of_dead_run_is_cleared_but_not_a_remote_one(small_acquisition, tmp_path):
+    """A lock left by a dead process on this host is cleared; one held on another host is respected."""
+    run_dir = tmp_path / "run"
+    write_config(run_dir, small_acquisition)
+    lock = run_dir / "results" / f".llsmflow-{DATASET}.lock"
+    lock.parent.mkdir(parents=True)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    lock.write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "started": "earlier"}))
+    result = run_workflow(run_dir, "--", "--dry-run", timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not lock.exists()
+
+    lock.write_text(json.dumps({"pid": 4242, "host": "node-elsewhere", "started": "earlier"}))
+    result = run_workflow(run_dir, "--", "--dry-run", timeout=300)
+    assert result.returncode == 2
+    assert "pid 4242 on node-elsewhere" in result.stderr and lock.exists()

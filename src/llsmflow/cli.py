@@ -111,7 +111,8 @@ def _deskew_and_write(args, raw, deskew, deskew_rotate, write_volume) -> int:
 
 
 def cmd_deconvolve(args) -> int:
-    from llsmflow.decon import deconvolve
+    from llsmflow.decon import deconvolve, prepare_psf
+    from llsmflow.ingest import require_psf_within_volume
     from llsmflow.io import read_volume, write_volume
 
     volume = read_volume(args.input, channel=args.channel, timepoint=args.timepoint)
@@ -120,6 +121,10 @@ def cmd_deconvolve(args) -> int:
     psf_voxel = (args.dzpsf or args.dz, args.dxpsf or args.dx, args.dxpsf or args.dx)
     if args.max_memory is not None and args.max_memory <= 0:
         raise LlsmflowError(f"--max-memory {args.max_memory} GB is invalid; expected a positive budget")
+    # a PSF larger than the volume: refused here (and at ingest), not by the library, which copes with it
+    with located(args.psf):
+        kernel = prepare_psf(psf.data, psf_voxel, data_voxel)
+    require_psf_within_volume(kernel.shape, volume.data.shape, args.psf, sizes="--dzpsf/--dxpsf, --dz/--dx")
     with located(args.input):  # errors about the PSF name args.psf (psf_path), the rest the input volume
         result = deconvolve(
             volume.data,
@@ -293,6 +298,25 @@ def find_workflow_root(explicit: str | None = None) -> Path:
     )
 
 
+def _schema_expectation(error) -> str:
+    """What the schema wanted, in words, for a jsonschema validation error."""
+    value = error.validator_value
+    bounds = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}
+    if error.validator in bounds:
+        return f"a value {bounds[error.validator]} {value}"
+    if error.validator == "enum":
+        return f"one of {', '.join(map(repr, value))}"
+    if error.validator == "type":
+        return f"type {value if isinstance(value, str) else ' or '.join(value)}"
+    if error.validator == "additionalProperties":
+        return "only the keys documented in config/README.md"
+    if error.validator == "required":
+        return f"the keys {', '.join(value)}"
+    if error.validator == "pattern":
+        return f"text matching {value}"
+    return "a value allowed by config/schema.yaml (see config/README.md)"
+
+
 def check_config(configfile: Path, workflow_root: Path) -> dict:
     """Validate a config file against the schema and read its acquisition, failing with one clear line."""
     import jsonschema
@@ -306,7 +330,9 @@ def check_config(configfile: Path, workflow_root: Path) -> dict:
     if errors:
         error = errors[0]
         key = ".".join(str(p) for p in error.absolute_path) or "(top level)"
-        raise LlsmflowError(f"config key {key}: {error.message}", configfile)
+        raise LlsmflowError(
+            f"config key {key}: {error.message}; expected {_schema_expectation(error)}", configfile
+        )
     from llsmflow.ingest import read_acquisition
 
     read_acquisition(config["raw_dir"], config.get("metadata"), config.get("overrides") or {})

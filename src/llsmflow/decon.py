@@ -1798,13 +1798,6 @@ def deconvolve(
             f"data voxel size {data_voxel} µm has dy != dx; expected square pixels for pycudadecon "
             "(use backend 'cupy' or 'cpu')"
         )
-    larger = [f"{a}: {k} > {n}" for a, k, n in zip("zyx", kernel.shape, volume.shape, strict=True) if k > n]
-    if larger:
-        raise LlsmflowError(
-            f"PSF spans {kernel.shape} voxels (ZYX) once prepared, larger than the volume {volume.shape} "
-            f"({', '.join(larger)}); expected a PSF smaller than the volume (check the PSF file and voxel sizes)",
-            psf_path,
-        )
     plan = plan_chunks(volume.shape, kernel.shape, max_memory_gb, acceleration=acceleration, method=method)
     options = dict(
         threads=threads,

@@ -329,14 +329,37 @@ def _check_psf(path: Path, psf_voxel_um, data_voxel_um, volume_shape, channel: i
     psf = read_volume(path)
     with located(path):
         kernel = prepare_psf(psf.data, psf_voxel_um, data_voxel_um)
-    larger = [
-        f"{axis}: {k} > {n}" for axis, k, n in zip("zyx", kernel.shape, volume_shape, strict=True) if k > n
-    ]
+    require_psf_within_volume(
+        kernel.shape,
+        volume_shape,
+        path,
+        what=f"PSF of channel {channel}",
+        grid="the deskewed grid",
+        volume="deskewed volume",
+        sizes="psf_voxel_size_um",
+    )
+
+
+def require_psf_within_volume(
+    kernel_shape,
+    volume_shape,
+    path,
+    what: str = "PSF",
+    grid: str = "the data grid",
+    volume: str = "volume",
+    sizes: str = "the voxel sizes",
+) -> None:
+    """Raise if a prepared PSF (``kernel_shape``, voxels ZYX) is larger than the volume along any axis.
+
+    Deconvolution itself copes (the volume is padded by reflection), but its result would then be shaped by
+    the padding more than by the data: almost always a wrong PSF file or wrong PSF voxel sizes.
+    """
+    larger = [f"{a}: {k} > {n}" for a, k, n in zip("zyx", kernel_shape, volume_shape, strict=True) if k > n]
     if larger:
         raise LlsmflowError(
-            f"PSF of channel {channel} spans {kernel.shape} voxels (ZYX) on the deskewed grid, larger than the "
-            f"deskewed volume {tuple(volume_shape)} ({', '.join(larger)}); expected a PSF smaller than the "
-            "volume (check psf_voxel_size_um and the PSF file)",
+            f"{what} spans {tuple(kernel_shape)} voxels (ZYX) on {grid}, larger than the {volume} "
+            f"{tuple(volume_shape)} ({', '.join(larger)}); expected a PSF smaller than the volume "
+            f"(check {sizes} and the PSF file)",
             path,
         )
 

@@ -135,7 +135,7 @@ def run_until(run_dir: Path, ready, timeout: float = 600, env=None) -> bool:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
                 return True
-            time.sleep(0.05)
+            time.sleep(0.02)
         raise AssertionError(f"the kill point was not reached within {timeout} s")
     finally:
         if process.poll() is None:

@@ -219,12 +219,12 @@ def test_run_refuses_bad_input(damage, small_acquisition, tmp_path):
 def test_channels_with_inconsistent_shapes(tiny_acquisition, tmp_path):
     """Channel 1's stacks narrower than channel 0's: refused, naming the first odd stack and both shapes."""
     raw = copy_acquisition(tiny_acquisition / "raw", tmp_path / "raw")
-    for stack in sorted(raw.glob("*_ch1_*.tif")):
+    for stack in sorted(raw.glob("Scan_*_ch1_*.tif")):
         tifffile.imwrite(stack, tifffile.imread(stack)[:, :, :90])
     run_dir = tmp_path / "run"
     write_config(run_dir, raw)
     result = run_workflow(run_dir, timeout=300)
-    first = sorted(raw.glob("*_ch1_*.tif"))[0]
+    first = sorted(raw.glob("Scan_*_ch1_*.tif"))[0]
     assert_one_clear_error(
         result, "llsmflow run: error:", first.name, "channel 1", "(32, 64, 90)", "expected (32, 64, 96)"
     )

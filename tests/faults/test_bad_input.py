@@ -6,6 +6,7 @@ damaged copy of a real acquisition) or an ``llsmflow`` step subcommand on one da
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -195,7 +196,9 @@ PREFLIGHT_CASES = [
     psf_escaping_raw_dir,
     empty_directory,
     no_stacks,
-    _config({"deconvolution": {"iterations": 0}}, "deconvolution.iterations", "0 is less than the minimum of 1"),
+    _config(
+        {"deconvolution": {"iterations": 0}}, "deconvolution.iterations", "0 is less than the minimum of 1"
+    ),
     _config({"deconvolution": {"iteratons": 5}}, "config key deconvolution", "'iteratons' was unexpected"),
     _config({"overrides": {"dz_um": -0.3}}, "config key overrides.dz_um", "-0.3"),
     _config({"overrides": {"angle_deg": 120}}, "config key overrides.angle_deg", "120"),
@@ -244,8 +247,11 @@ def test_nan_voxels_stop_the_workflow(small_acquisition, tmp_path):
     result = run_workflow(run_dir, "--", "--until", "deskew", timeout=600)
     assert_one_clear_error(result, "llsmflow run: error:", stack.name, "NaN or infinite")
     assert_nothing_complete(run_dir)
+    match = re.search(r"_ch(\d+)_.*stack(\d+)_.*_(\d+)x_(\d+)y_(\d+)z_", stack.name)
+    channel, timepoint, ix, iy, iz = (int(g) for g in match.groups())
+    sample = f"{ix:03d}x_{iy:03d}y_{iz:03d}z-ch{channel}-t{timepoint:04d}"
     deskewed = run_dir / "work" / DATASET / "deskewed"
-    assert not [p for p in deskewed.glob("*") if "t0001" in p.name and "000x_001y" in p.name]
+    assert not list(deskewed.glob(f"*{sample}*")), "the failed step left an output"
 
 
 # ------------------------------------------------------------------------------- step subcommands

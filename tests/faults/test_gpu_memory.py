@@ -41,7 +41,9 @@ def small_gpu(monkeypatch):
         state["attempts"].append((name, plan.count, plan.bytes))
         if name == "cupy":
             if plan.bytes > state["limit"]:
-                raise MemoryError(f"Out of memory allocating {plan.bytes:,} bytes (allocated so far: 0 bytes).")
+                raise MemoryError(
+                    f"Out of memory allocating {plan.bytes:,} bytes (allocated so far: 0 bytes)."
+                )
             name = "cpu"
         return real(name, volume, kernel, plan, *args, **kwargs)
 
@@ -61,7 +63,9 @@ def test_out_of_gpu_memory_retries_in_chunks(small_gpu, tmp_path):
     assert [a[0] for a in small_gpu["attempts"]] == ["cpu"] + ["cupy"] * (len(small_gpu["attempts"]) - 1)
     assert all(a[2] > small_gpu["limit"] for a in small_gpu["attempts"][1:-1])
     assert len(result.fallbacks) == len(small_gpu["attempts"]) - 2
-    assert "ran out of GPU memory in 1 chunk(s)" in result.fallbacks[0] and "retried in" in result.fallbacks[0]
+    assert (
+        "ran out of GPU memory in 1 chunk(s)" in result.fallbacks[0] and "retried in" in result.fallbacks[0]
+    )
     # chunks with halos: the whole-volume result up to small chunk-border differences
     np.testing.assert_allclose(result.data, whole.data, atol=2e-3 * float(whole.data.max()))
     _assert_recorded(result, tmp_path)

@@ -20,7 +20,9 @@ def test_odd_file_names_run_end_to_end(reference_run, small_acquisition):
     """Spaces and non-ASCII letters in the raw directory and in every stack name work end to end."""
     run_dir = reference_run["run_dir"]
     assert " " in str(small_acquisition) and not str(small_acquisition).isascii()
-    record = json.loads((run_dir / f"results/{DATASET}/provenance/run-record.json").read_text(encoding="utf-8"))
+    record = json.loads(
+        (run_dir / f"results/{DATASET}/provenance/run-record.json").read_text(encoding="utf-8")
+    )
     inputs = {Path(e["path"]).name for e in record["inputs"]}
     stacks = sorted(p.name for p in small_acquisition.glob(f"{STACK_PREFIX}*.tif"))
     assert len(stacks) == 6 and set(stacks) <= inputs

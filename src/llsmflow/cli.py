@@ -362,13 +362,23 @@ def _call_watching_stderr(command: list[str], env: dict[str, str]) -> tuple[int,
     "No space left on device" line it printed (a full disk shows up in a job's traceback, not in the step
     logs, which are often on that same full disk)."""
     disk_full = None
-    with subprocess.Popen(command, env=env, stderr=subprocess.PIPE) as process:
-        assert process.stderr is not None
-        for raw in process.stderr:
+
+    def forward(stream) -> None:
+        nonlocal disk_full
+        for raw in stream:
             sys.stderr.buffer.write(raw)
             sys.stderr.flush()
             if disk_full is None and b"[Errno 28]" in raw:
                 disk_full = raw.decode("utf-8", "replace").strip().split("[Errno 28] ", 1)[1]
+
+    with subprocess.Popen(command, env=env, stderr=subprocess.PIPE) as process:
+        assert process.stderr is not None
+        try:
+            forward(process.stderr)
+        except KeyboardInterrupt:
+            # Snakemake got the same Ctrl-C: keep its pipe open while it stops its jobs and cleans up
+            forward(process.stderr)
+            raise
     return process.returncode, disk_full
 
 

@@ -158,7 +158,8 @@ def read_volume(
             if index is None:
                 if size != 1:
                     raise LlsmflowError(
-                        f"has {size} entries along {name}; expected one (choose {name.lower()}=0..{size - 1})", path
+                        f"has {size} entries along {name}; expected one (choose {name.lower()}=0..{size - 1})",
+                        path,
                     )
                 index = 0
             if not 0 <= index < size:

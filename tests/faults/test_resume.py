@@ -68,9 +68,10 @@ def assert_same_outputs(reference: Path, results: Path) -> None:
     """The same files as the reference run, with the same arrays, tables and registered positions.
 
     Numbers are compared to float32 round-off (arrays: 1e-5 of their largest value; table columns: 1e-4, for
-    sums over a spot such as its mass), not bit for bit: FFTW picks its FFT algorithms by timing them (``FFTW_MEASURE``), so the deconvolution of two
-    *uninterrupted* runs already differs at ~1e-7 relative. Lost, repeated or half-written work after a kill
-    (a chunk of zeros, a missing timepoint, a track cut short) is orders of magnitude above that bound.
+    sums over a spot such as its mass), not bit for bit: FFTW picks its FFT algorithms by timing them
+    (``FFTW_MEASURE``), so the deconvolution of two *uninterrupted* runs already differs at ~1e-7 relative.
+    Lost, repeated or half-written work after a kill (a chunk of zeros, a missing timepoint, a track cut
+    short) is orders of magnitude above that bound.
     """
     ref_files, files = _manifest(reference), _manifest(results)
     assert sorted(files) == sorted(ref_files)

@@ -198,3 +198,30 @@ def test_stale_lock_of_dead_run_is_cleared_but_not_a_remote_one(small_acquisitio
     result = run_workflow(run_dir, "--", "--dry-run", timeout=300)
     assert result.returncode == 2
     assert "pid 4242 on node-elsewhere" in result.stderr and lock.exists()
+
+
+def test_only_this_datasets_snakemake_locks_and_partials_are_cleared(tmp_path):
+    """Another dataset's run in the same directory keeps its Snakemake lock; only our dead run's goes, and
+    only temporary outputs (``.<name>.<random>.partial``) are removed, never a finished output."""
+    from llsmflow.runlock import clear_stale_snakemake_locks, remove_partial_outputs
+
+    locks = tmp_path / ".snakemake" / "locks"
+    locks.mkdir(parents=True)
+    (locks / "0.input.lock").write_text("raw/a.tif\n")
+    (locks / "0.output.lock").write_text("work/small/deskewed/a.ome.tif\nresults/small/small.ome.zarr\n")
+    (locks / "1.input.lock").write_text("raw/b.tif\n")
+    (locks / "1.output.lock").write_text("work/other/deskewed/b.ome.tif\n")
+    removed = clear_stale_snakemake_locks(tmp_path, ["results/small", "work/small"])
+    assert sorted(p.name for p in removed) == ["0.input.lock", "0.output.lock"]
+    assert sorted(p.name for p in locks.iterdir()) == ["1.input.lock", "1.output.lock"]
+
+    work = tmp_path / "work" / "small"
+    (work / "fused" / ".ch0-t0000.zarr.k2x9.partial" / "c").mkdir(parents=True)
+    (work / "deskewed").mkdir()
+    (work / "deskewed" / ".a.ome.tif.p0q1.partial").write_bytes(b"half")
+    (work / "deskewed" / "a.ome.tif").write_bytes(b"done")
+    (work / "deskewed" / "notes.partial").write_bytes(b"a user's file, not ours")
+    removed = remove_partial_outputs([work, tmp_path / "results" / "small"])
+    assert sorted(p.name for p in removed) == [".a.ome.tif.p0q1.partial", ".ch0-t0000.zarr.k2x9.partial"]
+    assert sorted(p.name for p in (work / "deskewed").iterdir()) == ["a.ome.tif", "notes.partial"]
+    assert not list((work / "fused").iterdir())

@@ -93,3 +93,23 @@ def test_world_writable_never(small_acquisition, tmp_path):
             continue
         mode = stat.S_IMODE(path.lstat().st_mode)
         assert not mode & 0o002, f"{path}: mode {oct(mode)} is world-writable"
+
+
+def test_atomic_output_applies_the_umask(tmp_path):
+    """Files and Zarr-like directories written through atomic_output get the umask's modes, not the 0600 of
+    a private temporary file."""
+    import numpy as np
+
+    from llsmflow.io import atomic_output, write_volume
+
+    previous = os.umask(0o027)
+    try:
+        volume = write_volume(tmp_path / "v.ome.tif", np.zeros((2, 3, 4), np.float32), (1.0, 1.0, 1.0))
+        with atomic_output(tmp_path / "store.zarr") as tmp:
+            (tmp / "c").mkdir(parents=True)
+            (tmp / "c" / "0").write_bytes(b"chunk")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(volume.stat().st_mode) == 0o640
+    assert stat.S_IMODE((tmp_path / "store.zarr").stat().st_mode) == 0o750
+    assert stat.S_IMODE((tmp_path / "store.zarr" / "c" / "0").stat().st_mode) == 0o640

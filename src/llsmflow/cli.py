@@ -149,6 +149,8 @@ def cmd_deconvolve(args) -> int:
         f"{args.output}: {result.iterations} {result.method} iterations on backend {result.backend}"
         f" in {result.seconds:.1f} s ({result.chunks} chunk(s))"
     )
+    for fallback in result.fallbacks:
+        print(f"  note: {fallback}")
     return 0
 
 

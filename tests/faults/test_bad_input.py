@@ -168,6 +168,26 @@ def no_stacks(raw, run_dir):
     return str(raw), "no raw stacks match"
 
 
+def missing_raw_dir(raw, run_dir):
+    gone = raw.parent / "not mounted"
+    write_config(run_dir, gone)
+    return str(gone), "raw data directory not found"
+
+
+def channel_without_psf(raw, run_dir):
+    meta = _metadata(raw)
+    del meta["channels"][0]["psf"]
+    _write_metadata(raw, meta)
+    return "acquisition.json", "channel 0 names no PSF file"
+
+
+def zero_psf_voxel_size(raw, run_dir):
+    meta = _metadata(raw)
+    meta["channels"][0]["psf_voxel_size_um"] = [0.1, 0.0, 0.104]
+    _write_metadata(raw, meta)
+    return "acquisition.json", "channel 0 psf_voxel_size_um (0.1, 0.0, 0.104)", "positive"
+
+
 def _config(changes, *needles):
     def change(raw, run_dir):
         write_config(run_dir, raw, **changes)
@@ -196,6 +216,9 @@ PREFLIGHT_CASES = [
     psf_escaping_raw_dir,
     empty_directory,
     no_stacks,
+    missing_raw_dir,
+    channel_without_psf,
+    zero_psf_voxel_size,
     _config(
         {"deconvolution": {"iterations": 0}}, "deconvolution.iterations", "0 is less than the minimum of 1"
     ),

@@ -360,18 +360,23 @@ def _first_step_error(log_dir: Path, since: float) -> str | None:
 
 
 def _call_watching_stderr(command: list[str], env: dict[str, str]) -> tuple[int, str | None]:
-    """Run ``command``, passing its stderr through line by line; return its exit status and the first
-    "No space left on device" line it printed (a full disk shows up in a job's traceback, not in the step
-    logs, which are often on that same full disk)."""
-    disk_full = None
+    """Run ``command``, passing its stderr through line by line; return its exit status and, if a job failed
+    for a full disk, what it was writing ("step RULE, writing OUTPUTS"). A full disk shows up in Snakemake's
+    report of the failed job, not in the step logs, which are often on that same full disk."""
+    seen = {"disk_full": False, "rule": None, "output": None}
 
     def forward(stream) -> None:
-        nonlocal disk_full
+        rule = None
         for raw in stream:
             sys.stderr.buffer.write(raw)
             sys.stderr.flush()
-            if disk_full is None and b"[Errno 28]" in raw:
-                disk_full = raw.decode("utf-8", "replace").strip().split("[Errno 28] ", 1)[1]
+            line = raw.decode("utf-8", "replace").strip()
+            if line.startswith("Error in rule ") and line.endswith(":"):
+                rule = line[len("Error in rule ") : -1]
+            elif rule and line.startswith("output: ") and seen["rule"] is None:
+                seen["rule"], seen["output"] = rule, line[len("output: ") :]
+            if "[Errno 28]" in line:
+                seen["disk_full"] = True
 
     with subprocess.Popen(command, env=env, stderr=subprocess.PIPE) as process:
         assert process.stderr is not None
@@ -381,7 +386,10 @@ def _call_watching_stderr(command: list[str], env: dict[str, str]) -> tuple[int,
             # Snakemake got the same Ctrl-C: keep its pipe open while it stops its jobs and cleans up
             forward(process.stderr)
             raise
-    return process.returncode, disk_full
+    where = None
+    if seen["disk_full"]:
+        where = f"step {seen['rule']}, writing {seen['output']}" if seen["rule"] else "a workflow step"
+    return process.returncode, where
 
 
 def _run_environment(work: Path) -> dict[str, str]:
@@ -445,7 +453,7 @@ def cmd_run(args) -> int:
         reason = _first_step_error(work / "logs", started_at)
         if disk_full:
             reason = (
-                f"no space left on the device while writing ({disk_full}); expected free space for the "
+                f"no space left on the device ({disk_full}); expected free space for the "
                 f"outputs under {work} and {results}: free some, or point work_dir/results_dir to a larger "
                 "disk, then run again (finished steps are kept)"
             )

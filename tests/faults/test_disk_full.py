@@ -48,8 +48,8 @@ def test_disk_full_fails_cleanly_then_resumes(reference_run, small_acquisition, 
     assert failed.returncode != 0
     errors = [line for line in failed.stderr.splitlines() if line.startswith("llsmflow run: error:")]
     assert len(errors) == 1, failed.stderr[-4000:]
-    assert "no space left on the device" in errors[0] and "run again" in errors[0]
-    print(errors[0])
+    assert "no space left on the device (step " in errors[0] and str(small_disk) in errors[0]
+    assert "run again" in errors[0]
     # nothing that looks complete: no run record, no temporary output left, every volume kept is readable
     assert not (results / "provenance" / "run-record.json").exists()
     assert not list(small_disk.rglob("*.partial"))

@@ -1808,7 +1808,6 @@ def deconvolve(
         checked=not lazy,
     )
     fallbacks: list[str] = []
-    budget_gb = max_memory_gb
     for attempt in range(GPU_OOM_RETRIES + 2):
         if plan.count > 1:
             log.info(
@@ -1823,7 +1822,8 @@ def deconvolve(
                 raise
             _free_gpu_memory(name)
             what = f"{name} ran out of GPU memory in {plan.count} chunk(s) of ~{plan.bytes / 1e9:.3g} GB"
-            log.warning("%s (%s: %s)", what, type(error).__name__, str(error).splitlines()[0][:200])
+            first_line = (str(error).strip().splitlines() or [""])[0][:200]
+            log.warning("%s (%s: %s)", what, type(error).__name__, first_line)
             # halve the budget (from this plan's working set) and retry in more, smaller chunks
             smaller = None
             if attempt < GPU_OOM_RETRIES:

@@ -94,7 +94,10 @@ def _inside(root: Path, candidate: Path) -> bool:
 
 
 def read_acquisition(
-    raw_dir: str | Path, metadata_path: str | Path | None = None, overrides: dict | None = None
+    raw_dir: str | Path,
+    metadata_path: str | Path | None = None,
+    overrides: dict | None = None,
+    check_files: bool = True,
 ) -> Acquisition:
     """Read an acquisition directory into an :class:`Acquisition`.
 
@@ -107,6 +110,11 @@ def read_acquisition(
     overrides:
         Values replacing the metadata's (keys: ``angle_deg, dz_um, dx_um, dy_um, time_interval_s, scan_axis,
         camera_offset``); ``None`` values are ignored.
+    check_files:
+        Also check every stack's TIFF header (readable, complete, real dtype, ZYX, one shape for all) and every
+        PSF (finite, with signal, smaller than the deskewed volume). This opens every file (a few ms each, the
+        PSFs read whole): done once per run (``llsmflow run`` and the ingest step), not every time the
+        workflow is parsed (each cluster job parses it again).
     """
     raw_dir = Path(raw_dir)
     if not raw_dir.is_dir():
@@ -167,11 +175,12 @@ def read_acquisition(
     tiles = _tile_table(meta, angle, metadata_path)
     samples = _discover_samples(raw_dir, meta, tiles, len(channels), metadata_path)
     samples["time_s"] = samples["timepoint"] * interval
-    raw_shape = _check_stacks(raw_dir, samples, meta.get("raw_shape_zyx"), metadata_path)
-    deskewed = deskewed_shape(raw_shape, dz, dx if scan_axis == "x" else dy, angle, scan_axis)
-    voxel = (deskewed_plane_spacing_um(dz, angle), dy, dx)
-    for index, channel in enumerate(channels):
-        _check_psf(raw_dir / channel["psf"], channel["psf_voxel_size_um"], voxel, deskewed, index)
+    if check_files:
+        raw_shape = _check_stacks(raw_dir, samples, meta.get("raw_shape_zyx"), metadata_path)
+        deskewed = deskewed_shape(raw_shape, dz, dx if scan_axis == "x" else dy, angle, scan_axis)
+        voxel = (deskewed_plane_spacing_um(dz, angle), dy, dx)
+        for index, channel in enumerate(channels):
+            _check_psf(raw_dir / channel["psf"], channel["psf_voxel_size_um"], voxel, deskewed, index)
     return Acquisition(
         raw_dir=raw_dir,
         metadata_path=metadata_path,

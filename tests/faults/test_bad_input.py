@@ -17,6 +17,7 @@ import tifffile
 from tests.faults.conftest import (
     DATASET,
     LLSMFLOW,
+    REPO,
     STACK_PREFIX,
     copy_acquisition,
     run_workflow,
@@ -386,3 +387,27 @@ def test_deconvolve_nan_volume(small_acquisition, deskewed, tmp_path):
     result = _cli("deconvolve", bad, tmp_path / "out.tif", "--psf", _psf(small_acquisition), *DECON)
     assert_one_clear_error(result, "llsmflow deconvolve: error:", str(bad), "NaN or infinite")
     assert not (tmp_path / "out.tif").exists()
+
+
+def test_plain_snakemake_checks_files_in_the_ingest_step(small_acquisition, tmp_path):
+    """Without `llsmflow run`, the ingest step runs the same file checks (the workflow's parse does not, as
+    every cluster job parses it again): a truncated stack fails the ingest job, named in its log."""
+    raw = copy_acquisition(small_acquisition, tmp_path / "raw")
+    stack = _stacks(raw)[2]
+    stack.write_bytes(stack.read_bytes()[:100_000])
+    run_dir = tmp_path / "run"
+    write_config(run_dir, raw)
+    snakemake = Path(LLSMFLOW).parent / "snakemake"
+    result = subprocess.run(
+        [str(snakemake), "--snakefile", str(REPO / "Snakefile"), "--configfile", "config.yaml"]
+        + ["--cores", "1", "--until", "ingest"],
+        cwd=run_dir,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode != 0
+    log = (run_dir / "work" / DATASET / "logs" / "ingest.log").read_text(encoding="utf-8")
+    failed = [line for line in log.splitlines() if "step ingest failed:" in line]
+    assert len(failed) == 1 and stack.name in failed[0] and "truncated" in failed[0], log
+    assert not (run_dir / "work" / DATASET / "samples.tsv").exists()

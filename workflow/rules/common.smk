@@ -12,8 +12,12 @@ from llsmflow.ingest import read_acquisition
 validate(config, workflow.source_path("../../config/schema.yaml"))
 
 try:
+    # file checks (headers, PSFs) run once per run, in `llsmflow run` and the ingest step, not at every parse
     ACQ = read_acquisition(
-        config["raw_dir"], config.get("metadata"), config.get("overrides") or {}
+        config["raw_dir"],
+        config.get("metadata"),
+        config.get("overrides") or {},
+        check_files=False,
     )
 except LlsmflowError as error:
     raise WorkflowError(f"llsmflow: {error}") from None

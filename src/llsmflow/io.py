@@ -208,8 +208,8 @@ def _check_complete(path: Path, end: int) -> None:
     size = path.stat().st_size
     if end > size:
         raise LlsmflowError(
-            f"is truncated: {size} bytes on disk, its pixel data end at byte {end}; expected a complete file "
-            "(copy it again from the instrument)",
+            f"is truncated: {size} bytes on disk, its pixel data end at byte {end}; expected a readable TIFF "
+            "with all its pixel data (copy it again from the instrument)",
             path,
         )
 

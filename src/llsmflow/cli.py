@@ -17,7 +17,7 @@ from pathlib import Path
 
 from llsmflow import __version__
 from llsmflow.container import register_container_commands
-from llsmflow.errors import LlsmflowError
+from llsmflow.errors import LlsmflowError, located
 from llsmflow.hpc import register_hpc_commands
 
 log = logging.getLogger("llsmflow")
@@ -87,6 +87,11 @@ def cmd_deskew(args) -> int:
     from llsmflow.io import read_volume, write_volume
 
     raw = read_volume(args.input, channel=args.channel, timepoint=args.timepoint)
+    with located(args.input):
+        return _deskew_and_write(args, raw, deskew, deskew_rotate, write_volume)
+
+
+def _deskew_and_write(args, raw, deskew, deskew_rotate, write_volume) -> int:
     if args.rotate:
         if args.scan_axis != "x":
             raise LlsmflowError("--rotate supports --scan-axis x only")
@@ -108,7 +113,8 @@ def cmd_deskew(args) -> int:
 
 
 def cmd_deconvolve(args) -> int:
-    from llsmflow.decon import deconvolve
+    from llsmflow.decon import deconvolve, prepare_psf
+    from llsmflow.ingest import require_psf_within_volume
     from llsmflow.io import read_volume, write_volume
 
     volume = read_volume(args.input, channel=args.channel, timepoint=args.timepoint)
@@ -117,18 +123,24 @@ def cmd_deconvolve(args) -> int:
     psf_voxel = (args.dzpsf or args.dz, args.dxpsf or args.dx, args.dxpsf or args.dx)
     if args.max_memory is not None and args.max_memory <= 0:
         raise LlsmflowError(f"--max-memory {args.max_memory} GB is invalid; expected a positive budget")
-    result = deconvolve(
-        volume.data,
-        psf.data,
-        data_voxel,
-        psf_voxel,
-        iterations=args.iterations,
-        background=args.background,
-        backend=args.backend,
-        method=args.method,
-        max_memory_gb=args.max_memory,
-        progress=_progress("iteration"),
-    )
+    # a PSF larger than the volume: refused here (and at ingest), not by the library, which copes with it
+    with located(args.psf):
+        kernel = prepare_psf(psf.data, psf_voxel, data_voxel)
+    require_psf_within_volume(kernel.shape, volume.data.shape, args.psf, sizes="--dzpsf/--dxpsf, --dz/--dx")
+    with located(args.input):  # errors about the PSF name args.psf (psf_path), the rest the input volume
+        result = deconvolve(
+            volume.data,
+            psf.data,
+            data_voxel,
+            psf_voxel,
+            iterations=args.iterations,
+            background=args.background,
+            backend=args.backend,
+            method=args.method,
+            max_memory_gb=args.max_memory,
+            progress=_progress("iteration"),
+            psf_path=args.psf,
+        )
     write_volume(
         args.output,
         result.data,
@@ -139,6 +151,8 @@ def cmd_deconvolve(args) -> int:
         f"{args.output}: {result.iterations} {result.method} iterations on backend {result.backend}"
         f" in {result.seconds:.1f} s ({result.chunks} chunk(s))"
     )
+    for fallback in result.fallbacks:
+        print(f"  note: {fallback}")
     return 0
 
 
@@ -288,6 +302,25 @@ def find_workflow_root(explicit: str | None = None) -> Path:
     )
 
 
+def _schema_expectation(error) -> str:
+    """What the schema wanted, in words, for a jsonschema validation error."""
+    value = error.validator_value
+    bounds = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}
+    if error.validator in bounds:
+        return f"a value {bounds[error.validator]} {value}"
+    if error.validator == "enum":
+        return f"one of {', '.join(map(repr, value))}"
+    if error.validator == "type":
+        return f"type {value if isinstance(value, str) else ' or '.join(value)}"
+    if error.validator == "additionalProperties":
+        return "only the keys documented in config/README.md"
+    if error.validator == "required":
+        return f"the keys {', '.join(value)}"
+    if error.validator == "pattern":
+        return f"text matching {value}"
+    return "a value allowed by config/schema.yaml (see config/README.md)"
+
+
 def check_config(configfile: Path, workflow_root: Path) -> dict:
     """Validate a config file against the schema and read its acquisition, failing with one clear line."""
     import jsonschema
@@ -301,14 +334,79 @@ def check_config(configfile: Path, workflow_root: Path) -> dict:
     if errors:
         error = errors[0]
         key = ".".join(str(p) for p in error.absolute_path) or "(top level)"
-        raise LlsmflowError(f"config key {key}: {error.message}", configfile)
+        raise LlsmflowError(
+            f"config key {key}: {error.message}; expected {_schema_expectation(error)}", configfile
+        )
     from llsmflow.ingest import read_acquisition
 
     read_acquisition(config["raw_dir"], config.get("metadata"), config.get("overrides") or {})
     return config
 
 
+def _first_step_error(log_dir: Path, since: float) -> str | None:
+    """The first "step ... failed: <reason>" line of the step logs written since ``since`` (epoch s)."""
+    if not log_dir.is_dir():
+        return None
+    failures = []
+    for log_file in log_dir.rglob("*.log"):
+        try:
+            if log_file.stat().st_mtime < since:
+                continue
+            for line in log_file.read_text(encoding="utf-8", errors="replace").splitlines():
+                if " failed: " in line:
+                    failures.append((log_file.stat().st_mtime, line.split(" failed: ", 1)[1].strip()))
+                    break
+        except OSError:
+            continue
+    return min(failures)[1] if failures else None
+
+
+def _call_watching_stderr(command: list[str], env: dict[str, str]) -> tuple[int, str | None]:
+    """Run ``command``, passing its stderr through line by line; return its exit status and, if a job failed
+    for a full disk, what it was writing ("step RULE, writing OUTPUTS"). A full disk shows up in Snakemake's
+    report of the failed job, not in the step logs, which are often on that same full disk."""
+    seen = {"disk_full": False, "rule": None, "output": None}
+
+    def forward(stream) -> None:
+        rule = None
+        for raw in stream:
+            sys.stderr.buffer.write(raw)
+            sys.stderr.flush()
+            line = raw.decode("utf-8", "replace").strip()
+            if line.startswith("Error in rule ") and line.endswith(":"):
+                rule = line[len("Error in rule ") : -1]
+            elif rule and line.startswith("output: ") and seen["rule"] is None:
+                seen["rule"], seen["output"] = rule, line[len("output: ") :]
+            if "[Errno 28]" in line:
+                seen["disk_full"] = True
+
+    with subprocess.Popen(command, env=env, stderr=subprocess.PIPE) as process:
+        assert process.stderr is not None
+        try:
+            forward(process.stderr)
+        except KeyboardInterrupt:
+            # Snakemake got the same Ctrl-C: keep its pipe open while it stops its jobs and cleans up
+            forward(process.stderr)
+            raise
+    where = None
+    if seen["disk_full"]:
+        where = f"step {seen['rule']}, writing {seen['output']}" if seen["rule"] else "a workflow step"
+    return process.returncode, where
+
+
+def _run_environment(work: Path) -> dict[str, str]:
+    """Environment of the workflow: caches that libraries would put in $HOME (matplotlib's font cache,
+    Snakemake's source cache) go under the work directory unless the user chose a place for them."""
+    env = dict(os.environ)
+    cache = (work / ".cache").resolve()
+    env.setdefault("XDG_CACHE_HOME", str(cache / "xdg"))
+    env.setdefault("MPLCONFIGDIR", str(cache / "matplotlib"))
+    return env
+
+
 def cmd_run(args) -> int:
+    from llsmflow.runlock import RunLock, clear_stale_snakemake_locks, lock_path, remove_partial_outputs
+
     root = find_workflow_root(args.workflow_dir)
     configfile = Path(args.configfile or root / "config" / "config.yaml")
     config = check_config(configfile, root)
@@ -335,31 +433,51 @@ def cmd_run(args) -> int:
     ]
     if args.cores:
         command += ["--cores", str(args.cores)]
+    if not {"--rerun-incomplete", "--ri"} & set(args.snakemake_args):
+        command.append("--rerun-incomplete")  # jobs a killed run left unfinished are re-run, not trusted
     command += args.snakemake_args
     from llsmflow.status import print_run_summary, write_run_pointer
 
-    write_run_pointer(Path.cwd(), configfile, root, config)
-    print("running:", " ".join(command), flush=True)
-    started_wall = time.time()
-    start = time.perf_counter()
-    status = subprocess.call(command)
-    elapsed = time.perf_counter() - start
-    results = Path(config.get("results_dir", "results")) / config["dataset"]
     dry_run = any(a in ("-n", "--dry-run", "--dryrun") for a in args.snakemake_args)
+    results_dir = Path(config.get("results_dir", "results"))
+    results = results_dir / config["dataset"]
+    work = Path(config.get("work_dir", "work")) / config["dataset"]
+    # shared storage: outputs follow the user's umask, but are never writable by everyone
+    umask = os.umask(0)
+    os.umask(umask | 0o002)
+    with RunLock(lock_path(results_dir, config["dataset"])):
+        for stale in clear_stale_snakemake_locks(Path.cwd(), [results, work]):
+            log.warning("removed a stale Snakemake lock of an interrupted run: %s", stale)
+        for partial in remove_partial_outputs([results, work]):
+            log.warning("removed an unfinished output of an interrupted run: %s", partial)
+        write_run_pointer(Path.cwd(), configfile, root, config)
+        print("running:", " ".join(command), flush=True)
+        start, started_at = time.perf_counter(), time.time()
+        status, disk_full = _call_watching_stderr(command, _run_environment(work))
+        elapsed = time.perf_counter() - start
     if status != 0:
+        reason = _first_step_error(work / "logs", started_at)
+        if disk_full:
+            reason = (
+                f"no space left on the device ({disk_full}); expected free space for the "
+                f"outputs under {work} and {results}: free some, or point work_dir/results_dir to a larger "
+                "disk, then run again (finished steps are kept)"
+            )
+        if reason:
+            print(f"llsmflow run: error: {reason}", file=sys.stderr)
         print(
             f"llsmflow run: workflow failed after {elapsed:.0f} s (exit {status}); see the logs under "
-            f"{Path(config.get('work_dir', 'work')) / config['dataset'] / 'logs'}",
+            f"{work / 'logs'}",
             file=sys.stderr,
         )
         if not dry_run:
-            print_run_summary(config, Path.cwd(), started_wall, elapsed, status, out=sys.stderr)
+            print_run_summary(config, Path.cwd(), started_at, elapsed, status, out=sys.stderr)
         return status
     print(f"llsmflow run: done in {elapsed:.0f} s. Results in {results}/:")
     for relative in (f"{config['dataset']}.ome.zarr", "tracks", "qc", "provenance"):
         print(f"  {results / relative}")
     if not dry_run:
-        print_run_summary(config, Path.cwd(), started_wall, elapsed, status)
+        print_run_summary(config, Path.cwd(), started_at, elapsed, status)
     return 0
 
 

@@ -49,14 +49,14 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import scipy.fft
 from scipy import ndimage
 
-from llsmflow.errors import LlsmflowError, require_positive_voxel_size
+from llsmflow.errors import LlsmflowError, located, require_positive_voxel_size
 
 log = logging.getLogger(__name__)
 
@@ -1638,6 +1638,9 @@ class DeconResult:
         ``'rl'`` or ``'wb'``.
     chunks : int
         Number of chunks the volume was deconvolved in (1: whole volume).
+    fallbacks : list of str
+        What happened before the run that produced ``data`` when a GPU backend ran out of memory (retries in
+        more chunks, then the CPU), one sentence each; empty when the first attempt succeeded.
     """
 
     data: np.ndarray
@@ -1647,16 +1650,21 @@ class DeconResult:
     seconds: float
     method: str = "rl"
     chunks: int = 1
+    fallbacks: list[str] = field(default_factory=list)
 
     def summary(self) -> dict:
-        """What ran, for metadata and provenance: backend, method, iterations, chunks, background."""
-        return {
+        """What ran, for metadata and provenance: backend, method, iterations, chunks, background, and (only
+        when a GPU ran out of memory) ``fallbacks``, the retries that led to the result."""
+        summary = {
             "backend": self.backend,
             "method": self.method,
             "iterations": self.iterations,
             "chunks": self.chunks,
             "background": self.background,
         }
+        if self.fallbacks:
+            summary["fallbacks"] = list(self.fallbacks)
+        return summary
 
 
 def _to_uint16(volume: np.ndarray, background: float) -> tuple[np.ndarray, float, float]:
@@ -1698,6 +1706,56 @@ def _deconvolve_pycudadecon(volume, psf, voxel, iterations, background) -> np.nd
     return np.ascontiguousarray(result[inner] / scale, dtype=np.float32)
 
 
+GPU_OOM_RETRIES = 3
+"""How many times :func:`deconvolve` halves the memory budget and retries on a GPU that ran out of memory
+before it falls back to the CPU."""
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` says a device (or the host) ran out of memory.
+
+    CuPy raises ``cupy.cuda.memory.OutOfMemoryError`` (a ``MemoryError``); cuFFT reports a failed plan
+    allocation as ``CUFFT_ALLOC_FAILED``; cudaDecon's errors carry the CUDA error name or text.
+    """
+    if isinstance(error, MemoryError):
+        return True
+    text = f"{type(error).__name__}: {error}".lower()
+    markers = ("out of memory", "outofmemory", "alloc_failed", "cudaerrormemoryallocation", "cuda_error_out")
+    return any(marker in text for marker in markers)
+
+
+def _deconvolve_on(name, volume, kernel, plan, bg, iterations, data_voxel, **kwargs):
+    """Deconvolve ``volume`` following ``plan`` on backend ``name`` (``'cpu'``, ``'cupy'``, ``'pycudadecon'``)."""
+    out = kwargs.pop("out")
+    if name == "pycudadecon":
+        if out is None:
+            out = np.empty(volume.shape, dtype=np.float32)
+        for _, region, core in plan.boxes():
+            block = _read_block(volume, region)
+            within = tuple(
+                slice(c.start - r.start, c.stop - r.start) for c, r in zip(core, region, strict=True)
+            )
+            out[core] = _deconvolve_pycudadecon(block, kernel, data_voxel, iterations, bg)[within]
+        return out
+    xp = np
+    if name == "cupy":
+        import cupy as xp
+    return _run_plan(volume, kernel, plan, bg, iterations, xp=xp, out=out, **kwargs)
+
+
+def _free_gpu_memory(name: str) -> None:
+    """Give CuPy's cached blocks back to the driver after an out-of-memory error, before a retry."""
+    if name != "cupy":
+        return
+    try:
+        import cupy
+
+        cupy.get_default_memory_pool().free_all_blocks()
+        cupy.fft.config.get_plan_cache().clear()
+    except Exception:  # pragma: no cover - best effort: the retry reports its own error
+        pass
+
+
 def deconvolve(
     volume,
     psf,
@@ -1715,8 +1773,12 @@ def deconvolve(
     max_memory_gb: float | None = None,
     out=None,
     client=None,
+    psf_path: str | Path | None = None,
 ) -> DeconResult:
     """Deconvolve a ZYX volume with a measured PSF on the best available backend.
+
+    A GPU backend that runs out of memory is retried in smaller chunks (halving the budget up to
+    ``GPU_OOM_RETRIES`` times), then on the CPU; ``DeconResult.fallbacks`` says what happened.
 
     Parameters
     ----------
@@ -1759,6 +1821,8 @@ def deconvolve(
     client : distributed.Client, optional
         With a chunked plan and the 'cpu' or 'cupy' backend, the chunks are deconvolved on this client's
         workers (e.g. SLURM jobs from :func:`llsmflow.cluster.dask_cluster`); this process reads and writes.
+    psf_path : str or Path, optional
+        The file ``psf`` was read from, named in errors about the PSF.
 
     Returns
     -------
@@ -1785,7 +1849,8 @@ def deconvolve(
         raise LlsmflowError(f"out has shape {tuple(out.shape)}; expected the volume's shape {volume.shape}")
     data_voxel = require_positive_voxel_size(data_voxel_um, what="data voxel size")
     bg = resolve_background(volume, background)
-    kernel = prepare_psf(psf, psf_voxel_um, data_voxel, background=psf_background)
+    with located(psf_path):
+        kernel = prepare_psf(psf, psf_voxel_um, data_voxel, background=psf_background)
 
     square = abs(data_voxel[1] - data_voxel[2]) <= 1e-3 * data_voxel[2]
     if backend == "auto" and (not square or method != "rl"):
@@ -1801,39 +1866,55 @@ def deconvolve(
             "(use backend 'cupy' or 'cpu')"
         )
     plan = plan_chunks(volume.shape, kernel.shape, max_memory_gb, acceleration=acceleration, method=method)
-    if plan.count > 1:
-        log.info(
-            "deconvolving %s voxels in %d chunks: cores %s, halo %s, FFT window %s, ~%.2f GB each",
-            volume.shape, plan.count, plan.core, plan.halo, plan.padded_shape, plan.bytes / 1e9,
-        )  # fmt: skip
-    if name == "pycudadecon":
-        if out is None:
-            out = np.empty(volume.shape, dtype=np.float32)
-        for _, region, core in plan.boxes():
-            block = _read_block(volume, region)
-            within = tuple(
-                slice(c.start - r.start, c.stop - r.start) for c, r in zip(core, region, strict=True)
+    options = dict(
+        threads=threads,
+        method=method,
+        acceleration=acceleration,
+        progress=progress,
+        out=out,
+        checked=not lazy,
+        client=client,
+    )
+    fallbacks: list[str] = []
+    for attempt in range(GPU_OOM_RETRIES + 2):
+        if plan.count > 1:
+            log.info(
+                "deconvolving %s voxels in %d chunks: cores %s, halo %s, FFT window %s, ~%.2f GB each",
+                volume.shape, plan.count, plan.core, plan.halo, plan.padded_shape, plan.bytes / 1e9,
+            )  # fmt: skip
+        try:
+            out = _deconvolve_on(name, volume, kernel, plan, bg, iterations, data_voxel, **options)
+            break
+        except Exception as error:
+            if name == "cpu" or not _is_out_of_memory(error):
+                raise
+            _free_gpu_memory(name)
+            what = f"{name} ran out of GPU memory in {plan.count} chunk(s) of ~{plan.bytes / 1e9:.3g} GB"
+            first_line = (str(error).strip().splitlines() or [""])[0][:200]
+            log.warning("%s (%s: %s)", what, type(error).__name__, first_line)
+            # halve the budget (from this plan's working set) and retry in more, smaller chunks
+            smaller = None
+            if attempt < GPU_OOM_RETRIES:
+                budget_gb = plan.bytes / 1e9 / (1 - _BUDGET_RESERVE) / 2
+                try:
+                    smaller = plan_chunks(
+                        volume.shape, kernel.shape, budget_gb, acceleration=acceleration, method=method
+                    )
+                except LlsmflowError:
+                    smaller = None
+            if smaller is not None and smaller.count > plan.count:
+                fallbacks.append(f"{what}; retried in {smaller.count} chunks (budget {budget_gb:.3g} GB)")
+                plan = smaller
+                continue
+            # the CPU with the caller's (host) budget: max_memory_gb was meant for the GPU's memory, but it
+            # is the only budget the caller gave
+            fallbacks.append(f"{what}; fell back to the CPU")
+            name = "cpu"
+            plan = plan_chunks(
+                volume.shape, kernel.shape, max_memory_gb, acceleration=acceleration, method=method
             )
-            out[core] = _deconvolve_pycudadecon(block, kernel, data_voxel, iterations, bg)[within]
-    else:
-        xp = np
-        if name == "cupy":
-            import cupy as xp
-        out = _run_plan(
-            volume,
-            kernel,
-            plan,
-            bg,
-            iterations,
-            xp=xp,
-            threads=threads,
-            method=method,
-            acceleration=acceleration,
-            progress=progress,
-            out=out,
-            checked=not lazy,
-            client=client,
-        )
+    else:  # pragma: no cover - the CPU attempt always ends the loop (result or exception)
+        raise AssertionError("unreachable")
     return DeconResult(
         data=out,
         backend=name,
@@ -1842,4 +1923,5 @@ def deconvolve(
         seconds=time.perf_counter() - start,
         method=method,
         chunks=plan.count,
+        fallbacks=fallbacks,
     )

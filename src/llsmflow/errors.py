@@ -5,6 +5,7 @@ Every message names the file (when there is one), the offending value and what w
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 
@@ -34,3 +35,18 @@ def require_positive_voxel_size(voxel_size_um, path=None, what: str = "voxel siz
         if not (v > 0 and v < float("inf")):
             raise LlsmflowError(f"{what} {values} µm is invalid; expected finite positive values", path)
     return values
+
+
+@contextlib.contextmanager
+def located(path: str | Path | None):
+    """Name ``path`` in any :class:`LlsmflowError` raised inside the block that does not name a file yet.
+
+    Library functions that work on arrays (e.g. :func:`llsmflow.decon.prepare_psf`) cannot know which file the
+    array came from; callers that do (the CLI, workflow scripts) wrap the call so the message names it.
+    """
+    try:
+        yield
+    except LlsmflowError as error:
+        if error.path is not None or path is None:
+            raise
+        raise LlsmflowError(error.message, path) from error

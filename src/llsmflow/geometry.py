@@ -194,6 +194,11 @@ def deskew(
     raw = np.asarray(raw_zyx)
     if raw.ndim != 3:
         raise LlsmflowError(f"raw stack has shape {raw.shape}; expected a 3-D ZYX stack")
+    if raw.shape[0] < 2:
+        # a single plane (e.g. a 2-D image) has nothing to shear against: almost surely the wrong file
+        raise LlsmflowError(
+            f"raw stack has shape {raw.shape}; expected a stage-scan stack of at least 2 planes (ZYX)"
+        )
     dy_um = dx_um if dy_um is None else dy_um
     require_positive_voxel_size((dz_um, dy_um, dx_um), what="voxel size (dz, dy, dx)")
     if scan_axis not in ("x", "y"):

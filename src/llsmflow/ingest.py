@@ -18,7 +18,8 @@ from pathlib import Path
 import pandas as pd
 
 from llsmflow.errors import LlsmflowError, require_positive_voxel_size
-from llsmflow.geometry import deskewed_plane_spacing_um, stage_to_objective_um
+from llsmflow.geometry import deskewed_plane_spacing_um, deskewed_shape, stage_to_objective_um
+from llsmflow.io import read_header, read_volume
 
 METADATA_NAME = "acquisition.json"
 OVERRIDABLE = ("angle_deg", "dz_um", "dx_um", "dy_um", "time_interval_s", "scan_axis", "camera_offset")
@@ -93,7 +94,10 @@ def _inside(root: Path, candidate: Path) -> bool:
 
 
 def read_acquisition(
-    raw_dir: str | Path, metadata_path: str | Path | None = None, overrides: dict | None = None
+    raw_dir: str | Path,
+    metadata_path: str | Path | None = None,
+    overrides: dict | None = None,
+    check_files: bool = True,
 ) -> Acquisition:
     """Read an acquisition directory into an :class:`Acquisition`.
 
@@ -106,6 +110,11 @@ def read_acquisition(
     overrides:
         Values replacing the metadata's (keys: ``angle_deg, dz_um, dx_um, dy_um, time_interval_s, scan_axis,
         camera_offset``); ``None`` values are ignored.
+    check_files:
+        Also check every stack's TIFF header (readable, complete, real dtype, ZYX, one shape for all) and every
+        PSF (finite, with signal, smaller than the deskewed volume). This opens every file (a few ms each, the
+        PSFs read whole): done once per run (``llsmflow run`` and the ingest step), not every time the
+        workflow is parsed (each cluster job parses it again).
     """
     raw_dir = Path(raw_dir)
     if not raw_dir.is_dir():
@@ -166,6 +175,12 @@ def read_acquisition(
     tiles = _tile_table(meta, angle, metadata_path)
     samples = _discover_samples(raw_dir, meta, tiles, len(channels), metadata_path)
     samples["time_s"] = samples["timepoint"] * interval
+    if check_files:
+        raw_shape = _check_stacks(raw_dir, samples, meta.get("raw_shape_zyx"), metadata_path)
+        deskewed = deskewed_shape(raw_shape, dz, dx if scan_axis == "x" else dy, angle, scan_axis)
+        voxel = (deskewed_plane_spacing_um(dz, angle), dy, dx)
+        for index, channel in enumerate(channels):
+            _check_psf(raw_dir / channel["psf"], channel["psf_voxel_size_um"], voxel, deskewed, index)
     return Acquisition(
         raw_dir=raw_dir,
         metadata_path=metadata_path,
@@ -274,6 +289,88 @@ def _discover_samples(
             raw_dir,
         )
     return samples.sort_values(["timepoint", "channel", "tile"]).reset_index(drop=True)
+
+
+def _check_stacks(raw_dir: Path, samples: pd.DataFrame, expected_shape, metadata_path: Path) -> tuple:
+    """Check every raw stack's header (readable, complete, real dtype, ZYX) and that all share one shape.
+
+    Only headers are read (milliseconds per file), so a damaged or odd stack stops the run before any step
+    starts instead of failing one job hours later. The expected shape is the metadata's ``raw_shape_zyx``
+    when it has one, else the shape most stacks have.
+    """
+    shapes = {}
+    for name in samples["path"]:
+        shape, _ = read_header(raw_dir / name)
+        if min(shape) < 1:
+            raise LlsmflowError(f"has shape {shape}; expected a non-empty ZYX stack", raw_dir / name)
+        shapes[name] = shape
+    if expected_shape is not None:
+        expected, source = tuple(int(n) for n in expected_shape), f"raw_shape_zyx in {metadata_path.name}"
+    else:
+        counts = pd.Series([str(s) for s in shapes.values()]).value_counts()
+        expected = next(s for s in shapes.values() if str(s) == counts.index[0])
+        source = "most stacks"
+    for name, shape in shapes.items():
+        if shape != expected:
+            row = samples.loc[samples["path"] == name].iloc[0]
+            raise LlsmflowError(
+                f"stack of tile {row.tile}, channel {row.channel}, timepoint {row.timepoint} has shape "
+                f"{shape} (ZYX); expected {expected} ({source}): every tile, channel and timepoint must "
+                "have one shape",
+                raw_dir / name,
+            )
+    if expected[0] < 2:
+        raise LlsmflowError(
+            f"stacks have {expected[0]} plane(s); expected a stage-scan stack of at least 2 planes", raw_dir
+        )
+    return expected
+
+
+def _check_psf(path: Path, psf_voxel_um, data_voxel_um, volume_shape, channel: int) -> None:
+    """Check a channel's PSF: readable, finite, with signal, and its kernel no larger than the volume.
+
+    The kernel is the PSF as the deconvolution will use it (:func:`llsmflow.decon.prepare_psf` on the
+    deskewed voxel grid), compared with the deskewed volume's shape (voxels, ZYX).
+    """
+    from llsmflow.decon import prepare_psf
+    from llsmflow.errors import located
+
+    psf = read_volume(path)
+    with located(path):
+        kernel = prepare_psf(psf.data, psf_voxel_um, data_voxel_um)
+    require_psf_within_volume(
+        kernel.shape,
+        volume_shape,
+        path,
+        what=f"PSF of channel {channel}",
+        grid="the deskewed grid",
+        volume="deskewed volume",
+        sizes="psf_voxel_size_um",
+    )
+
+
+def require_psf_within_volume(
+    kernel_shape,
+    volume_shape,
+    path,
+    what: str = "PSF",
+    grid: str = "the data grid",
+    volume: str = "volume",
+    sizes: str = "the voxel sizes",
+) -> None:
+    """Raise if a prepared PSF (``kernel_shape``, voxels ZYX) is larger than the volume along any axis.
+
+    Deconvolution itself copes (the volume is padded by reflection), but its result would then be shaped by
+    the padding more than by the data: almost always a wrong PSF file or wrong PSF voxel sizes.
+    """
+    larger = [f"{a}: {k} > {n}" for a, k, n in zip("zyx", kernel_shape, volume_shape, strict=True) if k > n]
+    if larger:
+        raise LlsmflowError(
+            f"{what} spans {tuple(kernel_shape)} voxels (ZYX) on {grid}, larger than the {volume} "
+            f"{tuple(volume_shape)} ({', '.join(larger)}); expected a PSF smaller than the volume "
+            f"(check {sizes} and the PSF file)",
+            path,
+        )
 
 
 def tiles_csv_table(acquisition: Acquisition, deskewed_paths: dict[str, str | Path]) -> pd.DataFrame:

@@ -133,6 +133,7 @@ def read_volume(
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             axes = series.axes
+            _check_complete(path, _tiff_data_end(series))
             data = series.asarray()
             if tif.is_ome:
                 file_voxel = _ome_voxel_size(tif.ome_metadata)
@@ -157,7 +158,8 @@ def read_volume(
             if index is None:
                 if size != 1:
                     raise LlsmflowError(
-                        f"has {size} entries along {name}; choose one ({name.lower()}=0..{size - 1})", path
+                        f"has {size} entries along {name}; expected one (choose {name.lower()}=0..{size - 1})",
+                        path,
                     )
                 index = 0
             if not 0 <= index < size:
@@ -186,6 +188,77 @@ def read_volume(
     if voxel is not None:
         voxel = require_positive_voxel_size(voxel, path)
     return Volume(data=data, voxel_size_um=voxel, path=path)
+
+
+def _tiff_data_end(series) -> int:
+    """Byte offset just past the last pixel data of a tifffile series (file offsets), without reading pixels."""
+    if series.dataoffset is not None:  # contiguous, uncompressed data (plain stacks, ImageJ hyperstacks)
+        return int(series.dataoffset) + int(series.nbytes)
+    end = 0
+    for page in series.pages:
+        if page is None:
+            continue
+        offsets, counts = page.dataoffsets, page.databytecounts
+        if len(offsets):
+            end = max(end, max(int(o) + int(c) for o, c in zip(offsets, counts, strict=True)))
+    return end
+
+
+def _check_complete(path: Path, end: int) -> None:
+    size = path.stat().st_size
+    if end > size:
+        raise LlsmflowError(
+            f"is truncated: {size} bytes on disk, its pixel data end at byte {end}; expected a readable TIFF "
+            "with all its pixel data (copy it again from the instrument)",
+            path,
+        )
+
+
+def read_header(path: str | Path) -> tuple[tuple[int, int, int], np.dtype]:
+    """Shape (ZYX voxels) and dtype of the volume in a TIFF, checked without reading its pixels.
+
+    Used by ingest to reject a damaged or inconsistent acquisition before any step runs: the file must parse,
+    hold all the pixel data its header announces (a file cut short by an interrupted copy does not), have
+    real integer or floating point samples, and one ZYX volume (axes of size 1 are dropped; a single YX
+    plane counts as one plane).
+
+    Raises
+    ------
+    LlsmflowError
+        Unreadable, truncated, wrong dtype or wrong dimensionality; the message names the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise LlsmflowError("file not found; expected a TIFF volume", path)
+    tifffile_log = logging.getLogger("tifffile")
+    previous_level = tifffile_log.level
+    tifffile_log.setLevel(logging.CRITICAL)
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            axes, shape, dtype = series.axes, tuple(series.shape), np.dtype(series.dtype)
+            end = _tiff_data_end(series)
+    except Exception as exc:  # tifffile raises many types for truncated/corrupt files
+        raise LlsmflowError(
+            f"cannot read as TIFF ({type(exc).__name__}: {exc}); expected a readable TIFF", path
+        ) from exc
+    finally:
+        tifffile_log.setLevel(previous_level)
+    _check_complete(path, end)
+    if dtype.kind not in "uif":
+        raise LlsmflowError(f"has dtype {dtype}; expected an integer or floating point image", path)
+    axes = axes.replace("Q", "Z").replace("I", "Z")
+    kept = [(a, n) for a, n in zip(axes, shape, strict=True) if n != 1 or a in "ZYX"]
+    names = "".join(a for a, _ in kept)
+    if names == "YX":
+        kept = [("Z", 1), *kept]
+        names = "ZYX"
+    if names != "ZYX":
+        raise LlsmflowError(
+            f"has axes {axes!r} and shape {shape}; expected one 3-D ZYX volume per file", path
+        )
+    zyx = tuple(int(n) for _, n in kept)
+    return (zyx[0], zyx[1], zyx[2]), dtype
 
 
 def write_volume(

@@ -12,8 +12,12 @@ from llsmflow.ingest import read_acquisition
 validate(config, workflow.source_path("../../config/schema.yaml"))
 
 try:
+    # file checks (headers, PSFs) run once per run, in `llsmflow run` and the ingest step, not at every parse
     ACQ = read_acquisition(
-        config["raw_dir"], config.get("metadata"), config.get("overrides") or {}
+        config["raw_dir"],
+        config.get("metadata"),
+        config.get("overrides") or {},
+        check_files=False,
     )
 except LlsmflowError as error:
     raise WorkflowError(f"llsmflow: {error}") from None
@@ -84,7 +88,9 @@ try:
 except LlsmflowError as error:
     raise WorkflowError(f"llsmflow: {error}") from None
 try:
-    _CORES = workflow.cores  # with the SLURM executor: the cores of one submission (profile `cores`)
+    _CORES = (
+        workflow.cores
+    )  # with the SLURM executor: the cores of one submission (profile `cores`)
 except WorkflowError:  # no --cores given (lint, dry run)
     _CORES = None
 RESOURCES = step_resources(SIZES, config, _CORES)
@@ -126,7 +132,8 @@ def step_runtime(step):
 
 def gpu_partition():
     """`slurm_partition` of the GPU deconvolutions, and of the deskews that the profile groups with them (one
-    submission, one partition), when the backend is a GPU one and `hpc.gpu_partition` is set."""
+    submission, one partition), when the backend is a GPU one and `hpc.gpu_partition` is set.
+    """
     if GPU_DECONVOLUTION and config["hpc"]["gpu_partition"]:
         return {"slurm_partition": config["hpc"]["gpu_partition"]}
     return {}
@@ -137,7 +144,11 @@ def gpu_resources():
     CPU runs stay schedulable on CPU-only partitions."""
     if not GPU_DECONVOLUTION:
         return {}
-    return {"gpu": 1, "gpu_mem_mb": RESOURCES["deconvolve"].gpu_mem_mb, **gpu_partition()}
+    return {
+        "gpu": 1,
+        "gpu_mem_mb": RESOURCES["deconvolve"].gpu_mem_mb,
+        **gpu_partition(),
+    }
 
 
 RAW_FILES = (

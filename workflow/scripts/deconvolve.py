@@ -31,6 +31,7 @@ with contextlib.ExitStack() as stack:
         client=client,
         threads=snakemake.threads,
         progress=lambda i, n: log.info("iteration %d/%d", i, n),
+        psf_path=snakemake.input.psf,
     )
     metadata = read_volume_description(snakemake.input.volume) | {"deconvolution": result.summary()}
     write_volume(snakemake.output.volume, result.data, volume.voxel_size_um, metadata)

@@ -5,12 +5,14 @@ import shutil
 from pathlib import Path
 
 from llsmflow.archive import write_checksum_manifest
+from llsmflow.io import atomic_output
 from llsmflow.provenance import configure_logging, write_run_record
 
 configure_logging(snakemake.log[0])
 p = snakemake.params
 results = Path(p.results_dir)
-shutil.copyfile(snakemake.input.transforms, snakemake.output.transforms)
+with atomic_output(snakemake.output.transforms) as tmp:
+    shutil.copyfile(snakemake.input.transforms, tmp)
 acquisition = json.loads(Path(snakemake.input.acquisition).read_text(encoding="utf-8"))
 write_run_record(
     snakemake.output.record,

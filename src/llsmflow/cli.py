@@ -500,6 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workflow-dir", default=None, help="llsmflow checkout holding the Snakefile")
     p.add_argument("snakemake_args", nargs=argparse.REMAINDER, help="after --: extra Snakemake arguments")
     p.set_defaults(func=cmd_run)
+    __import__("llsmflow.reproduce").reproduce.register_reproduce_commands(sub)
     return parser
 
 

@@ -41,6 +41,8 @@ from pathlib import Path
 from rocrate.model.contextentity import ContextEntity
 from rocrate.rocrate import ROCrate
 
+from llsmflow.errors import LlsmflowError
+
 PROFILES = {
     "https://w3id.org/ro/wfrun/process/0.5": "Process Run Crate",
     "https://w3id.org/ro/wfrun/workflow/0.5": "Workflow Run Crate",
@@ -106,7 +108,9 @@ def flatten_config(config: dict, prefix: str = "") -> dict:
 
 def copy_workflow(workflow_dir: str | Path, dest: str | Path) -> list[Path]:
     """Copy the files Snakemake reads (Snakefile, rules, scripts, schema, envs) under ``dest``; return them."""
-    workflow_dir, dest = Path(workflow_dir), Path(dest)
+    workflow_dir, dest = Path(workflow_dir).resolve(), Path(dest)
+    if not (workflow_dir / "Snakefile").is_file():
+        raise LlsmflowError("no Snakefile to copy into the crate; expected the llsmflow checkout", workflow_dir)
     copied = []
     for pattern in WORKFLOW_FILES:
         for source in sorted(workflow_dir.glob(pattern)):

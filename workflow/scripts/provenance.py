@@ -14,7 +14,7 @@ from llsmflow.provenance import configure_logging, run_record, scrub
 configure_logging(snakemake.log[0])
 p = snakemake.params
 results = Path(p.results_dir)
-workflow_dir = Path(snakemake.scriptdir).parent.parent
+workflow_dir = Path(snakemake.scriptdir).resolve().parent.parent
 # a stale workflow snapshot of an earlier run must not enter the manifest
 shutil.rmtree(Path(snakemake.output.crate).parent / "workflow", ignore_errors=True)
 shutil.copyfile(snakemake.input.transforms, snakemake.output.transforms)

@@ -72,7 +72,11 @@ def test_reproduce_gives_identical_or_tolerated_outputs(recorded_run, tmp_path):
     _, _, crate = recorded_run
     result = _reproduce(crate, tmp_path / "again")
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    lines = [line for line in result.stdout.splitlines() if line.startswith(("IDENTICAL", "WITHIN", "DIFF", "MISS"))]
+    lines = [
+        line
+        for line in result.stdout.splitlines()
+        if line.startswith(("IDENTICAL", "WITHIN", "DIFF", "MISS"))
+    ]
     assert lines and all(line.startswith(("IDENTICAL", "WITHIN TOLERANCE")) for line in lines), result.stdout
     compared = " ".join(lines)
     assert "tiny.ome.zarr" in compared and "tracks/ch0.parquet" in compared and "qc/mosaic.png" in compared

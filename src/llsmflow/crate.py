@@ -110,7 +110,9 @@ def copy_workflow(workflow_dir: str | Path, dest: str | Path) -> list[Path]:
     """Copy the files Snakemake reads (Snakefile, rules, scripts, schema, envs) under ``dest``; return them."""
     workflow_dir, dest = Path(workflow_dir).resolve(), Path(dest)
     if not (workflow_dir / "Snakefile").is_file():
-        raise LlsmflowError("no Snakefile to copy into the crate; expected the llsmflow checkout", workflow_dir)
+        raise LlsmflowError(
+            "no Snakefile to copy into the crate; expected the llsmflow checkout", workflow_dir
+        )
     copied = []
     for pattern in WORKFLOW_FILES:
         for source in sorted(workflow_dir.glob(pattern)):

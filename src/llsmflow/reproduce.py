@@ -13,12 +13,21 @@ sha256 of every output file (``run-record.json``). Reproducing:
 4. compares every recorded output with its re-run counterpart: *identical* (same bytes), *within tolerance*
    (same values up to :data:`RTOL`, measure printed) or *different* (measure printed); exit 1 if any differs.
 
-Comparison measures (hand-written because no library compares these four formats with one stated measure):
-numeric arrays (Zarr arrays of the OME-Zarr archive, TIFF, PNG pixels) and numeric table columns (Parquet, CSV)
-use ``max|a - b| / max|a|`` (relative to the largest magnitude of the original, so a value near zero does not
-inflate it); non-numeric columns must be equal. JSON metadata is compared after parsing. The archive's own
-``checksums.sha256`` is not compared (it is derived from the files that are). Files outside the recorded outputs
-(``provenance/`` with its timestamps and host names, logs, step records) are not compared: they differ by design.
+Comparison measures (hand-written because no library compares these formats with one stated measure), after a
+byte comparison:
+
+- numeric arrays (each Zarr array of the OME-Zarr archive, TIFF): ``max|a - b| / max|a|`` <= :data:`RTOL`
+  (relative to the largest magnitude of the original, so values near zero do not inflate it);
+- tables (Parquet, CSV): same columns and rows; numeric columns ``max|a - b| / max|a|`` <= :data:`TABLE_RTOL`,
+  the worst column named; other columns equal;
+- PNG previews and plots (8 bit): no pixel off by more than :data:`PNG_MAX_LEVELS` levels and fewer than
+  :data:`PNG_MAX_FRACTION` of the pixels differing;
+- JSON (Zarr metadata): equal structure and strings, numbers within ``RTOL·|a| + JSON_ATOL``; ``sha256`` values
+  are skipped (they hash files compared in their own right).
+
+The archive's own ``checksums.sha256`` is not compared (derived from the files that are). Files outside the
+recorded outputs (``provenance/`` with its timestamps and host names, logs, step records) are not compared: they
+differ by design.
 """
 
 from __future__ import annotations
@@ -37,7 +46,11 @@ from llsmflow.crate import METADATA
 from llsmflow.errors import LlsmflowError
 from llsmflow.provenance import container_info, package_versions
 
-RTOL = 1e-5
+RTOL = 1e-5  # arrays (Zarr, TIFF) and JSON numbers: max|a - b| / max|a|
+TABLE_RTOL = 1e-4  # table columns: per-particle measures (e.g. trackpy's signal) amplify image differences
+JSON_ATOL = 1e-12  # JSON numbers: |a - b| <= RTOL * |a| + JSON_ATOL (residuals of ~1e-17 are rounding noise)
+PNG_MAX_LEVELS = 2  # 8-bit previews and plots: no pixel off by more than 2 of 255 levels ...
+PNG_MAX_FRACTION = 0.01  # ... and fewer than 1 % of pixels differing at all
 NOT_COMPARED = "checksums.sha256"
 
 
@@ -194,11 +207,51 @@ def relative_difference(a, b) -> float:
     return float(diff / scale) if scale > 0 else float("inf")
 
 
-def _verdict(path: str, measure: float, what: str) -> Comparison:
+def _verdict(path: str, measure: float, what: str, rtol: float = RTOL) -> Comparison:
     detail = f"{what} max|a-b|/max|a| = {measure:.3g}"
-    if measure <= RTOL:
-        return Comparison(path, "within tolerance", f"{detail} <= {RTOL:g}")
-    return Comparison(path, "different", f"{detail} > {RTOL:g}")
+    if measure <= rtol:
+        return Comparison(path, "within tolerance", f"{detail} <= {rtol:g}")
+    return Comparison(path, "different", f"{detail} > {rtol:g}")
+
+
+def compare_png(a, b, path: str) -> Comparison:
+    """8-bit previews: the largest pixel difference in levels of 255 and the fraction of differing pixels."""
+    import numpy as np
+
+    if a.shape != b.shape:
+        return Comparison(path, "different", f"shape {b.shape} vs {a.shape}")
+    levels = np.abs(a.astype(np.float64) - b.astype(np.float64)) * (255 if a.dtype.kind == "f" else 1)
+    worst, fraction = float(levels.max()), float((levels > 0.5).mean())
+    detail = f"pixels: max {worst:.0f} levels of 255, {100 * fraction:.3g} % differ"
+    if worst <= PNG_MAX_LEVELS + 0.5 and fraction < PNG_MAX_FRACTION:
+        return Comparison(path, "within tolerance", f"{detail} (tolerated: <= {PNG_MAX_LEVELS}, < 1 %)")
+    return Comparison(path, "different", detail)
+
+
+def json_difference(a, b, where: str = "") -> str | None:
+    """First difference between two parsed JSON documents (numbers within tolerance, ``sha256`` keys skipped:
+    they hash files compared in their own right); ``None`` if they agree."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        if set(a) != set(b):
+            return f"{where or '/'}: keys {sorted(set(a) ^ set(b))}"
+        for key in a:
+            if key != "sha256":
+                found = json_difference(a[key], b[key], f"{where}/{key}")
+                if found:
+                    return found
+        return None
+    if isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            return f"{where}: {len(b)} items vs {len(a)}"
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            found = json_difference(x, y, f"{where}[{i}]")
+            if found:
+                return found
+        return None
+    numbers = (int, float)
+    if isinstance(a, numbers) and isinstance(b, numbers) and not isinstance(a, bool) and not isinstance(b, bool):
+        return None if abs(a - b) <= RTOL * abs(a) + JSON_ATOL else f"{where}: {b!r} vs {a!r}"
+    return None if a == b else f"{where}: {b!r} vs {a!r}"
 
 
 def compare_tables(a, b, path: str) -> Comparison:
@@ -217,7 +270,7 @@ def compare_tables(a, b, path: str) -> Comparison:
             measure = 0.0 if a[column].astype(str).equals(b[column].astype(str)) else float("inf")
         if measure > worst or worst_column is None:
             worst, worst_column = max(measure, worst), column if measure >= worst else worst_column
-    return _verdict(path, worst, f"worst column {worst_column!r}:")
+    return _verdict(path, worst, f"worst column {worst_column!r}:", TABLE_RTOL)
 
 
 def _read_table(path: Path):
@@ -246,13 +299,15 @@ def compare_file(original: Path, rerun: Path, path: str) -> Comparison:
     try:
         if suffix in (".csv", ".parquet"):
             return compare_tables(_read_table(original), _read_table(rerun), path)
-        if suffix in (".tif", ".tiff", ".png"):
+        if suffix == ".png":
+            return compare_png(_read_image(original), _read_image(rerun), path)
+        if suffix in (".tif", ".tiff"):
             return _verdict(path, relative_difference(_read_image(original), _read_image(rerun)), "pixels")
         if suffix == ".json":
-            same = json.loads(original.read_text()) == json.loads(rerun.read_text())
-            return Comparison(
-                path, "identical" if same else "different", "same JSON content" if same else "JSON"
-            )
+            found = json_difference(json.loads(original.read_text()), json.loads(rerun.read_text()))
+            if found:
+                return Comparison(path, "different", f"JSON {found}")
+            return Comparison(path, "within tolerance", f"JSON numbers within {RTOL:g}|a| + {JSON_ATOL:g}")
     except (ValueError, OSError) as error:
         return Comparison(path, "different", f"unreadable: {error}")
     return Comparison(path, "different", "bytes differ")
@@ -260,8 +315,11 @@ def compare_file(original: Path, rerun: Path, path: str) -> Comparison:
 
 def compare_zarr(original: Path, rerun: Path, path: str, files: list[str]) -> list[Comparison]:
     """Compare a Zarr store: per array (values) and per non-chunk file (tables, metadata)."""
+    import warnings
+
     import zarr
 
+    warnings.filterwarnings("ignore", message="Object at .* is not recognized", category=UserWarning)
     if not rerun.is_dir():
         return [Comparison(path, "missing", "not produced by the re-run")]
     changed = [
@@ -320,7 +378,7 @@ def compare_outputs(record: dict, original_dir: Path, rerun_dir: Path) -> list[C
 
 def reproduce(run_dir, out_dir, cores: int = 2, config_overrides: dict | None = None, echo=print) -> int:
     """Reproduce the run whose crate is at (or under) ``run_dir`` into ``out_dir``; return the exit code."""
-    crate_dir = locate_crate(run_dir)
+    crate_dir = locate_crate(run_dir).resolve()
     graph, record, config = load_crate(crate_dir)
     original_dir = Path(record.get("run_dir") or crate_dir.parents[2])
     out_dir = Path(out_dir).resolve()
@@ -348,7 +406,7 @@ def reproduce(run_dir, out_dir, cores: int = 2, config_overrides: dict | None = 
         for s in ("identical", "within tolerance", "different", "missing")
     }
     echo(
-        f"{counts['identical']} identical, {counts['within tolerance']} within tolerance (rtol {RTOL:g}), "
+        f"{counts['identical']} identical, {counts['within tolerance']} within tolerance, "
         f"{counts['different']} different, {counts['missing']} missing; not compared: provenance/ "
         "(timestamps, hosts), logs and step records, the archive's checksums.sha256 (derived)"
     )

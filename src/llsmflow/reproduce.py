@@ -249,7 +249,12 @@ def json_difference(a, b, where: str = "") -> str | None:
                 return found
         return None
     numbers = (int, float)
-    if isinstance(a, numbers) and isinstance(b, numbers) and not isinstance(a, bool) and not isinstance(b, bool):
+    if (
+        isinstance(a, numbers)
+        and isinstance(b, numbers)
+        and not isinstance(a, bool)
+        and not isinstance(b, bool)
+    ):
         return None if abs(a - b) <= RTOL * abs(a) + JSON_ATOL else f"{where}: {b!r} vs {a!r}"
     return None if a == b else f"{where}: {b!r} vs {a!r}"
 

@@ -858,6 +858,7 @@ def write_dataset_archive(
         write_ome_zarr(
             tmp, image_tczyx, voxel_size_um, time_interval_s, channel_names, attributes=attrs, **image_options
         )
+        _name_multiscales(zarr.open_group(str(tmp), mode="r+"), _image_name(out_path))
         (tmp / TABLES_DIR).mkdir()
         for name, table in tables.items():
             shutil.copyfile(table, tmp / TABLES_DIR / f"{name}.parquet")

@@ -106,12 +106,17 @@ def test_reproduce_reports_outputs_changed_by_a_parameter(recorded_run, tmp_path
     edited = tmp_path / "crate"
     shutil.copytree(crate, edited)
     config = yaml.safe_load((edited / "config.yaml").read_text())
-    config["track"]["min_track_length"] = 5
+    config["track"]["diameter_um"] = 0.7  # was 0.5: another feature size changes every measured particle
     (edited / "config.yaml").write_text(yaml.safe_dump(config))
     result = _reproduce(edited, tmp_path / "edited")
     assert result.returncode == 1, result.stdout[-4000:] + result.stderr[-4000:]
     different = [line for line in result.stdout.splitlines() if line.startswith("DIFFERENT")]
-    assert any("tracks/ch0.parquet" in line for line in different), result.stdout
-    assert any("tracks/ch0.csv" in line and "rows" in line for line in different), result.stdout
-    # deconvolution does not depend on tracking: the images are reproduced
-    assert not any("qc/mosaic.png" in line for line in different), result.stdout
+    for table in ("tracks/ch0.parquet", "tracks/ch0.csv", "tracks/ch1.parquet"):
+        line = next((line for line in different if line.split()[1].endswith(table)), None)
+        assert line is not None and ("max|a-b|/max|a|" in line or "rows" in line), (table, result.stdout)
+    # the recorded parameter change is visible in the archive's processing history
+    assert any("tiny.ome.zarr/zarr.json" in line and "diameter_um" in line for line in different), (
+        result.stdout
+    )
+    # deconvolution and fusion do not depend on tracking: images and previews are reproduced
+    assert not any("qc/" in line or "tiny.ome.zarr/s0" in line for line in different), result.stdout

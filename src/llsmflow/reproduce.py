@@ -266,7 +266,12 @@ def compare_tables(a, b, path: str) -> Comparison:
     import numpy as np
 
     if list(a.columns) != list(b.columns):
-        return Comparison(path, "different", f"columns {list(b.columns)} vs {list(a.columns)}")
+        added = [c for c in b.columns if c not in a.columns]
+        removed = [c for c in a.columns if c not in b.columns]
+        detail = (
+            f"columns added {added}, removed {removed}" if added or removed else "columns in another order"
+        )
+        return Comparison(path, "different", detail)
     if len(a) != len(b):
         return Comparison(path, "different", f"{len(b)} rows vs {len(a)} recorded")
     if a.columns.empty:

@@ -271,6 +271,9 @@ def compare_tables(a, b, path: str) -> Comparison:
         detail = (
             f"columns added {added}, removed {removed}" if added or removed else "columns in another order"
         )
+        common = [c for c in a.columns if c in b.columns]
+        if common:
+            detail += "; common columns: " + compare_tables(a[common], b[common], path).detail
         return Comparison(path, "different", detail)
     if len(a) != len(b):
         return Comparison(path, "different", f"{len(b)} rows vs {len(a)} recorded")

@@ -49,3 +49,4 @@ rule all:
     default_target: True
     input:
         RESULTS / "provenance" / "run-record.json",
+        RESULTS / "provenance" / "ro-crate-metadata.json",

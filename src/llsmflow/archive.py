@@ -204,6 +204,20 @@ def _image_name(path: Path) -> str:
     return name or "image"
 
 
+def _name_multiscales(group, name: str) -> None:
+    """Set the multiscales' name: ome-zarr-models names it after the store written, here the temporary directory
+    of :func:`atomic_output`, which made the archive differ from run to run."""
+    attrs = group.attrs.asdict()
+    key = "ome" if "ome" in attrs else None
+    ome = attrs["ome"] if key else attrs
+    for multiscale in ome.get("multiscales", []):
+        multiscale["name"] = name
+    if key:
+        group.attrs["ome"] = ome
+    else:
+        group.attrs["multiscales"] = ome.get("multiscales", [])
+
+
 def _compressors(ngff_version: str):
     # Blosc-zstd with shuffle: good ratio on microscopy data at a moderate cost, readable everywhere.
     if ngff_version == "0.5":
@@ -465,6 +479,7 @@ def write_ome_zarr(
             channels.append(channel)
         omero = Omero.model_validate({"channels": channels})
         add_metadata(group, {"omero": omero.model_dump(mode="json", exclude_none=True)}, fmt=fmt)
+        _name_multiscales(group, _image_name(out_path))
         if llsm_attrs is not None:
             group.attrs["llsmflow"] = llsm_attrs
     return out_path
@@ -843,6 +858,7 @@ def write_dataset_archive(
         write_ome_zarr(
             tmp, image_tczyx, voxel_size_um, time_interval_s, channel_names, attributes=attrs, **image_options
         )
+        _name_multiscales(zarr.open_group(str(tmp), mode="r+"), _image_name(out_path))
         (tmp / TABLES_DIR).mkdir()
         for name, table in tables.items():
             shutil.copyfile(table, tmp / TABLES_DIR / f"{name}.parquet")

@@ -634,6 +634,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_status_commands(sub)
     register_hpc_commands(sub)
+    __import__("llsmflow.reproduce").reproduce.register_reproduce_commands(sub)
     return parser
 
 

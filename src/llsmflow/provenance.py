@@ -6,7 +6,9 @@ that actually ran) through :class:`StepRecorder`. At the end of a run, :func:`wr
 records with the resolved configuration, the workflow version (git commit, dirty tree), the software versions,
 and the size and sha256 of every input and output into ``provenance/run-record.json``.
 
-Only environment variables from :data:`ENV_ALLOW_LIST` are recorded, never anything that looks like a secret.
+Only environment variables from :data:`ENV_ALLOW_LIST` are recorded, never anything that looks like a secret;
+every recorded value passes through :func:`scrub` (credentials in URLs, values under secret-looking keys). The
+Workflow Run RO-Crate of the run is built from the run record by :mod:`llsmflow.crate`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 import logging
 import os
 import platform
+import re
 import resource
 import socket
 import subprocess
@@ -40,6 +43,7 @@ ENV_ALLOW_LIST = (
     "APPTAINER_CONTAINER",
     "APPTAINER_NAME",
     "SINGULARITY_CONTAINER",
+    "LLSMFLOW_CONTAINER_IMAGE",
     "OMP_NUM_THREADS",
 )
 SECRET_MARKERS = ("TOKEN", "PASSWORD", "SECRET", "KEY", "CREDENTIAL")
@@ -110,6 +114,74 @@ def allowed_environment(environ=None) -> dict[str, str]:
         for k in ENV_ALLOW_LIST
         if k in environ and not any(marker in k.upper() for marker in SECRET_MARKERS)
     }
+
+
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s:]*(?::[^/@\s]*)?@")
+REDACTED = "[redacted]"
+
+
+def scrub(value, key: str = ""):
+    """Copy of ``value`` (nested dicts/lists/strings) safe to record.
+
+    Credentials in URLs (``scheme://user:password@host``) are removed, and the value of any mapping key that
+    contains one of :data:`SECRET_MARKERS` is replaced by ``"[redacted]"``.
+    """
+    if key and any(marker in key.upper() for marker in SECRET_MARKERS):
+        return REDACTED
+    if isinstance(value, dict):
+        return {k: scrub(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [scrub(v) for v in value]
+    if isinstance(value, str):
+        return _URL_CREDENTIALS.sub(lambda m: m.group("scheme"), value)
+    return value
+
+
+def container_info(environ=None) -> dict:
+    """The container this process runs in: ``{image, reference, digest}`` (only what is known), or ``{}``.
+
+    ``APPTAINER_CONTAINER`` / ``SINGULARITY_CONTAINER`` hold the image file; ``LLSMFLOW_CONTAINER_IMAGE`` (set in
+    llsmflow's image definitions) the image reference, whose ``@sha256:`` part is the digest.
+    """
+    environ = os.environ if environ is None else environ
+    image = environ.get("APPTAINER_CONTAINER") or environ.get("SINGULARITY_CONTAINER")
+    reference = environ.get("LLSMFLOW_CONTAINER_IMAGE")
+    if not (image or reference):
+        return {}
+    info = {"image": image, "reference": reference}
+    if reference and "@sha256:" in reference:
+        info["digest"] = "sha256:" + reference.split("@sha256:", 1)[1]
+    return scrub({k: v for k, v in info.items() if v})
+
+
+def gpu_info() -> dict:
+    """GPU model, driver and CUDA version of the first visible GPU (``nvidia-smi``, then CuPy); ``{}`` if none."""
+    info = {}
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=20,
+        ).stdout.strip()
+        if out:
+            name, driver = (part.strip() for part in out.splitlines()[0].split(",", 1))
+            info.update(model=name, driver=driver)
+    except (OSError, subprocess.SubprocessError, ValueError):
+        pass
+    try:
+        import cupy
+
+        version = cupy.cuda.runtime.runtimeGetVersion()
+        info["cuda"] = f"{version // 1000}.{(version % 1000) // 10}"
+        info.setdefault("model", cupy.cuda.runtime.getDeviceProperties(0)["name"].decode())
+    except Exception:  # noqa: BLE001 - CuPy absent or no device: the GPU is simply not recorded
+        pass
+    return info
+
+
+GPU_BACKENDS = ("cupy", "pycudadecon", "gpu")
 
 
 def git_state(directory: str | Path) -> dict:
@@ -244,7 +316,12 @@ class StepRecorder:
                 "llsmflow": __version__,
             }
         )
-        write_json(self.record_path, self.record)
+        container = container_info()
+        if container:
+            self.record["container"] = container
+        if str((self.record.get("notes") or {}).get("backend", "")).lower() in GPU_BACKENDS:
+            self.record["gpu"] = gpu_info()
+        write_json(self.record_path, scrub(self.record))
         log.info(
             "step %s done in %.1f s, peak memory %.0f MiB",
             self.record["step"],
@@ -266,8 +343,15 @@ def write_run_record(
 ) -> Path:
     """Write ``run-record.json``: config, workflow version, software, steps, input and output checksums.
 
-    ``run_dir`` (default: current directory) is the base against which paths are recorded.
+    ``run_dir`` (default: current directory) is the base against which paths are recorded. Every value is
+    passed through :func:`scrub`. Returns the path written; the record itself is :func:`run_record`.
     """
+    record = run_record(config, workflow_dir, step_records, inputs, outputs, acquisition, run_dir)
+    return write_json(out_path, record)
+
+
+def run_record(config, workflow_dir, step_records, inputs, outputs, acquisition=None, run_dir=None) -> dict:
+    """The run record as a dict (see :func:`write_run_record`)."""
     run_dir = Path(run_dir or Path.cwd())
     steps = [json.loads(Path(p).read_text(encoding="utf-8")) for p in sorted(step_records, key=str)]
     record = {
@@ -282,9 +366,13 @@ def write_run_record(
             "packages": package_versions(),
         },
         "host": socket.gethostname(),
+        "run_dir": str(run_dir.resolve()),
         "environment": allowed_environment(),
         "steps": steps,
         "inputs": file_entries(inputs, run_dir),
         "outputs": file_entries(outputs, run_dir),
     }
-    return write_json(out_path, record)
+    container = container_info()
+    if container:
+        record["container"] = container
+    return scrub(record)

@@ -1,5 +1,5 @@
 rule provenance:
-    """Run record (config, versions, steps, checksums of inputs and outputs) and a sha256 manifest."""
+    """Run record, sha256 manifest and Workflow Run RO-Crate (docs/provenance.md)."""
     input:
         steps=all_step_records,
         results=result_files,
@@ -9,6 +9,8 @@ rule provenance:
         record=RESULTS / "provenance" / "run-record.json",
         manifest=RESULTS / "provenance" / "checksums.sha256",
         transforms=RESULTS / "provenance" / "transforms.json",
+        config=RESULTS / "provenance" / "config.yaml",
+        crate=RESULTS / "provenance" / "ro-crate-metadata.json",
     log:
         log_file("provenance.log"),
     localrule: True

@@ -1,28 +1,45 @@
-"""Write the run record and checksum manifest (thin wrapper over llsmflow.provenance and llsmflow.archive)."""
+"""Run record, checksum manifest and Workflow Run RO-Crate (thin wrapper over llsmflow.provenance/archive/crate)."""
 
 import json
 import shutil
 from pathlib import Path
 
+import yaml
+
 from llsmflow.archive import write_checksum_manifest
-from llsmflow.io import atomic_output
-from llsmflow.provenance import configure_logging, write_run_record
+from llsmflow.crate import write_crate
+from llsmflow.io import atomic_output, write_json
+from llsmflow.provenance import configure_logging, run_record, scrub
 
 configure_logging(snakemake.log[0])
 p = snakemake.params
 results = Path(p.results_dir)
+workflow_dir = Path(snakemake.scriptdir).resolve().parent.parent
+# a stale workflow snapshot of an earlier run must not enter the manifest
+shutil.rmtree(Path(snakemake.output.crate).parent / "workflow", ignore_errors=True)
 with atomic_output(snakemake.output.transforms) as tmp:
     shutil.copyfile(snakemake.input.transforms, tmp)
 acquisition = json.loads(Path(snakemake.input.acquisition).read_text(encoding="utf-8"))
-write_run_record(
-    snakemake.output.record,
+record = run_record(
     p.config,
-    workflow_dir=Path(snakemake.scriptdir).parent.parent,
+    workflow_dir=workflow_dir,
     step_records=snakemake.input.steps,
     inputs=p.raw_files,
     outputs=snakemake.input.results,
     acquisition=acquisition,
 )
+write_json(snakemake.output.record, record)
+with atomic_output(snakemake.output.config) as tmp:
+    Path(tmp).write_text(yaml.safe_dump(scrub(dict(p.config)), sort_keys=False), encoding="utf-8")
 write_checksum_manifest(
-    results, snakemake.output.manifest, extra_files={f"raw/{Path(f).name}": f for f in p.raw_files}
+    results,
+    snakemake.output.manifest,
+    extra_files={f"raw/{Path(f).name}": f for f in p.raw_files},
+)
+write_crate(
+    Path(snakemake.output.crate).parent,
+    record,
+    workflow_dir=workflow_dir,
+    run_dir=Path.cwd(),
+    record_outputs=[str(f) for f in snakemake.input.results],
 )

@@ -1,0 +1,452 @@
+"""``llsmflow reproduce RUN_DIR``: re-run a recorded workflow run from its RO-Crate alone and compare outputs.
+
+The crate (:mod:`llsmflow.crate`) holds everything needed: the resolved configuration (``config.yaml``), the
+workflow snapshot that ran (``workflow/Snakefile``), the raw inputs by absolute path with their sha256, and the
+sha256 of every output file (``run-record.json``). Reproducing:
+
+1. checks every raw input against its recorded sha256 and refuses (exit 2, one line naming the file) when one
+   is missing or changed;
+2. warns when Python, package versions or the container image differ from the recorded ones;
+3. runs the snapshot with Snakemake (a subprocess) into a fresh directory, with the recorded configuration
+   (``results_dir``/``work_dir`` pointed into that directory, ``raw_dir`` resolved against the original run
+   directory);
+4. compares every recorded output with its re-run counterpart: *identical* (same bytes), *within tolerance*
+   (same values up to :data:`RTOL`, measure printed) or *different* (measure printed); exit 1 if any differs.
+
+Comparison measures (hand-written because no library compares these formats with one stated measure), after a
+byte comparison:
+
+- numeric arrays (each Zarr array of the OME-Zarr archive, TIFF): ``max|a - b| / max|a|`` <= :data:`RTOL`
+  (relative to the largest magnitude of the original, so values near zero do not inflate it);
+- tables (Parquet, CSV): same columns and rows; numeric columns ``max|a - b| / max|a|`` <= :data:`TABLE_RTOL`
+  (:data:`COLUMN_RTOL` for trackpy's noise-sensitive ``signal`` and ``ep``), the worst column (largest ratio of
+  measure to tolerance) named; other columns equal;
+- PNG previews and plots (8 bit): no pixel off by more than :data:`PNG_MAX_LEVELS` levels and fewer than
+  :data:`PNG_MAX_FRACTION` of the pixels differing;
+- JSON (Zarr metadata): equal structure and strings, numbers within ``RTOL·|a| + JSON_ATOL``; ``sha256`` values
+  are skipped (they hash files compared in their own right).
+
+The archive's own ``checksums.sha256`` is not compared (derived from the files that are). Files outside the
+recorded outputs (``provenance/`` with its timestamps and host names, logs, step records) are not compared: they
+differ by design.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from llsmflow.archive import sha256_file
+from llsmflow.crate import METADATA
+from llsmflow.errors import LlsmflowError
+from llsmflow.provenance import container_info, package_versions
+
+RTOL = 1e-5  # arrays (Zarr, TIFF) and JSON numbers: max|a - b| / max|a|
+TABLE_RTOL = 1e-4  # table columns: per-particle measures amplify image differences (~1e-5 seen, e.g. mass)
+# trackpy's ``signal`` (peak of the band-passed image) and ``ep`` (localisation error from a noise estimate) amplify
+# the ~4e-7 run-to-run image differences some 300-fold (up to 1.2e-4 seen): tolerated to 1e-2.
+COLUMN_RTOL = {"signal": 1e-2, "ep": 1e-2}
+JSON_ATOL = 1e-12  # JSON numbers: |a - b| <= RTOL * |a| + JSON_ATOL (residuals of ~1e-17 are rounding noise)
+PNG_MAX_LEVELS = 2  # 8-bit previews and plots: no pixel off by more than 2 of 255 levels ...
+PNG_MAX_FRACTION = 0.01  # ... and fewer than 1 % of pixels differing at all
+NOT_COMPARED = "checksums.sha256"
+
+
+@dataclass
+class Comparison:
+    """Outcome for one output: ``status`` is ``identical``, ``within tolerance``, ``different`` or ``missing``."""
+
+    path: str
+    status: str
+    detail: str = ""
+
+
+# ---------------------------------------------------------------------------------------------- the crate
+
+
+def locate_crate(run_dir: str | Path) -> Path:
+    """The crate root: ``run_dir`` itself if it holds ``ro-crate-metadata.json``, else the one crate under
+    ``run_dir/*/*/provenance`` (a run directory with ``results/<dataset>/provenance``)."""
+    run_dir = Path(run_dir)
+    if (run_dir / METADATA).is_file():
+        return run_dir
+    found = sorted(run_dir.glob(f"*/*/provenance/{METADATA}"))
+    if len(found) == 1:
+        return found[0].parent
+    if not found:
+        raise LlsmflowError(
+            f"no {METADATA} found; expected a run crate (results/<dataset>/provenance)", run_dir
+        )
+    raise LlsmflowError(f"{len(found)} run crates found; expected one, give its directory", run_dir)
+
+
+def load_crate(crate_dir: Path) -> tuple[dict, dict, dict]:
+    """``(graph by @id, run record, config)`` of a crate."""
+    import yaml
+
+    try:
+        metadata = json.loads((crate_dir / METADATA).read_text(encoding="utf-8"))
+        record = json.loads((crate_dir / "run-record.json").read_text(encoding="utf-8"))
+        config = yaml.safe_load((crate_dir / "config.yaml").read_text(encoding="utf-8"))
+    except FileNotFoundError as error:
+        raise LlsmflowError(
+            "the crate lacks a file it needs; expected a crate written by llsmflow", error.filename
+        ) from None
+    graph = {entity["@id"]: entity for entity in metadata["@graph"]}
+    return graph, record, config
+
+
+def _ids(value) -> list[str]:
+    values = value if isinstance(value, list) else [value]
+    return [v["@id"] for v in values if isinstance(v, dict) and "@id" in v]
+
+
+def recorded_inputs(graph: dict) -> list[tuple[Path, str]]:
+    """``[(absolute path, sha256)]`` of the files the run read (the ``object`` of the run's CreateAction)."""
+    run = graph["#run"]
+    inputs = []
+    for entity_id in _ids(run.get("object")):
+        entity = graph.get(entity_id, {})
+        if entity.get("@type") == "File" and entity_id.startswith("file://"):
+            inputs.append((Path(unquote(urlparse(entity_id).path)), entity["sha256"]))
+    return inputs
+
+
+def check_inputs(inputs: list[tuple[Path, str]]) -> None:
+    """Refuse (raise) on the first input that is missing or whose sha256 differs from the recorded one."""
+    for path, sha256 in inputs:
+        if not path.is_file():
+            raise LlsmflowError(
+                "raw input recorded in the crate is missing; expected the file the run read", path
+            )
+        actual = sha256_file(path)
+        if actual != sha256:
+            raise LlsmflowError(
+                f"raw input changed since the run: sha256 {actual[:16]}…, recorded {sha256[:16]}…; refusing to "
+                "reproduce from different data",
+                path,
+            )
+
+
+def version_warnings(record: dict) -> list[str]:
+    """Differences between the recorded software (Python, packages, container) and this environment."""
+    warnings = []
+    recorded = record.get("software", {})
+    if recorded.get("python") and recorded["python"] != platform.python_version():
+        warnings.append(f"Python {platform.python_version()} here, {recorded['python']} recorded")
+    now = package_versions()
+    for name, version in sorted((recorded.get("packages") or {}).items()):
+        if now.get(name) != version:
+            warnings.append(f"{name} {now.get(name, 'absent')} here, {version} recorded")
+    then_container, now_container = record.get("container") or {}, container_info()
+    for key in ("reference", "digest"):
+        if then_container.get(key) != now_container.get(key):
+            warnings.append(
+                f"container {key} {now_container.get(key, 'none')} here, {then_container.get(key, 'none')} recorded"
+            )
+    return warnings
+
+
+def rerun_config(config: dict, run_dir: Path) -> dict:
+    """The recorded config with paths resolved against the original run and outputs into the fresh directory."""
+    config = json.loads(json.dumps(config))
+    for key in ("raw_dir", "metadata"):
+        if config.get(key) and not Path(config[key]).is_absolute():
+            config[key] = str((run_dir / config[key]).resolve())
+    config["results_dir"] = "results"
+    config["work_dir"] = "work"
+    return config
+
+
+def run_workflow(crate_dir: Path, config: dict, out_dir: Path, cores: int, extra_args=()) -> int:
+    """Run the crate's workflow snapshot with ``config`` in ``out_dir``; return Snakemake's exit status."""
+    import yaml
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    configfile = out_dir / "config.yaml"
+    configfile.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(crate_dir / "workflow" / "Snakefile"),
+        "--configfile",
+        str(configfile),
+        "--directory",
+        str(out_dir),
+        "--cores",
+        str(cores),
+        *extra_args,
+    ]
+    log = out_dir / "reproduce-snakemake.log"
+    with open(log, "w", encoding="utf-8") as handle:
+        return subprocess.call(command, stdout=handle, stderr=subprocess.STDOUT, cwd=out_dir)
+
+
+# ---------------------------------------------------------------------------------------------- comparison
+
+
+def relative_difference(a, b) -> float:
+    """``max|a - b| / max|a|`` of two numeric arrays (0 when both are all zero; inf if shapes differ)."""
+    import numpy as np
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        return float("inf")
+    if a.size == 0:
+        return 0.0
+    diff = np.nanmax(np.abs(a - b)) if np.isfinite(a).any() else 0.0
+    if not np.array_equal(np.isnan(a), np.isnan(b)):
+        return float("inf")
+    scale = np.nanmax(np.abs(a)) if np.isfinite(a).any() else 0.0
+    if diff == 0:
+        return 0.0
+    return float(diff / scale) if scale > 0 else float("inf")
+
+
+def _verdict(path: str, measure: float, what: str, rtol: float = RTOL) -> Comparison:
+    detail = f"{what} max|a-b|/max|a| = {measure:.3g}"
+    if measure <= rtol:
+        return Comparison(path, "within tolerance", f"{detail} <= {rtol:g}")
+    return Comparison(path, "different", f"{detail} > {rtol:g}")
+
+
+def compare_png(a, b, path: str) -> Comparison:
+    """8-bit previews: the largest pixel difference in levels of 255 and the fraction of differing pixels."""
+    import numpy as np
+
+    if a.shape != b.shape:
+        return Comparison(path, "different", f"shape {b.shape} vs {a.shape}")
+    levels = np.abs(a.astype(np.float64) - b.astype(np.float64)) * (255 if a.dtype.kind == "f" else 1)
+    worst, fraction = float(levels.max()), float((levels > 0.5).mean())
+    detail = f"pixels: max {worst:.0f} levels of 255, {100 * fraction:.3g} % differ"
+    if worst <= PNG_MAX_LEVELS + 0.5 and fraction < PNG_MAX_FRACTION:
+        return Comparison(path, "within tolerance", f"{detail} (tolerated: <= {PNG_MAX_LEVELS}, < 1 %)")
+    return Comparison(path, "different", detail)
+
+
+def json_differences(a, b, where: str = "") -> list[str]:
+    """Differences between two parsed JSON documents: numbers within tolerance, ``sha256`` and ``bytes`` keys
+    skipped (they describe files compared in their own right); ``[]`` if they agree."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        if set(a) != set(b):
+            return [f"{where or '/'}: keys {sorted(set(a) ^ set(b))}"]
+        found = []
+        for key in a:
+            if key not in ("sha256", "bytes"):
+                found += json_differences(a[key], b[key], f"{where}/{key}")
+        return found
+    if isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            return [f"{where}: {len(b)} items vs {len(a)}"]
+        found = []
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            found += json_differences(x, y, f"{where}[{i}]")
+        return found
+    numbers = (int, float)
+    if (
+        isinstance(a, numbers)
+        and isinstance(b, numbers)
+        and not isinstance(a, bool)
+        and not isinstance(b, bool)
+    ):
+        return [] if abs(a - b) <= RTOL * abs(a) + JSON_ATOL else [f"{where}: {b!r} vs {a!r}"]
+    return [] if a == b else [f"{where}: {b!r} vs {a!r}"]
+
+
+def compare_tables(a, b, path: str) -> Comparison:
+    """Tables (pandas DataFrames): same columns and rows, numeric columns within tolerance, others equal."""
+    import numpy as np
+
+    if list(a.columns) != list(b.columns):
+        added = [c for c in b.columns if c not in a.columns]
+        removed = [c for c in a.columns if c not in b.columns]
+        detail = (
+            f"columns added {added}, removed {removed}" if added or removed else "columns in another order"
+        )
+        common = [c for c in a.columns if c in b.columns]
+        if common:
+            detail += "; common columns: " + compare_tables(a[common], b[common], path).detail
+        return Comparison(path, "different", detail)
+    if len(a) != len(b):
+        return Comparison(path, "different", f"{len(b)} rows vs {len(a)} recorded")
+    if a.columns.empty:
+        return Comparison(path, "identical" if b.columns.empty else "different", "no columns")
+    worst, worst_column = -1.0, None  # worst = largest measure / tolerance
+    for column in a.columns:
+        if np.issubdtype(a[column].dtype, np.number) and np.issubdtype(b[column].dtype, np.number):
+            measure = relative_difference(a[column].to_numpy(), b[column].to_numpy())
+        else:
+            measure = 0.0 if a[column].astype(str).equals(b[column].astype(str)) else float("inf")
+        rtol = COLUMN_RTOL.get(column, TABLE_RTOL)
+        if measure / rtol > worst:
+            worst, worst_column, worst_measure, worst_rtol = measure / rtol, column, measure, rtol
+    return _verdict(path, worst_measure, f"worst column {worst_column!r}:", worst_rtol)
+
+
+def _read_table(path: Path):
+    import pandas as pd
+
+    return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+
+
+def _read_image(path: Path):
+    if path.suffix == ".png":
+        from matplotlib.image import imread
+
+        return imread(path)
+    import tifffile
+
+    return tifffile.imread(path)
+
+
+def compare_file(original: Path, rerun: Path, path: str) -> Comparison:
+    """Compare one file: bytes first, then by content according to its type."""
+    if not rerun.is_file():
+        return Comparison(path, "missing", "not produced by the re-run")
+    if sha256_file(original) == sha256_file(rerun):
+        return Comparison(path, "identical")
+    suffix = original.suffix.lower()
+    try:
+        if suffix in (".csv", ".parquet"):
+            return compare_tables(_read_table(original), _read_table(rerun), path)
+        if suffix == ".png":
+            return compare_png(_read_image(original), _read_image(rerun), path)
+        if suffix in (".tif", ".tiff"):
+            return _verdict(path, relative_difference(_read_image(original), _read_image(rerun)), "pixels")
+        if suffix == ".json":
+            found = json_differences(json.loads(original.read_text()), json.loads(rerun.read_text()))
+            if found:
+                more = f" and {len(found) - 5} more" if len(found) > 5 else ""
+                return Comparison(path, "different", "JSON " + "; ".join(found[:5]) + more)
+            return Comparison(path, "within tolerance", f"JSON numbers within {RTOL:g}|a| + {JSON_ATOL:g}")
+    except (ValueError, OSError) as error:
+        return Comparison(path, "different", f"unreadable: {error}")
+    return Comparison(path, "different", "bytes differ")
+
+
+def compare_zarr(original: Path, rerun: Path, path: str, files: list[str]) -> list[Comparison]:
+    """Compare a Zarr store: per array (values) and per non-chunk file (tables, metadata)."""
+    import warnings
+
+    import zarr
+
+    warnings.filterwarnings("ignore", message="Object at .* is not recognized", category=UserWarning)
+    if not rerun.is_dir():
+        return [Comparison(path, "missing", "not produced by the re-run")]
+    changed = [
+        f for f in files if not (rerun / f).is_file() or sha256_file(original / f) != sha256_file(rerun / f)
+    ]
+    changed = [f for f in changed if Path(f).name != NOT_COMPARED]
+    if not changed:
+        return [Comparison(path, "identical", f"{len(files)} files")]
+    results = []
+    a, b = zarr.open_group(str(original), mode="r"), zarr.open_group(str(rerun), mode="r")
+    arrays = {name for name, _ in a.arrays()} | {f"{g}/{n}" for g, sub in a.groups() for n, _ in sub.arrays()}
+    for name in sorted(arrays):
+        prefix = f"{name}/"
+        if not any(f.startswith(prefix) for f in changed):
+            continue
+        try:
+            measure = relative_difference(a[name][...], b[name][...])
+        except (KeyError, ValueError) as error:
+            results.append(Comparison(f"{path}/{name}", "different", f"unreadable: {error}"))
+            continue
+        results.append(_verdict(f"{path}/{name}", measure, "array"))
+    covered = tuple(f"{n}/" for n in arrays)
+    for f in changed:
+        if f.startswith(covered) and not f.endswith("zarr.json"):
+            continue
+        results.append(compare_file(original / f, rerun / f, f"{path}/{f}"))
+    if all(r.status in ("identical", "within tolerance") for r in results):
+        worst = [r.detail for r in results if r.status == "within tolerance"]
+        return [Comparison(path, "within tolerance" if worst else "identical", "; ".join(worst))]
+    return [r for r in results if r.status not in ("identical",)]
+
+
+def compare_outputs(record: dict, original_dir: Path, rerun_dir: Path) -> list[Comparison]:
+    """Compare every recorded output file (grouped per Zarr store) between the original run and the re-run."""
+    stores: dict[str, list[str]] = {}
+    singles = []
+    for entry in record["outputs"]:
+        path = entry["path"]
+        parts = Path(path).parts
+        zarr_index = next((i for i, part in enumerate(parts) if part.endswith(".zarr")), None)
+        if zarr_index is None:
+            singles.append(path)
+        else:
+            store = str(Path(*parts[: zarr_index + 1]))
+            stores.setdefault(store, []).append(str(Path(*parts[zarr_index + 1 :])))
+    results = []
+    for store, files in sorted(stores.items()):
+        results += compare_zarr(original_dir / store, rerun_dir / store, store, files)
+    for path in sorted(singles):
+        results.append(compare_file(original_dir / path, rerun_dir / path, path))
+    return results
+
+
+# ---------------------------------------------------------------------------------------------- command
+
+
+def reproduce(run_dir, out_dir, cores: int = 2, config_overrides: dict | None = None, echo=print) -> int:
+    """Reproduce the run whose crate is at (or under) ``run_dir`` into ``out_dir``; return the exit code."""
+    crate_dir = locate_crate(run_dir).resolve()
+    graph, record, config = load_crate(crate_dir)
+    original_dir = Path(record.get("run_dir") or crate_dir.parents[2])
+    out_dir = Path(out_dir).resolve()
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise LlsmflowError("output directory is not empty; expected a fresh directory", out_dir)
+    inputs = recorded_inputs(graph)
+    check_inputs(inputs)
+    echo(f"inputs: {len(inputs)} files match their recorded sha256")
+    for warning in version_warnings(record):
+        echo(f"warning: software differs: {warning}")
+    new_config = rerun_config(config, original_dir)
+    new_config.update(config_overrides or {})
+    echo(f"re-running the recorded workflow into {out_dir} ...")
+    status = run_workflow(crate_dir, new_config, out_dir, cores)
+    if status != 0:
+        raise LlsmflowError(
+            f"the re-run failed (Snakemake exit {status}); see reproduce-snakemake.log", out_dir
+        )
+    results = compare_outputs(record, original_dir, out_dir)
+    width = max(len(r.status) for r in results)
+    for r in results:
+        echo(f"{r.status.upper():<{width}}  {r.path}" + (f"  ({r.detail})" if r.detail else ""))
+    counts = {
+        s: sum(r.status == s for r in results)
+        for s in ("identical", "within tolerance", "different", "missing")
+    }
+    echo(
+        f"{counts['identical']} identical, {counts['within tolerance']} within tolerance, "
+        f"{counts['different']} different, {counts['missing']} missing; not compared: provenance/ "
+        "(timestamps, hosts), logs and step records, the archive's checksums.sha256 (derived)"
+    )
+    return 1 if counts["different"] or counts["missing"] else 0
+
+
+def cmd_reproduce(args) -> int:
+    out_dir = args.output or Path(f"reproduce-{Path(args.run_dir).resolve().name}-{os.getpid()}")
+    return reproduce(args.run_dir, out_dir, cores=args.cores)
+
+
+def register_reproduce_commands(sub) -> None:
+    """Add ``llsmflow reproduce`` to the CLI's subparsers."""
+    p = sub.add_parser(
+        "reproduce",
+        help="re-run a recorded run from its RO-Crate into a fresh directory and compare every output",
+        description=__doc__.split("\n\n")[1],
+    )
+    p.add_argument(
+        "run_dir", type=Path, help="crate directory (results/<dataset>/provenance) or the run directory"
+    )
+    p.add_argument("--output", "-o", type=Path, default=None, help="fresh directory for the re-run")
+    p.add_argument("--cores", type=int, default=2, help="cores for the re-run (default 2)")
+    p.set_defaults(func=cmd_reproduce)

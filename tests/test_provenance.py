@@ -1,0 +1,181 @@
+"""Provenance: secrets never recorded, container/GPU facts, and the Provenance Run Crate validated for real."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from llsmflow import provenance
+from llsmflow.crate import METADATA, write_crate
+from llsmflow.provenance import StepRecorder, container_info, run_record, scrub
+from tests.rocrate_offline import seed_validator_cache, validate
+
+REPO = Path(__file__).resolve().parents[1]
+TOKEN = "fake-token-value-7f3a9"
+PASSWORD = "hunter2-pw-91c"
+DIGEST = "sha256:" + "ab" * 32
+
+
+def test_scrub_removes_url_credentials_and_secret_keys():
+    value = {
+        "url": f"https://alice:{PASSWORD}@example.org/data?x=1",
+        "list": ["s3://AKIA:{PASSWORD}@bucket/key", "plain text"],
+        "api_token": TOKEN,
+        "nested": {"db_password": PASSWORD, "iterations": 10},
+    }
+    clean = scrub(value)
+    assert clean["url"] == "https://example.org/data?x=1"
+    assert clean["list"] == ["s3://bucket/key", "plain text"]
+    assert clean["api_token"] == clean["nested"]["db_password"] == provenance.REDACTED
+    assert clean["nested"]["iterations"] == 10
+    assert TOKEN not in json.dumps(clean) and PASSWORD not in json.dumps(clean)
+
+
+def test_allowed_environment_takes_only_the_allow_list():
+    environ = {
+        "SLURM_JOB_ID": "42",
+        "LLSMFLOW_TEST_TOKEN": TOKEN,
+        "HOME": "/home/alice",
+        "AWS_SECRET_KEY": "x",
+    }
+    assert provenance.allowed_environment(environ) == {"SLURM_JOB_ID": "42"}
+
+
+def test_container_info_reads_image_reference_and_digest():
+    environ = {
+        "APPTAINER_CONTAINER": "/images/llsmflow-cpu.sif",
+        "LLSMFLOW_CONTAINER_IMAGE": f"oras://ghcr.io/lab/llsmflow-cpu@{DIGEST}",
+    }
+    assert container_info(environ) == {
+        "image": "/images/llsmflow-cpu.sif",
+        "reference": f"oras://ghcr.io/lab/llsmflow-cpu@{DIGEST}",
+        "digest": DIGEST,
+    }
+    assert container_info({}) == {}
+
+
+@pytest.mark.skipif(shutil.which("nvidia-smi") is None, reason="no NVIDIA GPU (nvidia-smi) on this machine")
+def test_gpu_info_names_the_gpu():
+    info = provenance.gpu_info()
+    assert info["model"] and info["driver"]
+
+
+@pytest.fixture(scope="module")
+def validator_cache(tmp_path_factory):
+    return seed_validator_cache(tmp_path_factory.mktemp("validator-cache"))
+
+
+@pytest.fixture()
+def small_run(tmp_path, monkeypatch):
+    """A two-step run (real step records, real files) with secrets planted in the environment and parameters."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LLSMFLOW_TEST_TOKEN", TOKEN)
+    monkeypatch.setenv("LLSMFLOW_CONTAINER_IMAGE", f"docker://bob:{PASSWORD}@ghcr.io/lab/llsmflow@{DIGEST}")
+    monkeypatch.setenv("APPTAINER_CONTAINER", "/images/llsmflow.sif")
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "stack.tif").write_bytes(b"raw bytes")
+    results = Path("results/x")
+    (results / "provenance").mkdir(parents=True)
+    (results / "archive.zarr").mkdir()
+    (results / "archive.zarr" / "zarr.json").write_text("{}")
+    (results / "tracks.csv").write_text("particle,frame\n0,0\n")
+    params = {
+        "iterations": 10,
+        "source": f"https://carol:{PASSWORD}@example.org/psf.tif",
+        "secret_key": TOKEN,
+    }
+    with StepRecorder(
+        "work/steps/deconvolve.json",
+        "deconvolve",
+        params=params,
+        wildcards={"sample": "s1"},
+        inputs=[str(raw / "stack.tif")],
+        outputs=["work/deconvolved.tif"],
+    ) as step:
+        step.note(backend="cpu", iterations=10)
+    with StepRecorder(
+        "work/steps/track.json",
+        "track",
+        inputs=["work/deconvolved.tif"],
+        outputs=[str(results / "tracks.csv")],
+    ):
+        pass
+    config = {"dataset": "x", "raw_dir": str(raw), "deconvolution": {"iterations": 10, "api_token": TOKEN}}
+    outputs = [str(results / "archive.zarr"), str(results / "tracks.csv")]
+    record = run_record(
+        config,
+        REPO,
+        sorted(Path("work/steps").glob("*.json")),
+        [str(raw / "stack.tif")],
+        outputs,
+        run_dir=tmp_path,
+    )
+    crate_dir = results / "provenance"
+    (crate_dir / "run-record.json").write_text(json.dumps(record))
+    write_crate(crate_dir, record, REPO, tmp_path, outputs)
+    return tmp_path, crate_dir, record
+
+
+def test_crate_validates_as_provenance_run_crate(small_run, validator_cache):
+    _, crate_dir, _ = small_run
+    result = validate(crate_dir, validator_cache)
+    assert result.returncode == 0, result.stdout[-6000:]
+
+
+def test_crate_records_no_secret(small_run):
+    run_dir, _, _ = small_run
+    for path in run_dir.rglob("*"):
+        if path.is_file():
+            text = path.read_bytes()
+            assert TOKEN.encode() not in text, path
+            assert PASSWORD.encode() not in text, path
+
+
+def _graph(crate_dir):
+    return {e["@id"]: e for e in json.loads((crate_dir / METADATA).read_text())["@graph"]}
+
+
+def _ids(value):
+    return [v["@id"] for v in (value if isinstance(value, list) else [value])]
+
+
+def test_crate_describes_steps_software_and_data(small_run):
+    run_dir, crate_dir, record = small_run
+    graph = _graph(crate_dir)
+    workflow = graph[graph["./"]["mainEntity"]["@id"]]
+    assert "ComputationalWorkflow" in workflow["@type"] and (crate_dir / workflow["@id"]).is_file()
+    assert workflow["version"] == record["workflow"]["version"]
+    # one execution per step, linked to its tool and its HowToStep through a ControlAction
+    execution = graph["#exec-deconvolve-s1"]
+    assert execution["@type"] == "CreateAction" and execution["instrument"]["@id"] == "#tool-deconvolve"
+    control = next(
+        e
+        for e in graph.values()
+        if e["@type"] == "ControlAction" and e["object"] == {"@id": execution["@id"]}
+    )
+    assert graph[control["instrument"]["@id"]]["workExample"]["@id"] == "#tool-deconvolve"
+    organize = next(e for e in graph.values() if e["@type"] == "OrganizeAction")
+    assert control["@id"] in _ids(organize["object"])
+    step = next(s for s in record["steps"] if s["step"] == "deconvolve")
+    assert execution["startTime"] == step["start"] and execution["endTime"] == step["end"]
+    usage = {graph[i]["propertyID"]: graph[i]["value"] for i in _ids(execution["resourceUsage"])}
+    assert usage["backend"] == "cpu" and usage["peak_memory_mb"] == step["peak_memory_mb"]
+    objects = [graph[i] for i in _ids(execution["object"])]
+    params = {e["name"]: e["value"] for e in objects if e["@type"] == "PropertyValue"}
+    assert params["iterations"] == 10 and params["sample"] == "s1"
+    # inputs and outputs: absolute URIs with the size and sha256 of the file
+    raw = (run_dir / "raw" / "stack.tif").resolve()
+    entity = graph[raw.as_uri()]
+    assert entity["sha256"] == provenance.sha256_file(raw) and entity["contentSize"] == str(
+        raw.stat().st_size
+    )
+    tracks = graph[(run_dir / "results/x/tracks.csv").resolve().as_uri()]
+    assert tracks["sha256"] == provenance.sha256_file(run_dir / "results/x/tracks.csv")
+    # software and container
+    packages = {graph[i]["name"]: graph[i]["version"] for i in _ids(workflow["softwareRequirements"])}
+    assert packages["numpy"] == record["software"]["packages"]["numpy"]
+    container = graph[execution["containerImage"]["@id"]]
+    assert container["sha256"] == DIGEST.removeprefix("sha256:")
+    assert container["name"] == f"docker://ghcr.io/lab/llsmflow@{DIGEST}"

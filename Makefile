@@ -38,7 +38,7 @@ lint: $(STAMP)
 	$(BIN)/snakemake --lint --snakefile Snakefile --config raw_dir=data/lint/raw dataset=lint
 
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e ".[bench]"

@@ -7,8 +7,8 @@ authority on what Snakemake would (re)run: it knows about changed code, paramete
 of expected files would not. Its "Job stats" table is parsed rather than calling Snakemake's Python API, whose
 shape changes between major versions while the table has stayed the same since Snakemake 5.
 
-``llsmflow run`` leaves a small pointer, ``.llsmflow/runs/<dataset>.json`` in the directory it ran in (config
-file, workflow directory, results and work directories), so that ``llsmflow status results/<dataset>`` can find
+``llsmflow run`` leaves a small pointer, ``.snakemake/llsmflow-runs/<dataset>.json`` in the directory it ran
+in (config file, workflow directory, results and work directories), so that ``llsmflow status results/<dataset>`` can find
 the configuration of a results directory without being told.
 """
 
@@ -28,7 +28,8 @@ from llsmflow.errors import LlsmflowError
 from llsmflow.io import write_json
 from llsmflow.report import step_records_under, summarise_steps
 
-POINTER_DIR = Path(".llsmflow") / "runs"
+# inside Snakemake's own metadata folder: a run writes nothing beside results/, work/ and .snakemake/
+POINTER_DIR = Path(".snakemake") / "llsmflow-runs"
 _FINISHED = re.compile(r"Finished jobid: \d+ \(Rule: ([\w-]+)\)")
 
 
@@ -44,7 +45,7 @@ def run_paths(config: dict) -> tuple[Path, Path]:
 
 
 def write_run_pointer(run_dir: Path, configfile: Path, workflow_root: Path, config: dict) -> Path:
-    """Record where a dataset's run lives (``.llsmflow/runs/<dataset>.json`` in ``run_dir``)."""
+    """Record where a dataset's run lives (``.snakemake/llsmflow-runs/<dataset>.json`` in ``run_dir``)."""
     results, work = run_paths(config)
     pointer = {
         "dataset": config["dataset"],
@@ -224,8 +225,8 @@ def resolve_status_target(results_dir: str | None, configfile: str | None, workf
         pointer = find_run_pointer(results_path)
         if pointer is None:
             raise LlsmflowError(
-                "no record of the `llsmflow run` that wrote this results directory (.llsmflow/runs/ in the run "
-                "directory); pass --configfile",
+                "no record of the `llsmflow run` that wrote this results directory "
+                "(.snakemake/llsmflow-runs/ in the run directory); pass --configfile",
                 results_path,
             )
         configfile = pointer["configfile"]

@@ -26,6 +26,15 @@ try:
     )
 except LlsmflowError as error:
     raise WorkflowError(f"llsmflow: {error}") from None
+# dask-jobqueue submits its workers with the host's sbatch and Python: neither exists inside the images
+if (
+    DeploymentMethod.APPTAINER in _deployment
+    and (config.get("dask") or {}).get("cluster", "local") == "slurm"
+):
+    raise WorkflowError(
+        "llsmflow: config dask.cluster is 'slurm', which cannot run inside Apptainer containers "
+        "(no sbatch, no host Python there); expected dask.cluster: local with the slurm-apptainer profile"
+    )
 
 
 container: CONTAINERS["cpu"]

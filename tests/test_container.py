@@ -266,7 +266,7 @@ def test_schema_rejects_a_malformed_sha256():
 
 
 @pytest.mark.parametrize(
-    ("backend", "expected"), [("cpu", "cpu"), ("auto", "gpu"), ("cupy", "gpu"), ("pycudadecon", "gpu")]
+    ("backend", "expected"), [("cpu", "cpu"), ("auto", "cpu"), ("cupy", "gpu"), ("pycudadecon", "gpu")]
 )
 def test_deconvolve_image_follows_the_backend(backend, expected):
     section = {
@@ -285,7 +285,7 @@ def test_unpinned_references_are_refused():
         container.resolve_images({"gpu": "docker://lab/gpu:latest"})
     with pytest.raises(LlsmflowError, match="local image without containers.cpu_sha256"):
         container.resolve_images({"cpu": "/shared/images/llsmflow-cpu.sif"})
-    relaxed = container.resolve_images({"gpu": "docker://lab/gpu:latest", "require_digest": False}, "auto")
+    relaxed = container.resolve_images({"gpu": "docker://lab/gpu:latest", "require_digest": False}, "cupy")
     assert relaxed["deconvolve"] == "docker://lab/gpu:latest"
 
 

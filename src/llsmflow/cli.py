@@ -321,8 +321,11 @@ def _schema_expectation(error) -> str:
     return "a value allowed by config/schema.yaml (see config/README.md)"
 
 
-def check_config(configfile: Path, workflow_root: Path) -> dict:
-    """Validate a config file against the schema and read its acquisition, failing with one clear line."""
+def check_config(configfile: Path, workflow_root: Path, check_files: bool = True) -> dict:
+    """Validate a config file against the schema and read its acquisition, failing with one clear line.
+
+    ``check_files=False`` skips reading every stack's header and PSF (``llsmflow status`` must answer even when
+    the raw data are no longer mounted)."""
     import jsonschema
     import yaml
 
@@ -339,7 +342,9 @@ def check_config(configfile: Path, workflow_root: Path) -> dict:
         )
     from llsmflow.ingest import read_acquisition
 
-    read_acquisition(config["raw_dir"], config.get("metadata"), config.get("overrides") or {})
+    read_acquisition(
+        config["raw_dir"], config.get("metadata"), config.get("overrides") or {}, check_files=check_files
+    )
     return config
 
 
@@ -438,23 +443,30 @@ def cmd_run(args) -> int:
     command += args.snakemake_args
     from llsmflow.status import print_run_summary, write_run_pointer
 
-    dry_run = any(a in ("-n", "--dry-run", "--dryrun") for a in args.snakemake_args)
+    dry_run = any(
+        a in ("--dry-run", "--dryrun") or (a.startswith("-") and not a.startswith("--") and "n" in a)
+        for a in args.snakemake_args
+    )
     results_dir = Path(config.get("results_dir", "results"))
     results = results_dir / config["dataset"]
     work = Path(config.get("work_dir", "work")) / config["dataset"]
     # shared storage: outputs follow the user's umask, but are never writable by everyone
     umask = os.umask(0)
     os.umask(umask | 0o002)
-    with RunLock(lock_path(results_dir, config["dataset"])):
-        for stale in clear_stale_snakemake_locks(Path.cwd(), [results, work]):
-            log.warning("removed a stale Snakemake lock of an interrupted run: %s", stale)
-        for partial in remove_partial_outputs([results, work]):
-            log.warning("removed an unfinished output of an interrupted run: %s", partial)
-        write_run_pointer(Path.cwd(), configfile, root, config)
-        print("running:", " ".join(command), flush=True)
-        start, started_at = time.perf_counter(), time.time()
-        status, disk_full = _call_watching_stderr(command, _run_environment(work))
-        elapsed = time.perf_counter() - start
+    try:
+        with RunLock(lock_path(results_dir, config["dataset"])):
+            if not dry_run:  # a dry run looks, it neither cleans up nor records anything
+                for stale in clear_stale_snakemake_locks(Path.cwd(), [results, work]):
+                    log.warning("removed a stale Snakemake lock of an interrupted run: %s", stale)
+                for partial in remove_partial_outputs([results, work]):
+                    log.warning("removed an unfinished output of an interrupted run: %s", partial)
+                write_run_pointer(Path.cwd(), configfile, root, config)
+            print("running:", " ".join(command), flush=True)
+            start, started_at = time.perf_counter(), time.time()
+            status, disk_full = _call_watching_stderr(command, _run_environment(work))
+            elapsed = time.perf_counter() - start
+    finally:
+        os.umask(umask)
     if status != 0:
         reason = _first_step_error(work / "logs", started_at)
         if disk_full:
@@ -473,11 +485,13 @@ def cmd_run(args) -> int:
         if not dry_run:
             print_run_summary(config, Path.cwd(), started_at, elapsed, status, out=sys.stderr)
         return status
+    if dry_run:
+        print(f"llsmflow run: dry run in {elapsed:.0f} s; nothing was written")
+        return 0
     print(f"llsmflow run: done in {elapsed:.0f} s. Results in {results}/:")
     for relative in (f"{config['dataset']}.ome.zarr", "tracks", "qc", "provenance"):
         print(f"  {results / relative}")
-    if not dry_run:
-        print_run_summary(config, Path.cwd(), started_at, elapsed, status)
+    print_run_summary(config, Path.cwd(), started_at, elapsed, status)
     return 0
 
 

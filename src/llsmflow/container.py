@@ -43,8 +43,9 @@ from llsmflow.errors import LlsmflowError
 FLAVOURS = ("cpu", "gpu")
 """Image flavours; ``envs/apptainer/llsmflow-<flavour>.def`` defines each."""
 
-GPU_BACKENDS = ("pycudadecon", "cupy", "auto")
-"""Deconvolution backends that run ``deconvolve`` in the GPU image (``auto`` prefers the GPU where one is)."""
+GPU_BACKENDS = ("pycudadecon", "cupy")  # as llsmflow.hpc: the GPU image exactly where a GPU is requested
+"""Deconvolution backends that run ``deconvolve`` in the GPU image: those whose jobs request a GPU (``auto`` requests
+none, so it runs in the CPU image)."""
 
 REQUIRED_MODULES = (
     "numpy",

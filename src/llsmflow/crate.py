@@ -42,6 +42,7 @@ from rocrate.model.contextentity import ContextEntity
 from rocrate.rocrate import ROCrate
 
 from llsmflow.errors import LlsmflowError
+from llsmflow.io import atomic_output
 
 PROFILES = {
     "https://w3id.org/ro/wfrun/process/0.5": "Process Run Crate",
@@ -63,7 +64,9 @@ WORKFLOW_FILES = (
     "workflow/rules/*.smk",
     "workflow/scripts/*.py",
     "config/schema.yaml",
+    "workflow/report/*.rst",  # captions the Snakefile's report: line and report() outputs name
     "envs/*",
+    "envs/apptainer/*.def",
 )
 CRATE_FILES = ("run-record.json", "checksums.sha256", "transforms.json", "config.yaml")
 METADATA = "ro-crate-metadata.json"
@@ -516,7 +519,6 @@ def write_crate(crate_dir, record: dict, workflow_dir, run_dir, record_outputs=N
     crate = build_crate(crate_dir, record, workflow_dir, run_dir, record_outputs)
     metadata = crate.metadata.generate()
     out = crate_dir / METADATA
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(metadata, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(out)
+    with atomic_output(out) as tmp:
+        Path(tmp).write_text(json.dumps(metadata, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return out

@@ -1338,16 +1338,25 @@ def _run_plan_on(client, volume, plan: ChunkPlan, engine_args, run, out, checked
         return future
 
     first = [f for f in (submit() for _ in range(2 * client_threads(client))) if f is not None]
+    in_flight = {f.key: f for f in first}
     done = 0
     pending = as_completed(first)
-    for future in pending:
-        out[cores.pop(future.key)] = future.result()
-        done += 1
-        if progress is not None:
-            progress(done * iterations, plan.count * iterations)
-        nxt = submit()
-        if nxt is not None:
-            pending.add(nxt)
+    try:
+        for future in pending:
+            in_flight.pop(future.key, None)
+            out[cores.pop(future.key)] = future.result()
+            done += 1
+            if progress is not None:
+                progress(done * iterations, plan.count * iterations)
+            nxt = submit()
+            if nxt is not None:
+                in_flight[nxt.key] = nxt
+                pending.add(nxt)
+    except BaseException:
+        # a failed chunk (e.g. out of GPU memory) must not leave its siblings holding the workers' memory
+        # while deconvolve() retries in smaller chunks
+        client.cancel(list(in_flight.values()))
+        raise
     return out
 
 

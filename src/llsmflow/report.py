@@ -168,7 +168,7 @@ def provenance_summary(
     sha256 (e.g. from the archive manifest, :func:`read_manifest`, keys ``raw/<name>``) so raw data are not
     read a second time; files not in it are listed with their size only.
     """
-    from llsmflow.provenance import allowed_environment, git_state, package_versions
+    from llsmflow.provenance import allowed_environment, git_state, package_versions, scrub
 
     raw_checksums = dict(raw_checksums or {})
     inputs = []
@@ -181,16 +181,19 @@ def provenance_summary(
                 "sha256": raw_checksums.get(f"raw/{file.name}") or raw_checksums.get(file.name),
             }
         )
-    return {
-        "created": _dt.datetime.now(_dt.UTC).astimezone().isoformat(timespec="seconds"),
-        "workflow": {"name": "llsmflow", "version": __version__, **git_state(workflow_dir)},
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "packages": package_versions(),
-        "environment": allowed_environment(),
-        "config": dict(config),
-        "inputs": inputs,
-    }
+    # the same scrubbing as the run record and the crate: no credentials in a report that gets e-mailed around
+    return scrub(
+        {
+            "created": _dt.datetime.now(_dt.UTC).astimezone().isoformat(timespec="seconds"),
+            "workflow": {"name": "llsmflow", "version": __version__, **git_state(workflow_dir)},
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "packages": package_versions(),
+            "environment": allowed_environment(),
+            "config": dict(config),
+            "inputs": inputs,
+        }
+    )
 
 
 # ------------------------------------------------------------------------------------------------------ HTML

@@ -23,10 +23,11 @@ byte comparison:
   measure to tolerance) named; other columns equal;
 - PNG previews and plots (8 bit): no pixel off by more than :data:`PNG_MAX_LEVELS` levels and fewer than
   :data:`PNG_MAX_FRACTION` of the pixels differing;
-- JSON (Zarr metadata): equal structure and strings, numbers within ``RTOL·|a| + JSON_ATOL``; ``sha256`` values
-  are skipped (they hash files compared in their own right).
+- JSON (Zarr metadata): equal structure and strings, numbers within ``RTOL·|a| + JSON_ATOL``; ``sha256``
+  and ``bytes`` values are skipped (they describe files compared in their own right).
 
-The archive's own ``checksums.sha256`` is not compared (derived from the files that are). Files outside the
+The archive's own ``checksums.sha256`` is not compared (derived from the files that are), nor the QC report
+(``qc/report.html``: run times and hosts; the figures it embeds are compared as PNG files). Files outside the
 recorded outputs (``provenance/`` with its timestamps and host names, logs, step records) are not compared: they
 differ by design.
 """
@@ -56,6 +57,8 @@ JSON_ATOL = 1e-12  # JSON numbers: |a - b| <= RTOL * |a| + JSON_ATOL (residuals 
 PNG_MAX_LEVELS = 2  # 8-bit previews and plots: no pixel off by more than 2 of 255 levels ...
 PNG_MAX_FRACTION = 0.01  # ... and fewer than 1 % of pixels differing at all
 NOT_COMPARED = "checksums.sha256"
+# the QC report shows when, where and how long each step ran: it differs by design (its figures are compared)
+NOT_COMPARED_REPORT = Path("qc") / "report.html"
 
 
 @dataclass
@@ -380,7 +383,8 @@ def compare_outputs(record: dict, original_dir: Path, rerun_dir: Path) -> list[C
         parts = Path(path).parts
         zarr_index = next((i for i, part in enumerate(parts) if part.endswith(".zarr")), None)
         if zarr_index is None:
-            singles.append(path)
+            if Path(path).parts[-2:] != NOT_COMPARED_REPORT.parts:
+                singles.append(path)
         else:
             store = str(Path(*parts[: zarr_index + 1]))
             stores.setdefault(store, []).append(str(Path(*parts[zarr_index + 1 :])))
@@ -427,7 +431,8 @@ def reproduce(run_dir, out_dir, cores: int = 2, config_overrides: dict | None = 
     echo(
         f"{counts['identical']} identical, {counts['within tolerance']} within tolerance, "
         f"{counts['different']} different, {counts['missing']} missing; not compared: provenance/ "
-        "(timestamps, hosts), logs and step records, the archive's checksums.sha256 (derived)"
+        "(timestamps, hosts), logs and step records, the archive's checksums.sha256 (derived), qc/report.html "
+        "(run times and hosts; its figures are compared)"
     )
     return 1 if counts["different"] or counts["missing"] else 0
 
@@ -442,7 +447,7 @@ def register_reproduce_commands(sub) -> None:
     p = sub.add_parser(
         "reproduce",
         help="re-run a recorded run from its RO-Crate into a fresh directory and compare every output",
-        description=__doc__.split("\n\n")[1],
+        description=__doc__.splitlines()[0].split(": ", 1)[1],
     )
     p.add_argument(
         "run_dir", type=Path, help="crate directory (results/<dataset>/provenance) or the run directory"

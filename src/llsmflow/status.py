@@ -8,8 +8,8 @@ of expected files would not. Its "Job stats" table is parsed rather than calling
 shape changes between major versions while the table has stayed the same since Snakemake 5.
 
 ``llsmflow run`` leaves a small pointer, ``.snakemake/llsmflow-runs/<dataset>.json`` in the directory it ran
-in (config file, workflow directory, results and work directories), so that ``llsmflow status results/<dataset>`` can find
-the configuration of a results directory without being told.
+in (config file, workflow directory, results and work directories), so that
+``llsmflow status results/<dataset>`` can find the configuration of a results directory without being told.
 """
 
 from __future__ import annotations
@@ -236,7 +236,7 @@ def resolve_status_target(results_dir: str | None, configfile: str | None, workf
         run_dir = Path.cwd()
     root = find_workflow_root(workflow_dir)
     configfile = Path(configfile or root / "config" / "config.yaml")
-    config = check_config(configfile, root)
+    config = check_config(configfile, root, check_files=False)
     if results_dir is not None:
         expected = (run_dir / run_paths(config)[0]).resolve()
         if expected != Path(results_dir).resolve():

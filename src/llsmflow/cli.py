@@ -321,6 +321,16 @@ def _schema_expectation(error) -> str:
     return "a value allowed by config/schema.yaml (see config/README.md)"
 
 
+def snakemake_executable() -> str:
+    """The ``snakemake`` command of this environment (beside this Python first, then on PATH)."""
+    snakemake = shutil.which(
+        "snakemake", path=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
+    )
+    if snakemake is None:
+        raise LlsmflowError("the snakemake command was not found; expected `pip install llsmflow[workflow]`")
+    return snakemake
+
+
 def check_config(configfile: Path, workflow_root: Path, check_files: bool = True) -> dict:
     """Validate a config file against the schema and read its acquisition, failing with one clear line.
 
@@ -422,13 +432,8 @@ def cmd_run(args) -> int:
             f"(available: {', '.join(sorted(p.name for p in (root / 'profiles').iterdir()))})",
             profile,
         )
-    snakemake = shutil.which(
-        "snakemake", path=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
-    )
-    if snakemake is None:
-        raise LlsmflowError("the snakemake command was not found; expected `pip install llsmflow[workflow]`")
     command = [
-        snakemake,
+        snakemake_executable(),
         "--snakefile",
         str(root / "Snakefile"),
         "--configfile",

@@ -100,6 +100,28 @@ def _imagej_voxel_size(tif: tifffile.TiffFile) -> tuple[float, float, float] | N
     return (float(dz) * scale, float(dy) * scale, float(dx) * scale)
 
 
+@contextlib.contextmanager
+def _open_tiff(path: Path) -> Iterator[tifffile.TiffFile]:
+    """Open a TIFF for reading; any failure inside becomes one :class:`LlsmflowError` naming the file."""
+    if not path.is_file():
+        raise LlsmflowError("file not found; expected a TIFF volume", path)
+    tifffile_log = logging.getLogger("tifffile")
+    previous_level = tifffile_log.level
+    # tifffile logs its own complaints about damaged files; the error raised here says it once, clearly.
+    tifffile_log.setLevel(logging.CRITICAL)
+    try:
+        with tifffile.TiffFile(path) as tif:
+            yield tif
+    except LlsmflowError:
+        raise
+    except Exception as exc:  # tifffile raises many types for truncated/corrupt files
+        raise LlsmflowError(
+            f"cannot read as TIFF ({type(exc).__name__}: {exc}); expected a readable TIFF", path
+        ) from exc
+    finally:
+        tifffile_log.setLevel(previous_level)
+
+
 def read_volume(
     path: str | Path,
     channel: int | None = None,
@@ -123,32 +145,17 @@ def read_volume(
         ``data`` is ZYX in the file's dtype; ``voxel_size_um`` is the override, else the file's, else None.
     """
     path = Path(path)
-    if not path.is_file():
-        raise LlsmflowError("file not found; expected a TIFF volume", path)
-    tifffile_log = logging.getLogger("tifffile")
-    previous_level = tifffile_log.level
-    # tifffile logs its own complaints about damaged files; the error raised below says it once, clearly.
-    tifffile_log.setLevel(logging.CRITICAL)
-    try:
-        with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
-            axes = series.axes
-            _check_complete(path, _tiff_data_end(series))
-            data = series.asarray()
-            if tif.is_ome:
-                file_voxel = _ome_voxel_size(tif.ome_metadata)
-            elif tif.is_imagej:
-                file_voxel = _imagej_voxel_size(tif)
-            else:
-                file_voxel = None
-    except LlsmflowError:
-        raise
-    except Exception as exc:  # tifffile raises many types for truncated/corrupt files
-        raise LlsmflowError(
-            f"cannot read as TIFF ({type(exc).__name__}: {exc}); expected a readable TIFF", path
-        ) from exc
-    finally:
-        tifffile_log.setLevel(previous_level)
+    with _open_tiff(path) as tif:
+        series = tif.series[0]
+        axes = series.axes
+        _check_complete(path, _tiff_data_end(series))
+        data = series.asarray()
+        if tif.is_ome:
+            file_voxel = _ome_voxel_size(tif.ome_metadata)
+        elif tif.is_imagej:
+            file_voxel = _imagej_voxel_size(tif)
+        else:
+            file_voxel = None
 
     axes = axes.replace("Q", "Z").replace("I", "Z")  # plain stacks of pages read as "IYX"/"QYX"
     for name, index in (("C", channel), ("T", timepoint)):
@@ -228,22 +235,10 @@ def read_header(path: str | Path) -> tuple[tuple[int, int, int], np.dtype]:
         Unreadable, truncated, wrong dtype or wrong dimensionality; the message names the file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise LlsmflowError("file not found; expected a TIFF volume", path)
-    tifffile_log = logging.getLogger("tifffile")
-    previous_level = tifffile_log.level
-    tifffile_log.setLevel(logging.CRITICAL)
-    try:
-        with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
-            axes, shape, dtype = series.axes, tuple(series.shape), np.dtype(series.dtype)
-            end = _tiff_data_end(series)
-    except Exception as exc:  # tifffile raises many types for truncated/corrupt files
-        raise LlsmflowError(
-            f"cannot read as TIFF ({type(exc).__name__}: {exc}); expected a readable TIFF", path
-        ) from exc
-    finally:
-        tifffile_log.setLevel(previous_level)
+    with _open_tiff(path) as tif:
+        series = tif.series[0]
+        axes, shape, dtype = series.axes, tuple(series.shape), np.dtype(series.dtype)
+        end = _tiff_data_end(series)
     _check_complete(path, end)
     if dtype.kind not in "uif":
         raise LlsmflowError(f"has dtype {dtype}; expected an integer or floating point image", path)

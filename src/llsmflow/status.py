@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 import re
-import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -181,13 +179,10 @@ def jobs_left(workflow_root: Path, configfile: Path, run_dir: Path) -> dict[str,
     LlsmflowError
         If Snakemake cannot be found or the dry run fails (its last lines are in the message).
     """
-    snakemake = shutil.which(
-        "snakemake", path=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
-    )
-    if snakemake is None:
-        raise LlsmflowError("the snakemake command was not found; expected `pip install llsmflow[workflow]`")
+    from llsmflow.cli import snakemake_executable
+
     command = [
-        snakemake,
+        snakemake_executable(),
         "--snakefile",
         str(workflow_root / "Snakefile"),
         "--configfile",

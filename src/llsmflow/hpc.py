@@ -307,6 +307,7 @@ def step_resources(sizes: VolumeSizes, config: Mapping, cores: int | None = None
         StepResources(
             "qc_mosaic", 1, 1, int(math.ceil(_BASE_MB + sizes.fused_mb * sizes.channels)), _RUNTIME_FLOOR_MIN
         ),
+        StepResources("qc_report", 1, 1, 0, 0, local=True),
         StepResources("provenance", 1, 1, 0, 0, local=True),
     ]
     return {s.step: s for s in steps}

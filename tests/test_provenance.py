@@ -179,3 +179,24 @@ def test_crate_describes_steps_software_and_data(small_run):
     container = graph[execution["containerImage"]["@id"]]
     assert container["sha256"] == DIGEST.removeprefix("sha256:")
     assert container["name"] == f"docker://ghcr.io/lab/llsmflow@{DIGEST}"
+
+
+def test_png_comparison_tolerates_flipped_edge_pixels_but_not_changed_content():
+    """A handful of anti-aliased edge pixels flipped by round-off is within tolerance; a changed region is not."""
+    import numpy as np
+
+    from llsmflow.reproduce import compare_png
+
+    original = np.random.default_rng(0).integers(0, 256, size=(400, 600, 3), dtype=np.uint8)
+    # (byte-identical files are recognised before any decoding; equal pixels measure 0 here)
+    assert "max 0 levels" in compare_png(original, original.copy(), "a.png").detail
+
+    edges = original.copy()
+    edges[10, 10:12] ^= 0xFF  # 2 of 240 000 pixels flipped completely (0.0008 %)
+    edges[200:210, 300] = np.minimum(edges[200:210, 300].astype(int) + 2, 255).astype(np.uint8)
+    assert compare_png(original, edges, "a.png").status == "within tolerance"
+
+    changed = original.copy()
+    changed[100:120, 100:140] = 0  # a label or a tile outline really moved: 800 pixels (0.33 %)
+    verdict = compare_png(original, changed, "a.png")
+    assert verdict.status == "different" and "% by more than 2" in verdict.detail

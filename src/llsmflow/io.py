@@ -100,6 +100,15 @@ def _imagej_voxel_size(tif: tifffile.TiffFile) -> tuple[float, float, float] | N
     return (float(dz) * scale, float(dy) * scale, float(dx) * scale)
 
 
+def file_voxel_size(tif: tifffile.TiffFile) -> tuple[float, float, float] | None:
+    """Voxel size (µm, ZYX) an open TIFF declares in its OME or ImageJ metadata; None for a plain TIFF."""
+    if tif.is_ome:
+        return _ome_voxel_size(tif.ome_metadata)
+    if tif.is_imagej:
+        return _imagej_voxel_size(tif)
+    return None
+
+
 @contextlib.contextmanager
 def _open_tiff(path: Path) -> Iterator[tifffile.TiffFile]:
     """Open a TIFF for reading; any failure inside becomes one :class:`LlsmflowError` naming the file."""
@@ -150,12 +159,7 @@ def read_volume(
         axes = series.axes
         _check_complete(path, _tiff_data_end(series))
         data = series.asarray()
-        if tif.is_ome:
-            file_voxel = _ome_voxel_size(tif.ome_metadata)
-        elif tif.is_imagej:
-            file_voxel = _imagej_voxel_size(tif)
-        else:
-            file_voxel = None
+        file_voxel = file_voxel_size(tif)
 
     axes = axes.replace("Q", "Z").replace("I", "Z")  # plain stacks of pages read as "IYX"/"QYX"
     for name, index in (("C", channel), ("T", timepoint)):

@@ -68,7 +68,7 @@ from scipy.signal import windows
 from skimage.registration import phase_cross_correlation
 
 from llsmflow.errors import LlsmflowError, require_positive_voxel_size
-from llsmflow.io import _imagej_voxel_size, _ome_voxel_size, atomic_output, read_volume, write_json
+from llsmflow.io import atomic_output, file_voxel_size, read_volume, write_json
 
 __all__ = [
     "PairLink",
@@ -262,12 +262,7 @@ def _tiff_peek(path: Path) -> tuple[tuple[int, int, int], str, tuple[float, floa
             series = tif.series[0]
             axes = series.axes.replace("Q", "Z").replace("I", "Z")
             shape = tuple(int(n) for n in series.shape)
-            if tif.is_ome:
-                voxel = _ome_voxel_size(tif.ome_metadata)
-            elif tif.is_imagej:
-                voxel = _imagej_voxel_size(tif)
-            else:
-                voxel = None
+            voxel = file_voxel_size(tif)
     except Exception as exc:  # tifffile raises many types for truncated/corrupt files
         raise LlsmflowError(
             f"cannot read as TIFF ({type(exc).__name__}: {exc}); expected a tile volume", path

@@ -208,11 +208,15 @@ def test_snakemake_report_builds(tiny_run, tmp_path):
 def test_progress_of_long_steps_is_logged(tiny_run):
     logs = tiny_run.run_dir / "work/tiny/logs"
     decon = (logs / "deconvolve" / "000x_000y_000z-ch0-t0000.log").read_text()
-    assert all(f"iteration {k}/3" in decon for k in (1, 2, 3))
+    assert all(f"iteration {k}/3 ({round(100 * k / 3)} %" in decon for k in (1, 2, 3))
     fuse = (logs / "fuse" / "ch0-t0000.log").read_text()
+    # throttled: the first chunk and the last one are always logged, with the share done
     assert "fused chunk 1/" in fuse
+    total = int(fuse.split("fused chunk 1/")[1].split()[0])
+    assert f"fused chunk {total}/{total} (100 %" in fuse
     track = (logs / "track" / "ch0.log").read_text()
-    assert all(f"frame {k}/3" in track for k in range(TIMEPOINTS))
+    assert f"detected frame 1/{TIMEPOINTS} (" in track
+    assert f"detected frame {TIMEPOINTS}/{TIMEPOINTS} (100 %" in track
 
 
 # ---------------------------------------------------------------------------------------------- units

@@ -140,7 +140,7 @@ def test_tracks_have_contract_columns_and_order(movie):
     assert np.allclose(tracks["t_s"], tracks["frame"] * DT)
     assert tracks.groupby("particle").size().min() >= 3
     assert sorted(tracks["particle"].unique()) == list(range(tracks["particle"].nunique()))
-    assert movie["progress"] == [(i, N_FRAMES) for i in range(N_FRAMES)]
+    assert movie["progress"] == [(i, N_FRAMES) for i in range(1, N_FRAMES + 1)]
 
 
 def test_localisation_error_below_half_voxel(movie):
@@ -400,7 +400,7 @@ def test_callable_frames_match_list_and_emit_no_warnings(movie):
     from_array = track.track_particles(np.stack(frames), VOXEL, DT)
     pd.testing.assert_frame_equal(from_callable, from_list)
     pd.testing.assert_frame_equal(from_array, from_list)
-    assert seen == [(i, 6) for i in range(6)]
+    assert seen == [(i, 6) for i in range(1, 7)]
     assert from_list["particle"].nunique() >= 40
 
 

@@ -48,10 +48,10 @@ def _background(text: str):
 
 
 def _progress(label: str):
-    def report(done: int, total: int) -> None:
-        log.info("%s %d/%d", label, done, total)
+    """Progress lines for ``-v``: the first and last unit, and one line per 5 s at most in between."""
+    from llsmflow.progress import progress_logger
 
-    return report
+    return progress_logger(log, label, interval_s=5)
 
 
 # ---------------------------------------------------------------------------------------------- subcommands

@@ -168,6 +168,15 @@ class _CrateBuilder:
     def property_value(self, entity_id: str, name: str, value, **extra):
         return self.add(entity_id, "PropertyValue", name=name, value=_value(value), **extra)
 
+    def parameter(self, parameter_id: str, value_id: str, name: str, value):
+        """A FormalParameter (``parameter_id``, shared by every run of its tool) and the PropertyValue
+        (``value_id``) this run gave it, linked both ways (workExample / exampleOfWork); returns both."""
+        pv = self.property_value(value_id, name, value)
+        fp = self.add(parameter_id, "FormalParameter", name=name, additionalType=_additional_type(value))
+        fp.append_to("workExample", pv, compact=True)
+        pv["exampleOfWork"] = fp
+        return fp, pv
+
     def software(self) -> list:
         sw = self.record["software"]
         entities = [
@@ -325,15 +334,7 @@ def build_crate(crate_dir, record: dict, workflow_dir, run_dir, record_outputs=N
 
     config_values, wf_inputs = [], []
     for key, value in flatten_config(config).items():
-        pv = b.property_value(f"#run-config-{_slug(key)}", key, value)
-        fp = b.add(
-            f"#workflow-param-{_slug(key)}",
-            "FormalParameter",
-            name=key,
-            additionalType=_additional_type(value),
-            workExample=pv,
-        )
-        pv["exampleOfWork"] = fp
+        fp, pv = b.parameter(f"#workflow-param-{_slug(key)}", f"#run-config-{_slug(key)}", key, value)
         config_values.append(pv)
         wf_inputs.append(fp)
 
@@ -394,15 +395,12 @@ def build_crate(crate_dir, record: dict, workflow_dir, run_dir, record_outputs=N
             (step.get("params") or {}).items()
         ):
             kind = "wildcard" if name in (step.get("wildcards") or {}) else "param"
-            pv = b.property_value(f"{action_id}-{kind}-{_slug(name)}", name, value)
-            fp = b.add(
+            fp, pv = b.parameter(
                 f"#tool-{_slug(step['step'])}-{kind}-{_slug(name)}",
-                "FormalParameter",
-                name=name,
-                additionalType=_additional_type(value),
+                f"{action_id}-{kind}-{_slug(name)}",
+                name,
+                value,
             )
-            fp.append_to("workExample", pv)
-            pv["exampleOfWork"] = fp
             tool.append_to("input", fp)
             objects.append(pv)
         objects += [_step_file(b, p, inputs_entries, output_entries) for p in step.get("inputs", [])]

@@ -578,8 +578,8 @@ def track_particles(
     min_track_length : int
         Tracks with fewer detections are discarded.
     progress : callable or None
-        Called as ``progress(frame_index, n_frames)`` after each frame is detected (``n_frames`` may be None
-        for an iterator of unknown length).
+        Called as ``progress(frames_done, n_frames)`` after each frame is detected (1, 2, …; ``n_frames``
+        may be None for an iterator of unknown length).
     n_frames : int or None
         Number of frames; required with a callable, optional otherwise (limits an array's frames).
 
@@ -619,7 +619,7 @@ def track_particles(
         found.insert(0, "frame", np.full(len(found), index, dtype=np.int64))
         detections.append(found)
         if progress is not None:
-            progress(index, total)
+            progress(index + 1, total)
     if not detections:
         raise LlsmflowError("no frames given; expected at least one ZYX volume")
 

@@ -6,6 +6,7 @@ import logging
 from llsmflow.cluster import dask_cluster
 from llsmflow.decon import deconvolve
 from llsmflow.io import read_volume, read_volume_description, write_volume
+from llsmflow.progress import progress_logger
 from llsmflow.provenance import StepRecorder
 
 with contextlib.ExitStack() as stack:
@@ -30,7 +31,10 @@ with contextlib.ExitStack() as stack:
         max_memory_gb=p.max_memory_gb,
         client=client,
         threads=snakemake.threads,
-        progress=lambda i, n: log.info("iteration %d/%d", i, n),
+        # whole volume: a line per iteration; in chunks, iterations × chunks steps, a line per 10 s at most
+        progress=progress_logger(log, "iteration", interval_s=0)
+        if p.max_memory_gb is None
+        else progress_logger(log, "step (iterations × chunks)", interval_s=10),
         psf_path=snakemake.input.psf,
     )
     metadata = read_volume_description(snakemake.input.volume) | {"deconvolution": result.summary()}

@@ -3,6 +3,7 @@
 import logging
 
 from llsmflow.cluster import dask_cluster
+from llsmflow.progress import progress_logger
 from llsmflow.provenance import StepRecorder
 from llsmflow.stitch import fuse_to_zarr, positions_from_transforms, read_transforms, tile_from_deskewed
 
@@ -25,6 +26,6 @@ with StepRecorder.for_workflow_job(snakemake) as step, dask_cluster(snakemake.co
         chunks=tuple(p.chunks),
         max_memory_gb=p.max_memory_gb,
         client=client,
-        progress=lambda done, total: log.info("fused chunk %d/%d", done, total),
+        progress=progress_logger(log, "fused chunk", interval_s=10),
     )
     step.note(tiles=len(tiles), dask_cluster=snakemake.config["dask"]["cluster"])

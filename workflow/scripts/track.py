@@ -3,6 +3,7 @@
 import logging
 
 from llsmflow.io import atomic_output
+from llsmflow.progress import progress_logger
 from llsmflow.provenance import StepRecorder
 from llsmflow.stitch import read_fused
 from llsmflow.track import (
@@ -32,7 +33,7 @@ with StepRecorder.for_workflow_job(snakemake) as step:
         min_mass=p.min_mass,
         percentile=p.percentile,
         origin_um=origin,
-        progress=lambda i, n: log.info("detected frame %d/%d", i, n),
+        progress=progress_logger(log, "detected frame", interval_s=10),
     )
     write_tracks(tracks, snakemake.output.parquet, snakemake.output.csv)
     summary = summarise_tracks(tracks, p.time_interval_s)

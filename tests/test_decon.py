@@ -8,6 +8,7 @@ FFTW_MEASURE, so the whole module runs in about 20 s on two cores.
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import numpy as np
@@ -483,6 +484,45 @@ def test_fftw_measure_plans_and_keeps_wisdom(monkeypatch, tmp_path):
     monkeypatch.setattr(decon, "_wisdom_read_from", None)
     decon._load_wisdom()
     assert decon._wisdom_read_from == str(wisdom)
+
+
+_WISDOM_CHILD = """
+import logging, sys
+import numpy as np
+from llsmflow import decon
+logging.basicConfig(level=logging.INFO, format="%(message)s")
+rng = np.random.default_rng(3)
+grids = np.indices((9, 7, 7)) - np.array([4, 3, 3])[:, None, None, None]
+psf = np.exp(-0.5 * ((grids[0] / 2.0) ** 2 + (grids[1] / 1.0) ** 2 + (grids[2] / 1.0) ** 2)).astype(np.float32)
+vol = rng.poisson(50, (40, 72, 60)).astype(np.float32)
+np.save(sys.argv[1], decon.richardson_lucy(vol, psf / psf.sum(), iterations=4, threads=1))
+"""
+
+
+def test_second_process_takes_plans_from_wisdom_and_gives_identical_output(tmp_path):
+    """Jobs of one run share FFTW plans through the wisdom file: the next process measures nothing, and with
+    the same plan its output is bit-identical (measured plans of two processes may differ in round-off)."""
+    import subprocess
+    import sys
+
+    if not decon.USE_PYFFTW or decon.pyfftw is None:
+        pytest.skip("pyFFTW is not installed: the scipy.fft fallback has no plans")
+    env = dict(os.environ, **{decon.FFTW_WISDOM_ENV: str(tmp_path / "fftw-wisdom")})
+    runs = []
+    for name in ("first", "second"):
+        out = tmp_path / f"{name}.npy"
+        done = subprocess.run(
+            [sys.executable, "-c", _WISDOM_CHILD, str(out)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr
+        runs.append((done.stderr, np.load(out)))
+    assert "FFTW planned (" in runs[0][0] and "taken from wisdom" not in runs[0][0]
+    assert "taken from wisdom" in runs[1][0] and "FFTW planned (" not in runs[1][0]
+    assert np.array_equal(runs[0][1], runs[1][1])
 
 
 # ------------------------------------------------------------------------------------ Wiener–Butterworth

@@ -68,7 +68,7 @@ WORKFLOW_FILES = (
     "envs/*",
     "envs/apptainer/*.def",
 )
-CRATE_FILES = ("run-record.json", "checksums.sha256", "transforms.json", "config.yaml")
+CRATE_FILES = ("run-record.json", "checksums.sha256", "transforms.json", "config.yaml", "fftw-wisdom")
 METADATA = "ro-crate-metadata.json"
 
 
@@ -474,6 +474,11 @@ def _file_description(name: str) -> dict:
         "checksums.sha256": "sha256sum manifest of every result file and raw input",
         "transforms.json": "registered tile positions (µm)",
         "config.yaml": "the resolved workflow configuration of this run",
+        "fftw-wisdom": (
+            "FFTW wisdom: the FFT plans the run's deconvolution jobs used (pyFFTW's three-part export, NUL "
+            "separated); llsmflow reproduce starts from them, so that on the same kind of CPU the re-run's FFTs "
+            "are computed the same way"
+        ),
     }
     return {"description": descriptions[name]} if name in descriptions else {}
 

@@ -755,23 +755,40 @@ class _Workspace:
                 "threads": fft_threads,
                 "planning_timelimit": FFTW_PLANNING_TIMELIMIT_S,
             }
-            self._forward = pyfftw.FFTW(
-                self.reals[0], self.spec, direction="FFTW_FORWARD", flags=(FFTW_PLANNER_EFFORT,), **common
-            )
-            self._inverse = pyfftw.FFTW(
-                self.spec,
-                self.reals[0],
-                direction="FFTW_BACKWARD",
-                flags=(FFTW_PLANNER_EFFORT, "FFTW_DESTROY_INPUT"),
-                **common,
-            )
-            if key not in _PLANNED:  # a new problem for this process: keep its wisdom for the next one
-                _PLANNED.add(key)
+            if key in _PLANNED:  # planned before in this process: FFTW has the plans in memory
+                self._plan(common)
+                return
+            _PLANNED.add(key)
+            try:  # plans another process measured and saved in the wisdom file: no measuring at all
+                self._plan(common, "FFTW_WISDOM_ONLY")
+                log.info(
+                    "FFTW plans for %s on %d threads taken from wisdom %s", self.shape, key[1], _wisdom_file()
+                )
+            except (
+                RuntimeError
+            ):  # no wisdom for this problem: measure, and keep the plans for the next process
+                self._plan(common)
                 seconds = time.perf_counter() - start
                 log.info(
                     "FFTW planned %s with %s on %d threads in %.2f s", self.shape, key[2], key[1], seconds
                 )
                 _save_wisdom()
+
+    def _plan(self, common: dict, *extra_flags: str) -> None:
+        self._forward = pyfftw.FFTW(
+            self.reals[0],
+            self.spec,
+            direction="FFTW_FORWARD",
+            flags=(FFTW_PLANNER_EFFORT, *extra_flags),
+            **common,
+        )
+        self._inverse = pyfftw.FFTW(
+            self.spec,
+            self.reals[0],
+            direction="FFTW_BACKWARD",
+            flags=(FFTW_PLANNER_EFFORT, "FFTW_DESTROY_INPUT", *extra_flags),
+            **common,
+        )
 
     def forward(self, real):
         """Half-spectrum of ``real`` (unchanged): the workspace's ``spec`` with pyFFTW, else a new array."""

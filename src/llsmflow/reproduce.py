@@ -38,6 +38,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -425,6 +426,11 @@ def reproduce(run_dir, out_dir, cores: int = 2, config_overrides: dict | None = 
         echo(f"warning: software differs: {warning}")
     new_config = rerun_config(config, original_dir)
     new_config.update(config_overrides or {})
+    wisdom = crate_dir / "fftw-wisdom"
+    if wisdom.is_file():  # the run's FFT plans: the same FFT algorithms, hence the same round-off
+        cache = out_dir / new_config["work_dir"] / str(new_config["dataset"]) / ".cache"
+        cache.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(wisdom, cache / "fftw-wisdom")
     echo(f"re-running the recorded workflow into {out_dir} ...")
     status = run_workflow(crate_dir, new_config, out_dir, cores)
     if status != 0:

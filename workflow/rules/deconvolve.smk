@@ -49,5 +49,7 @@ rule deconvolve:
         backend=config["deconvolution"]["backend"],
         method=config["deconvolution"]["method"],
         max_memory_gb=config["deconvolution"]["max_memory_gb"],
+        # FFTW plans measured by one job are reused by the next (see the deconvolve script)
+        fftw_wisdom=str(WORK / ".cache" / "fftw-wisdom"),
     script:
         "../scripts/deconvolve.py"

@@ -20,5 +20,6 @@ rule provenance:
         config=config,
         raw_files=RAW_FILES,
         results_dir=lambda wildcards, output: str(Path(output.record).parent.parent),
+        fftw_wisdom=str(WORK / ".cache" / "fftw-wisdom"),
     script:
         "../scripts/provenance.py"

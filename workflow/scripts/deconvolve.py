@@ -2,9 +2,10 @@
 
 import contextlib
 import logging
+import os
 
 from llsmflow.cluster import dask_cluster
-from llsmflow.decon import deconvolve
+from llsmflow.decon import FFTW_WISDOM_ENV, deconvolve
 from llsmflow.io import read_volume, read_volume_description, write_volume
 from llsmflow.progress import progress_logger
 from llsmflow.provenance import StepRecorder
@@ -12,6 +13,10 @@ from llsmflow.provenance import StepRecorder
 with contextlib.ExitStack() as stack:
     step = stack.enter_context(StepRecorder.for_workflow_job(snakemake))
     p = snakemake.params
+    # FFTW_MEASURE planning of a volume's shape takes seconds (often longer than the iterations of a small
+    # volume); every job of the dataset has the same shapes, so the plans are kept in one wisdom file per
+    # dataset and reused, unless the user named another file
+    os.environ.setdefault(FFTW_WISDOM_ENV, p.fftw_wisdom)
     # chunks go to a dask cluster only when the volume is split (a memory budget is set)
     dask_settings = snakemake.config["dask"] if p.max_memory_gb is not None else None
     client = stack.enter_context(dask_cluster(dask_settings))

@@ -19,6 +19,13 @@ workflow_dir = Path(snakemake.scriptdir).resolve().parent.parent
 shutil.rmtree(Path(snakemake.output.crate).parent / "workflow", ignore_errors=True)
 with atomic_output(snakemake.output.transforms) as tmp:
     shutil.copyfile(snakemake.input.transforms, tmp)
+# the FFT plans the deconvolution used (absent with the scipy.fft fallback or a GPU backend), for reproduce
+wisdom = Path(snakemake.output.crate).parent / "fftw-wisdom"
+if Path(p.fftw_wisdom).is_file():
+    with atomic_output(wisdom) as tmp:
+        shutil.copyfile(p.fftw_wisdom, tmp)
+else:
+    wisdom.unlink(missing_ok=True)
 acquisition = json.loads(Path(snakemake.input.acquisition).read_text(encoding="utf-8"))
 record = run_record(
     p.config,

@@ -1,0 +1,26 @@
+"""The workflow's deconvolution jobs share FFTW plans through one wisdom file per dataset."""
+
+import re
+
+from llsmflow import decon
+
+
+def test_deconvolution_jobs_reuse_measured_plans(tiny_run):
+    if not decon.USE_PYFFTW or decon.pyfftw is None:
+        import pytest
+
+        pytest.skip("pyFFTW is not installed: the scipy.fft fallback needs no plans")
+    wisdom = tiny_run.run_dir / "work" / "tiny" / ".cache" / "fftw-wisdom"
+    parts = wisdom.read_bytes().split(b"\0")
+    assert len(parts) == 3 and b"fftw" in parts[1]  # FFTW's single-precision wisdom, text format
+    logs = sorted((tiny_run.run_dir / "work" / "tiny" / "logs" / "deconvolve").glob("*.log"))
+    planned = [
+        match.group(1)
+        for log in logs
+        for match in re.finditer(r"FFTW planned (\(\d+, \d+, \d+\))", log.read_text())
+    ]
+    shapes = set(planned)
+    assert 1 <= len(shapes) <= 2  # one padded shape per channel's PSF
+    # each shape measured once, or once per job that started before the first one saved its plan (two jobs
+    # run at once with --cores 2); without the shared file every job measured its own
+    assert len(planned) <= 2 * len(shapes) < len(logs)

@@ -764,9 +764,8 @@ class _Workspace:
                 log.info(
                     "FFTW plans for %s on %d threads taken from wisdom %s", self.shape, key[1], _wisdom_file()
                 )
-            except (
-                RuntimeError
-            ):  # no wisdom for this problem: measure, and keep the plans for the next process
+            except RuntimeError:
+                # no wisdom for this problem: measure, and keep the plans for the next process
                 self._plan(common)
                 seconds = time.perf_counter() - start
                 log.info(

@@ -158,9 +158,9 @@ def sha256(path) -> str:
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
-    """One fast whole-workflow run through `llsmflow run`, shared by the report, status, summary and
-    reproduce-with-a-changed-parameter tests. Treat its directory as read-only: a test that needs to change
-    something works on a copy (or puts it back as it was).
+    """One fast whole-workflow run through `llsmflow run`, shared by the report, status and summary tests.
+    Treat its directory as read-only: a test that needs to change something works on a copy (or puts it back
+    as it was).
 
     2 tiles × 2 channels × 3 timepoints of the tiny acquisition, 3 Richardson–Lucy iterations. Returns a
     namespace with ``run_dir``, ``config_path``, ``config``, ``acquisition`` (the synth directory), ``stdout``.

@@ -1,4 +1,4 @@
-"""`llsmflow reproduce`: recorded runs of the tiny acquisition, re-run from their crates three ways."""
+"""`llsmflow reproduce`: one recorded run of the tiny acquisition, re-run from its crate three ways."""
 
 import os
 import shutil
@@ -72,16 +72,12 @@ def test_reproduce_refuses_a_changed_raw_input(full_run, tmp_path):
     assert not (tmp_path / "refused" / "results").exists()
 
 
-def test_reproduce_reports_outputs_changed_by_a_parameter(tiny_run, tmp_path):
-    """A changed tracking parameter shows as DIFFERENT tracks and archive metadata, the images reproduced.
-
-    The cheaper ``tiny_run`` (3 timepoints, 3 Richardson–Lucy iterations) is enough: what is asserted is which
-    outputs a tracking parameter reaches, not how good they are, and it has the same outputs as the full run
-    (an archive, tracks of both channels linked over 3 frames, QC previews) through the same steps. The
-    identical-or-tolerated check above, on the full run, is what shows that an unchanged re-run reproduces.
-    """
+def test_reproduce_reports_outputs_changed_by_a_parameter(full_run, tmp_path):
+    # Not on the cheaper tiny_run: its fused mosaic's extent sits where a ~1e-8 µm round-off of the
+    # registration moves the plot's right spine by one pixel (seen once in six re-runs: 0.3 % of the mosaic's
+    # pixels, beyond reproduce's PNG tolerance), which would make "QC unchanged" below fail by chance.
     edited = tmp_path / "crate"
-    shutil.copytree(tiny_run.run_dir / "results" / "tiny" / "provenance", edited)
+    shutil.copytree(full_run.crate, edited)
     config = yaml.safe_load((edited / "config.yaml").read_text())
     config["track"]["diameter_um"] = 0.7  # was 0.5: another feature size changes every measured particle
     (edited / "config.yaml").write_text(yaml.safe_dump(config))

@@ -1,8 +1,13 @@
 """Shared fixtures: a tiny synthetic acquisition, generated once per test session."""
 
+import hashlib
 import os
+import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -23,6 +28,8 @@ def _find_real_data() -> Path:
 
 
 REAL_DATA = _find_real_data()
+REPO = Path(__file__).resolve().parents[1]
+LLSMFLOW = Path(sys.executable).parent / "llsmflow"
 
 
 def tiny_params(**overrides) -> SynthParams:
@@ -51,9 +58,6 @@ def real_data() -> Path:
 @pytest.fixture(scope="session")
 def chromium() -> str:
     """Path of a headless Chromium (Debian's ``chromium``); apt-installed when absent and we are root (CI)."""
-    import shutil
-    import subprocess
-
     found = shutil.which("chromium") or shutil.which("chromium-browser")
     if found is None and hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get"):
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
@@ -70,52 +74,152 @@ def chromium() -> str:
     return found
 
 
+def workflow_command(config_path, *extra: str, cores: int | None = 2) -> list[str]:
+    """``llsmflow run --configfile CONFIG --workflow-dir REPO [--cores N] EXTRA...`` as a user types it."""
+    command = [str(LLSMFLOW), "run", "--configfile", str(config_path), "--workflow-dir", str(REPO)]
+    if cores is not None:
+        command += ["--cores", str(cores)]
+    return command + list(extra)
+
+
+def run_workflow(
+    run_dir,
+    config_path="config.yaml",
+    *extra: str,
+    env=None,
+    cores: int | None = 2,
+    timeout: float = 900,
+    umask: int | None = None,
+    check: bool = True,
+) -> subprocess.CompletedProcess:
+    """Run ``llsmflow run`` in ``run_dir`` as a user would and return the CompletedProcess.
+
+    Parameters
+    ----------
+    run_dir : path
+        Working directory of the run (relative ``results_dir``/``work_dir`` of the config resolve here).
+    config_path : path
+        The config file (relative to ``run_dir`` or absolute).
+    *extra : str
+        Further arguments, e.g. ``"--", "--dry-run"`` for Snakemake.
+    env : dict, optional
+        The run's whole environment (default: this process's).
+    cores : int or None
+        ``--cores``; None leaves it to the profile.
+    timeout : float
+        Seconds before the run is killed and the test fails.
+    umask : int, optional
+        The run's umask (default: inherited).
+    check : bool
+        Fail the test, with the tails of stdout and stderr, when the run exits non-zero.
+    """
+    preexec = None if umask is None else (lambda: os.umask(umask))
+    result = subprocess.run(
+        workflow_command(config_path, *extra, cores=cores),
+        cwd=run_dir,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        preexec_fn=preexec,
+    )
+    if check and result.returncode != 0:
+        pytest.fail(
+            f"workflow in {run_dir} failed (exit {result.returncode}):\n"
+            f"{result.stdout[-4000:]}\n{result.stderr[-6000:]}"
+        )
+    return result
+
+
+def workflow_config(dataset: str, raw_dir, **changes) -> dict:
+    """The default config (``config/config.yaml``) for ``dataset`` on ``raw_dir``, outputs under the run
+    directory (``results``, ``work``), top-level ``changes`` applied."""
+    import yaml
+
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text(encoding="utf-8"))
+    config.update(dataset=dataset, raw_dir=str(raw_dir), results_dir="results", work_dir="work")
+    config.update(changes)
+    return config
+
+
+def write_workflow_config(run_dir: Path, config: dict) -> Path:
+    """``run_dir/config.yaml`` holding ``config`` (``run_dir`` is created)."""
+    import yaml
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "config.yaml"
+    path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def sha256(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """One fast whole-workflow run through `llsmflow run`, shared by the report, status and summary tests.
+    Treat its directory as read-only: a test that needs to change something works on a copy (or puts it back
+    as it was).
 
     2 tiles × 2 channels × 3 timepoints of the tiny acquisition, 3 Richardson–Lucy iterations. Returns a
     namespace with ``run_dir``, ``config_path``, ``config``, ``acquisition`` (the synth directory), ``stdout``.
     """
-    import subprocess
-    import sys
-    from types import SimpleNamespace
-
-    import yaml
-
-    repo = Path(__file__).resolve().parents[1]
     run_dir = tmp_path_factory.mktemp("tiny_run")
     acquisition = run_dir / "acquisition"
     generate(acquisition, tiny_params(timepoints=3))
-    config = yaml.safe_load((repo / "config" / "config.yaml").read_text())
-    config.update(dataset="tiny", raw_dir=str(acquisition / "raw"), results_dir="results", work_dir="work")
+    config = workflow_config("tiny", acquisition / "raw")
     config["deconvolution"]["iterations"] = 3
-    config_path = run_dir / "config.yaml"
-    config_path.write_text(yaml.safe_dump(config))
-    result = subprocess.run(
-        [
-            str(Path(sys.executable).parent / "llsmflow"),
-            "run",
-            "--configfile",
-            str(config_path),
-            "--workflow-dir",
-            str(repo),
-            "--cores",
-            "2",
-        ],
-        cwd=run_dir,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    if result.returncode != 0:
-        pytest.fail(f"workflow failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
+    config_path = write_workflow_config(run_dir, config)
+    result = run_workflow(run_dir, config_path)
     return SimpleNamespace(
         run_dir=run_dir,
         config_path=config_path,
         config=config,
         acquisition=acquisition,
-        repo=repo,
+        repo=REPO,
+        stdout=result.stdout,
+    )
+
+
+SECRET_TOKEN = "fake-secret-value-8d2e1"
+"""Planted in the environment of :func:`full_run` (``LLSMFLOW_TEST_TOKEN``): must appear in no output."""
+SECRET_PASSWORD = "pw-do-not-record-55"
+"""The password in the container reference planted in :func:`full_run`: must appear in no output."""
+
+
+@pytest.fixture(scope="session")
+def full_run(tiny_acquisition, tmp_path_factory):
+    """The whole workflow once, default config, on a private copy of the full tiny acquisition (5 timepoints),
+    with secrets planted in its environment; shared by the end-to-end and reproduce tests.
+
+    Treat it as read-only: a test that changes the run directory, the crate or the raw copy works on a copy
+    or restores what it changed (bytes and modification time), so the tests pass in any order.
+
+    Returns a namespace with ``run_dir``, ``config_path``, ``config``, ``raw_dir`` (the private copy the run
+    read), ``raw_before`` (``{name: sha256}`` of ``raw_dir`` taken before the run), ``crate``
+    (``results/tiny/provenance``) and ``stdout``.
+    """
+    base = tmp_path_factory.mktemp("full_run")
+    raw_dir = base / "raw"
+    shutil.copytree(tiny_acquisition / "raw", raw_dir)
+    raw_before = {p.name: sha256(p) for p in raw_dir.iterdir()}
+    run_dir = base / "run"
+    config = workflow_config("tiny", raw_dir)
+    config_path = write_workflow_config(run_dir, config)
+    env = dict(
+        os.environ,
+        LLSMFLOW_TEST_TOKEN=SECRET_TOKEN,
+        LLSMFLOW_CONTAINER_IMAGE=f"docker://reviewer:{SECRET_PASSWORD}@ghcr.io/lab/llsmflow@sha256:{'c' * 64}",
+    )
+    result = run_workflow(run_dir, config_path, env=env)
+    return SimpleNamespace(
+        run_dir=run_dir,
+        config_path=config_path,
+        config=config,
+        raw_dir=raw_dir,
+        raw_before=raw_before,
+        crate=run_dir / "results" / "tiny" / "provenance",
         stdout=result.stdout,
     )
 

@@ -2,15 +2,12 @@
 
 import re
 import subprocess
-import sys
-from pathlib import Path
 
 import yaml
 
 from llsmflow.status import parse_job_stats
+from tests.conftest import LLSMFLOW, REPO, run_workflow
 
-REPO = Path(__file__).resolve().parents[1]
-LLSMFLOW = Path(sys.executable).parent / "llsmflow"
 TILES, CHANNELS, TIMEPOINTS = 2, 2, 3  # the tiny_run fixture
 JOBS = {
     "deskew": TILES * CHANNELS * TIMEPOINTS,
@@ -55,9 +52,7 @@ def test_run_summary_lists_every_stage(tiny_run):
 
 
 def test_rerun_summary_says_nothing_ran(tiny_run):
-    result = _llsmflow(
-        "run", "--configfile", str(tiny_run.config_path), "--workflow-dir", str(REPO), cwd=tiny_run.run_dir
-    )
+    result = run_workflow(tiny_run.run_dir, tiny_run.config_path, timeout=600, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "nothing ran: every output was already up to date." in result.stdout
 
@@ -77,11 +72,12 @@ def test_status_of_a_finished_run(tiny_run, tmp_path):
         assert str(tiny_run.config_path) in result.stdout
 
 
-def test_status_lists_what_is_left(tiny_run):
+def test_status_lists_what_is_left(tiny_run, tmp_path):
     """A changed tracking parameter leaves tracking, what depends on it and, since the fused volumes were
-    temporary, what made them; a new dataset leaves everything."""
+    temporary, what made them; a new dataset leaves everything. (The changed configs are written outside the
+    shared run directory; status runs in it.)"""
     changed = dict(tiny_run.config, track=dict(tiny_run.config["track"], min_track_length=4))
-    path = tiny_run.run_dir / "changed.yaml"
+    path = tmp_path / "changed.yaml"
     path.write_text(yaml.safe_dump(changed))
     result = _llsmflow("status", "--configfile", str(path), "--workflow-dir", str(REPO), cwd=tiny_run.run_dir)
     assert result.returncode == 0, result.stderr
@@ -91,7 +87,7 @@ def test_status_lists_what_is_left(tiny_run):
     assert _table(left) == {**{k: n for k, n in JOBS.items() if k != "prepare_psf"}, "provenance": 1}
 
     fresh = dict(tiny_run.config, dataset="again")
-    path = tiny_run.run_dir / "fresh.yaml"
+    path = tmp_path / "fresh.yaml"
     path.write_text(yaml.safe_dump(fresh))
     result = _llsmflow("status", "--configfile", str(path), "--workflow-dir", str(REPO), cwd=tiny_run.run_dir)
     assert result.returncode == 0, result.stderr

@@ -1,66 +1,36 @@
 """End to end: `llsmflow run` on the tiny synthetic acquisition, outputs checked against the ground truth."""
 
-import hashlib
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-LLSMFLOW = Path(sys.executable).parent / "llsmflow"
+from tests.conftest import LLSMFLOW, SECRET_TOKEN, run_workflow
+from tests.conftest import sha256 as _sha256
 
 pytestmark = pytest.mark.e2e
 
-
-def _sha256(path):
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-@pytest.fixture(scope="module")
-def workflow_run(tiny_acquisition, tmp_path_factory):
-    """Run the whole workflow once in a fresh directory; return (run_dir, config, raw checksums before)."""
-    run_dir = tmp_path_factory.mktemp("run")
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    config.update(
-        dataset="tiny", raw_dir=str(tiny_acquisition / "raw"), results_dir="results", work_dir="work"
-    )
-    config_path = run_dir / "config.yaml"
-    config_path.write_text(yaml.safe_dump(config))
-    raw_before = {p.name: _sha256(p) for p in (tiny_acquisition / "raw").iterdir()}
-    env = dict(os.environ, LLSMFLOW_TEST_TOKEN="fake-secret-value-123")
-    result = subprocess.run(
-        [str(LLSMFLOW), "run", "--configfile", str(config_path), "--workflow-dir", str(REPO), "--cores", "2"],
-        cwd=run_dir,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=900,
-    )
-    if result.returncode != 0:
-        pytest.fail(f"workflow failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
-    return run_dir, config, raw_before, result.stdout
+# Every test here reads the session fixture ``full_run`` (tests/conftest.py): the whole workflow once with the
+# default config on a private copy of ``tiny_acquisition``'s raw data. The reproduce tests share it, so a test
+# that changes anything of it works on a copy.
 
 
-def test_run_prints_where_results_are(workflow_run):
-    run_dir, _, _, stdout = workflow_run
-    assert "Results in results/tiny/" in stdout
-    assert (run_dir / "results" / "tiny" / "tiny.ome.zarr").is_dir()
+def test_run_prints_where_results_are(full_run):
+    assert "Results in results/tiny/" in full_run.stdout
+    assert (full_run.run_dir / "results" / "tiny" / "tiny.ome.zarr").is_dir()
 
 
-def test_raw_data_untouched(workflow_run, tiny_acquisition):
-    _, _, raw_before, _ = workflow_run
-    assert {p.name: _sha256(p) for p in (tiny_acquisition / "raw").iterdir()} == raw_before
+def test_raw_data_untouched(full_run):
+    """The raw directory the run read (its private copy) has the checksums taken before the run."""
+    assert {p.name: _sha256(p) for p in full_run.raw_dir.iterdir()} == full_run.raw_before
 
 
-def test_registration_recovers_true_tile_positions(workflow_run, tiny_acquisition):
-    run_dir = workflow_run[0]
+def test_registration_recovers_true_tile_positions(full_run, tiny_acquisition):
+    run_dir = full_run.run_dir
     transforms = json.loads((run_dir / "results/tiny/provenance/transforms.json").read_text())
     truth = json.loads((tiny_acquisition / "truth" / "tiles.json").read_text())["tiles"]
     voxel = np.asarray(transforms["voxel_size_um"])
@@ -75,11 +45,11 @@ def test_registration_recovers_true_tile_positions(workflow_run, tiny_acquisitio
     assert max(e.max() for e in errors) > 0.5 * voxel.max()
 
 
-def test_archive_is_ome_zarr_with_physical_scales(workflow_run, tiny_acquisition):
+def test_archive_is_ome_zarr_with_physical_scales(full_run):
     from ome_zarr.io import parse_url
     from ome_zarr.reader import Reader
 
-    run_dir = workflow_run[0]
+    run_dir = full_run.run_dir
     archive = run_dir / "results/tiny/tiny.ome.zarr"
     nodes = list(Reader(parse_url(str(archive)))())
     image = nodes[0]
@@ -92,7 +62,7 @@ def test_archive_is_ome_zarr_with_physical_scales(workflow_run, tiny_acquisition
         "micrometer",
         "micrometer",
     ]
-    meta = json.loads((tiny_acquisition / "raw" / "acquisition.json").read_text())
+    meta = json.loads((full_run.raw_dir / "acquisition.json").read_text())
     scale = next(t for t in multiscales["coordinateTransformations"][0] if t["type"] == "scale")["scale"]
     dzp = meta["dz_um"] * np.sin(np.radians(meta["angle_deg"]))
     assert scale == pytest.approx([meta["time_interval_s"], 1.0, dzp, meta["dx_um"], meta["dx_um"]])
@@ -122,8 +92,8 @@ def _match_tracks(tracks, truth, max_distance_um=0.6):
 
 
 @pytest.mark.parametrize("channel", [0, 1])
-def test_tracks_follow_true_trajectories(workflow_run, tiny_acquisition, channel):
-    run_dir = workflow_run[0]
+def test_tracks_follow_true_trajectories(full_run, tiny_acquisition, channel):
+    run_dir = full_run.run_dir
     tracks = pd.read_parquet(run_dir / f"results/tiny/tracks/ch{channel}.parquet")
     assert {"particle", "frame", "t_s", "z_um", "y_um", "x_um"} <= set(tracks.columns)
     assert tracks[["particle", "frame"]].equals(
@@ -137,7 +107,7 @@ def test_tracks_follow_true_trajectories(workflow_run, tiny_acquisition, channel
     # most true particles are followed as one track over at least 80 % of the frames
     assert np.mean(coverage >= 0.8) >= 0.8, coverage
     # localisation: RMS error per axis below half a voxel for detections matched to a true position
-    meta = json.loads((tiny_acquisition / "raw" / "acquisition.json").read_text())
+    meta = json.loads((full_run.raw_dir / "acquisition.json").read_text())
     voxel = np.array([meta["dz_um"] * np.sin(np.radians(meta["angle_deg"])), meta["dx_um"], meta["dx_um"]])
     errors = []
     for frame, points in tracks.groupby("frame"):
@@ -154,14 +124,16 @@ def test_tracks_follow_true_trajectories(workflow_run, tiny_acquisition, channel
     assert len(summary) == tracks["particle"].nunique()
 
 
-def test_provenance_record(workflow_run, tiny_acquisition):
-    run_dir = workflow_run[0]
+def test_provenance_record(full_run):
+    run_dir = full_run.run_dir
     provenance = run_dir / "results/tiny/provenance"
     record = json.loads((provenance / "run-record.json").read_text())
     assert record["config"]["dataset"] == "tiny"
     assert record["software"]["packages"]["numpy"]
     inputs = {Path(e["path"]).name: e["sha256"] for e in record["inputs"]}
-    for raw_file in (tiny_acquisition / "raw").glob("*.tif"):
+    raw_files = sorted(full_run.raw_dir.glob("*.tif"))
+    assert raw_files
+    for raw_file in raw_files:
         assert inputs[raw_file.name] == _sha256(raw_file)
     outputs = {e["path"]: e for e in record["outputs"]}
     track_csv = "results/tiny/tracks/ch0.csv"
@@ -171,53 +143,39 @@ def test_provenance_record(workflow_run, tiny_acquisition):
     backends = {s["notes"]["backend"] for s in record["steps"] if s["step"] == "deconvolve"}
     assert backends == {"cpu"}
     assert {s["notes"]["iterations"] for s in record["steps"] if s["step"] == "deconvolve"} == {10}
-    assert "fake-secret-value-123" not in (provenance / "run-record.json").read_text()
+    assert SECRET_TOKEN not in (provenance / "run-record.json").read_text()
     manifest = (provenance / "checksums.sha256").read_text().splitlines()
     assert any(line.endswith("tiny.ome.zarr/zarr.json") for line in manifest)
 
 
-def test_qc_previews_are_pngs(workflow_run):
-    run_dir = workflow_run[0]
+def test_qc_previews_are_pngs(full_run):
+    run_dir = full_run.run_dir
     pngs = sorted((run_dir / "results/tiny/qc").glob("*.png"))
     assert len(pngs) == 2 * 2 + 1
     for png in pngs:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_intermediates_are_temporary(workflow_run):
-    run_dir = workflow_run[0]
+def test_intermediates_are_temporary(full_run):
+    run_dir = full_run.run_dir
     assert not list((run_dir / "work/tiny").glob("deskewed/*.tif"))
     assert not list((run_dir / "work/tiny").glob("fused/*.zarr"))
 
 
-def test_rerun_has_nothing_to_do(workflow_run):
-    run_dir, _, _, _ = workflow_run
-    result = subprocess.run(
-        [
-            str(LLSMFLOW),
-            "run",
-            "--configfile",
-            str(run_dir / "config.yaml"),
-            "--workflow-dir",
-            str(REPO),
-            "--",
-            "--dry-run",
-        ],
-        cwd=run_dir,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+def test_rerun_has_nothing_to_do(full_run):
+    """A dry run (it writes no outputs, no run record) of the same command finds everything up to date."""
+    run_dir = full_run.run_dir
+    result = run_workflow(run_dir, full_run.config_path, "--", "--dry-run", timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Nothing to be done" in result.stdout + result.stderr
     shutil.rmtree(run_dir / ".snakemake" / "locks", ignore_errors=True)
 
 
-def test_archive_holds_tracks_and_verifies(workflow_run, tiny_acquisition, tmp_path):
+def test_archive_holds_tracks_and_verifies(full_run, tmp_path):
     """The archive carries its tables and a manifest; `llsmflow verify` catches every kind of damage."""
     import zarr
 
-    run_dir = workflow_run[0]
+    run_dir = full_run.run_dir
     archive = run_dir / "results/tiny/tiny.ome.zarr"
     attrs = dict(zarr.open_group(str(archive), mode="r").attrs)["llsmflow"]
     table = attrs["tables"]["tracks_ch0"]
@@ -262,7 +220,7 @@ def test_archive_holds_tracks_and_verifies(workflow_run, tiny_acquisition, tmp_p
         assert f"{kind}: {name}" in stdout
 
     raw_copy = tmp_path / "raw"
-    shutil.copytree(tiny_acquisition / "raw", raw_copy)
+    shutil.copytree(full_run.raw_dir, raw_copy)
     victim = sorted(raw_copy.glob("Scan_*.tif"))[0]
     data = bytearray(victim.read_bytes())
     data[-1] ^= 0x01

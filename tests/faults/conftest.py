@@ -8,7 +8,6 @@ characters, so every run also checks that such names work end to end.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -19,20 +18,22 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from llsmflow.synth import generate
-from tests.conftest import tiny_params
+from tests.conftest import run_workflow as run_llsmflow
+from tests.conftest import (
+    sha256,
+    tiny_params,
+    workflow_command,
+    workflow_config,
+    write_workflow_config,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 LLSMFLOW = Path(sys.executable).parent / "llsmflow"
 RAW_NAME = "raw data ü"  # a space and a non-ASCII letter in the raw directory's name
 STACK_PREFIX = "Scan Iter é"  # ... and in every stack's and PSF's name
 DATASET = "small"
-
-
-def sha256(path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def rename_with_odd_characters(raw: Path) -> None:
@@ -68,27 +69,12 @@ def copy_acquisition(raw: Path, destination: Path) -> Path:
 
 def write_config(run_dir: Path, raw_dir: Path, **changes) -> Path:
     """``run_dir/config.yaml``: the default config for dataset ``small`` on ``raw_dir``, with ``changes``."""
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text(encoding="utf-8"))
-    config.update(dataset=DATASET, raw_dir=str(raw_dir), results_dir="results", work_dir="work")
-    config.update(changes)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / "config.yaml"
-    path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
-    return path
+    return write_workflow_config(run_dir, workflow_config(DATASET, raw_dir, **changes))
 
 
 def run_command(run_dir: Path, *extra: str) -> list[str]:
-    return [
-        str(LLSMFLOW),
-        "run",
-        "--configfile",
-        str(run_dir / "config.yaml"),
-        "--workflow-dir",
-        str(REPO),
-        "--cores",
-        "2",
-        *extra,
-    ]
+    """``llsmflow run`` with ``run_dir/config.yaml`` on 2 cores, then ``extra``."""
+    return workflow_command(run_dir / "config.yaml", *extra)
 
 
 def clean_env(home: Path | None = None) -> dict[str, str]:
@@ -100,16 +86,16 @@ def clean_env(home: Path | None = None) -> dict[str, str]:
 
 
 def run_workflow(run_dir: Path, *extra: str, env=None, umask: int | None = None, timeout: int = 900):
-    """Run ``llsmflow run`` in ``run_dir`` as a user would; return the CompletedProcess."""
-    preexec = None if umask is None else (lambda: os.umask(umask))
-    return subprocess.run(
-        run_command(run_dir, *extra),
-        cwd=run_dir,
-        capture_output=True,
-        text=True,
+    """Run ``llsmflow run`` with ``run_dir/config.yaml`` in ``run_dir`` as a user would (environment
+    :func:`clean_env` unless given); return the CompletedProcess, whatever its exit status."""
+    return run_llsmflow(
+        run_dir,
+        run_dir / "config.yaml",
+        *extra,
         env=env or clean_env(),
+        umask=umask,
         timeout=timeout,
-        preexec_fn=preexec,
+        check=False,
     )
 
 
@@ -161,9 +147,7 @@ def reference_run(small_acquisition, tmp_path_factory):
     home_before = sorted(str(p.relative_to(home)) for p in home.rglob("*"))
     run_dir_before = sorted(p.name for p in run_dir.iterdir())
     started = time.time()
-    result = run_workflow(run_dir, env=clean_env(home), umask=0o027)
-    if result.returncode != 0:
-        pytest.fail(f"reference run failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    result = run_llsmflow(run_dir, run_dir / "config.yaml", env=clean_env(home), umask=0o027)
     return {
         "run_dir": run_dir,
         "home": home,

@@ -10,10 +10,9 @@ from __future__ import annotations
 import json
 import os
 import stat
-import subprocess
 from pathlib import Path
 
-from tests.faults.conftest import DATASET, LLSMFLOW, REPO, STACK_PREFIX, clean_env, sha256, write_config
+from tests.faults.conftest import DATASET, STACK_PREFIX, run_workflow, sha256, write_config
 
 
 def test_odd_file_names_run_end_to_end(reference_run, small_acquisition):
@@ -75,16 +74,7 @@ def test_world_writable_never(small_acquisition, tmp_path):
     """
     run_dir = tmp_path / "run"
     write_config(run_dir, small_acquisition)
-    result = subprocess.run(
-        [str(LLSMFLOW), "run", "--configfile", str(run_dir / "config.yaml"), "--workflow-dir", str(REPO)]
-        + ["--", "--until", "ingest"],
-        cwd=run_dir,
-        capture_output=True,
-        text=True,
-        env=clean_env(),
-        preexec_fn=lambda: os.umask(0),
-        timeout=600,
-    )
+    result = run_workflow(run_dir, "--", "--until", "ingest", umask=0, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     paths = [p for p in run_dir.rglob("*") if p.name != "config.yaml"]
     assert any(p.name == "samples.tsv" for p in paths)

@@ -2,13 +2,13 @@
 
 import re
 
+import pytest
+
 from llsmflow import decon
 
 
 def test_deconvolution_jobs_reuse_measured_plans(tiny_run):
     if not decon.USE_PYFFTW or decon.pyfftw is None:
-        import pytest
-
         pytest.skip("pyFFTW is not installed: the scipy.fft fallback needs no plans")
     wisdom = tiny_run.run_dir / "work" / "tiny" / ".cache" / "fftw-wisdom"
     parts = wisdom.read_bytes().split(b"\0")

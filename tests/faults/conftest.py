@@ -13,7 +13,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -29,8 +28,6 @@ from tests.conftest import (
     write_workflow_config,
 )
 
-REPO = Path(__file__).resolve().parents[2]
-LLSMFLOW = Path(sys.executable).parent / "llsmflow"
 RAW_NAME = "raw data ü"  # a space and a non-ASCII letter in the raw directory's name
 STACK_PREFIX = "Scan Iter é"  # ... and in every stack's and PSF's name
 DATASET = "small"

@@ -14,10 +14,9 @@ import numpy as np
 import pytest
 import tifffile
 
+from tests.conftest import LLSMFLOW, REPO
 from tests.faults.conftest import (
     DATASET,
-    LLSMFLOW,
-    REPO,
     STACK_PREFIX,
     copy_acquisition,
     run_workflow,

@@ -767,3 +767,18 @@ def test_read_transforms_and_fused_errors(tmp_path):
         read_transforms(no_origin)
     with pytest.raises(LlsmflowError, match="not found"):
         read_fused(tmp_path / "absent.zarr")
+
+
+def test_unreadable_tile_header_is_one_clear_error(tmp_path):
+    from llsmflow.hpc import _tiff_shape
+    from llsmflow.stitch import _tiff_peek
+
+    bad = tmp_path / "tile.ome.tif"
+    bad.write_bytes(b"II*\x00" + b"\x00" * 12)  # a TIFF signature, no image file directory
+    with pytest.raises(LlsmflowError, match=r"cannot read as TIFF \(.*\); expected a tile volume") as err:
+        _tiff_peek(bad)
+    assert err.value.path == bad
+    with pytest.raises(LlsmflowError, match=r"cannot read as TIFF \(.*\); expected a TIFF stack"):
+        _tiff_shape(bad)
+    with pytest.raises(LlsmflowError, match="file not found"):
+        _tiff_peek(tmp_path / "missing.tif")

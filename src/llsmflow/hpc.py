@@ -131,15 +131,10 @@ class VolumeSizes:
 
 
 def _tiff_shape(path: Path) -> tuple[int, ...]:
-    import tifffile
+    from llsmflow.io import open_tiff
 
-    try:
-        with tifffile.TiffFile(path) as tif:
-            return tuple(int(n) for n in tif.series[0].shape)
-    except (OSError, ValueError, IndexError) as error:
-        raise LlsmflowError(
-            f"cannot read the stack's header ({error}); expected a TIFF stack", path
-        ) from None
+    with open_tiff(path, expected="a TIFF stack") as tif:
+        return tuple(int(n) for n in tif.series[0].shape)
 
 
 def _prepared_psf_shape(acq, channel: int, voxel) -> tuple[int, int, int]:

@@ -110,8 +110,9 @@ def file_voxel_size(tif: tifffile.TiffFile) -> tuple[float, float, float] | None
 
 
 @contextlib.contextmanager
-def _open_tiff(path: Path) -> Iterator[tifffile.TiffFile]:
-    """Open a TIFF for reading; any failure inside becomes one :class:`LlsmflowError` naming the file."""
+def open_tiff(path: Path, expected: str = "a readable TIFF") -> Iterator[tifffile.TiffFile]:
+    """Open a TIFF for reading; any failure inside becomes one :class:`LlsmflowError` naming the file and,
+    for an unreadable one, ``expected`` (what the caller needed the file to be)."""
     if not path.is_file():
         raise LlsmflowError("file not found; expected a TIFF volume", path)
     tifffile_log = logging.getLogger("tifffile")
@@ -125,7 +126,7 @@ def _open_tiff(path: Path) -> Iterator[tifffile.TiffFile]:
         raise
     except Exception as exc:  # tifffile raises many types for truncated/corrupt files
         raise LlsmflowError(
-            f"cannot read as TIFF ({type(exc).__name__}: {exc}); expected a readable TIFF", path
+            f"cannot read as TIFF ({type(exc).__name__}: {exc}); expected {expected}", path
         ) from exc
     finally:
         tifffile_log.setLevel(previous_level)
@@ -154,7 +155,7 @@ def read_volume(
         ``data`` is ZYX in the file's dtype; ``voxel_size_um`` is the override, else the file's, else None.
     """
     path = Path(path)
-    with _open_tiff(path) as tif:
+    with open_tiff(path) as tif:
         series = tif.series[0]
         axes = series.axes
         _check_complete(path, _tiff_data_end(series))
@@ -239,7 +240,7 @@ def read_header(path: str | Path) -> tuple[tuple[int, int, int], np.dtype]:
         Unreadable, truncated, wrong dtype or wrong dimensionality; the message names the file.
     """
     path = Path(path)
-    with _open_tiff(path) as tif:
+    with open_tiff(path) as tif:
         series = tif.series[0]
         axes, shape, dtype = series.axes, tuple(series.shape), np.dtype(series.dtype)
         end = _tiff_data_end(series)

@@ -68,7 +68,7 @@ from scipy.signal import windows
 from skimage.registration import phase_cross_correlation
 
 from llsmflow.errors import LlsmflowError, require_positive_voxel_size
-from llsmflow.io import atomic_output, file_voxel_size, read_volume, write_json
+from llsmflow.io import atomic_output, file_voxel_size, open_tiff, read_volume, write_json
 
 __all__ = [
     "PairLink",
@@ -257,16 +257,11 @@ class Tile:
 
 def _tiff_peek(path: Path) -> tuple[tuple[int, int, int], str, tuple[float, float, float] | None]:
     """Return the ZYX shape, the series axes and the voxel size (µm) of a TIFF without reading its pixels."""
-    try:
-        with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
-            axes = series.axes.replace("Q", "Z").replace("I", "Z")
-            shape = tuple(int(n) for n in series.shape)
-            voxel = file_voxel_size(tif)
-    except Exception as exc:  # tifffile raises many types for truncated/corrupt files
-        raise LlsmflowError(
-            f"cannot read as TIFF ({type(exc).__name__}: {exc}); expected a tile volume", path
-        ) from exc
+    with open_tiff(path, expected="a tile volume") as tif:
+        series = tif.series[0]
+        axes = series.axes.replace("Q", "Z").replace("I", "Z")
+        shape = tuple(int(n) for n in series.shape)
+        voxel = file_voxel_size(tif)
     if len(set(axes)) != len(axes):
         raise LlsmflowError(f"has axes {series.axes!r} and shape {shape}; expected a ZYX volume", path)
     sizes = dict(zip(axes, shape, strict=True))

@@ -16,9 +16,9 @@ import pytest
 import yaml
 
 from llsmflow import container
-from llsmflow.archive import sha256_file
 from llsmflow.cli import main
 from llsmflow.errors import LlsmflowError
+from llsmflow.io import sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"

@@ -30,7 +30,6 @@ Checksum manifests are ``sha256sum``-compatible (``<hex>  <relative path>``, sor
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -45,7 +44,7 @@ import numpy as np
 import zarr
 
 from llsmflow.errors import LlsmflowError, require_positive_voxel_size
-from llsmflow.io import atomic_output
+from llsmflow.io import atomic_output, sha256_file
 
 with warnings.catch_warnings():
     # ome_zarr.writer evaluates a deprecated ``Scaler()`` default argument at import time (0.18).
@@ -607,27 +606,6 @@ def read_ome_zarr(path: str | Path) -> tuple[da.Array, dict]:
 # ----------------------------------------------------------------------------------------------------
 # Checksums
 # ----------------------------------------------------------------------------------------------------
-
-
-def sha256_file(path: str | Path, block_size: int = 1 << 20) -> str:
-    """Return the hex SHA-256 digest of a file, read in blocks.
-
-    Raises
-    ------
-    LlsmflowError
-        If ``path`` is not a readable file.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise LlsmflowError("not found or not a file; expected a file to checksum", path)
-    digest = hashlib.sha256()
-    try:
-        with path.open("rb") as fh:
-            while block := fh.read(block_size):
-                digest.update(block)
-    except OSError as exc:
-        raise LlsmflowError(f"cannot read ({exc.strerror})", path) from exc
-    return digest.hexdigest()
 
 
 def _manifest_line(digest: str, name: str) -> str:

@@ -19,6 +19,7 @@ import sys
 from collections.abc import Iterator, Mapping
 
 from llsmflow.errors import LlsmflowError
+from llsmflow.parallel import client_threads  # noqa: F401  (re-exported: its old home)
 
 log = logging.getLogger("llsmflow.cluster")
 
@@ -127,8 +128,3 @@ def dask_cluster(config: Mapping | None = None) -> Iterator[object | None]:
                 "expected the queue to start one: check squeue, or raise dask.timeout_s"
             ) from None
         yield client
-
-
-def client_threads(client) -> int:
-    """Threads of all the client's workers now (at least 1)."""
-    return max(1, sum(client.nthreads().values()))

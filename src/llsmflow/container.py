@@ -257,8 +257,7 @@ def build_image(
     from spython.main import Client
     from spython.utils import check_install, run_command
 
-    from llsmflow.archive import sha256_file
-    from llsmflow.io import atomic_output
+    from llsmflow.io import atomic_output, sha256_file
 
     definition = definition_path(flavour, root)
     parse_definition(definition)
@@ -369,7 +368,7 @@ def resolve_images(section: dict | None, backend: str = "cpu", verify_local: boo
 
 
 def _verify_local(path: Path, expected: str | None, key: str) -> None:
-    from llsmflow.archive import sha256_file
+    from llsmflow.io import sha256_file
 
     if not path.is_file():
         raise LlsmflowError(f"config {key}: image file not found; expected a SIF built or pulled there", path)
@@ -478,7 +477,7 @@ def cmd_container_build(args) -> int:
 
 
 def cmd_container_pin(args) -> int:
-    from llsmflow.archive import sha256_file
+    from llsmflow.io import sha256_file
 
     path = Path(args.sif)
     if not path.is_file():

@@ -1334,7 +1334,7 @@ def _run_plan_on(client, volume, plan: ChunkPlan, engine_args, run, out, checked
     the workers deconvolve, at most two chunks per worker thread in flight (bounded memory here)."""
     from distributed import as_completed
 
-    from llsmflow.cluster import client_threads
+    from llsmflow.parallel import client_threads
 
     iterations = run[1]
     boxes = iter(enumerate(plan.boxes()))

@@ -322,3 +322,21 @@ def write_json(path: str | Path, obj) -> Path:
     with atomic_output(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
     return path
+
+
+def sha256_file(path: str | Path) -> str:
+    """Return the hex SHA-256 digest of a file (``hashlib.file_digest``, read in blocks).
+
+    Raises
+    ------
+    LlsmflowError
+        If ``path`` is not a readable file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise LlsmflowError("not found or not a file; expected a file to checksum", path)
+    try:
+        with path.open("rb") as fh:
+            return hashlib.file_digest(fh, "sha256").hexdigest()
+    except OSError as exc:
+        raise LlsmflowError(f"cannot read ({exc.strerror})", path) from exc

@@ -28,8 +28,7 @@ import time
 from pathlib import Path
 
 from llsmflow import __version__
-from llsmflow.archive import sha256_file
-from llsmflow.io import write_json
+from llsmflow.io import sha256_file, write_json
 
 ENV_ALLOW_LIST = (
     "SLURM_JOB_ID",

@@ -45,9 +45,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from llsmflow.archive import sha256_file
 from llsmflow.crate import METADATA
 from llsmflow.errors import LlsmflowError
+from llsmflow.io import sha256_file
 from llsmflow.provenance import container_info, package_versions
 
 RTOL = 1e-5  # arrays (Zarr, TIFF) and JSON numbers: max|a - b| / max|a|

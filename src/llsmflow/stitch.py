@@ -1940,7 +1940,7 @@ def fuse_to_zarr(
     grid = [range(0, n, c) for n, c in zip(shape, chunks, strict=True)]
     n_blocks = math.prod(len(g) for g in grid)
     if client is not None:
-        from llsmflow.cluster import client_threads
+        from llsmflow.parallel import client_threads
 
         workers, figures = client_threads(client), {}
     else:

@@ -79,7 +79,7 @@ def scene(shape, psf, seed=0, clear_border=False) -> np.ndarray:
 
 def fft_seconds(shape, psf, threads) -> float:
     """Seconds of the four FFTs of one RL iteration alone (planned, executed back to back)."""
-    ws = decon._Workspace(decon._padded_shape(shape, psf.shape), np, decon._resolve_threads(threads), 3)
+    ws = decon._Workspace(decon.padded_shape(shape, psf.shape), np, decon._resolve_threads(threads), 3)
     ws.reals[1][...] = 1.0
 
     def four():
@@ -183,7 +183,7 @@ def speed(shape, psf, label, iterations, repeats, measured=None) -> None:
     reference_clear = sk_rl(clear, psf, num_iter=n, clip=False, filter_epsilon=1e-12)
     diff_clear = relative_difference(result_clear, reference_clear, half)
     per = best["ours"] / n
-    padded = decon._padded_shape(shape, psf.shape)
+    padded = decon.padded_shape(shape, psf.shape)
     rows = [
         ("volume (ZYX, float32) / PSF (llsmflow's prepared kernel)", f"{tuple(shape)} / {psf.shape}"),
         ("padded FFT shape (llsmflow)", str(padded)),

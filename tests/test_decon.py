@@ -585,7 +585,7 @@ def test_plan_chunks_fits_the_budget():
     whole = decon.plan_chunks(shape, psf_shape)
     assert whole.count == 1 and whole.core == shape and whole.halo == (0, 0, 0)
     assert whole.bytes == decon.estimate_memory(shape, psf_shape)
-    padded = np.prod(decon._padded_shape(shape, psf_shape))
+    padded = np.prod(decon.padded_shape(shape, psf_shape))
     fftw = decon.USE_PYFFTW and decon.pyfftw is not None
     copies = 7 if fftw else 9  # float32 copies of the padded volume (complex half-spectra count as one)
     assert decon.estimate_memory(shape, psf_shape) == pytest.approx(copies * 4 * padded, rel=0.01)

@@ -89,6 +89,9 @@ pyfftw = _import_pyfftw()
 BACKENDS = ("pycudadecon", "cupy", "cpu")
 """Backend names, in the order ``choose_backend("auto")`` prefers them."""
 
+GPU_BACKENDS = ("pycudadecon", "cupy")
+"""The backends that run on a GPU: a job with one of them requests a GPU and runs in the GPU image."""
+
 METHODS = ("rl", "wb")
 """Deconvolution methods: Richardson–Lucy, Wiener–Butterworth."""
 
@@ -586,14 +589,14 @@ def _fast_length(n: int) -> int:
     return best
 
 
-def _padded_shape(shape, psf_shape) -> tuple[int, int, int]:
+def padded_shape(shape, psf_shape) -> tuple[int, int, int]:
     """Padded FFT shape of a block: at least the PSF half-size on each side, then a fast FFT length."""
     return tuple(_fast_length(n + 2 * (k // 2)) for n, k in zip(shape, psf_shape, strict=True))
 
 
 def _padding(shape, psf_shape) -> list[tuple[int, int]]:
     """Per-axis (before, after) padding: at least the PSF half-width, up to a fast FFT length (`_fast_length`)."""
-    return _centred_pads(shape, _padded_shape(shape, psf_shape))
+    return _centred_pads(shape, padded_shape(shape, psf_shape))
 
 
 def _centred_pads(shape, padded_shape) -> list[tuple[int, int]]:
@@ -1035,7 +1038,7 @@ class ChunkPlan:
                     yield tuple(zip(bz, by, bx, strict=True))
 
 
-def _reach_shape(psf_shape, method: str) -> tuple[int, ...]:
+def reach_shape(psf_shape, method: str) -> tuple[int, ...]:
     """Support (voxels) of the widest kernel an iteration applies: the PSF for RL, the back projector
     (``2·n − 1``, see :func:`wb_back_projector`) for WB. Padding and halos are sized on it."""
     if method == "wb":
@@ -1066,7 +1069,7 @@ def estimate_memory(shape, psf_shape, acceleration: bool = False, method: str = 
     int
         Bytes.
     """
-    padded = _padded_shape(shape, _reach_shape(psf_shape, method))
+    padded = padded_shape(shape, reach_shape(psf_shape, method))
     fftw = USE_PYFFTW and pyfftw is not None
     return _working_set(padded, acceleration, fftw)
 
@@ -1124,7 +1127,7 @@ def plan_chunks(
         A non-positive budget, a bad halo, or a budget too small for even the smallest chunk.
     """
     shape = tuple(int(n) for n in shape)
-    psf_shape = _reach_shape(psf_shape, method)
+    psf_shape = reach_shape(psf_shape, method)
     halves = tuple(k // 2 for k in psf_shape)
     if halo is None:
         halo = tuple(max(_HALO_PSF_HALVES * h, h) for h in halves)
@@ -1136,7 +1139,7 @@ def plan_chunks(
             )
     fftw = USE_PYFFTW and pyfftw is not None
 
-    whole = _padded_shape(shape, psf_shape)
+    whole = padded_shape(shape, psf_shape)
 
     def layout(core):
         halo_used = tuple(h if c < n else 0 for c, n, h in zip(core, shape, halo, strict=True))

@@ -22,10 +22,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from llsmflow.decon import GPU_BACKENDS  # noqa: F401  (the deconvolve rule requests a GPU only for these)
 from llsmflow.errors import LlsmflowError
-
-#: Deconvolution backends that run on a GPU (the deconvolve rule requests one only for these).
-GPU_BACKENDS = ("cupy", "pycudadecon")
 
 # Per-voxel costs, seconds, measured on the 2-core reference machine of bench/RESULTS.md (all cores):
 # deskew: 9.8 ms for a (100, 256, 501) float32 output, plus reading the raw stack and writing the float32
@@ -192,7 +190,7 @@ def volume_sizes(acq) -> VolumeSizes:
 
 
 def _decon_resources(sizes: VolumeSizes, decon: Mapping, cores: int | None) -> StepResources:
-    from llsmflow.decon import DEFAULT_ITERATIONS, _padded_shape, _reach_shape, estimate_memory
+    from llsmflow.decon import DEFAULT_ITERATIONS, estimate_memory, padded_shape, reach_shape
 
     method = decon.get("method", "rl")
     iterations = decon.get("iterations") or DEFAULT_ITERATIONS.get(method, 10)
@@ -206,7 +204,7 @@ def _decon_resources(sizes: VolumeSizes, decon: Mapping, cores: int | None) -> S
     budget = decon.get("max_memory_gb")
     if budget:
         working = min(working, float(budget) * 1e9)
-    padded = math.prod(_padded_shape(sizes.deskewed_shape, _reach_shape(sizes.psf_shape, method)))
+    padded = math.prod(padded_shape(sizes.deskewed_shape, reach_shape(sizes.psf_shape, method)))
     io = 2 * sizes.deskewed_mb  # the volume read and the result, both whole in the job's memory
     if gpu:
         gpu_mem = _mb(working)

@@ -1,3 +1,4 @@
+# archive: workflow/scripts/archive.py → llsmflow.archive
 rule archive:
     """The dataset archive: OME-Zarr image (TCZYX, physical scales, channels), tracks as Parquet, checksums."""
     input:

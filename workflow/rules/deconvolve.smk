@@ -1,3 +1,4 @@
+# deconvolve: workflow/scripts/prepare_psf.py, deconvolve.py → llsmflow.decon
 rule prepare_psf:
     """Background-subtract, centre, normalise and resample a channel's PSF to the deskewed voxel size."""
     input:

@@ -1,3 +1,4 @@
+# deskew: workflow/scripts/deskew.py → llsmflow.deskew
 rule deskew:
     """Shear one raw stage-scan stack into the objective frame (float32 OME-TIFF with voxel sizes)."""
     input:

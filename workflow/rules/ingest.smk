@@ -1,3 +1,4 @@
+# ingest: workflow/scripts/ingest.py → llsmflow.ingest (instrument metadata → sample table)
 rule ingest:
     """Record the sample table and the resolved acquisition metadata (overrides applied)."""
     input:

@@ -1,3 +1,4 @@
+# provenance: workflow/scripts/provenance.py → llsmflow.provenance (run record, RO-Crate) + llsmflow.archive.manifest
 rule provenance:
     """Run record, sha256 manifest and Workflow Run RO-Crate (docs/provenance.md)."""
     input:

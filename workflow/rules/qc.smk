@@ -1,3 +1,4 @@
+# qc: workflow/scripts/qc_tile.py, qc_mosaic.py, qc_report.py → llsmflow.qc
 rule qc_tile:
     """Maximum projections of one tile and channel: raw, deskewed and deconvolved side by side."""
     input:

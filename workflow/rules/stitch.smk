@@ -1,3 +1,4 @@
+# stitch: workflow/scripts/register.py, fuse.py → llsmflow.stitch
 rule register:
     """Register overlapping tiles once (reference channel and timepoint) and optimise all positions."""
     input:

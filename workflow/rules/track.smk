@@ -1,3 +1,4 @@
+# track: workflow/scripts/track.py → llsmflow.track
 rule track:
     """Detect and link particles of one channel in 3-D over time (trackpy), with statistics and plots."""
     input:

@@ -37,7 +37,6 @@ Conventions: volumes are ZYX arrays; voxel sizes are ``(dz_um, dy_um, dx_um)``; 
 physical (z, y, x) position in µm of the centre of its voxel (0, 0, 0), so voxel ``i`` sits at
 ``origin_um + i * voxel_size_um``. All tiles of a mosaic share one voxel size.
 
-
 Submodules, split where a workflow job's needs divide (so that each job imports only its seam's libraries):
 
 - :mod:`.transforms` -- the transforms file (``transforms.json``): write, read, positions. json and numpy

@@ -27,11 +27,6 @@ from llsmflow.stitch import (
     PairLink,
     StitchWarning,
     Tile,
-    _block_bytes,
-    _current_rss_bytes,
-    _Fuser,
-    _sample,
-    _tile_range,
     fuse_to_zarr,
     fused_extent,
     mosaic_voxel_size,
@@ -45,6 +40,9 @@ from llsmflow.stitch import (
     tile_from_deskewed,
     write_transforms,
 )
+from llsmflow.stitch._budget import _block_bytes, _current_rss_bytes
+from llsmflow.stitch.fusion import _Fuser
+from llsmflow.stitch.grid import _sample, _tile_range
 from llsmflow.synth import render_emitters
 
 VOXEL = (0.5, 0.25, 0.25)  # (dz, dy, dx) µm
@@ -599,7 +597,8 @@ CHILD_FUSION = textwrap.dedent(
     """
     import json, sys
     import numpy as np
-    from llsmflow.stitch import Tile, _current_rss_bytes, fuse_to_zarr
+    from llsmflow.stitch import Tile, fuse_to_zarr
+    from llsmflow.stitch._budget import _current_rss_bytes
 
     spec = json.loads(sys.argv[1])
     plane = np.load(spec["plane"])
@@ -771,7 +770,7 @@ def test_read_transforms_and_fused_errors(tmp_path):
 
 def test_unreadable_tile_header_is_one_clear_error(tmp_path):
     from llsmflow.hpc import _tiff_shape
-    from llsmflow.stitch import _tiff_peek
+    from llsmflow.stitch._tilefile import _tiff_peek
 
     bad = tmp_path / "tile.ome.tif"
     bad.write_bytes(b"II*\x00" + b"\x00" * 12)  # a TIFF signature, no image file directory
@@ -782,3 +781,106 @@ def test_unreadable_tile_header_is_one_clear_error(tmp_path):
         _tiff_shape(bad)
     with pytest.raises(LlsmflowError, match="file not found"):
         _tiff_peek(tmp_path / "missing.tif")
+
+
+# ----------------------------------------------------------------------------- package layout and defaults
+
+
+def _components_reference(keys, links):
+    """The tile graph's components as the hand-written search found them before scipy's csgraph did."""
+    neighbours = {k: set() for k in keys}
+    for link in links:
+        neighbours[link.a].add(link.b)
+        neighbours[link.b].add(link.a)
+    order = {k: i for i, k in enumerate(keys)}
+    seen, components = set(), []
+    for key in keys:
+        if key in seen:
+            continue
+        stack, component = [key], []
+        seen.add(key)
+        while stack:
+            k = stack.pop()
+            component.append(k)
+            for n in sorted(neighbours[k] - seen):
+                seen.add(n)
+                stack.append(n)
+        components.append(sorted(component, key=order.__getitem__))
+    return components
+
+
+def test_components_equal_the_hand_written_search():
+    from llsmflow.stitch.optimise import _components
+
+    def links(*edges):
+        return [PairLink(a, b, (0.0, 0.0, 0.0), 1.0) for a, b in edges]
+
+    keys = ["r", "a", "b", "c", "d", "e", "f"]
+    graphs = [
+        [],  # no links: every tile alone
+        links(("r", "a"), ("a", "b"), ("b", "c"), ("c", "d"), ("d", "e"), ("e", "f")),  # a chain
+        links(("c", "d"), ("e", "f"), ("r", "b")),  # three pairs and a lone tile, out of key order
+        links(("f", "r"), ("a", "e"), ("e", "c"), ("c", "a"), ("a", "e")),  # a cycle, a repeated link
+        links(("d", "e"), ("b", "c"), ("c", "b")),  # the reference alone, links both ways
+    ]
+    rng = np.random.default_rng(0)
+    for _ in range(20):  # random graphs, most of them disconnected
+        n = int(rng.integers(0, 8))
+        graphs.append(links(*(tuple(rng.choice(keys, 2, replace=False)) for _ in range(n))))
+    for graph in graphs:
+        for order in (keys, keys[::-1]):
+            assert _components(order, graph) == _components_reference(order, graph), graph
+
+
+def test_progress_true_logs_lines(tmp_path, caplog):
+    tiles = [Tile("a", (0.0, 0.0, 0.0), None, data=np.ones((4, 8, 8), np.float32))]
+    with caplog.at_level(logging.INFO, logger="llsmflow.stitch"):
+        fuse_to_zarr(
+            tiles, {"a": (0.0, 0.0, 0.0)}, VOXEL, tmp_path / "f.zarr", chunks=(4, 4, 8), progress=True
+        )
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("fused chunk")]
+    assert lines[0].startswith("fused chunk 1/2") and lines[-1].startswith("fused chunk 2/2 (100 %")
+
+
+@pytest.mark.parametrize(
+    ("statement", "absent"),
+    [
+        ("from llsmflow.stitch.transforms import read_transforms", ["dask", "zarr", "skimage", "scipy"]),
+        ("from llsmflow.stitch import read_transforms", ["dask", "zarr", "skimage", "scipy"]),
+        (
+            "from llsmflow.stitch import register_tiles, tile_from_deskewed, write_transforms",
+            ["dask", "zarr", "scipy.signal"],
+        ),
+        ("from llsmflow.stitch.grid import fused_extent", ["dask", "zarr", "skimage", "scipy"]),
+        ("from llsmflow.stitch import read_fused", ["dask", "skimage", "scipy"]),
+    ],
+)
+def test_each_seam_imports_only_its_libraries(statement, absent):
+    code = f"import json, sys\n{statement}\nprint(json.dumps(sorted(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    modules = json.loads(done.stdout)
+    loaded = set(modules) | {m.split(".")[0] for m in modules}
+    assert not loaded & set(absent), (statement, sorted(loaded & set(absent)))
+
+
+def test_library_defaults_agree_with_the_config_schema():
+    import inspect
+    from pathlib import Path
+
+    import yaml
+
+    from llsmflow.stitch import fuse_to_zarr, optimise_positions, register_pair, register_tiles
+
+    schema = yaml.safe_load((Path(__file__).parents[1] / "config/schema.yaml").read_text())
+    stitch = {k: v["default"] for k, v in schema["properties"]["stitch"]["properties"].items()}
+
+    def default(function, name):
+        return inspect.signature(function).parameters[name].default
+
+    for function in (register_tiles, optimise_positions):
+        assert default(function, "min_quality") == stitch["min_quality"]
+    for function in (register_tiles, register_pair):
+        assert default(function, "upsample_factor") == stitch["upsample_factor"]
+    assert default(fuse_to_zarr, "blend_width_um") == stitch["blend_width_um"]
+    assert list(default(fuse_to_zarr, "chunks")) == stitch["chunks"]
+    assert default(fuse_to_zarr, "max_memory_gb") == stitch["max_memory_gb"]

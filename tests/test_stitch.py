@@ -132,7 +132,8 @@ def test_register_tiles_recovers_true_positions(row_tiles, tmp_path):
     before = errors_vox(nominal, ROW_TRUE, keys, "t0")
     assert max(np.abs(e).max() for e in before.values()) > 8  # the stage error is several voxels
 
-    transforms = register_tiles(row_tiles, VOXEL)
+    # stage errors here reach 3.4 µm, beyond the workflow's 3 µm bound: search a quarter of the tile
+    transforms = register_tiles(row_tiles, VOXEL, max_shift_um=None)
 
     assert transforms["reference"] == "t0"
     assert [(p["a"], p["b"]) for p in transforms["pairs"]] == [("t0", "t1"), ("t1", "t2")]  # t0/t2 disjoint
@@ -881,6 +882,7 @@ def test_library_defaults_agree_with_the_config_schema():
         assert default(function, "min_quality") == stitch["min_quality"]
     for function in (register_tiles, register_pair):
         assert default(function, "upsample_factor") == stitch["upsample_factor"]
+    assert default(register_tiles, "max_shift_um") == stitch["max_shift_um"]
     assert default(fuse_to_zarr, "blend_width_um") == stitch["blend_width_um"]
     assert list(default(fuse_to_zarr, "chunks")) == stitch["chunks"]
     assert default(fuse_to_zarr, "max_memory_gb") == stitch["max_memory_gb"]

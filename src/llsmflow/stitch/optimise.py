@@ -175,14 +175,16 @@ def register_tiles(
     voxel_size_um,
     min_quality: float = 0.5,
     upsample_factor: int = 10,
-    max_shift_um=None,
+    max_shift_um=3.0,
     max_residual_um: float | None = None,
     reference: str | None = None,
 ) -> dict:
     """Register every pair of overlapping tiles and optimise all positions.
 
     Pairs are the tiles whose nominal boxes overlap by at least 3 voxels along every axis. See
-    :func:`register_pair` and :func:`optimise_positions` for the parameters.
+    :func:`register_pair` and :func:`optimise_positions` for the parameters. The defaults are the
+    workflow's (config/schema.yaml, ``stitch``): ``max_shift_um`` 3 µm bounds a stage's positioning error;
+    ``None`` searches a quarter of the smaller tile, as :func:`register_pair` does by default.
 
     Returns
     -------

@@ -42,7 +42,7 @@ from zarr.codecs import BloscCodec
 sys.path.insert(0, str(Path(__file__).parent))
 from common import best_of, record  # noqa: E402
 
-import llsmflow.archive as la  # noqa: E402
+import llsmflow.archive.ome_zarr as la  # noqa: E402
 from llsmflow.archive import pyramid_factors, write_ome_zarr  # noqa: E402
 
 VOXEL_UM = (0.157, 0.104, 0.104)

@@ -49,6 +49,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import best_of, record  # noqa: E402
 
 import llsmflow.track as lt  # noqa: E402
+import llsmflow.track.detect as lt_detect  # noqa: E402
+import llsmflow.track.link as lt_link  # noqa: E402
 from llsmflow.synth import SynthParams, generate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,7 +149,7 @@ class Timers:
 
 
 def clear_noise_cache() -> None:
-    cache = getattr(lt, "_noise_reference", None)
+    cache = getattr(lt_detect, "_noise_reference", None)
     if hasattr(cache, "cache_clear"):
         cache.cache_clear()
 
@@ -258,12 +260,12 @@ def main() -> None:
 
     # Breakdown of end-to-end runs: wrap the functions track_particles and detect_particles call.
     targets = [
-        (lt, "detect_particles", "detect_particles"),
+        (lt_link, "detect_particles", "detect_particles"),
         (trackpy, "locate", "↳ trackpy.locate (incl. calibration's)"),
-        (lt, "_as_uint16", "↳ 16-bit rescale"),
-        (lt, "local_noise", "↳ noise map (local_noise)"),
-        (lt, "_auto_keep", "↳ automatic threshold (_auto_keep)"),
-        (lt, "_noise_reference", "↳↳ of which white-noise calibration (once)"),
+        (lt_detect, "_as_uint16", "↳ 16-bit rescale"),
+        (lt_detect, "local_noise", "↳ noise map (local_noise)"),
+        (lt_detect, "_auto_keep", "↳ automatic threshold (_auto_keep)"),
+        (lt_detect, "_noise_reference", "↳↳ of which white-noise calibration (once)"),
         (trackpy, "link", "trackpy.link"),
         (trackpy, "filter_stubs", "trackpy.filter_stubs"),
     ]
@@ -300,7 +302,7 @@ def main() -> None:
 
     baseline = run_trackpy()
     t_trackpy = best_of(run_trackpy, args.repeats)
-    images16 = [lt._as_uint16(f)[0] for f in frames]
+    images16 = [lt_detect._as_uint16(f)[0] for f in frames]
 
     def locate_uint16():
         with quiet():

@@ -27,7 +27,6 @@ from ome_zarr_models.v04.image import Image as ImageV04
 from ome_zarr_models.v05.image import Image as ImageV05
 
 from llsmflow.archive import (
-    _compute_and_wait,
     pyramid_factors,
     read_ome_zarr,
     sha256_file,
@@ -35,6 +34,7 @@ from llsmflow.archive import (
     write_checksum_manifest,
     write_ome_zarr,
 )
+from llsmflow.archive.ome_zarr import _compute_and_wait
 from llsmflow.errors import LlsmflowError
 
 SHAPE = (2, 2, 16, 64, 64)
@@ -553,3 +553,40 @@ def test_manifest_errors(tmp_path):
     assert info.value.path == bad
     with pytest.raises(LlsmflowError, match="manifest not found"):
         verify_manifest(root, tmp_path / "absent.sha256")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# package layout: old import paths, light manifest module, defaults stated once
+
+
+def test_old_import_paths_and_light_manifest_module():
+    import sys
+
+    import llsmflow.archive as archive
+
+    for name in [*archive.__all__, "write_dataset_archive", "verify_archive", "pyramid_factors",
+                 "wavelength_color", "MANIFEST_NAME", "TABLES_DIR", "RAW_PREFIX", "WORKFLOW_MARKERS",
+                 "AXES", "NGFF_VERSIONS", "MIN_LATERAL_PX", "DEFAULT_COLORS"]:  # fmt: skip
+        assert getattr(archive, name) is not None
+    from llsmflow.io import sha256_file as from_io
+
+    assert archive.sha256_file is from_io
+    code = (
+        "import sys; from llsmflow.archive.manifest import write_checksum_manifest; "
+        "heavy = [m for m in ('zarr', 'dask', 'ome_zarr', 'ome_zarr_models', 'pandas') if m in sys.modules]; "
+        "print(','.join(heavy))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_library_defaults_agree_with_config_schema():
+    import inspect
+
+    import yaml
+
+    schema = yaml.safe_load((Path(__file__).parents[1] / "config" / "schema.yaml").read_text(encoding="utf-8"))
+    defaults = {k: v["default"] for k, v in schema["properties"]["archive"]["properties"].items()}
+    params = inspect.signature(write_ome_zarr).parameters
+    assert params["ngff_version"].default == defaults["ngff_version"]
+    assert list(params["chunks_zyx"].default) == defaults["chunks"]

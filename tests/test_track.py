@@ -30,6 +30,8 @@ from scipy.special import erf
 
 from llsmflow import track
 from llsmflow.errors import LlsmflowError
+from llsmflow.track.detect import _population_split
+from llsmflow.track.stats import _drift
 
 VOXEL = (0.157, 0.104, 0.104)  # µm, ZYX
 SHAPE = (40, 128, 128)
@@ -537,9 +539,133 @@ def test_population_split_finds_the_gap_above_background():
     rng = np.random.default_rng(0)
     background = 10 ** rng.normal(2.2, 0.25, 300)  # speckle + texture maxima, a broad unimodal population
     particles = rng.uniform(2500, 5000, 12)
-    split = track._population_split(np.concatenate([background, particles]))
+    split = _population_split(np.concatenate([background, particles]))
     assert background.max() < split < particles.min()
     # a continuous range of brightness has no gap: the rule stays out of the way
-    assert track._population_split(10 ** rng.uniform(1, 4, 300)) == 0.0
+    assert _population_split(10 ** rng.uniform(1, 4, 300)) == 0.0
     # one very bright outlier alone does not make a population
-    assert track._population_split(np.concatenate([background, [1e6]])) == 0.0
+    assert _population_split(np.concatenate([background, [1e6]])) == 0.0
+
+
+# ------------------------------------------------------------------------------------------------------------
+# cross-checks against trackpy and the former hand-written code
+
+
+def _reference_drift(tracks):
+    """The drift as llsmflow computed it before it used trackpy.compute_drift (kept as the reference)."""
+    ordered = tracks.sort_values(["particle", "frame"], kind="stable")
+    step = ordered.groupby("particle")[[*track.POS_COLUMNS, "frame"]].diff()
+    step["frame"] = ordered["frame"]
+    step = step[ordered.groupby("particle")["frame"].diff() == 1]
+    mean_step = step.groupby("frame")[track.POS_COLUMNS].mean()
+    frames = np.arange(int(tracks["frame"].min()), int(tracks["frame"].max()) + 1)
+    return mean_step.reindex(frames).fillna(0.0).cumsum()
+
+
+def _drifting_table():
+    """Tracks with a common drift, gaps, a frame no particle reaches by a one-frame step, shuffled rows."""
+    rng = np.random.default_rng(7)
+    rows = []
+    for p in range(12):
+        start = rng.integers(0, 4)
+        frames = [f for f in range(start, start + rng.integers(6, 14)) if f != 9 and rng.random() > 0.15]
+        pos = rng.uniform(0, 20, 3) + np.cumsum(rng.normal(0, 0.2, (len(frames), 3)), axis=0)
+        for f, (z, y, x) in zip(frames, pos, strict=True):
+            rows.append((p, f, z + 0.05 * f, y - 0.1 * f, x + 0.3 * f, rng.uniform(100, 200)))
+    table = pd.DataFrame(rows, columns=["particle", "frame", "z_um", "y_um", "x_um", "mass"])
+    return table.sample(frac=1.0, random_state=1).reset_index(drop=True)
+
+
+@pytest.mark.parametrize("source", ["synthetic", "movie"])
+def test_drift_equals_former_implementation(movie, source):
+    tracks = _drifting_table() if source == "synthetic" else movie["tracks"]
+    expected = _reference_drift(tracks)
+    got = _drift(tracks)
+    assert np.array_equal(got.index.to_numpy(), expected.index.to_numpy())
+    assert np.array_equal(got.to_numpy(), expected.to_numpy())  # bit for bit
+    # and subtracting it: same rows, same order, same index, the positions of the former code
+    corrected = track.subtract_drift(tracks)
+    offsets = expected.loc[tracks["frame"].to_numpy()].to_numpy()
+    reference = tracks.copy()
+    reference[track.POS_COLUMNS] = tracks[track.POS_COLUMNS].to_numpy(dtype=np.float64) - offsets
+    pd.testing.assert_frame_equal(corrected, reference, check_exact=True)
+
+
+def test_trackpy_subtract_drift_differs_where_no_step_reaches_a_frame():
+    """Why subtract_drift is ours: trackpy subtracts nothing in frame 9, which no one-frame step reaches."""
+    import trackpy
+
+    tracks = _drifting_table()
+    ours = track.subtract_drift(tracks).sort_values(["frame", "particle"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = trackpy.subtract_drift(tracks, trackpy.compute_drift(tracks, pos_columns=track.POS_COLUMNS))
+    theirs = theirs.reset_index(drop=True).sort_values(["frame", "particle"])
+    same = np.isclose(ours[track.POS_COLUMNS].to_numpy(), theirs[track.POS_COLUMNS].to_numpy(), rtol=0, atol=1e-12)
+    frames = ours["frame"].to_numpy()
+    assert same[frames != 10].all()  # frame 10 is reached only across the gap at 9 (no row at 9)
+    assert not same[frames == 10].all()
+
+
+def test_msd_is_the_pair_weighted_mean_of_trackpy_imsd(movie):
+    """Same lags and per-track MSDs as trackpy.imsd; the ensemble weighs every displacement pair once."""
+    import trackpy
+
+    tracks = movie["tracks"]
+    max_lag = 10
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        per_track = trackpy.imsd(
+            tracks, mpp=1.0, fps=1.0 / DT, max_lagtime=max_lag, pos_columns=list(track.POS_COLUMNS)
+        )
+        theirs_emsd = trackpy.emsd(
+            tracks, mpp=1.0, fps=1.0 / DT, max_lagtime=max_lag, pos_columns=list(track.POS_COLUMNS)
+        )
+    sums, counts = np.zeros(max_lag), np.zeros(max_lag)
+    for particle, grp in tracks.groupby("particle"):
+        msd, n = track.track_msd(grp["frame"], grp[track.POS_COLUMNS], max_lag)
+        theirs = per_track[particle].reindex(np.arange(1, max_lag + 1) * DT, method="nearest", tolerance=1e-9)
+        assert np.allclose(msd, theirs.to_numpy(), rtol=1e-9, atol=0, equal_nan=True)
+        sums += np.where(n > 0, msd, 0.0) * n
+        counts += n
+    ours = track.ensemble_msd(tracks, DT, max_lag_frames=max_lag)
+    assert np.allclose(ours["msd_um2"], sums / counts, rtol=1e-12)
+    assert list(ours["n"]) == list(counts.astype(int))
+    # trackpy.emsd weighs tracks by an effective number of independent measurements instead: not the same
+    assert not np.allclose(ours["msd_um2"], theirs_emsd.to_numpy()[:max_lag], rtol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# defaults stated once
+
+
+def test_library_defaults_agree_with_config_schema():
+    import inspect
+    from pathlib import Path
+
+    import yaml
+
+    schema = yaml.safe_load((Path(__file__).parents[1] / "config" / "schema.yaml").read_text(encoding="utf-8"))
+    defaults = {k: v["default"] for k, v in schema["properties"]["track"]["properties"].items()}
+    for func in (track.track_particles, track.detect_particles):
+        params = inspect.signature(func).parameters
+        for name, value in defaults.items():
+            if name in params:
+                assert params[name].default == value, f"{func.__name__}({name}=...) vs config/schema.yaml"
+    assert set(defaults) - set(inspect.signature(track.track_particles).parameters) == {"channels"}
+
+
+def test_package_front_door_is_light_and_keeps_old_names():
+    import subprocess
+    import sys
+
+    for name in [*track.__all__, "POS_COLUMNS", "AUTO_MASS_MIN_SDS", "ADAPTIVE_STOP_FRACTION"]:
+        assert getattr(track, name) is not None
+    # the track job's imports: trackpy and matplotlib are loaded only when detecting and plotting
+    code = (
+        "import sys; from llsmflow.track import ensemble_msd, fit_diffusion, plot_msd, plot_tracks, "
+        "summarise_tracks, track_particles, write_tracks; "
+        "print(','.join(m for m in ('trackpy', 'matplotlib', 'scipy.stats') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""

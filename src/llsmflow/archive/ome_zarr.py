@@ -1,4 +1,5 @@
-"""Archiving: OME-Zarr images with physical metadata, and sha256 checksum manifests.
+"""OME-Zarr images with physical metadata: writing (multiscale pyramid, channel colours, contrast
+windows) and reading back level 0 with voxel sizes in µm and times in s.
 
 An archive is one OME-Zarr image, axes ``t c z y x`` (time in seconds, space in micrometres), with a
 multiscale pyramid, ``omero`` channel metadata (names, colours, contrast windows, emission wavelengths) and
@@ -23,9 +24,6 @@ factor ``f`` has voxel size ``f·d`` and a translation of ``origin + (f - 1)·d/
 line up with level 0. Writing goes from dask, chunk by chunk, into a temporary directory that is renamed
 into place only when complete (:func:`llsmflow.io.atomic_output`); the chunks are computed on a private
 thread pool that is drained before the temporary directory is removed on failure.
-
-Checksum manifests are ``sha256sum``-compatible (``<hex>  <relative path>``, sorted), so
-``cd ROOT && sha256sum -c MANIFEST`` checks the files under ``ROOT`` without llsmflow.
 """
 
 from __future__ import annotations
@@ -36,7 +34,7 @@ import os
 import warnings
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import dask
 import dask.array as da
@@ -44,7 +42,7 @@ import numpy as np
 import zarr
 
 from llsmflow.errors import LlsmflowError, require_positive_voxel_size
-from llsmflow.io import atomic_output, sha256_file
+from llsmflow.io import atomic_output
 
 with warnings.catch_warnings():
     # ome_zarr.writer evaluates a deprecated ``Scaler()`` default argument at import time (0.18).
@@ -57,14 +55,6 @@ with warnings.catch_warnings():
     from ome_zarr.writer import add_metadata
 from ome_zarr_models.common.omero import Omero
 from ome_zarr_models.v05.coordinate_transformations import VectorScale, VectorTranslation
-
-__all__ = [
-    "read_ome_zarr",
-    "sha256_file",
-    "verify_manifest",
-    "write_checksum_manifest",
-    "write_ome_zarr",
-]
 
 AXES = ("t", "c", "z", "y", "x")
 NGFF_VERSIONS = ("0.4", "0.5")
@@ -601,286 +591,3 @@ def read_ome_zarr(path: str | Path) -> tuple[da.Array, dict]:
         "llsmflow": root_attrs.get("llsmflow", {}),
     }
     return data, metadata
-
-
-# ----------------------------------------------------------------------------------------------------
-# Checksums
-# ----------------------------------------------------------------------------------------------------
-
-
-def _manifest_line(digest: str, name: str) -> str:
-    # GNU sha256sum escapes names containing a backslash or a newline and marks the line with a leading "\".
-    if "\\" in name or "\n" in name or "\r" in name:
-        escaped = name.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
-        return f"\\{digest}  {escaped}"
-    return f"{digest}  {name}"
-
-
-def _parse_manifest(manifest_path: Path) -> dict[str, str]:
-    entries: dict[str, str] = {}
-    try:
-        text = manifest_path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise LlsmflowError(f"cannot read manifest ({exc})", manifest_path) from exc
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        escaped = line.startswith("\\")
-        body = line[1:] if escaped else line
-        digest, sep, name = body.partition("  ")
-        if not sep:  # binary-mode lines use " *name"
-            digest, sep, name = body.partition(" *")
-        if (
-            not sep
-            or len(digest) != 64
-            or any(ch not in "0123456789abcdefABCDEF" for ch in digest)
-            or not name
-        ):
-            raise LlsmflowError(
-                f"line {number} {line!r} is malformed; expected '<sha256 hex>  <path>'", manifest_path
-            )
-        if escaped:
-            name = name.replace("\\\\", "\0").replace("\\n", "\n").replace("\\r", "\r").replace("\0", "\\")
-        if name in entries:
-            raise LlsmflowError(
-                f"line {number} repeats path {name!r}; expected each path once", manifest_path
-            )
-        entries[name] = digest.lower()
-    return entries
-
-
-def _files_under(root: Path, exclude: set[Path]) -> dict[str, Path]:
-    files: dict[str, Path] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for filename in filenames:
-            full = Path(dirpath, filename)
-            if full.resolve() in exclude or not full.is_file():
-                continue
-            files[full.relative_to(root).as_posix()] = full
-    return files
-
-
-def _check_extra_name(name: str, out_path: Path) -> str:
-    pure = PurePosixPath(str(name).replace("\\", "/"))
-    if not str(name) or pure.is_absolute() or ".." in pure.parts:
-        raise LlsmflowError(
-            f"extra file name {name!r} is invalid; expected a relative path without '..'", out_path
-        )
-    return pure.as_posix()
-
-
-def write_checksum_manifest(
-    root: str | Path, out_path: str | Path, extra_files: Mapping[str, str | Path] | None = None
-) -> Path:
-    """Write a ``sha256sum``-compatible manifest of every file under ``root``, atomically.
-
-    Parameters
-    ----------
-    root : str or Path
-        Directory whose files (recursively, symlinks followed to their content) are listed by path relative to
-        ``root``, with ``/`` separators. The manifest itself is skipped if it lies under ``root``.
-    out_path : str or Path
-        The manifest to write: ``<sha256 hex>  <relative path>`` per line, sorted by path.
-    extra_files : dict of str to path, optional
-        Files outside ``root`` (e.g. raw inputs) listed under the given relative names.
-
-    Returns
-    -------
-    Path
-        ``out_path``.
-
-    Raises
-    ------
-    LlsmflowError
-        If ``root`` is not a directory, an extra file is missing, or a name is invalid or collides.
-    """
-    root, out_path = Path(root), Path(out_path)
-    if not root.is_dir():
-        raise LlsmflowError("not found or not a directory; expected a directory to checksum", root)
-    files = _files_under(root, {out_path.resolve()})
-    for name, file_path in (extra_files or {}).items():
-        key = _check_extra_name(name, out_path)
-        if key in files:
-            raise LlsmflowError(f"extra file name {key!r} collides with a file under {root}", out_path)
-        files[key] = Path(file_path)
-    lines = [_manifest_line(sha256_file(files[name]), name) for name in sorted(files)]
-    with atomic_output(out_path) as tmp:
-        tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    return out_path
-
-
-def verify_manifest(
-    root: str | Path, manifest_path: str | Path, extra_files: Mapping[str, str | Path] | None = None
-) -> dict[str, list[str]]:
-    """Compare the files under ``root`` with a manifest written by :func:`write_checksum_manifest`.
-
-    Parameters
-    ----------
-    root : str or Path
-        The directory the manifest describes.
-    manifest_path : str or Path
-        The manifest (``sha256sum`` format). It is ignored as a file if it lies under ``root``.
-    extra_files : dict of str to path, optional
-        Where to find manifest entries that are not under ``root`` (the ``extra_files`` given when writing).
-        Without it such entries are reported as missing.
-
-    Returns
-    -------
-    dict
-        ``{"missing": [...], "extra": [...], "changed": [...]}``: sorted relative paths listed but absent,
-        present but not listed, and present with a different SHA-256. All empty means the tree is intact.
-
-    Raises
-    ------
-    LlsmflowError
-        If ``root`` is not a directory or the manifest is missing or malformed.
-    """
-    root, manifest_path = Path(root), Path(manifest_path)
-    if not root.is_dir():
-        raise LlsmflowError(
-            "not found or not a directory; expected the directory the manifest describes", root
-        )
-    if not manifest_path.is_file():
-        raise LlsmflowError("manifest not found; expected a checksum manifest file", manifest_path)
-    expected = _parse_manifest(manifest_path)
-    present = _files_under(root, {manifest_path.resolve()})
-    outside = {_check_extra_name(k, manifest_path): Path(v) for k, v in (extra_files or {}).items()}
-    missing, changed = [], []
-    for name, digest in expected.items():
-        file_path = outside.get(name, present.get(name))
-        if file_path is None or not file_path.is_file():
-            missing.append(name)
-        elif sha256_file(file_path) != digest:
-            changed.append(name)
-    extra = [name for name in present if name not in expected]
-    return {"missing": sorted(missing), "extra": sorted(extra), "changed": sorted(changed)}
-
-
-# ---------------------------------------------------------------------------------------------------------
-# A dataset archive: the image, its tables (tracks, statistics) and a checksum manifest, in one directory.
-
-MANIFEST_NAME = "checksums.sha256"
-TABLES_DIR = "tables"
-RAW_PREFIX = "raw/"
-WORKFLOW_MARKERS = frozenset({".snakemake_timestamp"})
-"""Files a workflow manager adds to a finished directory output; not part of the archive's content."""
-
-
-def write_dataset_archive(
-    out_path: str | Path,
-    image_tczyx,
-    voxel_size_um: Sequence[float],
-    time_interval_s: float,
-    channel_names: Sequence[str],
-    *,
-    tables: Mapping[str, str | Path] | None = None,
-    raw_files: Sequence[str | Path] = (),
-    attributes: Mapping | None = None,
-    **image_options,
-) -> Path:
-    """Write the archive a facility keeps: OME-Zarr image + Parquet tables + sha256 manifest, atomically.
-
-    Layout of ``out_path`` (an OME-Zarr directory that any NGFF reader opens as an image)::
-
-        zarr.json / .zattrs …       the multiscale TCZYX image (:func:`write_ome_zarr`)
-        tables/<name>.parquet       tracks and statistics, referenced from the root attributes
-        checksums.sha256            sha256 of every file above and of the raw inputs (``raw/<file name>``)
-
-    NGFF has no tables standard, so tables are Parquet files beside the image group and the root attributes
-    (``llsmflow.tables``) list each one's path, size and sha256; ``llsmflow.raw_inputs`` records where the
-    raw files were, so that :func:`verify_archive` can check them too.
-
-    Parameters
-    ----------
-    out_path:
-        Destination directory, replaced only once complete (an interrupted write leaves nothing there).
-    image_tczyx, voxel_size_um, time_interval_s, channel_names:
-        As for :func:`write_ome_zarr`; further keyword arguments (``wavelengths_nm``, ``ngff_version``,
-        ``chunks_zyx``, ``n_levels``, ``origin_um``) are passed on to it.
-    tables:
-        ``{name: parquet file}``; copied to ``tables/<name>.parquet``.
-    raw_files:
-        Raw input files whose checksums go into the manifest (file names must be unique).
-    attributes:
-        Acquisition metadata and processing history (JSON), stored under ``llsmflow``.
-    """
-    import shutil
-
-    tables = dict(tables or {})
-    raw_files = [Path(p) for p in raw_files]
-    for name, table in tables.items():
-        if not Path(table).is_file():
-            raise LlsmflowError(f"table {name!r} not found; expected a Parquet file", table)
-    names = [p.name for p in raw_files]
-    if len(set(names)) != len(names):
-        raise LlsmflowError("raw input file names are not unique; expected one file per name")
-    attrs = dict(attributes or {})
-    attrs["tables"] = {
-        name: {
-            "path": f"{TABLES_DIR}/{name}.parquet",
-            "format": "parquet",
-            "bytes": Path(table).stat().st_size,
-            "sha256": sha256_file(table),
-        }
-        for name, table in sorted(tables.items())
-    }
-    attrs["raw_inputs"] = {
-        "directories": sorted({str(p.resolve().parent) for p in raw_files}),
-        "files": sorted(names),
-        "manifest_prefix": RAW_PREFIX,
-    }
-    attrs["manifest"] = MANIFEST_NAME
-    out_path = Path(out_path)
-    with atomic_output(out_path) as tmp:
-        write_ome_zarr(
-            tmp, image_tczyx, voxel_size_um, time_interval_s, channel_names, attributes=attrs, **image_options
-        )
-        _name_multiscales(zarr.open_group(str(tmp), mode="r+"), _image_name(out_path))
-        (tmp / TABLES_DIR).mkdir()
-        for name, table in tables.items():
-            shutil.copyfile(table, tmp / TABLES_DIR / f"{name}.parquet")
-        write_checksum_manifest(
-            tmp, tmp / MANIFEST_NAME, extra_files={f"{RAW_PREFIX}{p.name}": p for p in raw_files}
-        )
-    return out_path
-
-
-def verify_archive(archive: str | Path, raw_dir: str | Path | None = None) -> dict[str, list[str]]:
-    """Check an archive written by :func:`write_dataset_archive` against its manifest.
-
-    Every file of the archive is compared with ``checksums.sha256``; raw inputs (``raw/<name>`` entries) are
-    looked for in ``raw_dir`` or, by default, where they were when the archive was written. Snakemake's
-    ``.snakemake_timestamp`` marker (added after the archive was sealed) is not reported as extra.
-
-    Returns
-    -------
-    dict
-        ``{"missing": [...], "extra": [...], "changed": [...]}`` (paths relative to the archive; raw inputs as
-        ``raw/<name>``). All empty means the archive and its raw inputs are intact.
-    """
-    archive = Path(archive)
-    manifest = archive / MANIFEST_NAME
-    if not archive.is_dir():
-        raise LlsmflowError("not found or not a directory; expected an llsmflow archive (.ome.zarr)", archive)
-    if not manifest.is_file():
-        raise LlsmflowError(
-            f"has no {MANIFEST_NAME}; expected an archive written by llsmflow (incomplete or not ours)",
-            archive,
-        )
-    expected = _parse_manifest(manifest)
-    raw_names = [name[len(RAW_PREFIX) :] for name in expected if name.startswith(RAW_PREFIX)]
-    directories = [Path(raw_dir)] if raw_dir is not None else []
-    if raw_dir is None:
-        try:
-            attrs = dict(zarr.open_group(str(archive), mode="r").attrs).get("llsmflow", {})
-        except Exception:  # a damaged root metadata file is reported as changed by the manifest check
-            attrs = {}
-        directories = [Path(d) for d in attrs.get("raw_inputs", {}).get("directories", [])]
-    extra_files = {}
-    for name in raw_names:
-        found = next((d / name for d in directories if (d / name).is_file()), None)
-        extra_files[f"{RAW_PREFIX}{name}"] = found if found is not None else Path("/nonexistent") / name
-    report = verify_manifest(archive, manifest, extra_files)
-    report["extra"] = [name for name in report["extra"] if PurePosixPath(name).name not in WORKFLOW_MARKERS]
-    return report

@@ -1,0 +1,139 @@
+"""The dataset archive a facility keeps: the OME-Zarr image, its tables and a checksum manifest, in one
+directory; and its verification against that manifest (raw inputs included)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path, PurePosixPath
+
+import zarr
+
+from llsmflow.archive.manifest import _parse_manifest, verify_manifest, write_checksum_manifest
+from llsmflow.archive.ome_zarr import _image_name, _name_multiscales, write_ome_zarr
+from llsmflow.errors import LlsmflowError
+from llsmflow.io import atomic_output, sha256_file
+
+MANIFEST_NAME = "checksums.sha256"
+TABLES_DIR = "tables"
+RAW_PREFIX = "raw/"
+WORKFLOW_MARKERS = frozenset({".snakemake_timestamp"})
+"""Files a workflow manager adds to a finished directory output; not part of the archive's content."""
+
+
+def write_dataset_archive(
+    out_path: str | Path,
+    image_tczyx,
+    voxel_size_um: Sequence[float],
+    time_interval_s: float,
+    channel_names: Sequence[str],
+    *,
+    tables: Mapping[str, str | Path] | None = None,
+    raw_files: Sequence[str | Path] = (),
+    attributes: Mapping | None = None,
+    **image_options,
+) -> Path:
+    """Write the archive a facility keeps: OME-Zarr image + Parquet tables + sha256 manifest, atomically.
+
+    Layout of ``out_path`` (an OME-Zarr directory that any NGFF reader opens as an image)::
+
+        zarr.json / .zattrs …       the multiscale TCZYX image (:func:`write_ome_zarr`)
+        tables/<name>.parquet       tracks and statistics, referenced from the root attributes
+        checksums.sha256            sha256 of every file above and of the raw inputs (``raw/<file name>``)
+
+    NGFF has no tables standard, so tables are Parquet files beside the image group and the root attributes
+    (``llsmflow.tables``) list each one's path, size and sha256; ``llsmflow.raw_inputs`` records where the
+    raw files were, so that :func:`verify_archive` can check them too.
+
+    Parameters
+    ----------
+    out_path:
+        Destination directory, replaced only once complete (an interrupted write leaves nothing there).
+    image_tczyx, voxel_size_um, time_interval_s, channel_names:
+        As for :func:`write_ome_zarr`; further keyword arguments (``wavelengths_nm``, ``ngff_version``,
+        ``chunks_zyx``, ``n_levels``, ``origin_um``) are passed on to it.
+    tables:
+        ``{name: parquet file}``; copied to ``tables/<name>.parquet``.
+    raw_files:
+        Raw input files whose checksums go into the manifest (file names must be unique).
+    attributes:
+        Acquisition metadata and processing history (JSON), stored under ``llsmflow``.
+    """
+    import shutil
+
+    tables = dict(tables or {})
+    raw_files = [Path(p) for p in raw_files]
+    for name, table in tables.items():
+        if not Path(table).is_file():
+            raise LlsmflowError(f"table {name!r} not found; expected a Parquet file", table)
+    names = [p.name for p in raw_files]
+    if len(set(names)) != len(names):
+        raise LlsmflowError("raw input file names are not unique; expected one file per name")
+    attrs = dict(attributes or {})
+    attrs["tables"] = {
+        name: {
+            "path": f"{TABLES_DIR}/{name}.parquet",
+            "format": "parquet",
+            "bytes": Path(table).stat().st_size,
+            "sha256": sha256_file(table),
+        }
+        for name, table in sorted(tables.items())
+    }
+    attrs["raw_inputs"] = {
+        "directories": sorted({str(p.resolve().parent) for p in raw_files}),
+        "files": sorted(names),
+        "manifest_prefix": RAW_PREFIX,
+    }
+    attrs["manifest"] = MANIFEST_NAME
+    out_path = Path(out_path)
+    with atomic_output(out_path) as tmp:
+        write_ome_zarr(
+            tmp, image_tczyx, voxel_size_um, time_interval_s, channel_names, attributes=attrs, **image_options
+        )
+        _name_multiscales(zarr.open_group(str(tmp), mode="r+"), _image_name(out_path))
+        (tmp / TABLES_DIR).mkdir()
+        for name, table in tables.items():
+            shutil.copyfile(table, tmp / TABLES_DIR / f"{name}.parquet")
+        write_checksum_manifest(
+            tmp, tmp / MANIFEST_NAME, extra_files={f"{RAW_PREFIX}{p.name}": p for p in raw_files}
+        )
+    return out_path
+
+
+def verify_archive(archive: str | Path, raw_dir: str | Path | None = None) -> dict[str, list[str]]:
+    """Check an archive written by :func:`write_dataset_archive` against its manifest.
+
+    Every file of the archive is compared with ``checksums.sha256``; raw inputs (``raw/<name>`` entries) are
+    looked for in ``raw_dir`` or, by default, where they were when the archive was written. Snakemake's
+    ``.snakemake_timestamp`` marker (added after the archive was sealed) is not reported as extra.
+
+    Returns
+    -------
+    dict
+        ``{"missing": [...], "extra": [...], "changed": [...]}`` (paths relative to the archive; raw inputs as
+        ``raw/<name>``). All empty means the archive and its raw inputs are intact.
+    """
+    archive = Path(archive)
+    manifest = archive / MANIFEST_NAME
+    if not archive.is_dir():
+        raise LlsmflowError("not found or not a directory; expected an llsmflow archive (.ome.zarr)", archive)
+    if not manifest.is_file():
+        raise LlsmflowError(
+            f"has no {MANIFEST_NAME}; expected an archive written by llsmflow (incomplete or not ours)",
+            archive,
+        )
+    expected = _parse_manifest(manifest)
+    raw_names = [name[len(RAW_PREFIX) :] for name in expected if name.startswith(RAW_PREFIX)]
+    directories = [Path(raw_dir)] if raw_dir is not None else []
+    if raw_dir is None:
+        try:
+            attrs = dict(zarr.open_group(str(archive), mode="r").attrs).get("llsmflow", {})
+        except Exception:  # a damaged root metadata file is reported as changed by the manifest check
+            attrs = {}
+        directories = [Path(d) for d in attrs.get("raw_inputs", {}).get("directories", [])]
+    extra_files = {}
+    for name in raw_names:
+        found = next((d / name for d in directories if (d / name).is_file()), None)
+        extra_files[f"{RAW_PREFIX}{name}"] = found if found is not None else Path("/nonexistent") / name
+    report = verify_manifest(archive, manifest, extra_files)
+    report["extra"] = [name for name in report["extra"] if PurePosixPath(name).name not in WORKFLOW_MARKERS]
+    return report

@@ -1,0 +1,103 @@
+"""Argument checks shared by the tracking modules, and the context that quietens trackpy.
+
+Every public function validates its inputs with these helpers so that a bad value gives one
+:class:`~llsmflow.errors.LlsmflowError` naming the value and the expectation, whichever seam it enters by.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import warnings
+from collections.abc import Iterator
+
+import numpy as np
+
+from llsmflow.errors import LlsmflowError, require_positive_voxel_size
+
+
+def _voxel3(voxel_size_um) -> tuple[float, float, float]:
+    if voxel_size_um is None or np.ndim(voxel_size_um) != 1 or len(voxel_size_um) != 3:
+        raise LlsmflowError(f"voxel size {voxel_size_um!r} µm is invalid; expected three values (dz, dy, dx)")
+    values = require_positive_voxel_size(voxel_size_um)
+    return (values[0], values[1], values[2])
+
+
+def _origin3(origin_um) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(v) for v in origin_um)
+    except (TypeError, ValueError):
+        raise LlsmflowError(f"origin {origin_um!r} µm is invalid; expected three numbers (z, y, x)") from None
+    if len(values) != 3 or not all(math.isfinite(v) for v in values):
+        raise LlsmflowError(f"origin {origin_um!r} µm is invalid; expected three finite numbers (z, y, x)")
+    return (values[0], values[1], values[2])
+
+
+def _per_axis_um(value, what: str) -> tuple[float, float, float]:
+    """A length in µm given as one number or as (z, y, x); every entry finite and positive."""
+    if np.ndim(value) == 0:
+        try:
+            values = (float(value),) * 3
+        except (TypeError, ValueError):
+            raise LlsmflowError(f"{what} {value!r} is invalid; expected a positive length in µm") from None
+    else:
+        try:
+            values = tuple(float(v) for v in value)
+        except (TypeError, ValueError):
+            raise LlsmflowError(f"{what} {value!r} is invalid; expected positive lengths in µm") from None
+        if len(values) != 3:
+            raise LlsmflowError(
+                f"{what} {value!r} has {len(values)} entries; expected one or three (z, y, x)"
+            )
+    for v in values:
+        if not (v > 0 and math.isfinite(v)):
+            raise LlsmflowError(f"{what} {value!r} µm is invalid; expected finite positive lengths in µm")
+    return (values[0], values[1], values[2])
+
+
+def _positive(value, what: str, unit: str) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise LlsmflowError(f"{what} {value!r} is invalid; expected a positive number in {unit}") from None
+    if not (v > 0 and math.isfinite(v)):
+        raise LlsmflowError(f"{what} {value!r} {unit} is invalid; expected a finite positive number")
+    return v
+
+
+def _int_at_least(value, minimum: int, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise LlsmflowError(f"{what} {value!r} is invalid; expected an integer >= {minimum}")
+    return int(value)
+
+
+def _check_volume(volume, what: str = "volume") -> np.ndarray:
+    arr = np.asarray(volume)
+    if arr.ndim != 3:
+        raise LlsmflowError(f"{what} has shape {arr.shape}; expected a 3-D ZYX array")
+    if arr.dtype.kind not in "uif" or arr.dtype.kind == "b":
+        raise LlsmflowError(f"{what} has dtype {arr.dtype}; expected an integer or floating point image")
+    if arr.size == 0:
+        raise LlsmflowError(f"{what} has shape {arr.shape}; expected a non-empty ZYX array")
+    if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+        raise LlsmflowError(f"{what} contains NaN or infinite voxels; expected finite intensities")
+    return arr
+
+
+@contextlib.contextmanager
+def _quiet_trackpy() -> Iterator[None]:
+    """Silence trackpy's per-frame INFO log lines and its pandas-3 deprecation warnings, then restore."""
+    logger = logging.getLogger("trackpy")
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"trackpy(\.|$)")
+            warnings.filterwarnings("ignore", category=FutureWarning, module=r"trackpy(\.|$)")
+            # an empty (all-zero) frame simply has no particles; a 3-slice volume is not a colour image
+            warnings.filterwarnings("ignore", message="Image is completely black", category=UserWarning)
+            warnings.filterwarnings("ignore", message="I am interpreting the image as", category=UserWarning)
+            yield
+    finally:
+        logger.setLevel(level)

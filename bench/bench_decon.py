@@ -36,6 +36,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import best_of, record  # noqa: E402
 
 from llsmflow import decon  # noqa: E402
+from llsmflow.decon import engine as decon_engine  # noqa: E402
+from llsmflow.decon import fft as decon_fft  # noqa: E402
+from llsmflow.decon import psf as decon_psf  # noqa: E402
 
 
 def _real_psf_path() -> Path:
@@ -79,7 +82,9 @@ def scene(shape, psf, seed=0, clear_border=False) -> np.ndarray:
 
 def fft_seconds(shape, psf, threads) -> float:
     """Seconds of the four FFTs of one RL iteration alone (planned, executed back to back)."""
-    ws = decon._Workspace(decon.padded_shape(shape, psf.shape), np, decon._resolve_threads(threads), 3)
+    ws = decon_fft._Workspace(
+        decon.padded_shape(shape, psf.shape), np, decon_engine._resolve_threads(threads), 3
+    )
     ws.reals[1][...] = 1.0
 
     def four():
@@ -94,7 +99,7 @@ def psf_as_measured(raw: np.ndarray, psf_voxel_um, data_voxel_um) -> np.ndarray:
     clamped at 0, resampled to the data voxel size (``scipy.ndimage.zoom``, linear), normalised to sum 1:
     the whole resampled stack, not cropped to the bead's support (float32)."""
     arr = raw.astype(np.float64)
-    background = float(np.median(decon._border_voxels(arr)))
+    background = float(np.median(decon_psf._border_voxels(arr)))
     arr = np.clip(arr - background, 0, None)
     arr = ndimage.zoom(arr, np.array(psf_voxel_um) / np.array(data_voxel_um), order=1)
     return (arr / arr.sum()).astype(np.float32)
@@ -168,9 +173,9 @@ def speed(shape, psf, label, iterations, repeats, measured=None) -> None:
         return f"{best[key] / best[base]:.1f}× (median of rounds {per_round:.1f}×)"
 
     t_fft = fft_seconds(shape, psf, None)
-    decon.USE_PYFFTW = False
+    decon_fft.USE_PYFFTW = False
     t_scipy = best_of(ours, repeats)
-    decon.USE_PYFFTW = True
+    decon_fft.USE_PYFFTW = True
     load_after = os.getloadavg()
 
     result = ours()

@@ -25,8 +25,8 @@ from scipy import ndimage
 sys.path.insert(0, str(Path(__file__).parent))
 from common import best_of, record  # noqa: E402
 
-from llsmflow import geometry  # noqa: E402
-from llsmflow.geometry import deskew, deskew_rotate, shear_px_per_plane  # noqa: E402
+from llsmflow import deskew as geometry  # noqa: E402
+from llsmflow.deskew import deskew, deskew_rotate, rotate, shear_px_per_plane  # noqa: E402
 
 DZ, DX, ANGLE = 0.3, 0.104, 31.5
 
@@ -90,14 +90,14 @@ def bench_deskew(raw: np.ndarray, repeats: int, command: str) -> None:
 
 
 def bench_rotate(raw: np.ndarray, repeats: int, command: str, with_cle: bool) -> None:
-    geometry._rotation_plan.cache_clear()
+    rotate._rotation_plan.cache_clear()
     start = time.perf_counter()
     volume, _, _ = deskew_rotate(raw, DZ, DX, ANGLE)
     t_cold = time.perf_counter() - start
     t_ours = best_of(lambda: deskew_rotate(raw, DZ, DX, ANGLE), repeats=repeats)
     t_single = best_of(lambda: deskew_rotate(raw, DZ, DX, ANGLE, workers=1), repeats=repeats)
     start = time.perf_counter()
-    reference, _, _ = geometry._deskew_rotate_reference(raw, DZ, DX, ANGLE, fill_value=-1.0)
+    reference, _, _ = rotate._deskew_rotate_reference(raw, DZ, DX, ANGLE, fill_value=-1.0)
     t_scipy = time.perf_counter() - start
     inside = reference != -1.0
     max_rel = float(np.abs(volume[inside] - reference[inside]).max() / np.abs(reference[inside]).max())

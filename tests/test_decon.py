@@ -17,6 +17,10 @@ import tifffile
 from scipy import ndimage
 
 from llsmflow import decon
+from llsmflow.decon import backends as decon_backends
+from llsmflow.decon import engine as decon_engine
+from llsmflow.decon import fft as decon_fft
+from llsmflow.decon import padding as decon_padding
 from llsmflow.errors import LlsmflowError
 
 from .conftest import REAL_DATA
@@ -68,7 +72,7 @@ def profiles_through_peak(vol, near, radius=3):
 @pytest.fixture(autouse=True)
 def _fast_fftw_planning(monkeypatch):
     """FFTW_MEASURE costs ~1 s per new shape (more with threads on a busy machine): plan instantly here."""
-    monkeypatch.setattr(decon, "FFTW_PLANNER_EFFORT", "FFTW_ESTIMATE")
+    monkeypatch.setattr(decon_fft, "FFTW_PLANNER_EFFORT", "FFTW_ESTIMATE")
 
 
 def correlation(a, b) -> float:
@@ -299,12 +303,12 @@ def test_reflect_fill_matches_numpy_pad(shape, inner_start):
     arr = np.full(shape, np.nan, dtype=np.float32)
     inner = tuple(slice(s, s + n) for s, n in zip(inner_start, block.shape, strict=True))
     arr[inner] = block
-    decon._reflect_fill(arr, inner)
+    decon_padding._reflect_fill(arr, inner)
     pads = [(s, n - s - b) for s, n, b in zip(inner_start, shape, block.shape, strict=True)]
     np.testing.assert_array_equal(arr, np.pad(block, pads, mode="reflect"))
     single = np.zeros((5, 1, 1), np.float32)
     single[2] = 3.0
-    decon._reflect_fill(single, (slice(2, 3), slice(0, 1), slice(0, 1)))
+    decon_padding._reflect_fill(single, (slice(2, 3), slice(0, 1), slice(0, 1)))
     assert np.all(single == 3.0)
 
 
@@ -319,12 +323,12 @@ def test_fast_lengths_are_7_smooth_and_cheapest():
         return count if m == 1 else None
 
     for n in [1, 11, 13, 84, 97, 127, 138, 211, 266, 1000, 2068]:
-        m = decon._fast_length(n)
+        m = decon_padding._fast_length(n)
         assert m >= n and odd_factors(m) is not None
         costs = {k: k * (1 + 0.1 * odd_factors(k)) for k in range(n, 2 * n + 1) if odd_factors(k) is not None}
         assert costs[m] == min(costs.values())
     # 266 -> 280 (2^3*5*7) rather than the shortest 5-smooth 270 (2*3^3*5): measured 8 % faster with FFTW
-    assert [decon._fast_length(n) for n in (84, 138, 266, 1000)] == [84, 140, 280, 1024]
+    assert [decon_padding._fast_length(n) for n in (84, 138, 266, 1000)] == [84, 140, 280, 1024]
 
 
 # ---------------------------------------------------------------------------------------- richardson_lucy
@@ -448,19 +452,19 @@ def test_rl_rejects_bad_volumes():
 
 @pytest.mark.parametrize("acceleration", [False, True])
 def test_pyfftw_and_scipy_fft_paths_agree(beads, monkeypatch, acceleration):
-    if decon.pyfftw is None:
+    if decon_fft.pyfftw is None:
         pytest.skip("pyFFTW is not installed: only the scipy.fft path exists here")
     kernel = decon.prepare_psf(beads["psf"], VOXEL_UM, VOXEL_UM)
     used = []
-    original = decon._Workspace.__init__
+    original = decon_fft._Workspace.__init__
 
     def spy(self, *args, **kwargs):
         original(self, *args, **kwargs)
         used.append(self.fftw)
 
-    monkeypatch.setattr(decon._Workspace, "__init__", spy)
+    monkeypatch.setattr(decon_fft._Workspace, "__init__", spy)
     fftw = decon.richardson_lucy(beads["raw"], kernel, iterations=5, acceleration=acceleration)
-    monkeypatch.setattr(decon, "USE_PYFFTW", False)
+    monkeypatch.setattr(decon_fft, "USE_PYFFTW", False)
     scipy_path = decon.richardson_lucy(beads["raw"], kernel, iterations=5, acceleration=acceleration)
     assert used == [True, False]
     assert scipy_path.dtype == np.float32
@@ -468,22 +472,22 @@ def test_pyfftw_and_scipy_fft_paths_agree(beads, monkeypatch, acceleration):
 
 
 def test_fftw_measure_plans_and_keeps_wisdom(monkeypatch, tmp_path):
-    if decon.pyfftw is None:
+    if decon_fft.pyfftw is None:
         pytest.skip("pyFFTW is not installed")
     kernel = decon.prepare_psf(gaussian_psf((9, 5, 5), (2.0, 1.0, 1.0)), VOXEL_UM, VOXEL_UM)
     vol = np.random.default_rng(8).poisson(50, (13, 21, 18)).astype(np.float32)
     estimate_plan = decon.richardson_lucy(vol, kernel, iterations=3, threads=1)
     wisdom = tmp_path / "cache" / "fftw.wisdom"
     monkeypatch.setenv(decon.FFTW_WISDOM_ENV, str(wisdom))
-    monkeypatch.setattr(decon, "FFTW_PLANNER_EFFORT", "FFTW_MEASURE")
+    monkeypatch.setattr(decon_fft, "FFTW_PLANNER_EFFORT", "FFTW_MEASURE")
     measured = decon.richardson_lucy(vol, kernel, iterations=3, threads=1)
     np.testing.assert_allclose(measured, estimate_plan, rtol=0, atol=1e-5 * float(measured.max()))
     parts = wisdom.read_bytes().split(b"\0")
     assert len(parts) == 3 and b"fftw" in parts[1]  # single-precision wisdom, FFTW's text format
     # a fresh process would import it: it does not raise and keeps planning correct
-    monkeypatch.setattr(decon, "_wisdom_read_from", None)
-    decon._load_wisdom()
-    assert decon._wisdom_read_from == str(wisdom)
+    monkeypatch.setattr(decon_fft, "_wisdom_read_from", None)
+    decon_fft._load_wisdom()
+    assert decon_fft._wisdom_read_from == str(wisdom)
 
 
 _WISDOM_CHILD = """
@@ -505,7 +509,7 @@ def test_second_process_takes_plans_from_wisdom_and_gives_identical_output(tmp_p
     import subprocess
     import sys
 
-    if not decon.USE_PYFFTW or decon.pyfftw is None:
+    if not decon_fft.USE_PYFFTW or decon_fft.pyfftw is None:
         pytest.skip("pyFFTW is not installed: the scipy.fft fallback has no plans")
     env = dict(os.environ, **{decon.FFTW_WISDOM_ENV: str(tmp_path / "fftw-wisdom")})
     runs = []
@@ -531,11 +535,11 @@ def test_second_process_takes_plans_from_wisdom_and_gives_identical_output(tmp_p
 def test_wb_back_projector_inverts_the_otf_in_band_and_cuts_beyond():
     kernel = decon.prepare_psf(gaussian_psf((25, 11, 11), SIGMA_VOX), VOXEL_UM, VOXEL_UM)
     shape = (64, 64, 64)
-    engine = decon._Engine(kernel, shape, np, 1, method="wb")
+    engine = decon_engine._Engine(kernel, shape, np, 1, method="wb")
     try:
         n = np.prod(shape)
         product = (engine.otf * engine.otf_bp).real * n * n  # H * B with the 1/N of each undone
-        rl = decon._Engine(kernel, shape, np, 1, method="rl")
+        rl = decon_engine._Engine(kernel, shape, np, 1, method="rl")
         np.testing.assert_allclose(rl.otf_bp, np.conj(rl.otf))  # RL's back projector is the adjoint
         rl.close()
     finally:
@@ -586,7 +590,7 @@ def test_plan_chunks_fits_the_budget():
     assert whole.count == 1 and whole.core == shape and whole.halo == (0, 0, 0)
     assert whole.bytes == decon.estimate_memory(shape, psf_shape)
     padded = np.prod(decon.padded_shape(shape, psf_shape))
-    fftw = decon.USE_PYFFTW and decon.pyfftw is not None
+    fftw = decon_fft.USE_PYFFTW and decon_fft.pyfftw is not None
     copies = 7 if fftw else 9  # float32 copies of the padded volume (complex half-spectra count as one)
     assert decon.estimate_memory(shape, psf_shape) == pytest.approx(copies * 4 * padded, rel=0.01)
     assert decon.estimate_memory(shape, psf_shape, acceleration=True) > decon.estimate_memory(
@@ -702,7 +706,7 @@ def test_chunked_checks_values_and_out_shape(real_psf):
 
 
 def _gpu_present() -> bool:
-    return decon._cuda_device_count() > 0
+    return decon_backends._cuda_device_count() > 0
 
 
 def test_available_backends_here():
@@ -725,13 +729,44 @@ def test_available_backends_here():
 def test_pycudadecon_check_never_warns_or_raises():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        reason = decon._check_pycudadecon()
+        reason = decon_backends._check_pycudadecon()
     assert isinstance(reason, str) and reason
 
 
 def test_choose_backend_rejects_unknown_name():
     with pytest.raises(LlsmflowError, match="backend 'opencl' is not known"):
         decon.choose_backend("opencl")
+
+
+def test_backend_names_import_without_numpy():
+    """The Snakefile and the HPC layer read GPU_BACKENDS: that import must not load NumPy, SciPy or FFTW, and
+    the package's front door must not load its submodules."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import llsmflow.decon; n = len([m for m in sys.modules if m.startswith('llsmflow.decon.')]); "
+        "from llsmflow.decon.backends import GPU_BACKENDS, DEFAULT_ITERATIONS; "
+        "print(n, sorted(m for m in ('numpy', 'scipy', 'pyfftw') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split(None, 1) == ["0", "[]\n"]
+
+
+def test_library_defaults_agree_with_the_config_schema():
+    """Each default is stated once, in config/schema.yaml; the library's signatures give the same values."""
+    import inspect
+    from pathlib import Path
+
+    import yaml
+
+    schema = yaml.safe_load((Path(__file__).parents[1] / "config" / "schema.yaml").read_text())
+    section = schema["properties"]["deconvolution"]["properties"]
+    signature = inspect.signature(decon.deconvolve).parameters
+    for name in ("iterations", "background", "psf_background", "backend", "method", "max_memory_gb"):
+        assert signature[name].default == section[name]["default"], name
+    assert set(section["method"]["enum"]) == set(decon.METHODS)
+    assert set(section["backend"]["enum"]) == {"auto", *decon.BACKENDS}
 
 
 # ----------------------------------------------------------------------------------------------- deconvolve

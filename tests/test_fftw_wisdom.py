@@ -4,11 +4,11 @@ import re
 
 import pytest
 
-from llsmflow import decon
+from llsmflow.decon import fft as decon_fft
 
 
 def test_deconvolution_jobs_reuse_measured_plans(tiny_run):
-    if not decon.USE_PYFFTW or decon.pyfftw is None:
+    if not decon_fft.USE_PYFFTW or decon_fft.pyfftw is None:
         pytest.skip("pyFFTW is not installed: the scipy.fft fallback needs no plans")
     wisdom = tiny_run.run_dir / "work" / "tiny" / ".cache" / "fftw-wisdom"
     parts = wisdom.read_bytes().split(b"\0")

@@ -6,9 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from llsmflow.errors import LlsmflowError
-from llsmflow.geometry import (
-    _deskew_rotate_reference,
+from llsmflow.deskew import (
     deskew,
     deskew_rotate,
     deskewed_plane_spacing_um,
@@ -18,6 +16,8 @@ from llsmflow.geometry import (
     shear_px_per_plane,
     stage_to_objective_um,
 )
+from llsmflow.deskew.rotate import _deskew_rotate_reference
+from llsmflow.errors import LlsmflowError
 from llsmflow.io import read_volume
 from llsmflow.synth import render_emitters
 
@@ -268,3 +268,15 @@ def test_deskewed_valid_mask_is_where_deskew_puts_data(raw_shape, dz, angle, sca
     np.testing.assert_array_equal(eroded.sum(axis=axis), np.maximum(mask.sum(axis=axis) - 4, 0))
     with pytest.raises(LlsmflowError, match="margin_px"):
         deskewed_valid_mask(raw_shape, dz, dx, angle, margin_px=-1)
+
+
+def test_old_module_name_reexports_the_package():
+    """``llsmflow.geometry`` (docs, bench, workflow snapshots) gives the same objects as ``llsmflow.deskew``."""
+    import llsmflow.deskew
+    import llsmflow.geometry
+
+    assert llsmflow.geometry.__all__ == llsmflow.deskew.__all__
+    for name in llsmflow.deskew.__all__:
+        assert getattr(llsmflow.geometry, name) is getattr(llsmflow.deskew, name)
+    with pytest.raises(AttributeError):
+        llsmflow.geometry.no_such_name  # noqa: B018

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 from llsmflow import decon
+from llsmflow.decon import api as decon_api
+from llsmflow.decon import backends as decon_backends
 from llsmflow.provenance import StepRecorder
 
 
@@ -35,7 +37,7 @@ def small_gpu(monkeypatch):
     GPU-only test below forces a real CuPy out-of-memory error where a GPU exists.
     """
     state = {"limit": 0, "attempts": []}
-    real = decon._deconvolve_on
+    real = decon_api._deconvolve_on
 
     def deconvolve_on(name, volume, kernel, plan, *args, **kwargs):
         state["attempts"].append((name, plan.count, plan.bytes))
@@ -50,8 +52,8 @@ def small_gpu(monkeypatch):
         return real(name, volume, kernel, plan, *args, **kwargs)
 
     detected = dict(decon.available_backends(), cupy="available")
-    monkeypatch.setattr(decon, "_detect_backends", lambda: tuple(detected.items()))
-    monkeypatch.setattr(decon, "_deconvolve_on", deconvolve_on)
+    monkeypatch.setattr(decon_backends, "_detect_backends", lambda: tuple(detected.items()))
+    monkeypatch.setattr(decon_api, "_deconvolve_on", deconvolve_on)
     return state
 
 
@@ -97,7 +99,7 @@ def test_other_gpu_errors_are_not_retried(small_gpu, monkeypatch):
     def broken(name, *args, **kwargs):
         raise RuntimeError("cuFFT internal error")
 
-    monkeypatch.setattr(decon, "_deconvolve_on", broken)
+    monkeypatch.setattr(decon_api, "_deconvolve_on", broken)
     with pytest.raises(RuntimeError, match="cuFFT internal error"):
         decon.deconvolve(volume, psf, VOXEL, VOXEL, iterations=2, backend="cupy")
 

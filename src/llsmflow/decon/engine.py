@@ -1,0 +1,215 @@
+"""The iteration engine: deconvolve blocks of one padded shape with the multiplicative RL/WB update
+(optionally Biggs–Andrews accelerated), element-wise steps in place, slab by slab, on all threads."""
+
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from llsmflow.decon.fft import _is_numpy, _Workspace
+from llsmflow.decon.otf import _WB_ALPHA, _WB_ORDER, _place_kernel, wb_back_projector
+from llsmflow.decon.padding import _reflect_fill
+from llsmflow.decon.volumes import _read_block, _slabs, _sub_z
+from llsmflow.errors import LlsmflowError
+
+# Element-wise steps run on blocks of about this many bytes per array (fits the L2 cache with 3 operands).
+_SLAB_BYTES = 1 << 18
+# Blocks with fewer voxels than this run on one thread.
+_MIN_VOXELS_FOR_THREADS = 1 << 16
+
+
+def _resolve_threads(threads) -> int:
+    if threads is None:
+        try:
+            return max(len(os.sched_getaffinity(0)), 1)
+        except (AttributeError, OSError):  # pragma: no cover - not Linux
+            return max(os.cpu_count() or 1, 1)
+    if isinstance(threads, bool) or not isinstance(threads, int | np.integer) or threads < 1:
+        raise LlsmflowError(f"threads {threads!r} is invalid; expected an integer >= 1 or None (all cores)")
+    return int(threads)
+
+
+class _Runner:
+    """Run an in-place element-wise function block by block: slabs of planes along axis 0, small enough to
+    stay in cache across the steps of the function, split over ``threads`` threads (NumPy releases the GIL
+    in its loops). With CuPy the function runs once on the whole arrays."""
+
+    def __init__(self, xp, shape, threads: int):
+        self.xp = xp
+        self.pool = None
+        plane_bytes = 4 * math.prod(shape[1:])
+        step = max(1, _SLAB_BYTES // max(plane_bytes, 1))
+        slabs = [slice(i, min(i + step, shape[0])) for i in range(0, shape[0], step)]
+        parts = min(threads, len(slabs)) if _is_numpy(xp) else 1
+        bounds = np.linspace(0, len(slabs), parts + 1).round().astype(int)
+        self.parts = [slabs[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+        if len(self.parts) > 1:
+            self.pool = ThreadPoolExecutor(max_workers=len(self.parts), thread_name_prefix="llsmflow-decon")
+
+    @staticmethod
+    def _run_part(fn, arrays, slabs) -> list:
+        return [fn(*(a[s] for a in arrays)) for s in slabs]
+
+    def __call__(self, fn, *arrays) -> list:
+        """``fn(*blocks)`` for matching blocks of ``arrays`` (same length along axis 0); the list of results."""
+        if not _is_numpy(self.xp):
+            return [fn(*arrays)]
+        if self.pool is None:
+            return self._run_part(fn, arrays, self.parts[0])
+        futures = [self.pool.submit(self._run_part, fn, arrays, part) for part in self.parts]
+        return [result for future in futures for result in future.result()]
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+            self.pool = None
+
+
+class _Engine:
+    """Deconvolve blocks of one padded shape: workspace, OTF and back projector made once, reused per block."""
+
+    def __init__(
+        self,
+        psf: np.ndarray,
+        padded_shape,
+        xp,
+        threads: int,
+        method: str = "rl",
+        acceleration: bool = False,
+        wb_alpha: float = _WB_ALPHA,
+        wb_beta: float | None = None,
+        wb_order: int = _WB_ORDER,
+    ):
+        self.xp = xp
+        self.method = method
+        self.acceleration = bool(acceleration)
+        if math.prod(padded_shape) < _MIN_VOXELS_FOR_THREADS:
+            threads = 1  # thread start-up and barriers cost more than they save on tiny blocks
+        self.ws = _Workspace(padded_shape, xp, threads, 5 if acceleration else 3)
+        self.run_blocks = _Runner(xp, self.ws.shape, threads)
+        scale = np.float32(1.0 / math.prod(self.ws.shape))
+        buffer = self.ws.reals[0]
+        _place_kernel(buffer, psf, xp)
+        spec = self.ws.forward(buffer)
+        self.otf = xp.empty(self.ws.spec_shape, dtype=xp.complex64)
+        self.otf_bp = xp.empty(self.ws.spec_shape, dtype=xp.complex64)
+
+        def scaled(otf, s):
+            xp.multiply(s, scale, out=otf)
+
+        self.run_blocks(scaled, self.otf, spec)
+        if method == "rl":
+
+            def adjoint(bp, otf):
+                xp.conjugate(otf, out=bp)
+
+            self.run_blocks(adjoint, self.otf_bp, self.otf)
+        else:
+            # the WB back projector is a spatial kernel (like the PSF), so that every FFT window, whole volume
+            # or chunk, applies the same filter
+            _place_kernel(buffer, wb_back_projector(psf, wb_alpha, wb_beta, wb_order), xp)
+            spec = self.ws.forward(buffer)
+            self.run_blocks(scaled, self.otf_bp, spec)
+
+    def close(self) -> None:
+        self.run_blocks.close()
+
+    # --------------------------------------------------------------------------------------------- blocks
+
+    def load(self, volume, region, background: float, offset, check: bool = False) -> None:
+        """Read ``volume[region]`` (a few planes at a time) into the data buffer at ``offset`` (ZYX voxels),
+        background subtracted and clamped at 0, and fill the rest of the buffer with its reflection (numpy.pad
+        'reflect'). ``check``: raise on NaN or infinite values."""
+        xp = self.xp
+        data = self.ws.reals[0]
+        inner = tuple(slice(o, o + r.stop - r.start) for o, r in zip(offset, region, strict=True))
+        for a, b in _slabs(region, np.dtype(volume.dtype).itemsize):
+            view = data[_sub_z(inner, a, b)]
+            view[...] = xp.asarray(_read_block(volume, _sub_z(region, a, b), check))
+            if background:
+                view -= xp.float32(background)
+            xp.maximum(view, 0, out=view)
+        _reflect_fill(data, inner, xp)
+
+    def data_max(self) -> float:
+        return float(self.ws.reals[0].max())
+
+    def iterate(self, iterations: int, eps: float, initial: str = "data", progress=None):
+        """Run the iterations on the loaded block; return the padded estimate (a workspace buffer)."""
+        xp, ws, run = self.xp, self.ws, self.run_blocks
+        data = ws.reals[0]
+        eps = xp.float32(eps)
+        otf, otf_bp = self.otf, self.otf_bp
+
+        def multiply(spec, h):
+            xp.multiply(spec, h, out=spec)
+
+        def ratio(t, d):  # t <- d / max(t, eps)
+            xp.maximum(t, eps, out=t)
+            xp.divide(d, t, out=t)
+
+        def correction(y, t):  # H^T (d / H y), into t where the FFT library allows
+            spec = ws.forward(y)
+            run(multiply, spec, otf)
+            t = ws.inverse(spec, t)
+            run(ratio, t, data)
+            spec = ws.forward(t)
+            run(multiply, spec, otf_bp)
+            return ws.inverse(spec, t)
+
+        def times_clamped(t, y):  # t <- max(t * y, 0); FFT round-off (or the WB filter) can dip below 0
+            xp.multiply(t, y, out=t)
+            xp.maximum(t, 0, out=t)
+
+        x = ws.reals[1]
+        if initial == "flat":
+            x.fill(float(data.mean(dtype=xp.float64)))
+        else:
+            x[...] = data
+        if not self.acceleration:
+            t = ws.reals[2]
+            for k in range(1, iterations + 1):
+                t = correction(x, t)
+                run(times_clamped, x, t)
+                if progress is not None:
+                    progress(k)
+            return x
+
+        # Biggs–Andrews: y_k = max(x_k + λ_k (x_k − x_{k−1}), 0); x_{k+1} = ψ(y_k); g_k = x_{k+1} − y_k;
+        # λ_{k+1} = Σ g_k g_{k−1} / Σ g_{k−1}², clamped to [0, 1]. Buffers rotate: x, d = x_k − x_{k−1},
+        # g = g_{k−1}, f free (5 arrays with the data).
+        def predict(y, x_, d_):
+            xp.multiply(d_, xp.float32(lam), out=y)
+            y += x_
+            xp.maximum(y, 0, out=y)
+
+        def subtract(out, a, b):
+            xp.subtract(a, b, out=out)
+
+        def dots(a, b):
+            return float(xp.vdot(a.ravel(), b.ravel())), float(xp.vdot(b.ravel(), b.ravel()))
+
+        d, g, f = ws.reals[2], ws.reals[3], ws.reals[4]
+        lam, have_g = 0.0, False
+        for k in range(1, iterations + 1):
+            if lam > 0:
+                run(predict, f, x, d)
+                y = f
+            else:
+                y = x
+            t = correction(y, d)
+            run(times_clamped, t, y)  # t = x_{k+1}
+            run(subtract, f, t, y)  # f = g_k (y may be f itself: element-wise in place is fine)
+            if have_g:
+                sums = run(dots, f, g)
+                num, den = sum(s[0] for s in sums), sum(s[1] for s in sums)
+                lam = min(max(num / den, 0.0), 1.0) if den > 0 else 0.0
+            have_g = True
+            run(subtract, x, t, x)  # x buffer <- x_{k+1} − x_k
+            x, d, g, f = t, x, f, g
+            if progress is not None:
+                progress(k)
+        return x

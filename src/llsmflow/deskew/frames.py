@@ -1,0 +1,73 @@
+"""Geometry relations of a stage-scan stack (no resampling): shear per plane, deskewed plane spacing and
+shape, and the rotations between the raw, objective and coverslip frames.
+
+NumPy only: ingest and the HPC layer size and place volumes with these before any pixel is read."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from llsmflow.errors import LlsmflowError, require_positive_voxel_size
+
+
+def _check_angle(angle_deg: float) -> float:
+    angle = float(angle_deg)
+    if not (math.isfinite(angle) and 0 < abs(angle) < 90):
+        raise LlsmflowError(f"sheet angle {angle_deg}° is out of range; expected 0 < |angle| < 90 degrees")
+    return angle
+
+
+def shear_px_per_plane(dz_um: float, dx_um: float, angle_deg: float) -> float:
+    """Shift along the scan axis between successive raw planes, in pixels: ``s = dz·cos θ / dx · sign θ``.
+
+    For dz = 0.5 µm, θ = 31.5°, dx = 0.104 µm this is ≈ 4.10 px per plane.
+    """
+    angle = _check_angle(angle_deg)
+    require_positive_voxel_size((dz_um, dx_um), what="stage step dz / pixel size dx")
+    return math.copysign(dz_um * math.cos(math.radians(angle)) / dx_um, angle)
+
+
+def deskewed_plane_spacing_um(dz_um: float, angle_deg: float) -> float:
+    """Distance between deskewed planes along the objective axis: ``dz' = dz·|sin θ|`` (µm)."""
+    angle = _check_angle(angle_deg)
+    return dz_um * abs(math.sin(math.radians(angle)))
+
+
+def deskewed_shape(
+    raw_shape_zyx: tuple[int, int, int], dz_um: float, dx_um: float, angle_deg: float, scan_axis: str = "x"
+) -> tuple[int, int, int]:
+    """Shape of the deskewed volume: the scan axis grows by ``floor(Nz·dz·|cos θ|/dx)`` pixels."""
+    nz, ny, nx = raw_shape_zyx
+    extra = math.floor(nz * abs(shear_px_per_plane(dz_um, dx_um, angle_deg)))
+    if scan_axis == "x":
+        return (nz, ny, nx + extra)
+    if scan_axis == "y":
+        return (nz, ny + extra, nx)
+    raise LlsmflowError(f"scan axis {scan_axis!r} is invalid; expected 'x' or 'y'")
+
+
+def objective_to_coverslip_matrix(angle_deg: float) -> np.ndarray:
+    """3×3 rotation taking objective-frame (z, y, x) µm vectors to coverslip-frame (Z, Y, X) µm vectors.
+
+    ``X = z·sin θ + x·cos θ`` runs along the stage scan; ``Z = z·cos θ − x·sin θ`` is normal to the coverslip
+    (θ taken with the sign convention of :func:`stage_to_objective_um`).
+    """
+    angle = math.radians(_check_angle(angle_deg))
+    sign = math.copysign(1.0, angle)
+    sin_t, cos_t = abs(math.sin(angle)), math.cos(angle) * sign
+    return np.array([[cos_t, 0.0, -sin_t], [0.0, 1.0, 0.0], [sin_t, 0.0, cos_t]])
+
+
+def stage_to_objective_um(stage_xyz_um, angle_deg: float) -> tuple[float, float, float]:
+    """Convert a stage displacement (x along the scan, y, z normal to the coverslip; µm) to objective (z, y, x) µm.
+
+    A stage move of ``Δ`` along the scan axis moves the sample by ``(Δ·|sin θ|, 0, Δ·cos θ·sign θ)`` in the
+    objective frame, which is exactly the per-plane step that deskewing compensates.
+    """
+    sx, sy, sz = (float(v) for v in stage_xyz_um)
+    rotation = objective_to_coverslip_matrix(angle_deg)
+    # objective = Rᵀ · coverslip, with coverslip (Z, Y, X) = (sz, sy, sx)
+    z, y, x = rotation.T @ np.array([sz, sy, sx])
+    return (float(z), float(y), float(x))

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from llsmflow.deskew.frames import deskewed_plane_spacing_um, deskewed_shape, stage_to_objective_um
 from llsmflow.errors import LlsmflowError, require_positive_voxel_size
-from llsmflow.geometry import deskewed_plane_spacing_um, deskewed_shape, stage_to_objective_um
 from llsmflow.io import read_header, read_volume
 
 METADATA_NAME = "acquisition.json"

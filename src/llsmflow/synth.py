@@ -30,13 +30,13 @@ import pandas as pd
 import tifffile
 from scipy import ndimage
 
-from llsmflow.errors import LlsmflowError
-from llsmflow.geometry import (
+from llsmflow.deskew import (
     deskewed_plane_spacing_um,
     deskewed_valid_mask,
     shear_px_per_plane,
     stage_to_objective_um,
 )
+from llsmflow.errors import LlsmflowError
 from llsmflow.io import atomic_output, write_json, write_volume
 
 FILE_TEMPLATE = (

@@ -3,9 +3,10 @@
 import json
 from pathlib import Path
 
-from llsmflow.archive import write_dataset_archive
+from llsmflow.archive.dataset import write_dataset_archive
 from llsmflow.provenance import StepRecorder, package_versions
-from llsmflow.stitch import read_transforms, stack_fused
+from llsmflow.stitch.fused import stack_fused
+from llsmflow.stitch.transforms import read_transforms
 
 with StepRecorder.for_workflow_job(snakemake) as step:
     p = snakemake.params

@@ -5,7 +5,8 @@ import logging
 import os
 
 from llsmflow.cluster import dask_cluster
-from llsmflow.decon import FFTW_WISDOM_ENV, deconvolve
+from llsmflow.decon.api import deconvolve
+from llsmflow.decon.fft import FFTW_WISDOM_ENV
 from llsmflow.io import read_volume, read_volume_description, write_volume
 from llsmflow.progress import progress_logger
 from llsmflow.provenance import StepRecorder

@@ -1,6 +1,6 @@
-"""Deskew one raw stack (thin wrapper over llsmflow.geometry.deskew)."""
+"""Deskew one raw stack (thin wrapper over llsmflow.deskew)."""
 
-from llsmflow.geometry import deskew
+from llsmflow.deskew.shear import deskew
 from llsmflow.io import read_volume, write_volume
 from llsmflow.provenance import StepRecorder
 

@@ -5,7 +5,9 @@ import logging
 from llsmflow.cluster import dask_cluster
 from llsmflow.progress import progress_logger
 from llsmflow.provenance import StepRecorder
-from llsmflow.stitch import fuse_to_zarr, positions_from_transforms, read_transforms, tile_from_deskewed
+from llsmflow.stitch.fusion import fuse_to_zarr
+from llsmflow.stitch.tiles import tile_from_deskewed
+from llsmflow.stitch.transforms import positions_from_transforms, read_transforms
 
 with StepRecorder.for_workflow_job(snakemake) as step, dask_cluster(snakemake.config["dask"]) as client:
     p = snakemake.params

@@ -1,6 +1,6 @@
 """Prepare one channel's PSF on the deskewed voxel grid (thin wrapper over llsmflow.decon.prepare_psf)."""
 
-from llsmflow.decon import prepare_psf
+from llsmflow.decon.psf import prepare_psf
 from llsmflow.io import read_volume, write_volume
 from llsmflow.provenance import StepRecorder
 

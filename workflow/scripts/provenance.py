@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from llsmflow.archive import write_checksum_manifest
+from llsmflow.archive.manifest import write_checksum_manifest
 from llsmflow.crate import write_crate
 from llsmflow.io import atomic_output, write_json
 from llsmflow.provenance import configure_logging, run_record, scrub

@@ -2,10 +2,10 @@
 
 from pathlib import Path
 
-from llsmflow.archive import read_ome_zarr
+from llsmflow.archive.ome_zarr import read_ome_zarr
 from llsmflow.provenance import StepRecorder
-from llsmflow.qc import save_mosaic
-from llsmflow.stitch import read_transforms
+from llsmflow.qc.previews import save_mosaic
+from llsmflow.stitch.transforms import read_transforms
 
 with StepRecorder.for_workflow_job(snakemake) as step:
     image, meta = read_ome_zarr(snakemake.input.archive)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from llsmflow.provenance import StepRecorder
 from llsmflow.report import provenance_summary, read_manifest, read_step_records, write_report
-from llsmflow.stitch import read_transforms
+from llsmflow.stitch.transforms import read_transforms
 
 with StepRecorder.for_workflow_job(snakemake) as step:
     p = snakemake.params

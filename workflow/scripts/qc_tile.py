@@ -2,7 +2,7 @@
 
 from llsmflow.io import read_volume
 from llsmflow.provenance import StepRecorder
-from llsmflow.qc import save_projection_grid, tile_projection_rows
+from llsmflow.qc.previews import save_projection_grid, tile_projection_rows
 
 with StepRecorder.for_workflow_job(snakemake) as step:
     raw = read_volume(snakemake.input.raw).data

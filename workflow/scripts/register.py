@@ -5,7 +5,9 @@ import pandas as pd
 
 from llsmflow.io import atomic_output
 from llsmflow.provenance import StepRecorder
-from llsmflow.stitch import register_tiles, tile_from_deskewed, write_transforms
+from llsmflow.stitch.optimise import register_tiles
+from llsmflow.stitch.tiles import tile_from_deskewed
+from llsmflow.stitch.transforms import write_transforms
 
 with StepRecorder.for_workflow_job(snakemake) as step:
     p = snakemake.params

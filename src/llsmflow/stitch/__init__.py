@@ -28,7 +28,7 @@ Deskewed LLSM tiles hold data only inside a parallelogram in (z, scan axis); the
 values (0, or near 0 after deconvolution) while the data sit on the camera offset, so the wedge border is the
 strongest edge of the volume and the same in every tile: left in, it pulls every registration to the nominal
 shift and darkens the fused volume where one tile's wedge lies on another tile's data. A tile may therefore
-carry a validity mask (``Tile.valid``, e.g. :func:`llsmflow.geometry.deskewed_valid_mask`): registration then
+carry a validity mask (``Tile.valid``, e.g. :func:`llsmflow.deskew.deskewed_valid_mask`): registration then
 compares only voxels valid in both tiles (masked NCC with a band-pass by normalised convolution, masked
 Gauss-Newton refinement, masked quality), and fusion gives invalid voxels weight 0, ramping up inside the
 valid region. Tiles without a mask are handled exactly as before.

@@ -51,7 +51,7 @@ class Tile:
         that returns the block ``slices`` (a tuple of three ``slice(start, stop)`` with int bounds), so that
         a large tile's mask need never exist whole (it must pickle for the ``"processes"`` scheduler of
         :func:`fuse_to_zarr`, e.g. a :func:`functools.partial`, not a lambda). A deskewed tile holds data
-        only inside a parallelogram in (z, scan axis), see :func:`llsmflow.geometry.deskewed_valid_mask`; the
+        only inside a parallelogram in (z, scan axis), see :func:`llsmflow.deskew.deskewed_valid_mask`; the
         wedges beside it are fill values that must neither drive registration nor enter the fused volume.
         Registration compares only voxels valid in both tiles, and fusion gives invalid voxels weight 0,
         ramping up over the blending width inside the valid region.
@@ -206,7 +206,7 @@ def tile_from_deskewed(
         validity mask. The mask is constant along the axis across the scan, and is stored as a broadcast view
         of one (z, scan axis) plane, so that it costs no memory per voxel.
     """
-    from llsmflow.geometry import deskewed_valid_mask
+    from llsmflow.deskew.shear import deskewed_valid_mask
     from llsmflow.io import read_volume_description
 
     path = Path(path)

@@ -579,14 +579,3 @@ def test_old_import_paths_and_light_manifest_module():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
 
-
-def test_library_defaults_agree_with_config_schema():
-    import inspect
-
-    import yaml
-
-    schema = yaml.safe_load((Path(__file__).parents[1] / "config" / "schema.yaml").read_text(encoding="utf-8"))
-    defaults = {k: v["default"] for k, v in schema["properties"]["archive"]["properties"].items()}
-    params = inspect.signature(write_ome_zarr).parameters
-    assert params["ngff_version"].default == defaults["ngff_version"]
-    assert list(params["chunks_zyx"].default) == defaults["chunks"]

@@ -753,22 +753,6 @@ def test_backend_names_import_without_numpy():
     assert done.stdout.split(None, 1) == ["0", "[]\n"]
 
 
-def test_library_defaults_agree_with_the_config_schema():
-    """Each default is stated once, in config/schema.yaml; the library's signatures give the same values."""
-    import inspect
-    from pathlib import Path
-
-    import yaml
-
-    schema = yaml.safe_load((Path(__file__).parents[1] / "config" / "schema.yaml").read_text())
-    section = schema["properties"]["deconvolution"]["properties"]
-    signature = inspect.signature(decon.deconvolve).parameters
-    for name in ("iterations", "background", "psf_background", "backend", "method", "max_memory_gb"):
-        assert signature[name].default == section[name]["default"], name
-    assert set(section["method"]["enum"]) == set(decon.METHODS)
-    assert set(section["backend"]["enum"]) == {"auto", *decon.BACKENDS}
-
-
 # ----------------------------------------------------------------------------------------------- deconvolve
 
 

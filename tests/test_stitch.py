@@ -863,26 +863,3 @@ def test_each_seam_imports_only_its_libraries(statement, absent):
     loaded = set(modules) | {m.split(".")[0] for m in modules}
     assert not loaded & set(absent), (statement, sorted(loaded & set(absent)))
 
-
-def test_library_defaults_agree_with_the_config_schema():
-    import inspect
-    from pathlib import Path
-
-    import yaml
-
-    from llsmflow.stitch import fuse_to_zarr, optimise_positions, register_pair, register_tiles
-
-    schema = yaml.safe_load((Path(__file__).parents[1] / "config/schema.yaml").read_text())
-    stitch = {k: v["default"] for k, v in schema["properties"]["stitch"]["properties"].items()}
-
-    def default(function, name):
-        return inspect.signature(function).parameters[name].default
-
-    for function in (register_tiles, optimise_positions):
-        assert default(function, "min_quality") == stitch["min_quality"]
-    for function in (register_tiles, register_pair):
-        assert default(function, "upsample_factor") == stitch["upsample_factor"]
-    assert default(register_tiles, "max_shift_um") == stitch["max_shift_um"]
-    assert default(fuse_to_zarr, "blend_width_um") == stitch["blend_width_um"]
-    assert list(default(fuse_to_zarr, "chunks")) == stitch["chunks"]
-    assert default(fuse_to_zarr, "max_memory_gb") == stitch["max_memory_gb"]

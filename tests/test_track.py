@@ -636,23 +636,7 @@ def test_msd_is_the_pair_weighted_mean_of_trackpy_imsd(movie):
 
 
 # ------------------------------------------------------------------------------------------------------------
-# defaults stated once
-
-
-def test_library_defaults_agree_with_config_schema():
-    import inspect
-    from pathlib import Path
-
-    import yaml
-
-    schema = yaml.safe_load((Path(__file__).parents[1] / "config" / "schema.yaml").read_text(encoding="utf-8"))
-    defaults = {k: v["default"] for k, v in schema["properties"]["track"]["properties"].items()}
-    for func in (track.track_particles, track.detect_particles):
-        params = inspect.signature(func).parameters
-        for name, value in defaults.items():
-            if name in params:
-                assert params[name].default == value, f"{func.__name__}({name}=...) vs config/schema.yaml"
-    assert set(defaults) - set(inspect.signature(track.track_particles).parameters) == {"channels"}
+# package front door (library defaults against the schema: tests/test_defaults.py)
 
 
 def test_package_front_door_is_light_and_keeps_old_names():

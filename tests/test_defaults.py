@@ -1,0 +1,98 @@
+"""Every default is stated once: config/schema.yaml for the workflow; library signatures agree with it.
+
+Each schema default of a processing section is either the default of a named library parameter (checked
+to be equal) or listed in ``WORKFLOW_ONLY`` with the reason it has no library counterpart. A schema key
+that is neither fails the test, so a new option cannot add a second, silently different default.
+"""
+
+import inspect
+from pathlib import Path
+
+import pytest
+import yaml
+
+from llsmflow.archive.ome_zarr import write_ome_zarr
+from llsmflow.cluster import DEFAULTS as DASK_DEFAULTS
+from llsmflow.decon import BACKENDS, METHODS
+from llsmflow.decon.api import deconvolve
+from llsmflow.decon.psf import prepare_psf
+from llsmflow.deskew.shear import deskew
+from llsmflow.stitch.fusion import fuse_to_zarr
+from llsmflow.stitch.optimise import optimise_positions, register_tiles
+from llsmflow.stitch.pairwise import register_pair
+from llsmflow.track.detect import detect_particles
+from llsmflow.track.link import track_particles
+
+SCHEMA = yaml.safe_load((Path(__file__).parents[1] / "config" / "schema.yaml").read_text(encoding="utf-8"))
+
+# (section, key) -> the library parameters that take the same value: (function, parameter name)
+LIBRARY = {
+    ("deskew", "fill_value"): [(deskew, "fill_value")],
+    ("deconvolution", "iterations"): [(deconvolve, "iterations")],
+    ("deconvolution", "background"): [(deconvolve, "background")],
+    ("deconvolution", "psf_background"): [(deconvolve, "psf_background"), (prepare_psf, "background")],
+    ("deconvolution", "backend"): [(deconvolve, "backend")],
+    ("deconvolution", "method"): [(deconvolve, "method")],
+    ("deconvolution", "max_memory_gb"): [(deconvolve, "max_memory_gb")],
+    ("stitch", "min_quality"): [(register_tiles, "min_quality"), (optimise_positions, "min_quality")],
+    ("stitch", "upsample_factor"): [(register_tiles, "upsample_factor"), (register_pair, "upsample_factor")],
+    ("stitch", "max_shift_um"): [(register_tiles, "max_shift_um")],
+    ("stitch", "blend_width_um"): [(fuse_to_zarr, "blend_width_um")],
+    ("stitch", "max_memory_gb"): [(fuse_to_zarr, "max_memory_gb")],
+    ("stitch", "chunks"): [(fuse_to_zarr, "chunks")],
+    ("track", "diameter_um"): [(track_particles, "diameter_um"), (detect_particles, "diameter_um")],
+    ("track", "search_range_um"): [(track_particles, "search_range_um")],
+    ("track", "memory"): [(track_particles, "memory")],
+    ("track", "min_track_length"): [(track_particles, "min_track_length")],
+    ("track", "min_mass"): [(track_particles, "min_mass"), (detect_particles, "min_mass")],
+    ("track", "percentile"): [(track_particles, "percentile"), (detect_particles, "percentile")],
+    ("archive", "ngff_version"): [(write_ome_zarr, "ngff_version")],
+    ("archive", "chunks"): [(write_ome_zarr, "chunks_zyx")],
+}
+
+WORKFLOW_ONLY = {
+    ("deconvolution", "threads"): "the job's core request; the library's threads=None means every core the "
+    "process may use, and the workflow passes the job's threads",
+    ("stitch", "reference_channel"): "which tiles the register job reads; the library registers what it is given",
+    ("stitch", "reference_timepoint"): "which tiles the register job reads",
+    ("track", "channels"): "which channels get a track job",
+}
+
+SECTIONS = ("deskew", "deconvolution", "stitch", "track", "archive")
+
+
+def schema_defaults(section: str) -> dict:
+    return {key: spec["default"] for key, spec in SCHEMA["properties"][section]["properties"].items()}
+
+
+def comparable(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+@pytest.mark.parametrize("section", SECTIONS)
+def test_each_library_default_equals_the_schema_default(section):
+    for key, expected in schema_defaults(section).items():
+        if (section, key) in WORKFLOW_ONLY:
+            continue
+        assert (section, key) in LIBRARY, f"{section}.{key}: no library parameter and not listed as workflow-only"
+        for function, name in LIBRARY[(section, key)]:
+            default = inspect.signature(function).parameters[name].default
+            assert comparable(default) == expected, (
+                f"{function.__module__}.{function.__name__}({name}={default!r}) vs {section}.{key}: {expected!r}"
+            )
+
+
+def test_dask_defaults_are_the_schemas():
+    assert DASK_DEFAULTS == schema_defaults("dask")
+
+
+def test_choices_are_the_librarys():
+    section = SCHEMA["properties"]["deconvolution"]["properties"]
+    assert set(section["method"]["enum"]) == set(METHODS)
+    assert set(section["backend"]["enum"]) == {"auto", *BACKENDS}
+
+
+def test_the_lists_name_real_schema_keys():
+    """No stale entry: every listed key exists in the schema (a renamed option must be renamed here)."""
+    for section, key in [*LIBRARY, *WORKFLOW_ONLY]:
+        assert key in schema_defaults(section), f"{section}.{key}"

@@ -1,7 +1,8 @@
 """Register the reference tiles and optimise tile positions (thin wrapper over llsmflow.stitch)."""
 
+import csv
+
 import numpy as np
-import pandas as pd
 
 from llsmflow.io import atomic_output
 from llsmflow.provenance import StepRecorder
@@ -32,8 +33,11 @@ with StepRecorder.for_workflow_job(snakemake) as step:
         }
         for t in tiles
     ]
-    with atomic_output(snakemake.output.tiles_csv) as tmp:
-        pd.DataFrame(rows).to_csv(tmp, index=False)
+    # the csv module, not pandas: this job needs no DataFrame, and pandas costs 0.3 s to import
+    with atomic_output(snakemake.output.tiles_csv) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
     write_transforms(snakemake.output.transforms, transforms)
     qualities = [pair["quality"] for pair in transforms["pairs"]]
     step.note(pairs=len(qualities), min_quality=float(np.min(qualities)) if qualities else None)

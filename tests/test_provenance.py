@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from llsmflow import provenance
-from llsmflow.crate import METADATA, write_crate
 from llsmflow.provenance import StepRecorder, container_info, run_record, scrub
+from llsmflow.provenance.crate import METADATA, write_crate
 from tests.rocrate_offline import seed_validator_cache, validate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -185,7 +185,7 @@ def test_png_comparison_tolerates_flipped_edge_pixels_but_not_changed_content():
     """A handful of anti-aliased edge pixels flipped by round-off is within tolerance; a changed region is not."""
     import numpy as np
 
-    from llsmflow.reproduce import compare_png
+    from llsmflow.provenance.reproduce import compare_png
 
     original = np.random.default_rng(0).integers(0, 256, size=(400, 600, 3), dtype=np.uint8)
     # (byte-identical files are recognised before any decoding; equal pixels measure 0 here)

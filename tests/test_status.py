@@ -5,7 +5,7 @@ import subprocess
 
 import yaml
 
-from llsmflow.status import parse_job_stats
+from llsmflow.run.status import parse_job_stats
 from tests.conftest import LLSMFLOW, REPO, run_workflow
 
 TILES, CHANNELS, TIMEPOINTS = 2, 2, 3  # the tiny_run fixture

@@ -19,7 +19,6 @@ import sys
 from collections.abc import Iterator, Mapping
 
 from llsmflow.errors import LlsmflowError
-from llsmflow.parallel import client_threads  # noqa: F401  (re-exported: its old home)
 
 log = logging.getLogger("llsmflow.cluster")
 

@@ -43,10 +43,6 @@ from llsmflow.errors import LlsmflowError
 FLAVOURS = ("cpu", "gpu")
 """Image flavours; ``envs/apptainer/llsmflow-<flavour>.def`` defines each."""
 
-GPU_BACKENDS = ("pycudadecon", "cupy")  # as llsmflow.hpc: the GPU image exactly where a GPU is requested
-"""Deconvolution backends that run ``deconvolve`` in the GPU image: those whose jobs request a GPU (``auto`` requests
-none, so it runs in the CPU image)."""
-
 REQUIRED_MODULES = (
     "numpy",
     "scipy",
@@ -67,6 +63,9 @@ REQUIRED_MODULES = (
 """Modules the workflow's steps import (directly or lazily inside functions): every image must have them."""
 
 GPU_MODULES = ("cupy", "pycudadecon")
+
+BUILDERS = ("auto", "fakeroot", "sudo", "root")
+"""How :func:`build_image` gets root inside the build (``auto`` picks one of the others)."""
 
 PROVENANCE_VARIABLES = (
     "LLSMFLOW_CONTAINER_IMAGE",
@@ -103,7 +102,9 @@ def repository_root(explicit: str | Path | None = None) -> Path:
     LlsmflowError
         None of the candidates holds the definitions.
     """
-    candidates = [Path(explicit)] if explicit else [Path.cwd(), Path(__file__).resolve().parents[2]]
+    from llsmflow.run.config import SOURCE_TREE
+
+    candidates = [Path(explicit)] if explicit else [Path.cwd(), SOURCE_TREE]
     for candidate in candidates:
         if (candidate / "envs" / "apptainer" / "llsmflow-cpu.def").is_file():
             return candidate.resolve()
@@ -266,7 +267,7 @@ def build_image(
         raise LlsmflowError("image exists; expected a new path, or --force to replace it", output)
     if builder == "auto":
         builder = "root" if os.geteuid() == 0 else "fakeroot"
-    if builder not in ("fakeroot", "sudo", "root"):
+    if builder not in BUILDERS[1:]:
         raise LlsmflowError(f"builder {builder!r} is unknown; expected auto, fakeroot, sudo or root")
     options = ["--fakeroot"] if builder == "fakeroot" else []
     with spython_runtime() as runtime, atomic_output(output) as tmp:
@@ -313,8 +314,9 @@ def resolve_images(section: dict | None, backend: str = "cpu", verify_local: boo
         ``config["containers"]``: ``cpu``, ``gpu`` (a registry reference or a local SIF path, or null),
         ``cpu_sha256``, ``gpu_sha256`` (the sha256 of a local SIF) and ``require_digest`` (default True).
     backend : str
-        ``config["deconvolution"]["backend"]``; one of :data:`GPU_BACKENDS` runs ``deconvolve`` in the
-        GPU image when one is configured.
+        ``config["deconvolution"]["backend"]``; one of :data:`llsmflow.decon.GPU_BACKENDS` (the backends
+        whose jobs request a GPU; ``auto`` requests none) runs ``deconvolve`` in the GPU image when one is
+        configured.
     verify_local : bool
         Hash local SIF files and compare with the configured sha256 (seconds per GB: done once, by the
         main Snakemake process, when the run uses Apptainer).
@@ -362,6 +364,8 @@ def resolve_images(section: dict | None, backend: str = "cpu", verify_local: boo
             )
         if verify_local:
             _verify_local(Path(reference.removeprefix("file://")), expected, key)
+    from llsmflow.decon import GPU_BACKENDS
+
     gpu_deconvolve = images["gpu"] is not None and backend in GPU_BACKENDS
     images["deconvolve"] = images["gpu"] if gpu_deconvolve else images["cpu"]
     return images
@@ -456,74 +460,3 @@ def check_image(flavour: str) -> dict[str, str]:
         if "does not load" in backends["pycudadecon"]:
             raise LlsmflowError(f"gpu image: {backends['pycudadecon']}")
     return backends
-
-
-# ------------------------------------------------------------------------------------------ command line
-
-
-def cmd_container_recipe(args) -> int:
-    path = Path(args.image) if args.image not in FLAVOURS else definition_path(args.image, args.workflow_dir)
-    sys.stdout.write(render_definition(path, args.format))
-    return 0
-
-
-def cmd_container_build(args) -> int:
-    result = build_image(args.image, args.output, args.workflow_dir, args.builder, args.force)
-    print(f"built {result['path']} with {result['runtime']}")
-    print(f"sha256 {result['sha256']}")
-    print("pin it in the workflow config (config/config.yaml):")
-    print(pin_lines(args.image, result["path"], result["sha256"]))
-    return 0
-
-
-def cmd_container_pin(args) -> int:
-    from llsmflow.io import sha256_file
-
-    path = Path(args.sif)
-    if not path.is_file():
-        raise LlsmflowError("image file not found; expected a SIF file", path)
-    print(pin_lines(args.image, str(path.resolve()), sha256_file(path)))
-    return 0
-
-
-def cmd_container_info(args) -> int:
-    print(json.dumps(running_container(), indent=2))
-    return 0
-
-
-def register_container_commands(subparsers) -> None:
-    """Add ``llsmflow container recipe|build|pin|info``."""
-    p = subparsers.add_parser("container", help="Apptainer images: show, build, pin (docs/containers.md)")
-    sub = p.add_subparsers(dest="container_command", required=True)
-
-    q = sub.add_parser("recipe", help="print an image definition (parsed with spython)")
-    q.add_argument("image", help="cpu, gpu, or a definition file")
-    q.add_argument(
-        "--format",
-        choices=("def", "docker"),
-        default="def",
-        help="def: the definition as written (default); docker: spython's Dockerfile conversion (to read)",
-    )
-    q.add_argument("--workflow-dir", default=None, help="llsmflow checkout holding envs/apptainer/")
-    q.set_defaults(func=cmd_container_recipe)
-
-    q = sub.add_parser("build", help="build an image with spython (needs apptainer or singularity)")
-    q.add_argument("image", choices=FLAVOURS)
-    q.add_argument("--output", required=True, help="SIF file to write, e.g. llsmflow-cpu-0.1.0.sif")
-    q.add_argument(
-        "--builder",
-        choices=("auto", "fakeroot", "sudo", "root"),
-        default="auto",
-        help="how the build gets root: auto (root if root, else --fakeroot), fakeroot, sudo, root",
-    )
-    q.add_argument("--force", action="store_true", help="replace an existing output")
-    q.add_argument("--workflow-dir", default=None, help="llsmflow checkout holding envs/apptainer/")
-    q.set_defaults(func=cmd_container_build)
-
-    q = sub.add_parser("pin", help="print the config lines that pin a local SIF by its sha256")
-    q.add_argument("image", choices=FLAVOURS)
-    q.add_argument("sif", help="the SIF file (built, or pulled with apptainer pull)")
-    q.set_defaults(func=cmd_container_pin)
-
-    q = sub.add_parser("info", help="print the image this process runs in (JSON; null outside one)")
-    q.set_defaults(func=cmd_container_info)

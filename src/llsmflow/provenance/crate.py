@@ -37,12 +37,13 @@ import json
 import re
 import shutil
 from pathlib import Path
-
-from rocrate.model.contextentity import ContextEntity
-from rocrate.rocrate import ROCrate
+from typing import TYPE_CHECKING
 
 from llsmflow.errors import LlsmflowError
-from llsmflow.io import atomic_output
+
+if TYPE_CHECKING:
+    from rocrate.model.contextentity import ContextEntity
+    from rocrate.rocrate import ROCrate
 
 PROFILES = {
     "https://w3id.org/ro/wfrun/process/0.5": "Process Run Crate",
@@ -131,6 +132,9 @@ class _CrateBuilder:
     """Accumulates entities; one instance per crate."""
 
     def __init__(self, crate_dir: Path, record: dict, run_dir: Path):
+        # rocrate takes a while to import: only when a crate is built (reproducing reads crates as JSON)
+        from rocrate.rocrate import ROCrate
+
         self.crate = ROCrate(version=RO_CRATE_VERSION)
         self.crate.metadata.extra_terms.update(WFRUN_TERMS)
         self.crate_dir = crate_dir
@@ -142,6 +146,8 @@ class _CrateBuilder:
         existing = self.crate.get(entity_id)
         if existing is not None:
             return existing
+        from rocrate.model.contextentity import ContextEntity
+
         entity = ContextEntity(self.crate, entity_id, properties={"@type": types, **properties})
         return self.crate.add(entity)
 
@@ -518,6 +524,8 @@ def _step_file(b: _CrateBuilder, path: str, inputs: dict, outputs: dict):
 
 def write_crate(crate_dir, record: dict, workflow_dir, run_dir, record_outputs=None) -> Path:
     """Build the crate (see :func:`build_crate`) and write ``ro-crate-metadata.json`` in ``crate_dir``."""
+    from llsmflow.io import atomic_output
+
     crate_dir = Path(crate_dir)
     crate = build_crate(crate_dir, record, workflow_dir, run_dir, record_outputs)
     metadata = crate.metadata.generate()

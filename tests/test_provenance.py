@@ -200,3 +200,35 @@ def test_png_comparison_tolerates_flipped_edge_pixels_but_not_changed_content():
     changed[100:120, 100:140] = 0  # a label or a tile outline really moved: 800 pixels (0.33 %)
     verdict = compare_png(original, changed, "a.png")
     assert verdict.status == "different" and "% by more than 2" in verdict.detail
+
+
+def test_recorded_packages_follow_the_declared_requirements():
+    """One list: llsmflow, every requirement of pyproject.toml with its extras (not the test tools), GPU ones."""
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    declared = [*project["dependencies"]] + [
+        entry
+        for extra, entries in project["optional-dependencies"].items()
+        if extra != "test"
+        for entry in entries
+    ]
+    names = provenance.recorded_packages()
+    assert names[0] == "llsmflow" and {"cupy-cuda12x", "pycudadecon"} <= set(names)
+    for requirement in declared:
+        assert requirement.split(">")[0].split("<")[0].split("[")[0].split("=")[0].strip() in names
+    assert "pytest" not in names and "ruff" not in names
+    assert list(provenance.package_versions())[0] == "llsmflow"
+
+
+def test_provenance_front_door_is_light():
+    """Every workflow job imports StepRecorder through llsmflow.provenance: no Zarr, dask, RO-Crate or archive."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from llsmflow.provenance import StepRecorder, scrub; "
+        "print(sorted(m for m in ('zarr', 'dask', 'rocrate', 'llsmflow.archive', 'pandas') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -15,9 +15,9 @@ import jsonschema
 import pytest
 import yaml
 
-from llsmflow import container
 from llsmflow.cli import main
 from llsmflow.errors import LlsmflowError
+from llsmflow.hpc import containers as container
 from llsmflow.io import sha256_file
 
 REPO = Path(__file__).resolve().parents[1]

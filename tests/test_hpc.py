@@ -13,8 +13,9 @@ import pytest
 import yaml
 
 from llsmflow import hpc
-from llsmflow.cluster import dask_cluster, settings_from, slurm_cluster_kwargs
 from llsmflow.errors import LlsmflowError
+from llsmflow.hpc import resources as resource_model
+from llsmflow.hpc.cluster import dask_cluster, settings_from, slurm_cluster_kwargs
 from llsmflow.ingest import read_acquisition
 from llsmflow.io import read_volume
 
@@ -89,7 +90,7 @@ def test_deconvolution_requests_cover_the_measured_working_set(acquisition, desk
         peak_mb = tracemalloc.get_traced_memory()[1] / 1e6
     finally:
         tracemalloc.stop()
-    assert cpu.mem_mb >= peak_mb + hpc._BASE_MB, (cpu.mem_mb, peak_mb)
+    assert cpu.mem_mb >= peak_mb + resource_model._BASE_MB, (cpu.mem_mb, peak_mb)
     assert (cpu.gpu, cpu.gpu_mem_mb) == (0, 0)
     assert cpu.jobs == 20 and cpu.threads == 2
     gpu = hpc.step_resources(sizes, _config(deconvolution={"backend": "cupy"}), cores=8)["deconvolve"]
@@ -104,9 +105,9 @@ def test_deconvolution_requests_cover_the_measured_working_set(acquisition, desk
 def test_runtime_and_memory_grow_on_retry():
     assert [hpc.grow(30, a) for a in (1, 2, 3)] == [30, 60, 120]
     assert hpc.grow(10.2, 1) == 11
-    assert hpc._runtime_min(0) == hpc._RUNTIME_FLOOR_MIN
+    assert resource_model._runtime_min(0) == resource_model._RUNTIME_FLOOR_MIN
     # 1 h of measured work: the request is the safety factor times it, plus start-up
-    assert hpc._runtime_min(3600) == math.ceil((60 + 3 * 3600) / 60)
+    assert resource_model._runtime_min(3600) == math.ceil((60 + 3 * 3600) / 60)
 
 
 def test_submissions_with_groups(acquisition):

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from llsmflow import provenance
-from llsmflow.crate import METADATA, write_crate
 from llsmflow.provenance import StepRecorder, container_info, run_record, scrub
+from llsmflow.provenance.crate import METADATA, write_crate
 from tests.rocrate_offline import seed_validator_cache, validate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -185,7 +185,7 @@ def test_png_comparison_tolerates_flipped_edge_pixels_but_not_changed_content():
     """A handful of anti-aliased edge pixels flipped by round-off is within tolerance; a changed region is not."""
     import numpy as np
 
-    from llsmflow.reproduce import compare_png
+    from llsmflow.provenance.reproduce import compare_png
 
     original = np.random.default_rng(0).integers(0, 256, size=(400, 600, 3), dtype=np.uint8)
     # (byte-identical files are recognised before any decoding; equal pixels measure 0 here)
@@ -200,3 +200,35 @@ def test_png_comparison_tolerates_flipped_edge_pixels_but_not_changed_content():
     changed[100:120, 100:140] = 0  # a label or a tile outline really moved: 800 pixels (0.33 %)
     verdict = compare_png(original, changed, "a.png")
     assert verdict.status == "different" and "% by more than 2" in verdict.detail
+
+
+def test_recorded_packages_follow_the_declared_requirements():
+    """One list: llsmflow, every requirement of pyproject.toml with its extras (not the test tools), GPU ones."""
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    declared = [*project["dependencies"]] + [
+        entry
+        for extra, entries in project["optional-dependencies"].items()
+        if extra != "test"
+        for entry in entries
+    ]
+    names = provenance.recorded_packages()
+    assert names[0] == "llsmflow" and {"cupy-cuda12x", "pycudadecon"} <= set(names)
+    for requirement in declared:
+        assert requirement.split(">")[0].split("<")[0].split("[")[0].split("=")[0].strip() in names
+    assert "pytest" not in names and "ruff" not in names
+    assert list(provenance.package_versions())[0] == "llsmflow"
+
+
+def test_provenance_front_door_is_light():
+    """Every workflow job imports StepRecorder through llsmflow.provenance: no Zarr, dask, RO-Crate or archive."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from llsmflow.provenance import StepRecorder, scrub; "
+        "print(sorted(m for m in ('zarr', 'dask', 'rocrate', 'llsmflow.archive', 'pandas') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

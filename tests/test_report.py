@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from llsmflow.errors import LlsmflowError
-from llsmflow.report import parse_time, png_data_uri, render_report, summarise_steps
+from llsmflow.report import png_data_uri, render_report
+from llsmflow.run.steps import parse_time, summarise_steps
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"

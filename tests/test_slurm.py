@@ -203,9 +203,9 @@ def test_slurm_results_equal_local_results(slurm_and_local_runs):
 
 def test_dask_slurm_cluster(slurm_cluster, tiny_acquisition, tmp_path):
     """Fusion and chunked deconvolution on dask workers that are SLURM jobs; the jobs end with the step."""
-    from llsmflow.cluster import dask_cluster
     from llsmflow.decon import deconvolve
     from llsmflow.geometry import deskew
+    from llsmflow.hpc.cluster import dask_cluster
     from llsmflow.io import read_volume, write_volume
     from llsmflow.stitch import Tile, fuse_to_zarr, read_fused
 

@@ -5,7 +5,7 @@ import subprocess
 
 import yaml
 
-from llsmflow.status import parse_job_stats
+from llsmflow.run.status import parse_job_stats
 from tests.conftest import LLSMFLOW, REPO, run_workflow
 
 TILES, CHANNELS, TIMEPOINTS = 2, 2, 3  # the tiny_run fixture
@@ -124,3 +124,14 @@ Reasons:
 """
     assert parse_job_stats(text) == {"deskew": 20, "qc_report": 1, "all": 1}
     assert parse_job_stats("Nothing to be done (all requested files are present and up to date).") == {}
+
+
+def test_schema_defaults_are_filled_once_and_match_the_example_config():
+    """fill_defaults gives every key of config/config.yaml its value there (nested sections too)."""
+    from llsmflow.run.config import fill_defaults, load_schema
+
+    example = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    given = {"dataset": example["dataset"], "raw_dir": example["raw_dir"], "metadata": example["metadata"]}
+    assert fill_defaults(given, load_schema(REPO)) == example
+    partial = fill_defaults({"stitch": {"min_quality": 0.9}}, load_schema(REPO))
+    assert partial["stitch"]["min_quality"] == 0.9 and partial["stitch"]["max_shift_um"] == 3.0

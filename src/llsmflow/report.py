@@ -10,25 +10,39 @@ Images are embedded as base64 ``data:`` URIs and the style sheet is inline, so t
 external resources: it can be mailed, archived beside the data, or opened on an offline acquisition PC. It is
 written with the standard library's ``html.escape`` rather than a template engine (Jinja2 and friends) because
 the page is a handful of tables and figures, and one dependency fewer is one less thing to break in a
-container built years later. :func:`summarise_steps` is shared with ``llsmflow run`` and ``llsmflow status``.
+container built years later. The step table is :func:`llsmflow.run.steps.summarise_steps` (shared with
+``llsmflow run`` and ``llsmflow status``) and the provenance facts are
+:func:`llsmflow.provenance.provenance_summary`; the caller passes them in (the step summary is computed here
+when a caller that predates ``step_summary`` leaves it out).
 """
 
 from __future__ import annotations
 
 import base64
-import datetime as _dt
 import html
+import importlib
 import json
-import platform
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
-from llsmflow import __version__
 from llsmflow.errors import LlsmflowError
-from llsmflow.io import atomic_output
 
-#: Packages whose versions the provenance summary shows first (all recorded ones are listed below them).
-KEY_PACKAGES = ("llsmflow", "numpy", "scipy", "snakemake", "trackpy", "zarr", "pycudadecon", "cupy-cuda12x")
+# Step records and the provenance summary moved to the run and provenance layers; the workflow snapshots
+# recorded in older crates import them from here, so they are looked up there on first use.
+_MOVED = {
+    "read_step_records": "llsmflow.run.steps",
+    "step_records_under": "llsmflow.run.steps",
+    "parse_time": "llsmflow.run.steps",
+    "summarise_steps": "llsmflow.run.steps",
+    "provenance_summary": "llsmflow.provenance.record",
+}
+
+
+def __getattr__(name: str):
+    if name not in _MOVED:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_MOVED[name]), name)
+
 
 _STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 1.5em auto;
@@ -47,98 +61,6 @@ code { font-size: 0.9em; }
 """
 
 
-# ----------------------------------------------------------------------------------------------- step records
-
-
-def read_step_records(paths: Iterable[str | Path]) -> list[dict]:
-    """Read step records (JSON written by :class:`~llsmflow.provenance.StepRecorder`), skipping absent files.
-
-    Raises
-    ------
-    LlsmflowError
-        If a record is not valid JSON or lacks its ``step`` name.
-    """
-    records = []
-    for path in paths:
-        path = Path(path)
-        if not path.is_file():
-            continue
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise LlsmflowError(
-                f"cannot parse step record ({exc}); expected JSON from StepRecorder", path
-            ) from exc
-        if not isinstance(record, dict) or "step" not in record:
-            raise LlsmflowError("step record has no 'step' name; expected JSON from StepRecorder", path)
-        records.append(record)
-    return records
-
-
-def step_records_under(steps_dir: str | Path) -> list[dict]:
-    """All step records below ``steps_dir`` (``work/<dataset>/steps``), in path order."""
-    steps_dir = Path(steps_dir)
-    return read_step_records(sorted(steps_dir.rglob("*.json"))) if steps_dir.is_dir() else []
-
-
-def parse_time(text: str | None) -> _dt.datetime | None:
-    """An ISO 8601 time from a step record (``start``/``end``), or None if absent or unreadable."""
-    if not text:
-        return None
-    try:
-        value = _dt.datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=_dt.UTC)
-
-
-def summarise_steps(records: Iterable[Mapping], since: _dt.datetime | None = None) -> list[dict]:
-    """Per workflow step (rule): jobs, run time and peak memory, in order of first start.
-
-    Parameters
-    ----------
-    records : iterable of dict
-        Step records.
-    since : datetime, optional
-        Only records whose ``start`` is at or after this time (e.g. the jobs of one ``llsmflow run``). Step
-        records keep whole seconds, so pass a time truncated to the second.
-
-    Returns
-    -------
-    list of dict
-        ``step``, ``jobs``, ``seconds`` (sum of the jobs' run times, s), ``max_seconds``, ``wall_seconds`` (first
-        start to last end, s: what the stage took with jobs in parallel), ``peak_memory_mb`` (largest of the
-        jobs, MiB), ``backends`` (sorted, from the ``backend`` notes), ``hosts``, ``first_start``.
-    """
-    groups: dict[str, list[Mapping]] = {}
-    for record in records:
-        start = parse_time(record.get("start"))
-        if since is not None and (start is None or start < since):
-            continue
-        groups.setdefault(str(record["step"]), []).append(record)
-    rows = []
-    for step, group in groups.items():
-        starts = [t for t in (parse_time(r.get("start")) for r in group) if t is not None]
-        ends = [t for t in (parse_time(r.get("end")) for r in group) if t is not None]
-        seconds = [float(r.get("seconds") or 0.0) for r in group]
-        memory = [float(r["peak_memory_mb"]) for r in group if r.get("peak_memory_mb") is not None]
-        backends = sorted({str(r["notes"]["backend"]) for r in group if "backend" in (r.get("notes") or {})})
-        rows.append(
-            {
-                "step": step,
-                "jobs": len(group),
-                "seconds": round(sum(seconds), 3),
-                "max_seconds": round(max(seconds), 3),
-                "wall_seconds": (max(ends) - min(starts)).total_seconds() if starts and ends else None,
-                "peak_memory_mb": max(memory) if memory else None,
-                "backends": backends,
-                "hosts": sorted({str(r.get("host")) for r in group if r.get("host")}),
-                "first_start": min(starts).isoformat() if starts else "",
-            }
-        )
-    return sorted(rows, key=lambda r: (r["first_start"], r["step"]))
-
-
 # -------------------------------------------------------------------------------------------------- provenance
 
 
@@ -153,47 +75,6 @@ def read_manifest(path: str | Path) -> dict[str, str]:
         if name:
             entries[name.strip()] = digest.strip()
     return entries
-
-
-def provenance_summary(
-    workflow_dir: str | Path,
-    config: Mapping,
-    raw_files: Iterable[str | Path],
-    raw_checksums: Mapping[str, str] | None = None,
-) -> dict:
-    """What produced this run, gathered the way :func:`llsmflow.provenance.write_run_record` gathers it.
-
-    The report is built before the run record (so the record can list the report among the outputs it
-    checksums); it therefore collects the same facts itself. ``raw_checksums`` maps a raw file's name to its
-    sha256 (e.g. from the archive manifest, :func:`read_manifest`, keys ``raw/<name>``) so raw data are not
-    read a second time; files not in it are listed with their size only.
-    """
-    from llsmflow.provenance import allowed_environment, git_state, package_versions, scrub
-
-    raw_checksums = dict(raw_checksums or {})
-    inputs = []
-    for file in raw_files:
-        file = Path(file)
-        inputs.append(
-            {
-                "path": str(file),
-                "bytes": file.stat().st_size if file.is_file() else None,
-                "sha256": raw_checksums.get(f"raw/{file.name}") or raw_checksums.get(file.name),
-            }
-        )
-    # the same scrubbing as the run record and the crate: no credentials in a report that gets e-mailed around
-    return scrub(
-        {
-            "created": _dt.datetime.now(_dt.UTC).astimezone().isoformat(timespec="seconds"),
-            "workflow": {"name": "llsmflow", "version": __version__, **git_state(workflow_dir)},
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "packages": package_versions(),
-            "environment": allowed_environment(),
-            "config": dict(config),
-            "inputs": inputs,
-        }
-    )
 
 
 # ------------------------------------------------------------------------------------------------------ HTML
@@ -332,13 +213,12 @@ def _tracks_section(track_pngs: Mapping[int, tuple[Path, Path]], track_notes: Ma
     return "\n".join(parts)
 
 
-def _steps_section(records: list[dict]) -> str:
+def _steps_section(records: list[dict], summary: list[dict]) -> str:
     parts = [
         '<h2 id="steps">Run time, memory and backend per step</h2>',
         "<p>From the step records under <code>work/&lt;dataset&gt;/steps/</code>. Total: sum of the jobs' run "
         "times; wall: first start to last end.</p>",
     ]
-    summary = summarise_steps(records)
     rows = [
         f'<tr><td>{_e(s["step"])}</td><td class="num">{s["jobs"]}</td>'
         + _num(s["seconds"])
@@ -397,13 +277,11 @@ def _provenance_section(provenance: Mapping) -> str:
         "output, is <code>provenance/run-record.json</code> beside this report's folder.</p>",
     ]
     packages = dict(provenance.get("packages") or {})
-    ordered = [p for p in KEY_PACKAGES if p in packages] + sorted(
-        p for p in packages if p not in KEY_PACKAGES
-    )
     parts.append("<h3>Software</h3>")
     parts.append(
         _table(
-            ["package", "version"], [f"<tr><td>{_e(p)}</td><td>{_e(packages[p])}</td></tr>" for p in ordered]
+            ["package", "version"],
+            [f"<tr><td>{_e(name)}</td><td>{_e(version)}</td></tr>" for name, version in packages.items()],
         )
     )
     environment = provenance.get("environment") or {}
@@ -442,8 +320,12 @@ def render_report(
     transforms: Mapping | None = None,
     min_quality: float | None = None,
     acquisition: Mapping | None = None,
+    step_summary: list[dict] | None = None,
 ) -> str:
     """The report as one HTML string (images embedded); see :func:`write_report` for the parameters."""
+    if step_summary is None:
+        # callers that predate step_summary (workflow snapshots of older runs) get it computed here
+        step_summary = importlib.import_module("llsmflow.run.steps").summarise_steps(step_records)
     track_notes = {}
     for record in step_records:
         if record["step"] == "track" and "channel" in (record.get("wildcards") or {}):
@@ -466,7 +348,7 @@ def render_report(
         _tiles_section([(t, c, Path(p)) for t, c, p in tile_pngs]),
         _stitch_section(Path(mosaic_png) if mosaic_png else None, transforms, min_quality),
         _tracks_section({int(c): (Path(a), Path(b)) for c, (a, b) in track_pngs.items()}, track_notes),
-        _steps_section(step_records),
+        _steps_section(step_records, step_summary),
         _provenance_section(provenance),
     ]
     return (
@@ -493,16 +375,21 @@ def write_report(out_html: str | Path, **parts) -> Path:
     track_pngs : dict
         ``{channel: (tracks_png, msd_png)}``.
     step_records : list of dict
-        Step records (:func:`read_step_records`).
+        Step records (:func:`llsmflow.run.steps.read_step_records`).
     provenance : dict
-        From :func:`provenance_summary`.
+        From :func:`llsmflow.provenance.provenance_summary`; its packages are listed in their order.
     transforms : dict, optional
         The transforms of the stitch step (registered positions and pairs with their quality).
     min_quality : float, optional
         Pairs below it are flagged.
     acquisition : dict, optional
         Resolved acquisition metadata, for the header line.
+    step_summary : list of dict, optional
+        The step records summarised per step (:func:`llsmflow.run.steps.summarise_steps`); computed from
+        ``step_records`` when not given.
     """
+    from llsmflow.io import atomic_output
+
     text = render_report(**parts)
     out_html = Path(out_html)
     with atomic_output(out_html) as tmp:

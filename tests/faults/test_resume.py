@@ -206,7 +206,7 @@ def test_stale_lock_of_dead_run_is_cleared_but_not_a_remote_one(small_acquisitio
 def test_only_this_datasets_snakemake_locks_and_partials_are_cleared(tmp_path):
     """Another dataset's run in the same directory keeps its Snakemake lock; only our dead run's goes, and
     only temporary outputs (``.<name>.<random>.partial``) are removed, never a finished output."""
-    from llsmflow.runlock import clear_stale_snakemake_locks, remove_partial_outputs
+    from llsmflow.run.lock import clear_stale_snakemake_locks, remove_partial_outputs
 
     locks = tmp_path / ".snakemake" / "locks"
     locks.mkdir(parents=True)

@@ -1,6 +1,6 @@
 """``llsmflow reproduce RUN_DIR``: re-run a recorded workflow run from its RO-Crate alone and compare outputs.
 
-The crate (:mod:`llsmflow.crate`) holds everything needed: the resolved configuration (``config.yaml``), the
+The crate (:mod:`llsmflow.provenance.crate`) holds everything needed: the resolved configuration (``config.yaml``), the
 workflow snapshot that ran (``workflow/Snakefile``), the raw inputs by absolute path with their sha256, and the
 sha256 of every output file (``run-record.json``). Reproducing:
 
@@ -36,7 +36,6 @@ differ by design.
 from __future__ import annotations
 
 import json
-import os
 import platform
 import shutil
 import subprocess
@@ -45,10 +44,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from llsmflow.crate import METADATA
 from llsmflow.errors import LlsmflowError
-from llsmflow.io import sha256_file
-from llsmflow.provenance import container_info, package_versions
+from llsmflow.provenance.crate import METADATA
+from llsmflow.provenance.record import container_info, package_versions
+from llsmflow.run.config import fill_defaults, load_schema
+
+DEFAULT_CORES = 2
 
 RTOL = 1e-5  # arrays (Zarr, TIFF) and JSON numbers: max|a - b| / max|a|
 TABLE_RTOL = 1e-4  # table columns: per-particle measures amplify image differences (~1e-5 seen, e.g. mass)
@@ -126,6 +127,8 @@ def recorded_inputs(graph: dict) -> list[tuple[Path, str]]:
 
 def check_inputs(inputs: list[tuple[Path, str]]) -> None:
     """Refuse (raise) on the first input that is missing or whose sha256 differs from the recorded one."""
+    from llsmflow.io import sha256_file
+
     for path, sha256 in inputs:
         if not path.is_file():
             raise LlsmflowError(
@@ -324,6 +327,8 @@ def _read_image(path: Path):
 
 def compare_file(original: Path, rerun: Path, path: str) -> Comparison:
     """Compare one file: bytes first, then by content according to its type."""
+    from llsmflow.io import sha256_file
+
     if not rerun.is_file():
         return Comparison(path, "missing", "not produced by the re-run")
     if sha256_file(original) == sha256_file(rerun):
@@ -352,6 +357,8 @@ def compare_zarr(original: Path, rerun: Path, path: str, files: list[str]) -> li
     import warnings
 
     import zarr
+
+    from llsmflow.io import sha256_file
 
     warnings.filterwarnings("ignore", message="Object at .* is not recognized", category=UserWarning)
     if not rerun.is_dir():
@@ -411,10 +418,14 @@ def compare_outputs(record: dict, original_dir: Path, rerun_dir: Path) -> list[C
 # ---------------------------------------------------------------------------------------------- command
 
 
-def reproduce(run_dir, out_dir, cores: int = 2, config_overrides: dict | None = None, echo=print) -> int:
+def reproduce(
+    run_dir, out_dir, cores: int = DEFAULT_CORES, config_overrides: dict | None = None, echo=print
+) -> int:
     """Reproduce the run whose crate is at (or under) ``run_dir`` into ``out_dir``; return the exit code."""
     crate_dir = locate_crate(run_dir).resolve()
     graph, record, config = load_crate(crate_dir)
+    # a config recorded by an older workflow may leave out keys its snapshot's schema fills in
+    config = fill_defaults(config, load_schema(crate_dir / "workflow"))
     original_dir = Path(record.get("run_dir") or crate_dir.parents[2])
     out_dir = Path(out_dir).resolve()
     if out_dir.exists() and any(out_dir.iterdir()):
@@ -452,23 +463,3 @@ def reproduce(run_dir, out_dir, cores: int = 2, config_overrides: dict | None = 
         "(run times and hosts; its figures are compared)"
     )
     return 1 if counts["different"] or counts["missing"] else 0
-
-
-def cmd_reproduce(args) -> int:
-    out_dir = args.output or Path(f"reproduce-{Path(args.run_dir).resolve().name}-{os.getpid()}")
-    return reproduce(args.run_dir, out_dir, cores=args.cores)
-
-
-def register_reproduce_commands(sub) -> None:
-    """Add ``llsmflow reproduce`` to the CLI's subparsers."""
-    p = sub.add_parser(
-        "reproduce",
-        help="re-run a recorded run from its RO-Crate into a fresh directory and compare every output",
-        description=__doc__.splitlines()[0].split(": ", 1)[1],
-    )
-    p.add_argument(
-        "run_dir", type=Path, help="crate directory (results/<dataset>/provenance) or the run directory"
-    )
-    p.add_argument("--output", "-o", type=Path, default=None, help="fresh directory for the re-run")
-    p.add_argument("--cores", type=int, default=2, help="cores for the re-run (default 2)")
-    p.set_defaults(func=cmd_reproduce)

@@ -1,34 +1,30 @@
-"""Provenance: a record of every step and of every run, beside the outputs.
+"""The run record: what produced a run's outputs, gathered at its end, and the facts it is made of.
 
-Each workflow step writes a *step record* (JSON: step name, wildcards, parameters, inputs, outputs, start and end
-time, host, SLURM job id, threads, peak memory, and anything the step notes, such as the deconvolution backend
-that actually ran) through :class:`StepRecorder`. At the end of a run, :func:`write_run_record` gathers the step
-records with the resolved configuration, the workflow version (git commit, dirty tree), the software versions,
-and the size and sha256 of every input and output into ``provenance/run-record.json``.
+Each workflow step writes a *step record* (:class:`llsmflow.run.steps.StepRecorder`). At the end of a run,
+:func:`write_run_record` gathers the step records with the resolved configuration, the workflow version (git
+commit, dirty tree), the software versions (:func:`recorded_packages`), and the size and sha256 of every input
+and output into ``provenance/run-record.json``; :func:`provenance_summary` collects the same facts for the QC
+report, which is written before the record.
 
 Only environment variables from :data:`ENV_ALLOW_LIST` are recorded, never anything that looks like a secret;
 every recorded value passes through :func:`scrub` (credentials in URLs, values under secret-looking keys). The
-Workflow Run RO-Crate of the run is built from the run record by :mod:`llsmflow.crate`.
+Workflow Run RO-Crate of the run is built from the run record by :mod:`llsmflow.provenance.crate`.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import importlib.metadata
+import functools
 import json
-import logging
 import os
 import platform
 import re
-import resource
 import socket
 import subprocess
-import sys
-import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from llsmflow import __version__
-from llsmflow.io import sha256_file, write_json
 
 ENV_ALLOW_LIST = (
     "SLURM_JOB_ID",
@@ -46,27 +42,10 @@ ENV_ALLOW_LIST = (
     "OMP_NUM_THREADS",
 )
 SECRET_MARKERS = ("TOKEN", "PASSWORD", "SECRET", "KEY", "CREDENTIAL")
-PACKAGES = (
-    "llsmflow",
-    "numpy",
-    "scipy",
-    "scikit-image",
-    "tifffile",
-    "zarr",
-    "dask",
-    "pandas",
-    "pyarrow",
-    "trackpy",
-    "ome-zarr",
-    "snakemake",
-    "snakemake-executor-plugin-slurm",
-    "dask-jobqueue",
-    "pycudadecon",
-    "cupy-cuda12x",
-    "matplotlib",
-)
-
-log = logging.getLogger("llsmflow")
+GPU_PACKAGES = ("cupy-cuda12x", "pycudadecon")
+"""Optional GPU packages, recorded when installed (pycudadecon comes from conda-forge, not from a pip extra)."""
+# the test tools (pytest, ruff, the crate validator) do not take part in computing results
+_UNRECORDED_EXTRAS = {"test"}
 
 
 def now_iso() -> str:
@@ -79,6 +58,8 @@ def file_entries(paths, root: str | Path | None = None) -> list[dict]:
 
     Paths are given relative to ``root`` when they lie under it.
     """
+    from llsmflow.io import sha256_file
+
     entries = []
     for path in paths:
         path = Path(path)
@@ -94,8 +75,51 @@ def file_entries(paths, root: str | Path | None = None) -> list[dict]:
     return sorted(entries, key=lambda e: e["path"])
 
 
-def package_versions(packages=PACKAGES) -> dict[str, str]:
-    """Installed versions of the packages the pipeline uses (absent ones are omitted)."""
+def _requirement_name(requirement: str) -> str:
+    return re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", requirement).group(1)
+
+
+def _declared_requirements() -> list[str]:
+    """The requirements of llsmflow, as the installed distribution declares them (from ``pyproject.toml``),
+    or as the source checkout's ``pyproject.toml`` does when llsmflow runs from a checkout not installed."""
+    import importlib.metadata  # some 20 ms: only when versions are recorded
+
+    try:
+        return list(importlib.metadata.requires("llsmflow") or [])
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    import tomllib
+
+    pyproject = Path(__file__).resolve().parents[3] / "pyproject.toml"
+    if not pyproject.is_file():
+        return []
+    project = tomllib.loads(pyproject.read_text(encoding="utf-8")).get("project", {})
+    requirements = list(project.get("dependencies", []))
+    for extra, entries in project.get("optional-dependencies", {}).items():
+        requirements += [f'{entry}; extra == "{extra}"' for entry in entries]
+    return requirements
+
+
+@functools.cache
+def recorded_packages() -> tuple[str, ...]:
+    """Names of the packages whose versions are recorded: llsmflow, its requirements with those of its extras
+    (but not the test tools), and the optional GPU packages; in ``pyproject.toml`` order, each once."""
+    names = ["llsmflow"]
+    for requirement in _declared_requirements():
+        extra = re.search(r"""extra\s*==\s*["']([^"']+)["']""", requirement)
+        if extra and extra.group(1) in _UNRECORDED_EXTRAS:
+            continue
+        names.append(_requirement_name(requirement))
+    names += GPU_PACKAGES
+    return tuple(dict.fromkeys(names))
+
+
+def package_versions(packages: Iterable[str] | None = None) -> dict[str, str]:
+    """Installed versions of the packages the pipeline uses (default :func:`recorded_packages`; absent ones
+    are omitted), in that order."""
+    import importlib.metadata
+
+    packages = recorded_packages() if packages is None else packages
     versions = {}
     for name in packages:
         try:
@@ -180,9 +204,6 @@ def gpu_info() -> dict:
     return info
 
 
-GPU_BACKENDS = ("cupy", "pycudadecon", "gpu")
-
-
 def git_state(directory: str | Path) -> dict:
     """Git commit of ``directory`` and whether its tree is dirty; ``{}`` outside a repository."""
     try:
@@ -205,131 +226,6 @@ def git_state(directory: str | Path) -> dict:
     return {"commit": commit, "dirty": bool(status.strip())}
 
 
-def peak_memory_mb() -> float:
-    """Peak resident memory of this process (MiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def configure_logging(log_path: str | Path | None = None) -> None:
-    """Log llsmflow messages with timestamps to stderr and, if given, to ``log_path``."""
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    if log_path:
-        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_path, encoding="utf-8"))
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-        handlers=handlers,
-        force=True,
-    )
-
-
-class StepRecorder:
-    """Context manager that writes a step record when the step completes successfully.
-
-    Parameters
-    ----------
-    record_path:
-        Where the JSON step record goes (written atomically, only on success).
-    step:
-        Name of the step (the workflow rule).
-    params, wildcards:
-        Parameters and identifiers of this step (JSON-serialisable).
-    inputs, outputs:
-        Paths consumed and produced.
-    threads:
-        Threads the step was given.
-    log_path:
-        Log file for this step.
-
-    Use :meth:`note` to add facts known only while running (e.g. ``backend="cpu"``).
-    """
-
-    def __init__(
-        self,
-        record_path,
-        step: str,
-        params=None,
-        wildcards=None,
-        inputs=(),
-        outputs=(),
-        threads: int = 1,
-        log_path=None,
-    ):
-        self.record_path = Path(record_path)
-        self.record = {
-            "step": step,
-            "wildcards": dict(wildcards or {}),
-            "params": dict(params or {}),
-            "inputs": [str(p) for p in inputs],
-            "outputs": [str(p) for p in outputs],
-            "threads": threads,
-        }
-        self.log_path = log_path
-        self._t0 = 0.0
-
-    @classmethod
-    def for_workflow_job(cls, job) -> StepRecorder:
-        """Build from a workflow job object exposing ``rule, params, wildcards, input, output, threads, log``.
-
-        The object is duck-typed (it is Snakemake's ``snakemake`` script object in the workflow): this module
-        does not import Snakemake. The step record goes to the job's output named ``step``.
-        """
-        params = {k: v for k, v in job.params.items()}
-        outputs = [o for name, o in job.output.items() if name != "step"]
-        return cls(
-            job.output.step,
-            job.rule,
-            params=params,
-            wildcards=dict(job.wildcards.items()),
-            inputs=list(job.input),
-            outputs=outputs,
-            threads=job.threads,
-            log_path=job.log[0] if len(job.log) else None,
-        )
-
-    def note(self, **facts) -> None:
-        """Add facts to the record (JSON-serialisable)."""
-        self.record.setdefault("notes", {}).update(facts)
-
-    def __enter__(self) -> StepRecorder:
-        configure_logging(self.log_path)
-        self._t0 = time.perf_counter()
-        self.record["start"] = now_iso()
-        log.info("step %s %s started", self.record["step"], self.record["wildcards"])
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        if exc_type is not None:
-            log.error("step %s failed: %s", self.record["step"], exc)
-            return False
-        self.record.update(
-            {
-                "end": now_iso(),
-                "seconds": round(time.perf_counter() - self._t0, 3),
-                "peak_memory_mb": round(peak_memory_mb(), 1),
-                "host": socket.gethostname(),
-                "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
-                "environment": allowed_environment(),
-                "python": platform.python_version(),
-                "llsmflow": __version__,
-            }
-        )
-        container = container_info()
-        if container:
-            self.record["container"] = container
-        if str((self.record.get("notes") or {}).get("backend", "")).lower() in GPU_BACKENDS:
-            self.record["gpu"] = gpu_info()
-        write_json(self.record_path, scrub(self.record))
-        log.info(
-            "step %s done in %.1f s, peak memory %.0f MiB",
-            self.record["step"],
-            self.record["seconds"],
-            self.record["peak_memory_mb"],
-        )
-        return False
-
-
 def write_run_record(
     out_path,
     config: dict,
@@ -345,6 +241,8 @@ def write_run_record(
     ``run_dir`` (default: current directory) is the base against which paths are recorded. Every value is
     passed through :func:`scrub`. Returns the path written; the record itself is :func:`run_record`.
     """
+    from llsmflow.io import write_json
+
     record = run_record(config, workflow_dir, step_records, inputs, outputs, acquisition, run_dir)
     return write_json(out_path, record)
 
@@ -375,3 +273,42 @@ def run_record(config, workflow_dir, step_records, inputs, outputs, acquisition=
     if container:
         record["container"] = container
     return scrub(record)
+
+
+def provenance_summary(
+    workflow_dir: str | Path,
+    config: Mapping,
+    raw_files: Iterable[str | Path],
+    raw_checksums: Mapping[str, str] | None = None,
+) -> dict:
+    """What produced this run, gathered the way :func:`write_run_record` gathers it, for the QC report.
+
+    The report is built before the run record (so the record can list the report among the outputs it
+    checksums); it therefore collects the same facts itself. ``raw_checksums`` maps a raw file's name to its
+    sha256 (e.g. from the archive manifest, :func:`llsmflow.report.read_manifest`, keys ``raw/<name>``) so raw
+    data are not read a second time; files not in it are listed with their size only.
+    """
+    raw_checksums = dict(raw_checksums or {})
+    inputs = []
+    for file in raw_files:
+        file = Path(file)
+        inputs.append(
+            {
+                "path": str(file),
+                "bytes": file.stat().st_size if file.is_file() else None,
+                "sha256": raw_checksums.get(f"raw/{file.name}") or raw_checksums.get(file.name),
+            }
+        )
+    # the same scrubbing as the run record and the crate: no credentials in a report that gets e-mailed around
+    return scrub(
+        {
+            "created": now_iso(),
+            "workflow": {"name": "llsmflow", "version": __version__, **git_state(workflow_dir)},
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "packages": package_versions(),
+            "environment": allowed_environment(),
+            "config": dict(config),
+            "inputs": inputs,
+        }
+    )

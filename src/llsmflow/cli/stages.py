@@ -1,24 +1,18 @@
-"""The ``llsmflow`` command line: one subcommand per stage, plus ``run`` for the whole workflow.
+"""The commands that run one step on one file: ``synth``, ``deskew``, ``deconvolve``, ``stitch``, ``track``,
+``archive`` and ``verify``.
 
-Every subcommand takes physical units (µm, s), prints one clear line and exits non-zero on bad input, and
-writes its outputs atomically. See ``llsmflow <command> --help``.
+Each takes physical units (µm, s), prints one clear line and exits non-zero on bad input, and writes its
+outputs atomically; the work is done by the processing packages, imported when the command runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
-import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-from llsmflow import __version__
-from llsmflow.container import register_container_commands
 from llsmflow.errors import LlsmflowError, located
-from llsmflow.hpc import register_hpc_commands
 
 log = logging.getLogger("llsmflow")
 
@@ -291,224 +285,12 @@ def cmd_verify(args) -> int:
     return 0
 
 
-def find_workflow_root(explicit: str | None = None) -> Path:
-    """The directory holding the workflow's ``Snakefile``: explicit, the current directory, or the source tree."""
-    candidates = [Path(explicit)] if explicit else [Path.cwd(), Path(__file__).resolve().parents[2]]
-    for candidate in candidates:
-        if (candidate / "Snakefile").is_file():
-            return candidate.resolve()
-    raise LlsmflowError(
-        "no Snakefile found; expected --workflow-dir pointing at an llsmflow checkout", candidates[0]
-    )
-
-
-def _schema_expectation(error) -> str:
-    """What the schema wanted, in words, for a jsonschema validation error."""
-    value = error.validator_value
-    bounds = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}
-    if error.validator in bounds:
-        return f"a value {bounds[error.validator]} {value}"
-    if error.validator == "enum":
-        return f"one of {', '.join(map(repr, value))}"
-    if error.validator == "type":
-        return f"type {value if isinstance(value, str) else ' or '.join(value)}"
-    if error.validator == "additionalProperties":
-        return "only the keys documented in config/README.md"
-    if error.validator == "required":
-        return f"the keys {', '.join(value)}"
-    if error.validator == "pattern":
-        return f"text matching {value}"
-    return "a value allowed by config/schema.yaml (see config/README.md)"
-
-
-def snakemake_executable() -> str:
-    """The ``snakemake`` command of this environment (beside this Python first, then on PATH)."""
-    snakemake = shutil.which(
-        "snakemake", path=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
-    )
-    if snakemake is None:
-        raise LlsmflowError("the snakemake command was not found; expected `pip install llsmflow[workflow]`")
-    return snakemake
-
-
-def check_config(configfile: Path, workflow_root: Path, check_files: bool = True) -> dict:
-    """Validate a config file against the schema and read its acquisition, failing with one clear line.
-
-    ``check_files=False`` skips reading every stack's header and PSF (``llsmflow status`` must answer even when
-    the raw data are no longer mounted)."""
-    import jsonschema
-    import yaml
-
-    if not configfile.is_file():
-        raise LlsmflowError("config file not found", configfile)
-    config = yaml.safe_load(configfile.read_text(encoding="utf-8")) or {}
-    schema = yaml.safe_load((workflow_root / "config" / "schema.yaml").read_text(encoding="utf-8"))
-    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(config), key=lambda e: list(e.path))
-    if errors:
-        error = errors[0]
-        key = ".".join(str(p) for p in error.absolute_path) or "(top level)"
-        raise LlsmflowError(
-            f"config key {key}: {error.message}; expected {_schema_expectation(error)}", configfile
-        )
-    from llsmflow.ingest import read_acquisition
-
-    read_acquisition(
-        config["raw_dir"], config.get("metadata"), config.get("overrides") or {}, check_files=check_files
-    )
-    return config
-
-
-def _first_step_error(log_dir: Path, since: float) -> str | None:
-    """The first "step ... failed: <reason>" line of the step logs written since ``since`` (epoch s)."""
-    if not log_dir.is_dir():
-        return None
-    failures = []
-    for log_file in log_dir.rglob("*.log"):
-        try:
-            if log_file.stat().st_mtime < since:
-                continue
-            for line in log_file.read_text(encoding="utf-8", errors="replace").splitlines():
-                if " failed: " in line:
-                    failures.append((log_file.stat().st_mtime, line.split(" failed: ", 1)[1].strip()))
-                    break
-        except OSError:
-            continue
-    return min(failures)[1] if failures else None
-
-
-def _call_watching_stderr(command: list[str], env: dict[str, str]) -> tuple[int, str | None]:
-    """Run ``command``, passing its stderr through line by line; return its exit status and, if a job failed
-    for a full disk, what it was writing ("step RULE, writing OUTPUTS"). A full disk shows up in Snakemake's
-    report of the failed job, not in the step logs, which are often on that same full disk."""
-    seen = {"disk_full": False, "rule": None, "output": None}
-
-    def forward(stream) -> None:
-        rule = None
-        for raw in stream:
-            sys.stderr.buffer.write(raw)
-            sys.stderr.flush()
-            line = raw.decode("utf-8", "replace").strip()
-            if line.startswith("Error in rule ") and line.endswith(":"):
-                rule = line[len("Error in rule ") : -1]
-            elif rule and line.startswith("output: ") and seen["rule"] is None:
-                seen["rule"], seen["output"] = rule, line[len("output: ") :]
-            if "[Errno 28]" in line:
-                seen["disk_full"] = True
-
-    with subprocess.Popen(command, env=env, stderr=subprocess.PIPE) as process:
-        assert process.stderr is not None
-        try:
-            forward(process.stderr)
-        except KeyboardInterrupt:
-            # Snakemake got the same Ctrl-C: keep its pipe open while it stops its jobs and cleans up
-            forward(process.stderr)
-            raise
-    where = None
-    if seen["disk_full"]:
-        where = f"step {seen['rule']}, writing {seen['output']}" if seen["rule"] else "a workflow step"
-    return process.returncode, where
-
-
-def _run_environment(work: Path) -> dict[str, str]:
-    """Environment of the workflow: caches that libraries would put in $HOME (matplotlib's font cache,
-    Snakemake's source cache) go under the work directory unless the user chose a place for them."""
-    env = dict(os.environ)
-    cache = (work / ".cache").resolve()
-    env.setdefault("XDG_CACHE_HOME", str(cache / "xdg"))
-    env.setdefault("MPLCONFIGDIR", str(cache / "matplotlib"))
-    return env
-
-
-def cmd_run(args) -> int:
-    from llsmflow.runlock import RunLock, clear_stale_snakemake_locks, lock_path, remove_partial_outputs
-
-    root = find_workflow_root(args.workflow_dir)
-    configfile = Path(args.configfile or root / "config" / "config.yaml")
-    config = check_config(configfile, root)
-    profile = Path(args.profile) if Path(args.profile).is_dir() else root / "profiles" / args.profile
-    if not (profile / "config.yaml").is_file():
-        raise LlsmflowError(
-            f"profile {args.profile!r} not found; expected a directory with config.yaml "
-            f"(available: {', '.join(sorted(p.name for p in (root / 'profiles').iterdir()))})",
-            profile,
-        )
-    command = [
-        snakemake_executable(),
-        "--snakefile",
-        str(root / "Snakefile"),
-        "--configfile",
-        str(configfile),
-        "--profile",
-        str(profile),
-    ]
-    if args.cores:
-        command += ["--cores", str(args.cores)]
-    if not {"--rerun-incomplete", "--ri"} & set(args.snakemake_args):
-        command.append("--rerun-incomplete")  # jobs a killed run left unfinished are re-run, not trusted
-    command += args.snakemake_args
-    from llsmflow.status import print_run_summary, write_run_pointer
-
-    dry_run = any(
-        a in ("--dry-run", "--dryrun") or (a.startswith("-") and not a.startswith("--") and "n" in a)
-        for a in args.snakemake_args
-    )
-    results_dir = Path(config.get("results_dir", "results"))
-    results = results_dir / config["dataset"]
-    work = Path(config.get("work_dir", "work")) / config["dataset"]
-    # shared storage: outputs follow the user's umask, but are never writable by everyone
-    umask = os.umask(0)
-    os.umask(umask | 0o002)
-    try:
-        with RunLock(lock_path(results_dir, config["dataset"])):
-            if not dry_run:  # a dry run looks, it neither cleans up nor records anything
-                for stale in clear_stale_snakemake_locks(Path.cwd(), [results, work]):
-                    log.warning("removed a stale Snakemake lock of an interrupted run: %s", stale)
-                for partial in remove_partial_outputs([results, work]):
-                    log.warning("removed an unfinished output of an interrupted run: %s", partial)
-                write_run_pointer(Path.cwd(), configfile, root, config)
-            print("running:", " ".join(command), flush=True)
-            start, started_at = time.perf_counter(), time.time()
-            status, disk_full = _call_watching_stderr(command, _run_environment(work))
-            elapsed = time.perf_counter() - start
-    finally:
-        os.umask(umask)
-    if status != 0:
-        reason = _first_step_error(work / "logs", started_at)
-        if disk_full:
-            reason = (
-                f"no space left on the device ({disk_full}); expected free space for the "
-                f"outputs under {work} and {results}: free some, or point work_dir/results_dir to a larger "
-                "disk, then run again (finished steps are kept)"
-            )
-        if reason:
-            print(f"llsmflow run: error: {reason}", file=sys.stderr)
-        print(
-            f"llsmflow run: workflow failed after {elapsed:.0f} s (exit {status}); see the logs under "
-            f"{work / 'logs'}",
-            file=sys.stderr,
-        )
-        if not dry_run:
-            print_run_summary(config, Path.cwd(), started_at, elapsed, status, out=sys.stderr)
-        return status
-    if dry_run:
-        print(f"llsmflow run: dry run in {elapsed:.0f} s; nothing was written")
-        return 0
-    print(f"llsmflow run: done in {elapsed:.0f} s. Results in {results}/:")
-    for relative in (f"{config['dataset']}.ome.zarr", "tracks", "qc", "provenance"):
-        print(f"  {results / relative}")
-    print_run_summary(config, Path.cwd(), started_at, elapsed, status)
-    return 0
-
-
 # ---------------------------------------------------------------------------------------------- parser
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="llsmflow", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=f"llsmflow {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress of long steps")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def register_stage_commands(sub) -> None:
+    """Add the commands that run one step on one file: synth, deskew, deconvolve, stitch, track, archive,
+    verify."""
     p = sub.add_parser("synth", help="write a synthetic stage-scan LLSM acquisition with ground truth")
     p.add_argument("outdir", type=Path, help="output directory (raw/ and truth/ are created in it)")
     p.add_argument(
@@ -638,43 +420,3 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the raw inputs are now (default: where they were when archived)",
     )
     p.set_defaults(func=cmd_verify)
-
-    p = sub.add_parser("run", help="run the whole workflow with Snakemake")
-    p.add_argument(
-        "--profile", default="local", help="profile name under profiles/ or a directory (default local)"
-    )
-    p.add_argument("--configfile", default=None, help="workflow config (default config/config.yaml)")
-    p.add_argument("--cores", default=None, help="cores to use (default: the profile's)")
-    p.add_argument("--workflow-dir", default=None, help="llsmflow checkout holding the Snakefile")
-    p.add_argument("snakemake_args", nargs=argparse.REMAINDER, help="after --: extra Snakemake arguments")
-    p.set_defaults(func=cmd_run)
-    register_container_commands(sub)
-    from llsmflow.status import register_status_commands
-
-    register_status_commands(sub)
-    register_hpc_commands(sub)
-    __import__("llsmflow.reproduce").reproduce.register_reproduce_commands(sub)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if getattr(args, "snakemake_args", None) and args.snakemake_args[:1] == ["--"]:
-        args.snakemake_args = args.snakemake_args[1:]
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(message)s",
-    )
-    try:
-        return args.func(args)
-    except LlsmflowError as error:
-        print(f"llsmflow {args.command}: error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"llsmflow {args.command}: interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""Cluster resources of each workflow step, ``llsmflow estimate`` and ``llsmflow profile init``.
+"""Cluster resources of each workflow step, and ``llsmflow estimate``.
 
 One resource model serves the workflow (``workflow/rules/common.smk`` asks :func:`step_resources` for every
 rule's memory, runtime and GPU memory) and the ``estimate`` command, so what ``llsmflow estimate`` prints is
@@ -8,22 +8,18 @@ engine's own working-set model (:func:`llsmflow.decon.estimate_memory`). Runtime
 measured in ``bench/RESULTS.md`` on a 2-core machine, times a safety factor for slower nodes and shared file
 systems; every request doubles on each retry of a job (Snakemake ``attempt``), so an underestimate costs one
 resubmission, not a failed run.
-
-``profile init`` writes a Snakemake profile for the SLURM executor plugin by filling in a template (a few
-lines of YAML, no template engine needed): the site's partitions, account and QOS, the cores of one
-submission and the group sizes that batch small jobs.
 """
 
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from llsmflow.decon import GPU_BACKENDS  # noqa: F401  (the deconvolve rule requests a GPU only for these)
 from llsmflow.errors import LlsmflowError
+from llsmflow.hpc.profiles import GROUPS
 
 # Per-voxel costs, seconds, measured on the 2-core reference machine of bench/RESULTS.md (all cores):
 # deskew: 9.8 ms for a (100, 256, 501) float32 output, plus reading the raw stack and writing the float32
@@ -162,6 +158,7 @@ def volume_sizes(acq) -> VolumeSizes:
     deconvolution prepares them (the largest over channels); the fused shape from the tiles' nominal positions.
     """
     from llsmflow.geometry import deskewed_shape
+    from llsmflow.stitch import fused_extent
 
     raw = acq.metadata.get("raw_shape_zyx")
     if raw is None:
@@ -172,11 +169,9 @@ def volume_sizes(acq) -> VolumeSizes:
     psf = (1, 1, 1)
     for c in range(len(acq.channels)):
         psf = tuple(max(a, b) for a, b in zip(psf, _prepared_psf_shape(acq, c, voxel), strict=True))
-    # the grid of llsmflow.stitch.fused_extent (not imported: dask and scikit-image would add seconds to every
-    # Snakemake start, and each cluster job starts one)
-    origins = acq.tiles[["z_um", "y_um", "x_um"]].to_numpy(dtype=float)
-    span = origins.max(axis=0) - origins.min(axis=0)
-    fused = tuple(int(math.floor(s / v + 1e-6)) + n for s, v, n in zip(span, voxel, deskewed, strict=True))
+    # the tiles at their nominal positions, each the size of a deskewed volume
+    positions = {t.tile: (t.z_um, t.y_um, t.x_um) for t in acq.tiles.itertuples()}
+    _, fused = fused_extent(positions, dict.fromkeys(positions, deskewed), voxel)
     return VolumeSizes(
         raw_shape=raw,
         deskewed_shape=tuple(deskewed),
@@ -192,16 +187,16 @@ def volume_sizes(acq) -> VolumeSizes:
 def _decon_resources(sizes: VolumeSizes, decon: Mapping, cores: int | None) -> StepResources:
     from llsmflow.decon import DEFAULT_ITERATIONS, estimate_memory, padded_shape, reach_shape
 
-    method = decon.get("method", "rl")
-    iterations = decon.get("iterations") or DEFAULT_ITERATIONS.get(method, 10)
-    gpu = decon.get("backend", "cpu") in GPU_BACKENDS
-    threads = int(decon.get("threads") or 1)
+    method = decon["method"]
+    iterations = decon["iterations"] or DEFAULT_ITERATIONS[method]
+    gpu = decon["backend"] in GPU_BACKENDS
+    threads = int(decon["threads"])
     if gpu and cores:
         # one GPU job at a time per submission: it takes every core, so a grouped submission runs its GPU
         # deconvolutions one after the other on its one GPU (see docs/hpc.md, "GPUs")
         threads = max(threads, int(cores))
     working = estimate_memory(sizes.deskewed_shape, sizes.psf_shape, method=method)
-    budget = decon.get("max_memory_gb")
+    budget = decon["max_memory_gb"]
     if budget:
         working = min(working, float(budget) * 1e9)
     padded = math.prod(padded_shape(sizes.deskewed_shape, reach_shape(sizes.psf_shape, method)))
@@ -233,7 +228,8 @@ def step_resources(sizes: VolumeSizes, config: Mapping, cores: int | None = None
     sizes : VolumeSizes
         From :func:`volume_sizes`.
     config : mapping
-        The workflow config (``config/config.yaml``, validated).
+        The workflow config, validated, with the schema's defaults filled in (as Snakemake's ``validate`` and
+        :func:`llsmflow.run.config.read_config` fill them).
     cores : int, optional
         Cores of one submission (Snakemake ``--cores`` with the SLURM executor); a GPU deconvolution takes
         them all, see :func:`_decon_resources`.
@@ -243,13 +239,13 @@ def step_resources(sizes: VolumeSizes, config: Mapping, cores: int | None = None
     dict
         Rule name → :class:`StepResources`, in workflow order.
     """
-    stitch = config.get("stitch", {})
-    track_channels = config.get("track", {}).get("channels", "all")
+    stitch = config["stitch"]
+    track_channels = config["track"]["channels"]
     n_track = sizes.channels if track_channels == "all" else len(track_channels)
     tiles_mb = sizes.deskewed_mb * sizes.tiles
     fused_voxels = math.prod(sizes.fused_shape)
     fuse_mem = _BASE_MB + 3 * tiles_mb
-    if stitch.get("max_memory_gb"):  # tiles read lazily, chunks in flight bounded by the budget
+    if stitch["max_memory_gb"]:  # tiles read lazily, chunks in flight bounded by the budget
         fuse_mem = min(fuse_mem, _BASE_MB + 1e3 * float(stitch["max_memory_gb"]))
     steps = [
         StepResources("ingest", 1, 1, 0, 0, local=True),
@@ -261,7 +257,7 @@ def step_resources(sizes: VolumeSizes, config: Mapping, cores: int | None = None
             _runtime_min((sizes.raw_mb + sizes.deskewed_mb) * 1e6 * _DESKEW_S_PER_BYTE),
         ),
         StepResources("prepare_psf", sizes.channels, 1, 0, 0, local=True),
-        _decon_resources(sizes, config.get("deconvolution", {}), cores),
+        _decon_resources(sizes, config["deconvolution"], cores),
         StepResources(
             "register",
             1,
@@ -308,9 +304,6 @@ def step_resources(sizes: VolumeSizes, config: Mapping, cores: int | None = None
 
 # ------------------------------------------------------------------------------------ groups and submissions
 
-#: Profile groups: rules whose many small jobs are batched (``groups`` in profiles/slurm/config.yaml).
-GROUPS = {"deskew": "volumes", "deconvolve": "volumes", "fuse": "fusion", "qc_tile": "qc"}
-
 
 def submissions(
     resources: Mapping[str, StepResources], group_sizes: Mapping[str, int] | None
@@ -336,44 +329,6 @@ def submissions(
 
 
 # ------------------------------------------------------------------------------------------------- estimate
-
-
-def _read_config(configfile: Path) -> dict:
-    import yaml
-
-    if not configfile.is_file():
-        raise LlsmflowError("config file not found", configfile)
-    config = yaml.safe_load(configfile.read_text(encoding="utf-8")) or {}
-    if not isinstance(config, dict):
-        raise LlsmflowError("config file is not a YAML mapping; expected keys such as raw_dir", configfile)
-    defaults_path = Path(__file__).resolve().parents[2] / "config" / "config.yaml"
-    # in a source checkout, fill in what the file leaves out, as the schema's defaults do
-    if defaults_path.is_file():
-        defaults = yaml.safe_load(defaults_path.read_text(encoding="utf-8")) or {}
-        for key, value in defaults.items():
-            if isinstance(value, dict):
-                config[key] = value | (config.get(key) or {})
-            else:
-                config.setdefault(key, value)
-    return config
-
-
-def _profile_settings(profile: Path | None) -> tuple[int | None, dict[str, int]]:
-    """``cores`` and ``group-components`` of a Snakemake profile directory (or none)."""
-    import yaml
-
-    if profile is None:
-        return None, {}
-    path = profile / "config.yaml"
-    if not path.is_file():
-        raise LlsmflowError("profile has no config.yaml; expected a Snakemake profile directory", profile)
-    settings = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    groups = {}
-    for entry in settings.get("group-components") or []:
-        name, _, size = str(entry).partition("=")
-        groups[name.strip()] = int(size)
-    cores = settings.get("cores")
-    return (int(cores) if isinstance(cores, int) else None), groups
 
 
 def format_estimate(
@@ -413,211 +368,45 @@ def format_estimate(
     return "\n".join(lines)
 
 
-def cmd_estimate(args) -> int:
-    from llsmflow.ingest import read_acquisition
+def estimate(
+    raw_dir: str | Path | None,
+    configfile: str | Path | None = None,
+    profile: str | Path | None = None,
+    cores: int | None = None,
+    backend: str | None = None,
+    group_sizes: Mapping[str, int] | None = None,
+) -> str:
+    """The table of ``llsmflow estimate``: what every step of a dataset's run will request.
 
-    if args.configfile is not None:
-        config = _read_config(Path(args.configfile))
-        raw_dir = args.raw_dir or config.get("raw_dir")
-    else:
-        defaults = Path(__file__).resolve().parents[2] / "config" / "config.yaml"
-        config = _read_config(defaults) if defaults.is_file() else {}
-        raw_dir = args.raw_dir
+    Parameters
+    ----------
+    raw_dir : path, optional
+        Raw data directory (default: the config's ``raw_dir``).
+    configfile : path, optional
+        Workflow config; without it, the schema's defaults.
+    profile : path, optional
+        Snakemake profile directory: its ``cores`` and group sizes (:func:`llsmflow.hpc.profiles.profile_settings`).
+    cores : int, optional
+        Cores of one submission (default: the profile's).
+    backend : str, optional
+        Deconvolution backend, instead of the config's.
+    group_sizes : mapping, optional
+        Group name -> jobs per submission, instead of the profile's.
+    """
+    from llsmflow.hpc.profiles import profile_settings
+    from llsmflow.ingest import read_acquisition
+    from llsmflow.run.config import read_config
+
+    config = read_config(configfile)
+    if configfile is not None:
+        raw_dir = raw_dir or config.get("raw_dir")
     if raw_dir is None:
         raise LlsmflowError("no raw data given; expected RAW_DIR or --configfile with raw_dir")
-    if args.backend:
-        config.setdefault("deconvolution", {})["backend"] = args.backend
-    acq = read_acquisition(raw_dir, config.get("metadata"), config.get("overrides") or {})
-    cores, groups = _profile_settings(Path(args.profile) if args.profile else None)
-    cores = args.cores or cores
-    for entry in args.group_size or []:
-        groups.update(_parse_group_sizes([entry]))
+    if backend:
+        config["deconvolution"]["backend"] = backend
+    acq = read_acquisition(raw_dir, config.get("metadata"), config["overrides"])
+    profile_cores, groups = profile_settings(Path(profile) if profile else None)
+    groups.update(group_sizes or {})
     sizes = volume_sizes(acq)
-    resources = step_resources(sizes, config, cores)
-    print(format_estimate(sizes, resources, submissions(resources, groups)))
-    return 0
-
-
-# --------------------------------------------------------------------------------------------- profile init
-
-
-@dataclass
-class SiteAnswers:
-    """What ``profile init`` asks: where and how jobs run at a site."""
-
-    partition: str | None = None
-    gpu_partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
-    cores: int = 8
-    jobs: int = 100
-    volumes_group: int = 20
-    fusion_group: int = 10
-    qc_group: int = 50
-    status_command: str = "squeue"
-
-
-_QUESTIONS = (
-    ("partition", "SLURM partition for CPU jobs (empty: the cluster's default)"),
-    ("gpu_partition", "SLURM partition for GPU deconvolution (empty: none, deconvolve on CPUs)"),
-    ("account", "SLURM account to charge (empty: your default)"),
-    ("qos", "quality of service, QOS (empty: the default)"),
-)
-
-
-def _yaml_scalar(value) -> str:
-    import yaml
-
-    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
-
-
-def render_profile(answers: SiteAnswers) -> str:
-    """The text of a site profile's ``config.yaml`` (see profiles/slurm/config.yaml for the meaning of each key)."""
-    default_resources = []
-    if answers.partition:
-        default_resources.append(f"  slurm_partition: {_yaml_scalar(answers.partition)}")
-    if answers.account:
-        default_resources.append(f"  slurm_account: {_yaml_scalar(answers.account)}")
-    if answers.qos:
-        default_resources.append(f"  qos: {_yaml_scalar(answers.qos)}")
-    default_resources += ["  mem_mb: 1000", "  runtime: 30"]
-    lines = [
-        "# Snakemake profile for llsmflow on a SLURM cluster, written by `llsmflow profile init`.",
-        "# Use it with: llsmflow run --profile <this directory> --configfile <your config.yaml>",
-        "# Keys: docs/hpc.md. Per-rule memory and time come from the workflow (llsmflow estimate shows them).",
-        "executor: slurm",
-        f"jobs: {int(answers.jobs)}",
-        "# cores of one submission: a grouped submission runs this many single-core jobs side by side",
-        f"cores: {int(answers.cores)}",
-        "retries: 2  # memory and time double on each retry",
-        "latency-wait: 60  # shared file systems show a job's outputs late",
-        "rerun-incomplete: true",
-        "keep-going: true",
-        "printshellcmds: true",
-        "show-failed-logs: true",
-        "max-jobs-per-second: 5",
-        "# without slurmdbd `sacct` fails and Snakemake never learns that jobs ended: squeue works everywhere",
-        f"slurm-status-command: {answers.status_command}",
-        "default-resources:",
-        *default_resources,
-        "# batch many small jobs into fewer submissions: N connected jobs per sbatch",
-        "groups:",
-        *(f"  - {rule}={group}" for rule, group in GROUPS.items()),
-        "group-components:",
-        f"  - volumes={int(answers.volumes_group)}",
-        f"  - fusion={int(answers.fusion_group)}",
-        f"  - qc={int(answers.qc_group)}",
-    ]
-    if answers.gpu_partition:
-        lines += [
-            "# the deconvolve rule requests a GPU when deconvolution.backend is cupy or pycudadecon; it then",
-            "# goes to this partition (a CPU backend keeps it on the CPU partition)",
-            "config:",
-            f"  - {_yaml_scalar(f'hpc={{gpu_partition: {_yaml_scalar(answers.gpu_partition)}}}')}",
-        ]
-    return "\n".join(lines) + "\n"
-
-
-def _ask(prompt: str, default) -> str | None:
-    shown = "" if default in (None, "") else f" [{default}]"
-    answer = input(f"{prompt}{shown}: ").strip()
-    return answer or default
-
-
-def _parse_group_sizes(entries) -> dict[str, int]:
-    sizes = {}
-    for entry in entries:
-        name, sep, value = str(entry).partition("=")
-        if not sep or name not in ("volumes", "fusion", "qc"):
-            raise LlsmflowError(f"group size {entry!r} is invalid; expected volumes=N, fusion=N or qc=N")
-        try:
-            sizes[name] = int(value)
-        except ValueError:
-            raise LlsmflowError(
-                f"group size {entry!r} is invalid; expected a whole number after '='"
-            ) from None
-        if sizes[name] < 1:
-            raise LlsmflowError(f"group size {entry!r} is invalid; expected at least 1")
-    return sizes
-
-
-def cmd_profile_init(args) -> int:
-    from llsmflow.io import atomic_output
-
-    answers = SiteAnswers(
-        partition=args.partition,
-        gpu_partition=args.gpu_partition,
-        account=args.account,
-        qos=args.qos,
-        status_command=args.status_command,
-    )
-    if args.cores is not None:
-        answers.cores = args.cores
-    if args.jobs is not None:
-        answers.jobs = args.jobs
-    for name, size in _parse_group_sizes(args.group_size or []).items():
-        setattr(answers, f"{name}_group", size)
-    interactive = not args.no_input and sys.stdin.isatty()
-    if interactive:
-        for key, prompt in _QUESTIONS:
-            if getattr(answers, key) is None:
-                setattr(answers, key, _ask(prompt, None))
-        if args.cores is None:
-            answers.cores = int(_ask("cores of one submission (a node's cores, or fewer)", answers.cores))
-    if answers.cores < 1 or answers.jobs < 1:
-        raise LlsmflowError(f"cores {answers.cores} and jobs {answers.jobs} must be at least 1")
-    outdir = Path(args.outdir)
-    target = outdir / "config.yaml"
-    if target.exists() and not args.force:
-        raise LlsmflowError("profile exists; expected a new directory or --force", target)
-    outdir.mkdir(parents=True, exist_ok=True)
-    with atomic_output(target) as tmp:
-        Path(tmp).write_text(render_profile(answers), encoding="utf-8")
-    print(f"wrote {target}")
-    print(f"  answers: {', '.join(f'{k}={v}' for k, v in asdict(answers).items() if v is not None)}")
-    print(f"  run with: llsmflow run --profile {outdir} --configfile config/config.yaml")
-    return 0
-
-
-def register_hpc_commands(sub) -> None:
-    """Add ``estimate`` and ``profile init`` to the ``llsmflow`` subcommands."""
-    p = sub.add_parser(
-        "estimate", help="jobs, memory, GPU memory and time each workflow step will request for a dataset"
-    )
-    p.add_argument(
-        "raw_dir", nargs="?", default=None, help="raw data directory (default: the config's raw_dir)"
-    )
-    p.add_argument("--configfile", default=None, help="workflow config (default: config/config.yaml values)")
-    p.add_argument("--profile", default=None, help="Snakemake profile directory: its cores and group sizes")
-    p.add_argument("--cores", type=int, default=None, help="cores of one submission (default: the profile's)")
-    p.add_argument("--backend", choices=("auto", "cpu", "cupy", "pycudadecon"), default=None)
-    p.add_argument("--group-size", action="append", metavar="GROUP=N", help="volumes=N, fusion=N or qc=N")
-    p.set_defaults(func=cmd_estimate)
-
-    p = sub.add_parser("profile", help="Snakemake profiles for clusters")
-    profile_sub = p.add_subparsers(dest="profile_command", required=True, metavar="ACTION")
-    q = profile_sub.add_parser(
-        "init", help="write a SLURM profile for a site (asks for what the flags do not give)"
-    )
-    q.add_argument("outdir", type=Path, help="profile directory to create, e.g. profiles/mysite")
-    q.add_argument("--partition", default=None, help="partition for CPU jobs")
-    q.add_argument("--gpu-partition", default=None, help="partition for GPU deconvolution jobs")
-    q.add_argument("--account", default=None, help="account to charge (sbatch -A)")
-    q.add_argument("--qos", default=None, help="quality of service (sbatch --qos)")
-    q.add_argument("--cores", type=int, default=None, help="cores of one submission (default 8)")
-    q.add_argument("--jobs", type=int, default=None, help="submissions in the queue at once (default 100)")
-    q.add_argument(
-        "--group-size",
-        action="append",
-        metavar="GROUP=N",
-        help="jobs batched per submission: volumes=N (deskew+deconvolve, default 20), fusion=N (10), qc=N (50)",
-    )
-    q.add_argument(
-        "--status-command",
-        choices=("squeue", "sacct"),
-        default="squeue",
-        help="how job states are polled (sacct needs slurmdbd; default squeue)",
-    )
-    q.add_argument("--no-input", action="store_true", help="never prompt, even on a terminal")
-    q.add_argument("--force", action="store_true", help="overwrite an existing profile")
-    q.set_defaults(func=cmd_profile_init)
+    resources = step_resources(sizes, config, cores or profile_cores)
+    return format_estimate(sizes, resources, submissions(resources, groups))

@@ -1,83 +1,32 @@
-"""What a run did and what is left: the summary ``llsmflow run`` prints, and ``llsmflow status``.
+"""What a run did and what is left: the summary ``llsmflow run`` prints, and what ``llsmflow status`` reports.
 
 *Done* comes from the step records under ``work/<dataset>/steps/`` (one per finished job, with its run time,
-peak memory and backend; see :class:`llsmflow.provenance.StepRecorder`) and from Snakemake's log of the run
+peak memory and backend; see :class:`llsmflow.run.steps.StepRecorder`) and from Snakemake's log of the run
 (for rules that write no step record, such as ``provenance``). *Left* comes from a Snakemake dry run, the only
 authority on what Snakemake would (re)run: it knows about changed code, parameters and inputs, which a listing
 of expected files would not. Its "Job stats" table is parsed rather than calling Snakemake's Python API, whose
 shape changes between major versions while the table has stayed the same since Snakemake 5.
 
-``llsmflow run`` leaves a small pointer, ``.snakemake/llsmflow-runs/<dataset>.json`` in the directory it ran
-in (config file, workflow directory, results and work directories), so that
-``llsmflow status results/<dataset>`` can find the configuration of a results directory without being told.
+``llsmflow status results/<dataset>`` finds the configuration of a results directory through the pointer
+that ``llsmflow run`` left (:mod:`llsmflow.run.paths`).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import re
 import subprocess
 import sys
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 from llsmflow.errors import LlsmflowError
-from llsmflow.io import write_json
-from llsmflow.report import step_records_under, summarise_steps
+from llsmflow.run.config import check_config, find_workflow_root, snakemake_base_command
+from llsmflow.run.paths import find_run_pointer, run_paths
+from llsmflow.run.steps import step_records_under, summarise_steps
 
-# inside Snakemake's own metadata folder: a run writes nothing beside results/, work/ and .snakemake/
-POINTER_DIR = Path(".snakemake") / "llsmflow-runs"
 _FINISHED = re.compile(r"Finished jobid: \d+ \(Rule: ([\w-]+)\)")
-
-
-# ------------------------------------------------------------------------------------------ run bookkeeping
-
-
-def run_paths(config: dict) -> tuple[Path, Path]:
-    """``(results, work)`` directories of a dataset, as the workflow lays them out (relative to the run dir)."""
-    dataset = config["dataset"]
-    return Path(config.get("results_dir", "results")) / dataset, Path(
-        config.get("work_dir", "work")
-    ) / dataset
-
-
-def write_run_pointer(run_dir: Path, configfile: Path, workflow_root: Path, config: dict) -> Path:
-    """Record where a dataset's run lives (``.snakemake/llsmflow-runs/<dataset>.json`` in ``run_dir``)."""
-    results, work = run_paths(config)
-    pointer = {
-        "dataset": config["dataset"],
-        "configfile": str(Path(configfile).resolve()),
-        "workflow_dir": str(Path(workflow_root).resolve()),
-        "run_dir": str(Path(run_dir).resolve()),
-        "results": str((Path(run_dir) / results).resolve()),
-        "work": str((Path(run_dir) / work).resolve()),
-    }
-    path = Path(run_dir) / POINTER_DIR / f"{config['dataset']}.json"
-    if path.is_file():
-        try:
-            if json.loads(path.read_text(encoding="utf-8")) == pointer:
-                return path
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            pass
-    return write_json(path, pointer)
-
-
-def find_run_pointer(results_dir: Path) -> dict | None:
-    """The pointer ``llsmflow run`` left for ``results_dir``: looked for in the current directory and above it."""
-    results_dir = Path(results_dir).resolve()
-    dataset = results_dir.name
-    for base in [Path.cwd().resolve(), *results_dir.parents]:
-        path = base / POINTER_DIR / f"{dataset}.json"
-        if not path.is_file():
-            continue
-        try:
-            pointer = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            continue
-        if Path(pointer.get("results", "")) == results_dir:
-            return pointer
-    return None
 
 
 def snakemake_log_rules(run_dir: Path, since: float) -> Counter:
@@ -179,14 +128,8 @@ def jobs_left(workflow_root: Path, configfile: Path, run_dir: Path) -> dict[str,
     LlsmflowError
         If Snakemake cannot be found or the dry run fails (its last lines are in the message).
     """
-    from llsmflow.cli import snakemake_executable
-
     command = [
-        snakemake_executable(),
-        "--snakefile",
-        str(workflow_root / "Snakefile"),
-        "--configfile",
-        str(configfile),
+        *snakemake_base_command(workflow_root, configfile),
         "--dry-run",
         "--nolock",
         # a job still running has "incomplete" outputs: count it as left instead of failing
@@ -209,8 +152,6 @@ def jobs_left(workflow_root: Path, configfile: Path, run_dir: Path) -> dict[str,
 
 def resolve_status_target(results_dir: str | None, configfile: str | None, workflow_dir: str | None):
     """``(config, configfile, workflow_root, run_dir)`` for ``llsmflow status``."""
-    from llsmflow.cli import check_config, find_workflow_root
-
     if configfile is None and results_dir is not None:
         results_path = Path(results_dir)
         if not results_path.is_dir():
@@ -243,47 +184,33 @@ def resolve_status_target(results_dir: str | None, configfile: str | None, workf
     return config, configfile, root, run_dir
 
 
-def cmd_status(args) -> int:
-    config, configfile, root, run_dir = resolve_status_target(
-        args.results_dir, args.configfile, args.workflow_dir
-    )
+@dataclass
+class RunStatus:
+    """What ``llsmflow status`` reports: ``done`` per step (:func:`llsmflow.run.steps.summarise_steps`) and the
+    jobs ``left`` per rule (a Snakemake dry run); ``results``, ``work`` and ``report`` are absolute paths."""
+
+    config: dict
+    configfile: Path
+    results: Path
+    work: Path
+    report: Path
+    done: list[dict]
+    left: dict[str, int]
+
+
+def run_status(results_dir: str | None, configfile: str | None, workflow_dir: str | None) -> RunStatus:
+    """What is done and what is left for a results directory or a config (see :func:`resolve_status_target`)."""
+    config, configfile, root, run_dir = resolve_status_target(results_dir, configfile, workflow_dir)
     results, work = run_paths(config)
-    records = step_records_under(run_dir / work / "steps")
-    done = summarise_steps(records)
+    done = summarise_steps(step_records_under(run_dir / work / "steps"))
     left = jobs_left(root, configfile, run_dir)
     left.pop("all", None)
-    print(f"dataset {config['dataset']}  (config {configfile})")
-    print(f"  results: {run_dir / results}")
-    print(f"  work:    {run_dir / work}")
-    if done:
-        print(f"done: {sum(r['jobs'] for r in done)} jobs with a step record")
-        for line in format_steps(done):
-            print(line)
-    else:
-        print("done: nothing yet (no step records)")
-    if left:
-        print(f"left: {sum(left.values())} jobs (Snakemake dry run)")
-        for rule, jobs in left.items():
-            print(f"  {rule:<14}{jobs:>6}")
-        print("run `llsmflow run` with the same config to finish.")
-    else:
-        print("left: nothing; the run is complete.")
-    report = run_dir / results / "qc" / "report.html"
-    print(f"report: {report}" + ("" if report.is_file() else " (not written yet)"))
-    return 0
-
-
-def register_status_commands(subparsers) -> None:
-    """Add ``llsmflow status`` to the CLI."""
-    p = subparsers.add_parser(
-        "status", help="what is done and what is left for a results directory (or a config)"
+    return RunStatus(
+        config,
+        configfile,
+        run_dir / results,
+        run_dir / work,
+        run_dir / results / "qc" / "report.html",
+        done,
+        left,
     )
-    p.add_argument(
-        "results_dir",
-        nargs="?",
-        default=None,
-        help="results/<dataset> written by `llsmflow run` (default: the dataset of --configfile)",
-    )
-    p.add_argument("--configfile", default=None, help="workflow config (default config/config.yaml)")
-    p.add_argument("--workflow-dir", default=None, help="llsmflow checkout holding the Snakefile")
-    p.set_defaults(func=cmd_status)

@@ -1,0 +1,32 @@
+"""``llsmflow reproduce RUN_DIR``: re-run a recorded run from its RO-Crate and compare every output."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from llsmflow.provenance.reproduce import DEFAULT_CORES
+
+
+def cmd_reproduce(args) -> int:
+    from llsmflow.provenance.reproduce import reproduce
+
+    out_dir = args.output or Path(f"reproduce-{Path(args.run_dir).resolve().name}-{os.getpid()}")
+    return reproduce(args.run_dir, out_dir, cores=args.cores)
+
+
+def register_reproduce_commands(sub) -> None:
+    """Add ``llsmflow reproduce``."""
+    p = sub.add_parser(
+        "reproduce",
+        help="re-run a recorded run from its RO-Crate into a fresh directory and compare every output",
+        description="re-run a recorded workflow run from its RO-Crate alone and compare outputs.",
+    )
+    p.add_argument(
+        "run_dir", type=Path, help="crate directory (results/<dataset>/provenance) or the run directory"
+    )
+    p.add_argument("--output", "-o", type=Path, default=None, help="fresh directory for the re-run")
+    p.add_argument(
+        "--cores", type=int, default=DEFAULT_CORES, help="cores for the re-run (default %(default)s)"
+    )
+    p.set_defaults(func=cmd_reproduce)

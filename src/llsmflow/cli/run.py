@@ -1,0 +1,64 @@
+"""``llsmflow run``: the whole workflow with Snakemake, under the run lock, with a summary at the end."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from llsmflow.run.config import check_config, find_workflow_root, snakemake_executable
+from llsmflow.run.launch import DEFAULT_PROFILE
+
+__all__ = ["check_config", "cmd_run", "find_workflow_root", "register_run_commands", "snakemake_executable"]
+
+
+def cmd_run(args) -> int:
+    from llsmflow.run.launch import failure_reason, is_dry_run, launch, profile_dir, snakemake_command
+    from llsmflow.run.paths import run_paths
+    from llsmflow.run.status import print_run_summary
+
+    root = find_workflow_root(args.workflow_dir)
+    configfile = Path(args.configfile or root / "config" / "config.yaml")
+    config = check_config(configfile, root)
+    profile = profile_dir(root, args.profile)
+    command = snakemake_command(root, configfile, profile, args.cores, args.snakemake_args)
+    dry_run = is_dry_run(args.snakemake_args)
+    results, work = run_paths(config)
+    outcome = launch(command, config, configfile, root, dry_run)
+    if outcome.status != 0:
+        reason = failure_reason(config, outcome)
+        if reason:
+            print(f"llsmflow run: error: {reason}", file=sys.stderr)
+        print(
+            f"llsmflow run: workflow failed after {outcome.elapsed:.0f} s (exit {outcome.status}); see the logs "
+            f"under {work / 'logs'}",
+            file=sys.stderr,
+        )
+        if not dry_run:
+            print_run_summary(
+                config, Path.cwd(), outcome.started_at, outcome.elapsed, outcome.status, out=sys.stderr
+            )
+        return outcome.status
+    if dry_run:
+        print(f"llsmflow run: dry run in {outcome.elapsed:.0f} s; nothing was written")
+        return 0
+    print(f"llsmflow run: done in {outcome.elapsed:.0f} s. Results in {results}/:")
+    for relative in (f"{config['dataset']}.ome.zarr", "tracks", "qc", "provenance"):
+        print(f"  {results / relative}")
+    print_run_summary(config, Path.cwd(), outcome.started_at, outcome.elapsed, outcome.status)
+    return 0
+
+
+def register_run_commands(sub) -> None:
+    """Add ``llsmflow run``."""
+    p = sub.add_parser("run", help="run the whole workflow with Snakemake")
+    p.add_argument(
+        "--profile",
+        default=DEFAULT_PROFILE,
+        help="profile name under profiles/ or a directory (default %(default)s)",
+    )
+    p.add_argument("--configfile", default=None, help="workflow config (default config/config.yaml)")
+    p.add_argument("--cores", default=None, help="cores to use (default: the profile's)")
+    p.add_argument("--workflow-dir", default=None, help="llsmflow checkout holding the Snakefile")
+    p.add_argument("snakemake_args", nargs=argparse.REMAINDER, help="after --: extra Snakemake arguments")
+    p.set_defaults(func=cmd_run)

@@ -1,0 +1,43 @@
+"""``llsmflow status``: what is done and what is left for a results directory (or a config)."""
+
+from __future__ import annotations
+
+
+def cmd_status(args) -> int:
+    from llsmflow.run.status import format_steps, run_status
+
+    status = run_status(args.results_dir, args.configfile, args.workflow_dir)
+    print(f"dataset {status.config['dataset']}  (config {status.configfile})")
+    print(f"  results: {status.results}")
+    print(f"  work:    {status.work}")
+    if status.done:
+        print(f"done: {sum(r['jobs'] for r in status.done)} jobs with a step record")
+        for line in format_steps(status.done):
+            print(line)
+    else:
+        print("done: nothing yet (no step records)")
+    if status.left:
+        print(f"left: {sum(status.left.values())} jobs (Snakemake dry run)")
+        for rule, jobs in status.left.items():
+            print(f"  {rule:<14}{jobs:>6}")
+        print("run `llsmflow run` with the same config to finish.")
+    else:
+        print("left: nothing; the run is complete.")
+    print(f"report: {status.report}" + ("" if status.report.is_file() else " (not written yet)"))
+    return 0
+
+
+def register_status_commands(subparsers) -> None:
+    """Add ``llsmflow status``."""
+    p = subparsers.add_parser(
+        "status", help="what is done and what is left for a results directory (or a config)"
+    )
+    p.add_argument(
+        "results_dir",
+        nargs="?",
+        default=None,
+        help="results/<dataset> written by `llsmflow run` (default: the dataset of --configfile)",
+    )
+    p.add_argument("--configfile", default=None, help="workflow config (default config/config.yaml)")
+    p.add_argument("--workflow-dir", default=None, help="llsmflow checkout holding the Snakefile")
+    p.set_defaults(func=cmd_status)

@@ -1,0 +1,77 @@
+"""Provenance: what produced a run's outputs, recorded beside them, and re-running a run from that record.
+
+Submodules, one per product:
+
+``record``
+    The run record (``provenance/run-record.json``): configuration, workflow version, software versions,
+    environment, container, GPU, and the sha256 of every input and output; the same facts for the QC report
+    (:func:`provenance_summary`). Standard library only, so every workflow job may import it.
+``crate``
+    The Workflow Run RO-Crate built from the run record (imports ``rocrate``, hence its own module).
+``reproduce``
+    ``llsmflow reproduce``: re-run a crate's workflow snapshot and compare every output (reads Zarr, tables
+    and images only when comparing).
+
+Step records moved to :mod:`llsmflow.run.steps` (they are run bookkeeping); :class:`StepRecorder`,
+:func:`configure_logging` and :func:`peak_memory_mb` stay importable from here because every workflow script,
+and the workflow snapshots recorded in older crates, import them from ``llsmflow.provenance``. Nothing is
+imported until a name is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from llsmflow._lazy import lazy_exports
+
+_HERE = {
+    **dict.fromkeys(
+        (
+            "ENV_ALLOW_LIST",
+            "SECRET_MARKERS",
+            "REDACTED",
+            "GPU_PACKAGES",
+            "now_iso",
+            "file_entries",
+            "recorded_packages",
+            "package_versions",
+            "allowed_environment",
+            "scrub",
+            "container_info",
+            "gpu_info",
+            "git_state",
+            "run_record",
+            "write_run_record",
+            "provenance_summary",
+        ),
+        "record",
+    ),
+    "write_crate": "crate",
+    "build_crate": "crate",
+}
+# names that older code imports from here but that live in another package now
+_ELSEWHERE = {
+    "StepRecorder": "llsmflow.run.steps",
+    "configure_logging": "llsmflow.run.steps",
+    "peak_memory_mb": "llsmflow.run.steps",
+    "GPU_BACKENDS": "llsmflow.decon",
+    "sha256_file": "llsmflow.io",
+    "write_json": "llsmflow.io",
+}
+_getattr_here, _dir_here = lazy_exports(__name__, _HERE)
+
+
+def __getattr__(name: str):
+    module = _ELSEWHERE.get(name)
+    if module is None:
+        return _getattr_here(name)
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list:
+    return sorted(set(_dir_here()) | set(_ELSEWHERE))
+
+
+__all__ = sorted([*_HERE, *_ELSEWHERE])

@@ -1,0 +1,535 @@
+"""Workflow Run RO-Crate (Provenance Run Crate profile 0.5) of one workflow run, written with ``rocrate``.
+
+The crate is built from the run record (:func:`llsmflow.provenance.write_run_record`): one ``CreateAction`` per
+step that ran, one ``ControlAction`` per step linking it to the workflow's ``HowToStep``, one ``OrganizeAction``
+for Snakemake's orchestration, and one ``CreateAction`` for the whole run.
+
+Where the crate lies
+--------------------
+The crate root is ``results/<dataset>/provenance/`` (``ro-crate-metadata.json`` beside ``run-record.json``).
+Inside the crate (relative ``@id``): the run record, the sha256 manifest, the registered tile transforms, the
+resolved configuration (``config.yaml``) and a snapshot of the workflow that ran (``workflow/Snakefile`` with
+its rules, scripts and config schema; the Workflow RO-Crate profile requires the main workflow file inside the
+crate, and ``llsmflow reproduce`` re-runs that snapshot). Raw inputs, results and intermediates lie outside the
+crate root, so they are data entities with absolute ``file://`` URIs; each carries ``name`` (its path relative
+to the run directory), ``contentSize`` and ``sha256``. Directories (the OME-Zarr archive) are ``Dataset``
+entities; their files are listed with checksums in ``run-record.json`` and ``checksums.sha256``.
+
+How run facts map onto the profile
+----------------------------------
+- parameters of a step → ``PropertyValue`` (``object`` of the step's ``CreateAction``), described by a
+  ``FormalParameter`` (``input`` of the rule's ``SoftwareApplication``); config values of the run likewise on
+  the ``ComputationalWorkflow``.
+- wall time, peak memory, threads, the deconvolution backend that ran and the GPU (model, driver, CUDA) →
+  ``resourceUsage`` (``PropertyValue`` with ``propertyID``).
+- allow-listed environment variables and the host name → ``environment`` (``PropertyValue``).
+- container image and digest → ``containerImage`` (``ContainerImage``).
+- Python and package versions → ``SoftwareApplication`` entities in ``softwareRequirements``.
+
+The Workflow Run terms (``resourceUsage``, ``environment``, ``containerImage``, ``ContainerImage``) are declared
+inline in the ``@context`` rather than by the remote ``https://w3id.org/ro/terms/workflow-run`` context, so
+that only the RO-Crate context itself must be resolvable when the crate is validated offline.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from llsmflow.errors import LlsmflowError
+
+if TYPE_CHECKING:
+    from rocrate.model.contextentity import ContextEntity
+    from rocrate.rocrate import ROCrate
+
+PROFILES = {
+    "https://w3id.org/ro/wfrun/process/0.5": "Process Run Crate",
+    "https://w3id.org/ro/wfrun/workflow/0.5": "Workflow Run Crate",
+    "https://w3id.org/ro/wfrun/provenance/0.5": "Provenance Run Crate",
+    "https://w3id.org/workflowhub/workflow-ro-crate/1.0": "Workflow RO-Crate",
+}
+WFRUN = "https://w3id.org/ro/terms/workflow-run#"
+WFRUN_TERMS = {
+    name: WFRUN + name
+    for name in ("resourceUsage", "environment", "containerImage", "ContainerImage", "ParameterConnection")
+}
+# The Workflow Run Crate profiles 0.5 build on RO-Crate 1.1 (bioschemas terms as in its context).
+RO_CRATE_VERSION = "1.1"
+LICENSE = "https://spdx.org/licenses/BSD-3-Clause"
+# Files of the workflow copied into the crate (relative to the checkout): all that Snakemake reads.
+WORKFLOW_FILES = (
+    "Snakefile",
+    "workflow/rules/*.smk",
+    "workflow/scripts/*.py",
+    "config/schema.yaml",
+    "workflow/report/*.rst",  # captions the Snakefile's report: line and report() outputs name
+    "envs/*",
+    "envs/apptainer/*.def",
+)
+CRATE_FILES = ("run-record.json", "checksums.sha256", "transforms.json", "config.yaml", "fftw-wisdom")
+METADATA = "ro-crate-metadata.json"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", str(text)).strip("-")
+
+
+def _additional_type(value) -> str:
+    if isinstance(value, bool):
+        return "Boolean"
+    if isinstance(value, int):
+        return "Integer"
+    if isinstance(value, float):
+        return "Float"
+    if value is None or isinstance(value, str):
+        return "Text"
+    return "StructuredValue"
+
+
+def _value(value):
+    """JSON-LD literal for a parameter value: scalars as is, None as "null", the rest as JSON text."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool | int | float | str):
+        return value
+    return json.dumps(value, sort_keys=True)
+
+
+def flatten_config(config: dict, prefix: str = "") -> dict:
+    """``{"a.b": value}`` for every leaf of a nested configuration (lists are leaves)."""
+    flat = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten_config(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def copy_workflow(workflow_dir: str | Path, dest: str | Path) -> list[Path]:
+    """Copy the files Snakemake reads (Snakefile, rules, scripts, schema, envs) under ``dest``; return them."""
+    workflow_dir, dest = Path(workflow_dir).resolve(), Path(dest)
+    if not (workflow_dir / "Snakefile").is_file():
+        raise LlsmflowError(
+            "no Snakefile to copy into the crate; expected the llsmflow checkout", workflow_dir
+        )
+    copied = []
+    for pattern in WORKFLOW_FILES:
+        for source in sorted(workflow_dir.glob(pattern)):
+            if source.is_file():
+                target = dest / source.relative_to(workflow_dir)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source, target)
+                copied.append(target)
+    return copied
+
+
+class _CrateBuilder:
+    """Accumulates entities; one instance per crate."""
+
+    def __init__(self, crate_dir: Path, record: dict, run_dir: Path):
+        # rocrate takes a while to import: only when a crate is built (reproducing reads crates as JSON)
+        from rocrate.rocrate import ROCrate
+
+        self.crate = ROCrate(version=RO_CRATE_VERSION)
+        self.crate.metadata.extra_terms.update(WFRUN_TERMS)
+        self.crate_dir = crate_dir
+        self.record = record
+        self.run_dir = run_dir
+        self.files: dict[str, ContextEntity] = {}
+
+    def add(self, entity_id: str, types, **properties):
+        existing = self.crate.get(entity_id)
+        if existing is not None:
+            return existing
+        from rocrate.model.contextentity import ContextEntity
+
+        entity = ContextEntity(self.crate, entity_id, properties={"@type": types, **properties})
+        return self.crate.add(entity)
+
+    def path_uri(self, path: str) -> str:
+        """Absolute ``file://`` URI of a path recorded relative to the run directory."""
+        p = Path(path)
+        return (p if p.is_absolute() else self.run_dir / p).resolve().as_uri()
+
+    def data_entity(self, path: str, entry: dict | None = None, is_dir: bool | None = None):
+        """File or Dataset entity for a path outside the crate (absolute URI), created once."""
+        key = str(path)
+        if key in self.files:
+            return self.files[key]
+        absolute = Path(path) if Path(path).is_absolute() else self.run_dir / path
+        is_dir = absolute.is_dir() if is_dir is None else is_dir
+        uri = self.path_uri(path) + ("/" if is_dir else "")
+        props = {"name": key}
+        if entry:
+            props.update(contentSize=str(entry["bytes"]), sha256=entry["sha256"])
+        entity = self.add(uri, "Dataset" if is_dir else "File", **props)
+        self.files[key] = entity
+        return entity
+
+    def property_value(self, entity_id: str, name: str, value, **extra):
+        return self.add(entity_id, "PropertyValue", name=name, value=_value(value), **extra)
+
+    def parameter(self, parameter_id: str, value_id: str, name: str, value):
+        """A FormalParameter (``parameter_id``, shared by every run of its tool) and the PropertyValue
+        (``value_id``) this run gave it, linked both ways (workExample / exampleOfWork); returns both."""
+        pv = self.property_value(value_id, name, value)
+        fp = self.add(parameter_id, "FormalParameter", name=name, additionalType=_additional_type(value))
+        fp.append_to("workExample", pv, compact=True)
+        pv["exampleOfWork"] = fp
+        return fp, pv
+
+    def software(self) -> list:
+        sw = self.record["software"]
+        entities = [
+            self.add(
+                f"#software-python-{sw['python']}", "SoftwareApplication", name="Python", version=sw["python"]
+            )
+        ]
+        for name, version in sorted(sw["packages"].items()):
+            entities.append(
+                self.add(
+                    f"#software-{_slug(name)}-{_slug(version)}",
+                    "SoftwareApplication",
+                    name=name,
+                    version=version,
+                )
+            )
+        return entities
+
+
+def _resource_usage(builder: _CrateBuilder, action_id: str, step: dict) -> list:
+    usage = {
+        "wall_time_s": (step.get("seconds"), "s"),
+        "peak_memory_mb": (step.get("peak_memory_mb"), "MiB"),
+        "threads": (step.get("threads"), None),
+    }
+    for key, value in (step.get("notes") or {}).items():
+        usage[key] = (value, None)
+    for key, value in (step.get("gpu") or {}).items():
+        usage[f"gpu_{key}"] = (value, None)
+    entities = []
+    for key, (value, unit) in usage.items():
+        if value is None:
+            continue
+        extra = {"propertyID": key}
+        if unit:
+            extra["unitText"] = unit
+        entities.append(builder.property_value(f"{action_id}-usage-{_slug(key)}", key, value, **extra))
+    return entities
+
+
+def _environment(builder: _CrateBuilder, action_id: str, step: dict) -> list:
+    env = dict(step.get("environment") or {})
+    if step.get("host"):
+        env["HOSTNAME"] = step["host"]
+    return [builder.property_value(f"{action_id}-env-{_slug(k)}", k, v) for k, v in sorted(env.items())]
+
+
+def _container(builder: _CrateBuilder, container: dict | None):
+    """ContainerImage entity for ``{"image": path or reference, "reference": ..., "digest": ...}``."""
+    if not container:
+        return None
+    reference = container.get("reference") or container.get("image")
+    props = {"name": reference}
+    image = container.get("image") or ""
+    props["additionalType"] = {
+        "@id": "https://apptainer.org/docs/user/latest/definition_files.html"
+        if image.endswith(".sif") or "APPTAINER" in json.dumps(container) or image.startswith("oras://")
+        else "https://w3id.org/ro/terms/workflow-run#DockerImage"
+    }
+    if container.get("digest"):
+        props["sha256"] = container["digest"].removeprefix("sha256:")
+    if image and image != reference:
+        props["description"] = f"image file {image}"
+    return builder.add(f"#container-{_slug(reference)}", "ContainerImage", **props)
+
+
+def build_crate(crate_dir, record: dict, workflow_dir, run_dir, record_outputs=None) -> ROCrate:
+    """Build the Provenance Run Crate of a run from its run record.
+
+    Parameters
+    ----------
+    crate_dir : path
+        Crate root (``results/<dataset>/provenance``); must already hold the files of :data:`CRATE_FILES`
+        that exist for this run. The workflow snapshot is copied to ``crate_dir/workflow``.
+    record : dict
+        The run record (as written to ``run-record.json``), secrets already scrubbed.
+    workflow_dir : path
+        The llsmflow checkout whose ``Snakefile`` ran.
+    run_dir : path
+        The directory the workflow ran in (recorded paths are relative to it).
+    record_outputs : list of str, optional
+        Top-level result paths (files or directories, relative to ``run_dir``) to describe as the run's
+        outputs; default: every file of ``record["outputs"]``.
+    """
+    crate_dir, run_dir = Path(crate_dir), Path(run_dir)
+    b = _CrateBuilder(crate_dir, record, run_dir)
+    crate = b.crate
+    wf_meta = record["workflow"]
+    config = record["config"]
+
+    # --- the crate itself
+    crate.name = f"llsmflow run of dataset {config.get('dataset')}"
+    crate.description = (
+        "Provenance of one llsmflow workflow run (deskew, deconvolution, stitching, tracking, OME-Zarr archive): "
+        "configuration, inputs and outputs with sha256, every step with its parameters, resources and software."
+    )
+    crate.datePublished = record["created"]
+    crate.license = b.add(LICENSE, "CreativeWork", name="BSD 3-Clause License")
+    crate.root_dataset["conformsTo"] = [
+        b.add(uri, "CreativeWork", name=name, version=uri.rsplit("/", 1)[-1])
+        for uri, name in PROFILES.items()
+    ]
+
+    # --- files inside the crate
+    for name in CRATE_FILES:
+        if (crate_dir / name).is_file():
+            crate.add_file(crate_dir / name, name, properties={"name": name, **_file_description(name)})
+    copy_workflow(workflow_dir, crate_dir / "workflow")
+    snapshot = sorted(p for p in (crate_dir / "workflow").rglob("*") if p.is_file())
+    for path in snapshot:
+        relative = path.relative_to(crate_dir).as_posix()
+        if relative != "workflow/Snakefile":
+            crate.add_file(path, relative, properties={"name": relative})
+
+    # --- software, engine, language
+    software = b.software()
+    snakemake_version = record["software"]["packages"].get("snakemake", "unknown")
+    language = b.add(
+        "#snakemake-language",
+        "ComputerLanguage",
+        name="Snakemake",
+        identifier={"@id": "https://snakemake.readthedocs.io"},
+        url={"@id": "https://snakemake.github.io"},
+        version=snakemake_version,
+    )
+    engine = b.add(
+        f"#snakemake-{_slug(snakemake_version)}",
+        "SoftwareApplication",
+        name="Snakemake",
+        version=snakemake_version,
+        url={"@id": "https://snakemake.github.io"},
+    )
+
+    # --- workflow, its config parameters
+    git = {k: wf_meta[k] for k in ("commit", "dirty") if k in wf_meta}
+    git_props = [
+        b.property_value(f"#workflow-git-{k}", f"git_{k}", v, propertyID=f"git_{k}") for k, v in git.items()
+    ]
+    workflow = crate.add_file(
+        crate_dir / "workflow" / "Snakefile",
+        "workflow/Snakefile",
+        properties={
+            "@type": ["File", "SoftwareSourceCode", "ComputationalWorkflow", "HowTo"],
+            "name": wf_meta.get("name", "llsmflow"),
+            "version": wf_meta.get("version"),
+            "programmingLanguage": language,
+            "softwareRequirements": software,
+            "additionalProperty": git_props,
+            "description": "llsmflow Snakemake workflow"
+            + (f" at git commit {git['commit']}" if git.get("commit") else "")
+            + (" with uncommitted changes (dirty tree)" if git.get("dirty") else ""),
+        },
+    )
+    crate.mainEntity = workflow
+
+    config_values, wf_inputs = [], []
+    for key, value in flatten_config(config).items():
+        fp, pv = b.parameter(f"#workflow-param-{_slug(key)}", f"#run-config-{_slug(key)}", key, value)
+        config_values.append(pv)
+        wf_inputs.append(fp)
+
+    inputs_entries = {e["path"]: e for e in record["inputs"]}
+    output_entries = {e["path"]: e for e in record["outputs"]}
+    raw_entities = [b.data_entity(p, e) for p, e in inputs_entries.items()]
+    raw_param = b.add(
+        "#workflow-param-raw-files",
+        "FormalParameter",
+        name="raw files",
+        additionalType="File",
+        description="raw stacks, PSFs and the acquisition metadata file, read from raw_dir",
+        workExample=raw_entities,
+    )
+    wf_inputs.append(raw_param)
+
+    outputs = _output_entities(b, record_outputs, output_entries)
+    wf_outputs = []
+    for path, entity in outputs.items():
+        is_dir = "Dataset" in entity.type if isinstance(entity.type, list) else entity.type == "Dataset"
+        fp = b.add(
+            f"#workflow-output-{_slug(path)}",
+            "FormalParameter",
+            name=path,
+            additionalType="Dataset" if is_dir else "File",
+            workExample=entity,
+        )
+        entity["exampleOfWork"] = fp
+        wf_outputs.append(fp)
+    workflow["input"] = wf_inputs
+    workflow["output"] = wf_outputs
+
+    # --- steps: tools, HowToSteps, executions
+    steps = sorted(record["steps"], key=lambda s: (s.get("start") or "", s["step"]))
+    rules = sorted({s["step"] for s in steps}, key=lambda r: [s["step"] for s in steps].index(r))
+    tools, howtos = {}, {}
+    for position, rule in enumerate(rules):
+        tools[rule] = b.add(
+            f"#tool-{_slug(rule)}",
+            "SoftwareApplication",
+            name=f"rule {rule}",
+            description=f"Snakemake rule {rule} (workflow/rules/*.smk) calling the llsmflow library",
+            softwareRequirements=software,
+        )
+        howtos[rule] = b.add(
+            f"#step-{_slug(rule)}", "HowToStep", name=rule, position=str(position), workExample=tools[rule]
+        )
+    workflow["hasPart"] = list(tools.values())
+    workflow["step"] = list(howtos.values())
+
+    control_actions, containers = [], []
+    for step in steps:
+        tag = _slug("-".join(str(v) for v in (step.get("wildcards") or {}).values())) or "run"
+        action_id = f"#exec-{_slug(step['step'])}-{tag}"
+        tool = tools[step["step"]]
+        objects = []
+        for name, value in list((step.get("wildcards") or {}).items()) + list(
+            (step.get("params") or {}).items()
+        ):
+            kind = "wildcard" if name in (step.get("wildcards") or {}) else "param"
+            fp, pv = b.parameter(
+                f"#tool-{_slug(step['step'])}-{kind}-{_slug(name)}",
+                f"{action_id}-{kind}-{_slug(name)}",
+                name,
+                value,
+            )
+            tool.append_to("input", fp)
+            objects.append(pv)
+        objects += [_step_file(b, p, inputs_entries, output_entries) for p in step.get("inputs", [])]
+        results = [_step_file(b, p, inputs_entries, output_entries) for p in step.get("outputs", [])]
+        props = {
+            "name": f"{step['step']} {tag}",
+            "instrument": tool,
+            "object": objects,
+            "result": results,
+            "startTime": step.get("start"),
+            "endTime": step.get("end"),
+            "actionStatus": {"@id": "http://schema.org/CompletedActionStatus"},
+            "resourceUsage": _resource_usage(b, action_id, step),
+            "environment": _environment(b, action_id, step),
+        }
+        if step.get("slurm_job_id"):
+            props["identifier"] = f"slurm-job-{step['slurm_job_id']}"
+        container = _container(b, step.get("container"))
+        if container is not None:
+            props["containerImage"] = container
+            containers.append(container)
+        action = b.add(action_id, "CreateAction", **{k: v for k, v in props.items() if v not in (None, [])})
+        control_actions.append(
+            b.add(
+                f"#control-{action_id[1:]}",
+                "ControlAction",
+                name=f"orchestrate {step['step']} {tag}",
+                instrument=howtos[step["step"]],
+                object=action,
+            )
+        )
+
+    starts = [s["start"] for s in steps if s.get("start")]
+    ends = [s["end"] for s in steps if s.get("end")]
+    run_action = b.add(
+        "#run",
+        "CreateAction",
+        name=f"llsmflow run of dataset {config.get('dataset')}",
+        instrument=workflow,
+        object=raw_entities + config_values,
+        result=list(outputs.values()),
+        startTime=min(starts) if starts else record["created"],
+        endTime=max(ends + [record["created"]]),
+        actionStatus={"@id": "http://schema.org/CompletedActionStatus"},
+        environment=_environment(
+            b, "#run", {"environment": record.get("environment"), "host": record.get("host")}
+        ),
+    )
+    if record.get("container"):
+        run_action["containerImage"] = _container(b, record["container"])
+    b.add(
+        "#organize",
+        "OrganizeAction",
+        name="Snakemake orchestration of the llsmflow run",
+        instrument=engine,
+        object=control_actions,
+        result=run_action,
+        startTime=run_action["startTime"],
+        endTime=run_action["endTime"],
+    )
+    crate.root_dataset["mentions"] = [run_action]
+    # RO-Crate 1.1: every data entity, in the crate or not, is reachable from the root through hasPart
+    for entity in b.files.values():
+        crate.root_dataset.append_to("hasPart", entity)
+    return crate
+
+
+def _file_description(name: str) -> dict:
+    descriptions = {
+        "run-record.json": "run record: config, versions, step records, sha256 of every input and output file",
+        "checksums.sha256": "sha256sum manifest of every result file and raw input",
+        "transforms.json": "registered tile positions (µm)",
+        "config.yaml": "the resolved workflow configuration of this run",
+        "fftw-wisdom": (
+            "FFTW wisdom: the FFT plans the run's deconvolution jobs used (pyFFTW's three-part export, NUL "
+            "separated); llsmflow reproduce starts from them, so that on the same kind of CPU the re-run's FFTs "
+            "are computed the same way"
+        ),
+    }
+    return {"description": descriptions[name]} if name in descriptions else {}
+
+
+def _output_entities(b: _CrateBuilder, record_outputs, output_entries: dict) -> dict:
+    """``{path: entity}`` for the run's top-level outputs; a directory's size is the sum of its files."""
+    if record_outputs is None:
+        return {p: b.data_entity(p, e, is_dir=False) for p, e in output_entries.items()}
+    entities = {}
+    for path in record_outputs:
+        path = str(path)
+        if path in output_entries:
+            entities[path] = b.data_entity(path, output_entries[path], is_dir=False)
+            continue
+        members = [e for p, e in output_entries.items() if p.startswith(path.rstrip("/") + "/")]
+        entity = b.data_entity(path, None, is_dir=True)
+        entity["contentSize"] = str(sum(e["bytes"] for e in members))
+        entity["description"] = (
+            f"{len(members)} files; their sha256 are in run-record.json and checksums.sha256"
+        )
+        entities[path] = entity
+    return entities
+
+
+def _step_file(b: _CrateBuilder, path: str, inputs: dict, outputs: dict):
+    """Entity for a file a step read or wrote: a raw input, a result, or an intermediate under work/."""
+    entry = inputs.get(path) or outputs.get(path)
+    if entry is None:
+        # results recorded relative to the run dir may be given absolute by the step, and vice versa
+        for p, e in {**inputs, **outputs}.items():
+            if b.path_uri(p) == b.path_uri(path):
+                return b.data_entity(p, e, is_dir=False)
+    absolute = Path(path) if Path(path).is_absolute() else b.run_dir / path
+    is_dir = absolute.is_dir() or path.endswith((".zarr", ".zarr/"))
+    return b.data_entity(path, entry, is_dir=is_dir)
+
+
+def write_crate(crate_dir, record: dict, workflow_dir, run_dir, record_outputs=None) -> Path:
+    """Build the crate (see :func:`build_crate`) and write ``ro-crate-metadata.json`` in ``crate_dir``."""
+    from llsmflow.io import atomic_output
+
+    crate_dir = Path(crate_dir)
+    crate = build_crate(crate_dir, record, workflow_dir, run_dir, record_outputs)
+    metadata = crate.metadata.generate()
+    out = crate_dir / METADATA
+    with atomic_output(out) as tmp:
+        Path(tmp).write_text(json.dumps(metadata, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return out

@@ -1,0 +1,177 @@
+"""Starting Snakemake for ``llsmflow run``: its command line, its environment, the run lock around it, and
+the one line that says why a failed run failed.
+
+The run holds the dataset's run lock (:mod:`llsmflow.run.lock`) while Snakemake runs; before starting it
+clears what a killed run left behind and records the run pointer (:mod:`llsmflow.run.paths`). A dry run only
+looks: it neither cleans up nor records anything.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from llsmflow.errors import LlsmflowError
+from llsmflow.run.config import snakemake_base_command
+from llsmflow.run.lock import RunLock, clear_stale_snakemake_locks, lock_path, remove_partial_outputs
+from llsmflow.run.paths import run_paths, write_run_pointer
+
+log = logging.getLogger("llsmflow")
+
+DEFAULT_PROFILE = "local"
+
+
+def profile_dir(workflow_root: Path, profile: str) -> Path:
+    """A Snakemake profile: a directory, or a name under the workflow's ``profiles/``."""
+    path = Path(profile) if Path(profile).is_dir() else workflow_root / "profiles" / profile
+    if not (path / "config.yaml").is_file():
+        raise LlsmflowError(
+            f"profile {profile!r} not found; expected a directory with config.yaml "
+            f"(available: {', '.join(sorted(p.name for p in (workflow_root / 'profiles').iterdir()))})",
+            path,
+        )
+    return path
+
+
+def snakemake_command(
+    workflow_root: Path, configfile: Path, profile: Path, cores, snakemake_args: Sequence[str]
+) -> list[str]:
+    """The Snakemake command line of a run; ``--rerun-incomplete`` unless given: jobs a killed run left
+    unfinished are re-run, not trusted."""
+    command = [*snakemake_base_command(workflow_root, configfile), "--profile", str(profile)]
+    if cores:
+        command += ["--cores", str(cores)]
+    if not {"--rerun-incomplete", "--ri"} & set(snakemake_args):
+        command.append("--rerun-incomplete")
+    return command + list(snakemake_args)
+
+
+def is_dry_run(snakemake_args: Sequence[str]) -> bool:
+    """Whether the extra Snakemake arguments ask for a dry run (``--dry-run``, ``-n``, ``-np`` …)."""
+    return any(
+        a in ("--dry-run", "--dryrun") or (a.startswith("-") and not a.startswith("--") and "n" in a)
+        for a in snakemake_args
+    )
+
+
+def first_step_error(log_dir: Path, since: float) -> str | None:
+    """The first "step ... failed: <reason>" line of the step logs written since ``since`` (epoch s)."""
+    if not log_dir.is_dir():
+        return None
+    failures = []
+    for log_file in log_dir.rglob("*.log"):
+        try:
+            if log_file.stat().st_mtime < since:
+                continue
+            for line in log_file.read_text(encoding="utf-8", errors="replace").splitlines():
+                if " failed: " in line:
+                    failures.append((log_file.stat().st_mtime, line.split(" failed: ", 1)[1].strip()))
+                    break
+        except OSError:
+            continue
+    return min(failures)[1] if failures else None
+
+
+def call_watching_stderr(command: list[str], env: dict[str, str]) -> tuple[int, str | None]:
+    """Run ``command``, passing its stderr through line by line; return its exit status and, if a job failed
+    for a full disk, what it was writing ("step RULE, writing OUTPUTS"). A full disk shows up in Snakemake's
+    report of the failed job, not in the step logs, which are often on that same full disk."""
+    seen = {"disk_full": False, "rule": None, "output": None}
+
+    def forward(stream) -> None:
+        rule = None
+        for raw in stream:
+            sys.stderr.buffer.write(raw)
+            sys.stderr.flush()
+            line = raw.decode("utf-8", "replace").strip()
+            if line.startswith("Error in rule ") and line.endswith(":"):
+                rule = line[len("Error in rule ") : -1]
+            elif rule and line.startswith("output: ") and seen["rule"] is None:
+                seen["rule"], seen["output"] = rule, line[len("output: ") :]
+            if "[Errno 28]" in line:
+                seen["disk_full"] = True
+
+    with subprocess.Popen(command, env=env, stderr=subprocess.PIPE) as process:
+        assert process.stderr is not None
+        try:
+            forward(process.stderr)
+        except KeyboardInterrupt:
+            # Snakemake got the same Ctrl-C: keep its pipe open while it stops its jobs and cleans up
+            forward(process.stderr)
+            raise
+    where = None
+    if seen["disk_full"]:
+        where = f"step {seen['rule']}, writing {seen['output']}" if seen["rule"] else "a workflow step"
+    return process.returncode, where
+
+
+def run_environment(work: Path) -> dict[str, str]:
+    """Environment of the workflow: caches that libraries would put in $HOME (matplotlib's font cache,
+    Snakemake's source cache) go under the work directory unless the user chose a place for them."""
+    env = dict(os.environ)
+    cache = (work / ".cache").resolve()
+    env.setdefault("XDG_CACHE_HOME", str(cache / "xdg"))
+    env.setdefault("MPLCONFIGDIR", str(cache / "matplotlib"))
+    return env
+
+
+@dataclass
+class Launch:
+    """How a run went: Snakemake's exit ``status``, ``elapsed`` seconds, ``started_at`` (epoch s), and what a
+    job was writing when the disk filled up (``disk_full``, else None)."""
+
+    status: int
+    elapsed: float
+    started_at: float
+    disk_full: str | None
+
+
+def launch(
+    command: list[str],
+    config: dict,
+    configfile: Path,
+    workflow_root: Path,
+    dry_run: bool,
+    echo: Callable[[str], None] | None = None,
+) -> Launch:
+    """Run Snakemake under the dataset's run lock, in the current directory (the run directory); ``echo``
+    shows the command (default: printed, flushed before Snakemake writes)."""
+    echo = echo or functools.partial(print, flush=True)
+    results, work = run_paths(config)
+    # shared storage: outputs follow the user's umask, but are never writable by everyone
+    umask = os.umask(0)
+    os.umask(umask | 0o002)
+    try:
+        with RunLock(lock_path(config["results_dir"], config["dataset"])):
+            if not dry_run:
+                for stale in clear_stale_snakemake_locks(Path.cwd(), [results, work]):
+                    log.warning("removed a stale Snakemake lock of an interrupted run: %s", stale)
+                for partial in remove_partial_outputs([results, work]):
+                    log.warning("removed an unfinished output of an interrupted run: %s", partial)
+                write_run_pointer(Path.cwd(), configfile, workflow_root, config)
+            echo("running: " + " ".join(command))
+            start, started_at = time.perf_counter(), time.time()
+            status, disk_full = call_watching_stderr(command, run_environment(work))
+            elapsed = time.perf_counter() - start
+    finally:
+        os.umask(umask)
+    return Launch(status, elapsed, started_at, disk_full)
+
+
+def failure_reason(config: dict, outcome: Launch) -> str | None:
+    """One line saying why a run failed: a full disk, else the first failed step's own message."""
+    results, work = run_paths(config)
+    if outcome.disk_full:
+        return (
+            f"no space left on the device ({outcome.disk_full}); expected free space for the "
+            f"outputs under {work} and {results}: free some, or point work_dir/results_dir to a larger "
+            "disk, then run again (finished steps are kept)"
+        )
+    return first_step_error(work / "logs", outcome.started_at)

@@ -4,7 +4,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
-from llsmflow.container import resolve_images
+from llsmflow.hpc.containers import resolve_images
 from llsmflow.errors import LlsmflowError
 
 min_version("9.0")

@@ -12,11 +12,11 @@ import pytest
 import yaml
 
 from llsmflow.archive.ome_zarr import write_ome_zarr
-from llsmflow.cluster import DEFAULTS as DASK_DEFAULTS
 from llsmflow.decon import BACKENDS, METHODS
 from llsmflow.decon.api import deconvolve
 from llsmflow.decon.psf import prepare_psf
 from llsmflow.deskew.shear import deskew
+from llsmflow.hpc.cluster import DEFAULTS as DASK_DEFAULTS
 from llsmflow.stitch.fusion import fuse_to_zarr
 from llsmflow.stitch.optimise import optimise_positions, register_tiles
 from llsmflow.stitch.pairwise import register_pair

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from llsmflow.errors import LlsmflowError
-from llsmflow.report import png_data_uri, render_report
+from llsmflow.qc.report import png_data_uri, render_report
 from llsmflow.run.steps import parse_time, summarise_steps
 
 REPO = Path(__file__).resolve().parents[1]

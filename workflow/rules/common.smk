@@ -6,7 +6,8 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from llsmflow.errors import LlsmflowError
-from llsmflow.hpc import GPU_BACKENDS, grow, step_resources, volume_sizes
+from llsmflow.decon.backends import GPU_BACKENDS
+from llsmflow.hpc.resources import grow, step_resources, volume_sizes
 from llsmflow.ingest import read_acquisition
 
 validate(config, workflow.source_path("../../config/schema.yaml"))

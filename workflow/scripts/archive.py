@@ -4,7 +4,8 @@ import json
 from pathlib import Path
 
 from llsmflow.archive.dataset import write_dataset_archive
-from llsmflow.provenance import StepRecorder, package_versions
+from llsmflow.provenance.record import package_versions
+from llsmflow.run.steps import StepRecorder
 from llsmflow.stitch.fused import stack_fused
 from llsmflow.stitch.transforms import read_transforms
 

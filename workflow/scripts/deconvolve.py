@@ -4,12 +4,12 @@ import contextlib
 import logging
 import os
 
-from llsmflow.cluster import dask_cluster
 from llsmflow.decon.api import deconvolve
 from llsmflow.decon.fft import FFTW_WISDOM_ENV
+from llsmflow.hpc.cluster import dask_cluster
 from llsmflow.io import read_volume, read_volume_description, write_volume
 from llsmflow.progress import progress_logger
-from llsmflow.provenance import StepRecorder
+from llsmflow.run.steps import StepRecorder
 
 with contextlib.ExitStack() as stack:
     step = stack.enter_context(StepRecorder.for_workflow_job(snakemake))

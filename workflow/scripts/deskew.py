@@ -2,7 +2,7 @@
 
 from llsmflow.deskew.shear import deskew
 from llsmflow.io import read_volume, write_volume
-from llsmflow.provenance import StepRecorder
+from llsmflow.run.steps import StepRecorder
 
 with StepRecorder.for_workflow_job(snakemake) as step:
     p = snakemake.params

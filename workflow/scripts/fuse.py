@@ -2,9 +2,9 @@
 
 import logging
 
-from llsmflow.cluster import dask_cluster
+from llsmflow.hpc.cluster import dask_cluster
 from llsmflow.progress import progress_logger
-from llsmflow.provenance import StepRecorder
+from llsmflow.run.steps import StepRecorder
 from llsmflow.stitch.fusion import fuse_to_zarr
 from llsmflow.stitch.tiles import tile_from_deskewed
 from llsmflow.stitch.transforms import positions_from_transforms, read_transforms

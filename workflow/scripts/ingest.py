@@ -2,7 +2,7 @@
 
 from llsmflow.ingest import read_acquisition
 from llsmflow.io import atomic_output, write_json
-from llsmflow.provenance import StepRecorder
+from llsmflow.run.steps import StepRecorder
 
 with StepRecorder.for_workflow_job(snakemake) as step:
     acquisition = read_acquisition(

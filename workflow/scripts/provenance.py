@@ -7,9 +7,10 @@ from pathlib import Path
 import yaml
 
 from llsmflow.archive.manifest import write_checksum_manifest
-from llsmflow.crate import write_crate
 from llsmflow.io import atomic_output, write_json
-from llsmflow.provenance import configure_logging, run_record, scrub
+from llsmflow.provenance.crate import write_crate
+from llsmflow.provenance.record import run_record, scrub
+from llsmflow.run.steps import configure_logging
 
 configure_logging(snakemake.log[0])
 p = snakemake.params

@@ -3,8 +3,8 @@
 from pathlib import Path
 
 from llsmflow.archive.ome_zarr import read_ome_zarr
-from llsmflow.provenance import StepRecorder
 from llsmflow.qc.previews import save_mosaic
+from llsmflow.run.steps import StepRecorder
 from llsmflow.stitch.transforms import read_transforms
 
 with StepRecorder.for_workflow_job(snakemake) as step:

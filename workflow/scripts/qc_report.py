@@ -1,10 +1,11 @@
-"""Write the self-contained QC report of the run (thin wrapper over llsmflow.report)."""
+"""Write the self-contained QC report of the run (thin wrapper over llsmflow.qc.report)."""
 
 import json
 from pathlib import Path
 
-from llsmflow.provenance import StepRecorder
-from llsmflow.report import provenance_summary, read_manifest, read_step_records, write_report
+from llsmflow.provenance.record import provenance_summary
+from llsmflow.qc.report import read_manifest, write_report
+from llsmflow.run.steps import StepRecorder, read_step_records, summarise_steps
 from llsmflow.stitch.transforms import read_transforms
 
 with StepRecorder.for_workflow_job(snakemake) as step:
@@ -32,5 +33,6 @@ with StepRecorder.for_workflow_job(snakemake) as step:
         transforms=read_transforms(inputs.transforms),
         min_quality=p.min_quality,
         acquisition=json.loads(Path(inputs.acquisition).read_text(encoding="utf-8")),
+        step_summary=summarise_steps(records),
     )
     step.note(images=len(inputs.tiles) + 1 + len(inputs.tracks) + len(inputs.msd), jobs=len(records))

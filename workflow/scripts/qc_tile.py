@@ -1,8 +1,8 @@
 """Raw / deskewed / deconvolved maximum projections of one tile and channel (thin wrapper over llsmflow.qc)."""
 
 from llsmflow.io import read_volume
-from llsmflow.provenance import StepRecorder
 from llsmflow.qc.previews import save_projection_grid, tile_projection_rows
+from llsmflow.run.steps import StepRecorder
 
 with StepRecorder.for_workflow_job(snakemake) as step:
     raw = read_volume(snakemake.input.raw).data

@@ -5,7 +5,7 @@ import csv
 import numpy as np
 
 from llsmflow.io import atomic_output
-from llsmflow.provenance import StepRecorder
+from llsmflow.run.steps import StepRecorder
 from llsmflow.stitch.optimise import register_tiles
 from llsmflow.stitch.tiles import tile_from_deskewed
 from llsmflow.stitch.transforms import write_transforms

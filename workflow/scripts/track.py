@@ -4,7 +4,7 @@ import logging
 
 from llsmflow.io import atomic_output
 from llsmflow.progress import progress_logger
-from llsmflow.provenance import StepRecorder
+from llsmflow.run.steps import StepRecorder
 from llsmflow.stitch.fused import read_fused
 from llsmflow.track import (
     ensemble_msd,

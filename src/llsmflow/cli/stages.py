@@ -77,7 +77,7 @@ def cmd_synth(args) -> int:
 
 
 def cmd_deskew(args) -> int:
-    from llsmflow.geometry import deskew, deskew_rotate
+    from llsmflow.deskew import deskew, deskew_rotate
     from llsmflow.io import read_volume, write_volume
 
     raw = read_volume(args.input, channel=args.channel, timepoint=args.timepoint)

@@ -364,7 +364,7 @@ def resolve_images(section: dict | None, backend: str = "cpu", verify_local: boo
             )
         if verify_local:
             _verify_local(Path(reference.removeprefix("file://")), expected, key)
-    from llsmflow.decon import GPU_BACKENDS
+    from llsmflow.decon.backends import GPU_BACKENDS
 
     gpu_deconvolve = images["gpu"] is not None and backend in GPU_BACKENDS
     images["deconvolve"] = images["gpu"] if gpu_deconvolve else images["cpu"]

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from llsmflow.decon import GPU_BACKENDS  # noqa: F401  (the deconvolve rule requests a GPU only for these)
+from llsmflow.decon.backends import GPU_BACKENDS  # the deconvolve rule requests a GPU only for these
 from llsmflow.errors import LlsmflowError
 from llsmflow.hpc.profiles import GROUPS
 
@@ -134,7 +134,7 @@ def _tiff_shape(path: Path) -> tuple[int, ...]:
 def _prepared_psf_shape(acq, channel: int, voxel) -> tuple[int, int, int]:
     """Shape of a channel's PSF as the deconvolution uses it (prepared: resampled, cropped to its support);
     if it cannot be prepared here, the stack's shape resampled to ``voxel`` (an upper bound)."""
-    from llsmflow.decon import prepare_psf
+    from llsmflow.decon.psf import prepare_psf
     from llsmflow.io import read_volume
 
     path = acq.psf_path(channel)
@@ -157,8 +157,8 @@ def volume_sizes(acq) -> VolumeSizes:
     header; the deskewed shape from the geometry; the PSF shape from the PSF stacks prepared as the
     deconvolution prepares them (the largest over channels); the fused shape from the tiles' nominal positions.
     """
-    from llsmflow.geometry import deskewed_shape
-    from llsmflow.stitch import fused_extent
+    from llsmflow.deskew.frames import deskewed_shape
+    from llsmflow.stitch.grid import fused_extent
 
     raw = acq.metadata.get("raw_shape_zyx")
     if raw is None:
@@ -185,7 +185,9 @@ def volume_sizes(acq) -> VolumeSizes:
 
 
 def _decon_resources(sizes: VolumeSizes, decon: Mapping, cores: int | None) -> StepResources:
-    from llsmflow.decon import DEFAULT_ITERATIONS, estimate_memory, padded_shape, reach_shape
+    from llsmflow.decon.backends import DEFAULT_ITERATIONS
+    from llsmflow.decon.chunks import estimate_memory, reach_shape
+    from llsmflow.decon.padding import padded_shape
 
     method = decon["method"]
     iterations = decon["iterations"] or DEFAULT_ITERATIONS[method]

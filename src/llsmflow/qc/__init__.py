@@ -19,6 +19,10 @@ _EXPORTS = {
     "save_projection_grid": "previews",
     "tile_projection_rows": "previews",
     "save_mosaic": "previews",
+    "render_report": "report",
+    "write_report": "report",
+    "png_data_uri": "report",
+    "read_manifest": "report",
 }
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

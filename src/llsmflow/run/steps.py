@@ -51,7 +51,7 @@ def _ran_on_gpu(backend) -> bool:
     if not backend:
         return False
     # imported only here: a step that noted no backend does not pay for the deconvolution package
-    from llsmflow.decon import GPU_BACKENDS
+    from llsmflow.decon.backends import GPU_BACKENDS
 
     return str(backend).lower() in GPU_BACKENDS
 

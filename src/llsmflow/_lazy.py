@@ -22,7 +22,8 @@ def lazy_exports(package: str, names: Mapping[str, str]) -> tuple[Callable[[str]
     package : str
         The package's ``__name__``.
     names : mapping
-        Public name -> name of the submodule (relative to ``package``) that defines it.
+        Public name -> name of the submodule (relative to ``package``) that defines it, or an absolute
+        ``llsmflow.…`` module for a name that moved to another package and is still answered here.
 
     Examples
     --------
@@ -37,7 +38,8 @@ def lazy_exports(package: str, names: Mapping[str, str]) -> tuple[Callable[[str]
             submodule = names[name]
         except KeyError:
             raise AttributeError(f"module {package!r} has no attribute {name!r}") from None
-        value = getattr(importlib.import_module(f"{package}.{submodule}"), name)
+        module = submodule if submodule.startswith("llsmflow.") else f"{package}.{submodule}"
+        value = getattr(importlib.import_module(module), name)
         globals_of_package = importlib.import_module(package).__dict__
         globals_of_package[name] = value  # later lookups do not come back here
         return value

@@ -4,7 +4,15 @@ Kept because older recorded workflow snapshots (the fuse and deconvolve scripts)
 :func:`dask_cluster` from here.
 """
 
-from llsmflow.hpc.cluster import DEFAULTS, KINDS, dask_cluster, settings_from, slurm_cluster_kwargs
-from llsmflow.parallel import client_threads
+from llsmflow._lazy import lazy_exports
 
-__all__ = ["DEFAULTS", "KINDS", "client_threads", "dask_cluster", "settings_from", "slurm_cluster_kwargs"]
+_MOVED = {
+    "DEFAULTS": "llsmflow.hpc.cluster",
+    "KINDS": "llsmflow.hpc.cluster",
+    "dask_cluster": "llsmflow.hpc.cluster",
+    "settings_from": "llsmflow.hpc.cluster",
+    "slurm_cluster_kwargs": "llsmflow.hpc.cluster",
+    "client_threads": "llsmflow.parallel",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _MOVED)
+__all__ = sorted(_MOVED)

@@ -1,56 +1,32 @@
 """Old home of the Apptainer image code, now :mod:`llsmflow.hpc.containers`.
 
 Kept because older recorded workflow snapshots (their ``Snakefile`` imports :func:`resolve_images`), the image
-definitions' ``%test`` (:func:`check_image`) and the docs import it from here. ``GPU_BACKENDS`` is
-:data:`llsmflow.decon.GPU_BACKENDS`, looked up on first use.
+definitions' ``%test`` (:func:`check_image`) and the docs import it from here. Each name is looked up in its
+new home on first use.
 """
 
-from llsmflow.hpc.containers import (
-    BUILDERS,
-    FLAVOURS,
-    GPU_MODULES,
-    LABELS_FILE,
-    PROVENANCE_VARIABLES,
-    REQUIRED_MODULES,
-    build_image,
-    check_image,
-    container_runtime,
-    definition_path,
-    is_remote,
-    parse_definition,
-    pin_lines,
-    render_definition,
-    repository_root,
-    resolve_images,
-    running_container,
-    spython_runtime,
-)
+from llsmflow._lazy import lazy_exports
 
-__all__ = [
-    "BUILDERS",
-    "FLAVOURS",
-    "GPU_MODULES",
-    "LABELS_FILE",
-    "PROVENANCE_VARIABLES",
-    "REQUIRED_MODULES",
-    "build_image",
-    "check_image",
-    "container_runtime",
-    "definition_path",
-    "is_remote",
-    "parse_definition",
-    "pin_lines",
-    "render_definition",
-    "repository_root",
-    "resolve_images",
-    "running_container",
-    "spython_runtime",
-]
-
-
-def __getattr__(name: str):
-    if name == "GPU_BACKENDS":
-        from llsmflow.decon import GPU_BACKENDS
-
-        return GPU_BACKENDS
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+_MOVED = {
+    "BUILDERS": "llsmflow.hpc.containers",
+    "FLAVOURS": "llsmflow.hpc.containers",
+    "GPU_MODULES": "llsmflow.hpc.containers",
+    "LABELS_FILE": "llsmflow.hpc.containers",
+    "PROVENANCE_VARIABLES": "llsmflow.hpc.containers",
+    "REQUIRED_MODULES": "llsmflow.hpc.containers",
+    "build_image": "llsmflow.hpc.containers",
+    "check_image": "llsmflow.hpc.containers",
+    "container_runtime": "llsmflow.hpc.containers",
+    "definition_path": "llsmflow.hpc.containers",
+    "is_remote": "llsmflow.hpc.containers",
+    "parse_definition": "llsmflow.hpc.containers",
+    "pin_lines": "llsmflow.hpc.containers",
+    "render_definition": "llsmflow.hpc.containers",
+    "repository_root": "llsmflow.hpc.containers",
+    "resolve_images": "llsmflow.hpc.containers",
+    "running_container": "llsmflow.hpc.containers",
+    "spython_runtime": "llsmflow.hpc.containers",
+    "GPU_BACKENDS": "llsmflow.decon.backends",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _MOVED)
+__all__ = sorted(_MOVED)

@@ -3,32 +3,21 @@
 Kept because older recorded workflow snapshots (the provenance script) import :func:`write_crate` from here.
 """
 
-from llsmflow.provenance.crate import (
-    CRATE_FILES,
-    LICENSE,
-    METADATA,
-    PROFILES,
-    RO_CRATE_VERSION,
-    WFRUN,
-    WFRUN_TERMS,
-    WORKFLOW_FILES,
-    build_crate,
-    copy_workflow,
-    flatten_config,
-    write_crate,
-)
+from llsmflow._lazy import lazy_exports
 
-__all__ = [
-    "CRATE_FILES",
-    "LICENSE",
-    "METADATA",
-    "PROFILES",
-    "RO_CRATE_VERSION",
-    "WFRUN",
-    "WFRUN_TERMS",
-    "WORKFLOW_FILES",
-    "build_crate",
-    "copy_workflow",
-    "flatten_config",
-    "write_crate",
-]
+_MOVED = {
+    "CRATE_FILES": "llsmflow.provenance.crate",
+    "LICENSE": "llsmflow.provenance.crate",
+    "METADATA": "llsmflow.provenance.crate",
+    "PROFILES": "llsmflow.provenance.crate",
+    "RO_CRATE_VERSION": "llsmflow.provenance.crate",
+    "WFRUN": "llsmflow.provenance.crate",
+    "WFRUN_TERMS": "llsmflow.provenance.crate",
+    "WORKFLOW_FILES": "llsmflow.provenance.crate",
+    "build_crate": "llsmflow.provenance.crate",
+    "copy_workflow": "llsmflow.provenance.crate",
+    "flatten_config": "llsmflow.provenance.crate",
+    "write_crate": "llsmflow.provenance.crate",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _MOVED)
+__all__ = sorted(_MOVED)

@@ -5,20 +5,8 @@ Kept because docs, bench scripts and the workflow snapshots recorded in older pr
 up on first use, so importing this module costs no more than importing the package.
 """
 
-from __future__ import annotations
+from llsmflow._lazy import lazy_exports
+from llsmflow.deskew import _EXPORTS
 
-import llsmflow.deskew as _deskew
-
-__all__ = list(_deskew.__all__)
-
-
-def __getattr__(name: str):
-    if name not in __all__:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(_deskew, name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, {name: f"llsmflow.deskew.{module}" for name, module in _EXPORTS.items()})
+__all__ = sorted(_EXPORTS)

@@ -20,8 +20,6 @@ imported until a name is used.
 
 from __future__ import annotations
 
-import importlib
-
 from llsmflow._lazy import lazy_exports
 
 _HERE = {
@@ -54,24 +52,9 @@ _ELSEWHERE = {
     "StepRecorder": "llsmflow.run.steps",
     "configure_logging": "llsmflow.run.steps",
     "peak_memory_mb": "llsmflow.run.steps",
-    "GPU_BACKENDS": "llsmflow.decon",
+    "GPU_BACKENDS": "llsmflow.decon.backends",
     "sha256_file": "llsmflow.io",
     "write_json": "llsmflow.io",
 }
-_getattr_here, _dir_here = lazy_exports(__name__, _HERE)
-
-
-def __getattr__(name: str):
-    module = _ELSEWHERE.get(name)
-    if module is None:
-        return _getattr_here(name)
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list:
-    return sorted(set(_dir_here()) | set(_ELSEWHERE))
-
-
+__getattr__, __dir__ = lazy_exports(__name__, {**_HERE, **_ELSEWHERE})
 __all__ = sorted([*_HERE, *_ELSEWHERE])

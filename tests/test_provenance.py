@@ -202,6 +202,21 @@ def test_png_comparison_tolerates_flipped_edge_pixels_but_not_changed_content():
     assert verdict.status == "different" and "% by more than 2" in verdict.detail
 
 
+def test_json_comparison_skips_environment_versions_but_not_results():
+    """Package versions in an archive's metadata describe the environment (reproduce warns about them
+    separately); a changed value anywhere else is a difference."""
+    from llsmflow.provenance.reproduce import json_differences
+
+    original = {"attributes": {"llsmflow": {"software": {"numpy": "2.1"}, "voxel_size_um": [0.2, 0.1, 0.1]}}}
+    software = {"numpy": "2.2", "pyyaml": "6"}
+    newer_env = {"attributes": {"llsmflow": {"software": software, "voxel_size_um": [0.2, 0.1, 0.1]}}}
+    assert json_differences(original, newer_env) == []
+    changed = {"attributes": {"llsmflow": {"software": {"numpy": "2.1"}, "voxel_size_um": [0.2, 0.1, 0.2]}}}
+    assert json_differences(original, changed) == ["/attributes/llsmflow/voxel_size_um[2]: 0.2 vs 0.1"]
+    extra = {"attributes": {"llsmflow": {**original["attributes"]["llsmflow"], "tracks": 3}}}
+    assert json_differences(original, extra) == ["/attributes/llsmflow: keys ['tracks']"]
+
+
 def test_recorded_packages_follow_the_declared_requirements():
     """One list: llsmflow, every requirement of pyproject.toml with its extras (not the test tools), GPU ones."""
     import tomllib

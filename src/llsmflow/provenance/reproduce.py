@@ -25,7 +25,9 @@ byte comparison:
   fewer than :data:`PNG_MAX_OUTLIER_FRACTION` off by more than :data:`PNG_MAX_LEVELS` levels (an anti-aliased
   edge of a tile outline or a label that moved by a round-off flips a handful of pixels completely);
 - JSON (Zarr metadata): equal structure and strings, numbers within ``RTOL·|a| + JSON_ATOL``; ``sha256``
-  and ``bytes`` values are skipped (they describe files compared in their own right).
+  and ``bytes`` values are skipped (they describe files compared in their own right), and so are ``software``
+  blocks (the package versions of the environment that ran: they are not results, and
+  :func:`version_warnings` reports every difference from the recorded versions before the comparison).
 
 The archive's own ``checksums.sha256`` is not compared (derived from the files that are), nor the QC report
 (``qc/report.html``: run times and hosts; the figures it embeds are compared as PNG files). Files outside the
@@ -56,6 +58,9 @@ TABLE_RTOL = 1e-4  # table columns: per-particle measures amplify image differen
 # trackpy's ``signal`` (peak of the band-passed image) and ``ep`` (localisation error from a noise estimate) amplify
 # the ~4e-7 run-to-run image differences some 300-fold (up to 1.2e-4 seen): tolerated to 1e-2.
 COLUMN_RTOL = {"signal": 1e-2, "ep": 1e-2}
+# JSON keys not compared: file checksums and sizes (the files are compared in their own right) and the
+# environment's package versions (not results; version_warnings reports them)
+JSON_NOT_COMPARED = frozenset({"sha256", "bytes", "software"})
 JSON_ATOL = 1e-12  # JSON numbers: |a - b| <= RTOL * |a| + JSON_ATOL (residuals of ~1e-17 are rounding noise)
 PNG_MAX_FRACTION = 0.01  # 8-bit previews and plots: fewer than 1 % of pixels differing at all ...
 PNG_MAX_LEVELS = 2  # ... and fewer than 0.01 % of them off by more than 2 of 255 levels
@@ -251,14 +256,13 @@ def compare_png(a, b, path: str) -> Comparison:
 
 
 def json_differences(a, b, where: str = "") -> list[str]:
-    """Differences between two parsed JSON documents: numbers within tolerance, ``sha256`` and ``bytes`` keys
-    skipped (they describe files compared in their own right); ``[]`` if they agree."""
+    """Differences between two parsed JSON documents: numbers within tolerance, the keys of
+    :data:`JSON_NOT_COMPARED` skipped; ``[]`` if they agree."""
     if isinstance(a, dict) and isinstance(b, dict):
-        if set(a) != set(b):
-            return [f"{where or '/'}: keys {sorted(set(a) ^ set(b))}"]
+        if set(a) - JSON_NOT_COMPARED != set(b) - JSON_NOT_COMPARED:
+            return [f"{where or '/'}: keys {sorted((set(a) ^ set(b)) - JSON_NOT_COMPARED)}"]
         found = []
-        for key in a:
-            if key not in ("sha256", "bytes"):
+        for key in (k for k in a if k not in JSON_NOT_COMPARED):
                 found += json_differences(a[key], b[key], f"{where}/{key}")
         return found
     if isinstance(a, list) and isinstance(b, list):
@@ -346,7 +350,11 @@ def compare_file(original: Path, rerun: Path, path: str) -> Comparison:
             if found:
                 more = f" and {len(found) - 5} more" if len(found) > 5 else ""
                 return Comparison(path, "different", "JSON " + "; ".join(found[:5]) + more)
-            return Comparison(path, "within tolerance", f"JSON numbers within {RTOL:g}|a| + {JSON_ATOL:g}")
+            return Comparison(
+                path,
+                "within tolerance",
+                f"JSON numbers within {RTOL:g}|a| + {JSON_ATOL:g}; {', '.join(sorted(JSON_NOT_COMPARED))} not compared",
+            )
     except (ValueError, OSError) as error:
         return Comparison(path, "different", f"unreadable: {error}")
     return Comparison(path, "different", "bytes differ")
@@ -460,6 +468,6 @@ def reproduce(
         f"{counts['identical']} identical, {counts['within tolerance']} within tolerance, "
         f"{counts['different']} different, {counts['missing']} missing; not compared: provenance/ "
         "(timestamps, hosts), logs and step records, the archive's checksums.sha256 (derived), qc/report.html "
-        "(run times and hosts; its figures are compared)"
+        "(run times and hosts; its figures are compared), software versions in metadata (warned above)"
     )
     return 1 if counts["different"] or counts["missing"] else 0

@@ -96,3 +96,44 @@ def test_the_lists_name_real_schema_keys():
     """No stale entry: every listed key exists in the schema (a renamed option must be renamed here)."""
     for section, key in [*LIBRARY, *WORKFLOW_ONLY]:
         assert key in schema_defaults(section), f"{section}.{key}"
+
+
+# The stage commands restate the defaults in their flags so that `--help` can show them; each is checked
+# here against the schema: (subcommand, argparse dest) -> (section, key)
+CLI = {
+    ("deconvolve", "iterations"): ("deconvolution", "iterations"),
+    ("deconvolve", "background"): ("deconvolution", "background"),
+    ("deconvolve", "method"): ("deconvolution", "method"),
+    ("deconvolve", "backend"): ("deconvolution", "backend"),
+    ("deconvolve", "max_memory"): ("deconvolution", "max_memory_gb"),
+    ("stitch", "min_quality"): ("stitch", "min_quality"),
+    ("stitch", "max_shift_um"): ("stitch", "max_shift_um"),
+    ("stitch", "blend_width_um"): ("stitch", "blend_width_um"),
+    ("stitch", "max_memory"): ("stitch", "max_memory_gb"),
+    ("track", "diameter_um"): ("track", "diameter_um"),
+    ("track", "search_range_um"): ("track", "search_range_um"),
+    ("track", "memory"): ("track", "memory"),
+    ("track", "min_track_length"): ("track", "min_track_length"),
+    ("track", "min_mass"): ("track", "min_mass"),
+    ("archive", "ngff_version"): ("archive", "ngff_version"),
+}
+
+
+def subcommand_actions() -> dict:
+    import argparse
+
+    from llsmflow.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {name: {a.dest: a for a in p._actions} for name, p in sub.choices.items()}
+
+
+def test_stage_command_flags_default_to_the_schema():
+    actions = subcommand_actions()
+    for (command, dest), (section, key) in CLI.items():
+        flag, expected = actions[command][dest], schema_defaults(section)[key]
+        default = flag.default[0] if flag.nargs == "+" and len(flag.default) == 1 else flag.default
+        assert default == expected, f"llsmflow {command} {flag.option_strings[0]} {default!r} vs {section}.{key}"
+        if flag.choices is not None:
+            assert set(flag.choices) == set(SCHEMA["properties"][section]["properties"][key]["enum"])

@@ -341,7 +341,12 @@ def register_stage_commands(sub) -> None:
         default="rl",
         help="rl: Richardson–Lucy; wb: Wiener–Butterworth back projector (converges in ~3 iterations)",
     )
-    p.add_argument("--backend", choices=("auto", "cpu", "cupy", "pycudadecon"), default="auto")
+    p.add_argument(
+        "--backend",
+        choices=("auto", "cpu", "cupy", "pycudadecon"),
+        default="cpu",
+        help="where to compute; auto: pycudadecon, else CuPy, else the CPU, whichever is available",
+    )
     p.add_argument(
         "--max-memory",
         type=float,

@@ -770,7 +770,7 @@ def test_read_transforms_and_fused_errors(tmp_path):
 
 
 def test_unreadable_tile_header_is_one_clear_error(tmp_path):
-    from llsmflow.hpc import _tiff_shape
+    from llsmflow.hpc.resources import _tiff_shape
     from llsmflow.stitch._tilefile import _tiff_peek
 
     bad = tmp_path / "tile.ome.tif"

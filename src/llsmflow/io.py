@@ -233,7 +233,7 @@ def _check_fits_float32(path: Path, data: np.ndarray) -> None:
     become infinite, and the fault would then be reported on an intermediate file, not on this one."""
     if data.dtype.kind != "f" or data.dtype.itemsize <= 4 or data.size == 0:
         return
-    largest = float(np.max(np.abs(data)))
+    largest = max(float(data.max()), -float(data.min()))  # no |data| copy of a large stack
     limit = float(np.finfo(np.float32).max)
     if largest > limit:
         raise LlsmflowError(

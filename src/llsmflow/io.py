@@ -158,6 +158,7 @@ def read_volume(
     with open_tiff(path) as tif:
         series = tif.series[0]
         axes = series.axes
+        _check_not_empty(path, tuple(series.shape))
         _check_complete(path, _tiff_data_end(series))
         data = series.asarray()
         file_voxel = file_voxel_size(tif)
@@ -195,6 +196,7 @@ def read_volume(
         raise LlsmflowError(f"has dtype {data.dtype}; expected an integer or floating point image", path)
     if data.dtype.kind == "f" and not np.all(np.isfinite(data)):
         raise LlsmflowError("contains NaN or infinite voxels; expected finite intensities", path)
+    _check_fits_float32(path, data)
 
     voxel = voxel_size_um if voxel_size_um is not None else file_voxel
     if voxel is not None:
@@ -216,6 +218,31 @@ def _tiff_data_end(series) -> int:
     return end
 
 
+def _check_not_empty(path: Path, shape: tuple) -> None:
+    """A TIFF whose series has an axis of size 0 holds no pixels: say so (its data offsets would otherwise
+    point past the end of the file and read as "truncated")."""
+    if 0 in shape:
+        raise LlsmflowError(
+            f"has shape {shape}, an axis of size 0; expected a volume with at least one voxel along each axis",
+            path,
+        )
+
+
+def _check_fits_float32(path: Path, data: np.ndarray) -> None:
+    """Refuse floating point values beyond float32's range: every step computes in float32, where they would
+    become infinite, and the fault would then be reported on an intermediate file, not on this one."""
+    if data.dtype.kind != "f" or data.dtype.itemsize <= 4 or data.size == 0:
+        return
+    largest = max(float(data.max()), -float(data.min()))  # no |data| copy of a large stack
+    limit = float(np.finfo(np.float32).max)
+    if largest > limit:
+        raise LlsmflowError(
+            f"has {data.dtype} values up to {largest:.3g}, beyond float32's largest {limit:.3g}; expected "
+            "intensities that fit float32 (llsmflow computes in float32): rescale the data",
+            path,
+        )
+
+
 def _check_complete(path: Path, end: int) -> None:
     size = path.stat().st_size
     if end > size:
@@ -230,9 +257,9 @@ def read_header(path: str | Path) -> tuple[tuple[int, int, int], np.dtype]:
     """Shape (ZYX voxels) and dtype of the volume in a TIFF, checked without reading its pixels.
 
     Used by ingest to reject a damaged or inconsistent acquisition before any step runs: the file must parse,
-    hold all the pixel data its header announces (a file cut short by an interrupted copy does not), have
-    real integer or floating point samples, and one ZYX volume (axes of size 1 are dropped; a single YX
-    plane counts as one plane).
+    have no axis of size 0, hold all the pixel data its header announces (a file cut short by an interrupted
+    copy does not), have real integer or floating point samples, and one ZYX volume (axes of size 1 are
+    dropped; a single YX plane counts as one plane).
 
     Raises
     ------
@@ -244,6 +271,7 @@ def read_header(path: str | Path) -> tuple[tuple[int, int, int], np.dtype]:
         series = tif.series[0]
         axes, shape, dtype = series.axes, tuple(series.shape), np.dtype(series.dtype)
         end = _tiff_data_end(series)
+    _check_not_empty(path, shape)
     _check_complete(path, end)
     if dtype.kind not in "uif":
         raise LlsmflowError(f"has dtype {dtype}; expected an integer or floating point image", path)

@@ -135,7 +135,8 @@ def prepare_psf(
     Raises
     ------
     LlsmflowError
-        Not 3-D, non-finite values, bad voxel sizes or background, or no signal above background.
+        Not 3-D (fewer than 2 voxels along an axis: a 2-D image is not a PSF), non-finite values, bad voxel
+        sizes or background, or no signal above background.
 
     Notes
     -----
@@ -145,6 +146,12 @@ def prepare_psf(
     by up to a few per cent, which would change the PSF's physical width.
     """
     arr = _check_volume(psf, "PSF").astype(np.float64)
+    if min(arr.shape) < 2:
+        # a 2-D image read as one plane would deconvolve as a PSF with no axial extent: refused
+        raise LlsmflowError(
+            f"PSF has shape {arr.shape} (ZYX), a single plane or line; expected a 3-D bead stack with more "
+            "than one voxel along z, y and x"
+        )
     psf_voxel = require_positive_voxel_size(psf_voxel_um, what="PSF voxel size")
     data_voxel = require_positive_voxel_size(data_voxel_um, what="data voxel size")
     if len(psf_voxel) != 3 or len(data_voxel) != 3:

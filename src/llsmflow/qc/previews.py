@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -84,6 +85,16 @@ def tile_projection_rows(
     return [yx, zx]
 
 
+# Mosaic positions are drawn on a grid of 1/_QUANTUM voxel (integer units), so that round-off in the
+# registered origins (a resumed run re-registers: last-bit differences) cannot move a drawn edge.
+_QUANTUM = 64
+
+
+def _units(value_um: float, voxel_um: float) -> int:
+    """``value_um`` in integer units of ``voxel_um / _QUANTUM``."""
+    return round(float(value_um) / float(voxel_um) * _QUANTUM)
+
+
 def save_mosaic(
     projection_yx: np.ndarray,
     origin_um,
@@ -98,23 +109,31 @@ def save_mosaic(
     ``tiles`` maps tile name to ``(origin_um (z, y, x), shape (z, y, x))``. ``pairs`` (optional, the ``pairs``
     of a transforms file: ``a``, ``b``, ``quality``, ``used``) draws a line between the centres of each
     registered pair, labelled with its correlation quality (solid: used, dashed: rejected).
+
+    The figure cannot move under round-off: positions (the projection's origin, the tile outlines, the pair
+    lines) are drawn on a grid of 1/64 voxel, and the plot's extent is the projection's rounded outward to
+    whole voxels of the mosaic's nominal grid (multiples of the voxel size from the stage origin). Two calls
+    whose origins differ by round-off (a re-registration after a resume) write byte-identical PNGs.
     """
-    dy, dx = voxel_size_um[1], voxel_size_um[2]
+    dy, dx = float(voxel_size_um[1]), float(voxel_size_um[2])
+    uy, ux = dy / _QUANTUM, dx / _QUANTUM
+    half = _QUANTUM // 2
     ny, nx = projection_yx.shape
-    extent = (
-        origin_um[2] - dx / 2,
-        origin_um[2] + (nx - 0.5) * dx,
-        origin_um[1] + (ny - 0.5) * dy,
-        origin_um[1] - dy / 2,
-    )
+    oy, ox = _units(origin_um[1], dy), _units(origin_um[2], dx)
+    left, right = ox - half, ox + nx * _QUANTUM - half
+    top, bottom = oy - half, oy + ny * _QUANTUM - half
+    extent = (left * ux, right * ux, bottom * uy, top * uy)
     fig, ax = plt.subplots(figsize=(7, 7 * ny * dy / max(nx * dx, 1e-9) + 0.8))
     lo, hi = contrast_limits(projection_yx)
     ax.imshow(projection_yx, cmap="gray", vmin=lo, vmax=hi, extent=extent, interpolation="nearest")
     colours = plt.cm.tab10.colors
-    for i, (name, (origin, shape)) in enumerate(sorted(tiles.items())):
+    boxes = {
+        name: (_units(origin[1], dy), _units(origin[2], dx), shape) for name, (origin, shape) in tiles.items()
+    }
+    for i, (name, (ty, tx, shape)) in enumerate(sorted(boxes.items())):
         ax.add_patch(
             Rectangle(
-                (origin[2] - dx / 2, origin[1] - dy / 2),
+                ((tx - half) * ux, (ty - half) * uy),
                 shape[2] * dx,
                 shape[1] * dy,
                 fill=False,
@@ -126,7 +145,7 @@ def save_mosaic(
     for pair in pairs or []:
         if pair.get("a") not in tiles or pair.get("b") not in tiles:
             continue
-        (ya, xa), (yb, xb) = (_centre_yx(*tiles[pair["a"]], dy, dx), _centre_yx(*tiles[pair["b"]], dy, dx))
+        (ya, xa), (yb, xb) = (_centre_yx(*boxes[pair["a"]], uy, ux), _centre_yx(*boxes[pair["b"]], uy, ux))
         used = bool(pair.get("used", True))
         ax.plot([xa, xb], [ya, yb], "-" if used else "--", color="yellow" if used else "red", linewidth=1.0)
         ax.annotate(
@@ -138,6 +157,9 @@ def save_mosaic(
             va="center",
             bbox={"facecolor": "black", "alpha": 0.6, "linewidth": 0, "pad": 1.5},
         )
+    # whole voxels of the nominal grid, outward (integer arithmetic on the quantised units)
+    ax.set_xlim(math.floor(left / _QUANTUM) * dx, math.ceil(right / _QUANTUM) * dx)
+    ax.set_ylim(math.ceil(bottom / _QUANTUM) * dy, math.floor(top / _QUANTUM) * dy)
     ax.set_xlabel("x (µm)")
     ax.set_ylabel("y (µm)")
     ax.legend(fontsize=7, loc="upper right")
@@ -147,9 +169,9 @@ def save_mosaic(
     return _save(fig, out_png)
 
 
-def _centre_yx(origin_um, shape, dy: float, dx: float) -> tuple[float, float]:
-    """Centre (y, x) in µm of a tile with ``origin_um`` (z, y, x) and ``shape`` (z, y, x) voxels."""
-    return origin_um[1] + (shape[1] - 1) * dy / 2, origin_um[2] + (shape[2] - 1) * dx / 2
+def _centre_yx(ty: int, tx: int, shape, uy: float, ux: float) -> tuple[float, float]:
+    """Centre (y, x) in µm of a tile whose origin is ``(ty, tx)`` quantised units and ``shape`` (z, y, x)."""
+    return (ty + (shape[1] - 1) * _QUANTUM / 2) * uy, (tx + (shape[2] - 1) * _QUANTUM / 2) * ux
 
 
 def _save(fig, out_png) -> Path:

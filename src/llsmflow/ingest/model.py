@@ -1,0 +1,90 @@
+"""The acquisition model: what the workflow needs to know about one raw acquisition, whatever its format.
+
+Every reader fills the same :class:`Acquisition` (today ``acquisition.json``; instrument readers join here),
+so the workflow, the resource model and the archive never look at a format's own metadata.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from llsmflow.deskew.frames import deskewed_plane_spacing_um
+from llsmflow.errors import LlsmflowError
+
+
+def tile_name(ix: int, iy: int, iz: int) -> str:
+    """The tile's name in sample ids and outputs: ``000x_001y_000z``."""
+    return f"{int(ix):03d}x_{int(iy):03d}y_{int(iz):03d}z"
+
+
+@dataclass
+class Acquisition:
+    """Everything the workflow needs to know about one raw acquisition (µm, s, degrees).
+
+    ``declared_timepoints`` is the number of timepoints the metadata declares (``timepoints``), or, when it
+    declares none, one more than the last timepoint found; every timepoint ``0 … declared_timepoints − 1``
+    has a stack in every tile and channel (checked by :func:`llsmflow.ingest.read_acquisition`).
+    """
+
+    raw_dir: Path
+    metadata_path: Path
+    angle_deg: float
+    dz_um: float
+    dx_um: float
+    dy_um: float
+    scan_axis: str
+    time_interval_s: float
+    camera_offset: float
+    channels: list[dict]
+    tiles: pd.DataFrame
+    samples: pd.DataFrame
+    metadata: dict = field(default_factory=dict)
+    declared_timepoints: int | None = None
+
+    @property
+    def deskewed_voxel_size_um(self) -> tuple[float, float, float]:
+        """Voxel size (dz', dy, dx) in µm after deskewing."""
+        return (deskewed_plane_spacing_um(self.dz_um, self.angle_deg), self.dy_um, self.dx_um)
+
+    @property
+    def channel_names(self) -> list[str]:
+        return [c["name"] for c in self.channels]
+
+    @property
+    def timepoints(self) -> list[int]:
+        return sorted(int(t) for t in self.samples["timepoint"].unique())
+
+    def sample_path(self, tile: str, channel: int, timepoint: int) -> Path:
+        """Absolute path of the raw stack for (tile, channel, timepoint)."""
+        row = self.samples.loc[
+            (self.samples["tile"] == tile)
+            & (self.samples["channel"] == channel)
+            & (self.samples["timepoint"] == timepoint)
+        ]
+        if len(row) != 1:
+            raise LlsmflowError(
+                f"no raw stack for tile {tile}, channel {channel}, timepoint {timepoint}", self.raw_dir
+            )
+        return self.raw_dir / row["path"].iloc[0]
+
+    def psf_path(self, channel: int) -> Path:
+        return self.raw_dir / self.channels[channel]["psf"]
+
+
+def tiles_csv_table(acquisition: Acquisition, deskewed_paths: dict[str, str | Path]) -> pd.DataFrame:
+    """The ``tiles.csv`` table (``path,x_um,y_um,z_um``) of nominal objective-frame tile origins."""
+    rows = []
+    for _, tile in acquisition.tiles.iterrows():
+        rows.append(
+            {
+                "path": str(deskewed_paths[tile["tile"]]),
+                "x_um": tile["x_um"],
+                "y_um": tile["y_um"],
+                "z_um": tile["z_um"],
+                "tile": tile["tile"],
+            }
+        )
+    return pd.DataFrame(rows)

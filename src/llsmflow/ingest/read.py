@@ -1,0 +1,157 @@
+"""Read an acquisition directory (``acquisition.json`` + TIFF stacks) into an :class:`Acquisition`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from llsmflow.deskew.frames import deskewed_plane_spacing_um, deskewed_shape, stage_to_objective_um
+from llsmflow.errors import LlsmflowError, require_positive_voxel_size
+from llsmflow.ingest.acquisition_json import (
+    METADATA_NAME,
+    check_channels,
+    check_overrides,
+    compile_file_regex,
+    load_acquisition_json,
+    number,
+)
+from llsmflow.ingest.files import (
+    check_declared_vs_found,
+    check_psf,
+    check_stacks,
+    inside_raw_dir,
+    match_stacks,
+)
+from llsmflow.ingest.model import Acquisition, tile_name
+
+
+def read_acquisition(
+    raw_dir: str | Path,
+    metadata_path: str | Path | None = None,
+    overrides: dict | None = None,
+    check_files: bool = True,
+) -> Acquisition:
+    """Read an acquisition directory into an :class:`Acquisition`.
+
+    Parameters
+    ----------
+    raw_dir:
+        Directory with the raw TIFF stacks (opened read-only, never written).
+    metadata_path:
+        The acquisition metadata file; defaults to ``raw_dir/acquisition.json``.
+    overrides:
+        Values replacing the metadata's (keys: ``angle_deg, dz_um, dx_um, dy_um, time_interval_s, scan_axis,
+        camera_offset``); ``None`` values are ignored.
+    check_files:
+        Also check every stack's TIFF header (readable, complete, real dtype, ZYX, one shape for all) and every
+        PSF (3-D, finite, with signal, smaller than the deskewed volume). This opens every file (a few ms each,
+        the PSFs read whole): done once per run (``llsmflow run`` and the ingest step), not every time the
+        workflow is parsed (each cluster job parses it again).
+
+    Raises
+    ------
+    LlsmflowError
+        One line naming the file, the field or item, the value and the expectation: metadata of the wrong
+        type or out of range, a stack or PSF outside the raw directory, a declared timepoint, channel or tile
+        without stacks (each named), a damaged stack or PSF.
+    """
+    raw_dir = Path(raw_dir)
+    if not raw_dir.is_dir():
+        raise LlsmflowError("raw data directory not found; expected a directory of TIFF stacks", raw_dir)
+    metadata_path = Path(metadata_path) if metadata_path else raw_dir / METADATA_NAME
+    meta = load_acquisition_json(metadata_path)
+    meta.update(check_overrides(overrides))
+
+    angle = number(meta, "angle_deg", metadata_path)
+    if not 0 < abs(angle) < 90:
+        raise LlsmflowError(f"angle_deg = {angle} is out of range; expected 0 < |angle| < 90", metadata_path)
+    dz, dx = number(meta, "dz_um", metadata_path), number(meta, "dx_um", metadata_path)
+    dy = number(meta, "dy_um", metadata_path) if "dy_um" in meta else dx
+    require_positive_voxel_size((dz, dy, dx), metadata_path, what="voxel size (dz_um, dy_um, dx_um)")
+    interval = number(meta, "time_interval_s", metadata_path)
+    if interval <= 0:
+        raise LlsmflowError(f"time_interval_s = {interval} is invalid; expected > 0", metadata_path)
+    scan_axis = meta.get("scan_axis", "x")
+    if scan_axis not in ("x", "y"):
+        raise LlsmflowError(f"scan_axis = {scan_axis!r} is invalid; expected 'x' or 'y'", metadata_path)
+    camera_offset = number(meta, "camera_offset", metadata_path) if "camera_offset" in meta else 0.0
+    if camera_offset < 0:
+        raise LlsmflowError(f"camera_offset = {camera_offset} is invalid; expected >= 0", metadata_path)
+    channels = meta.get("channels") or []
+    if not channels:
+        raise LlsmflowError("metadata lists no channels; expected a 'channels' list", metadata_path)
+    check_channels(channels, metadata_path)
+    for index, channel in enumerate(channels):
+        psf = channel.get("psf")
+        if psf is None:
+            raise LlsmflowError(f"channel {index} names no PSF file; expected a 'psf' entry", metadata_path)
+        if not inside_raw_dir(raw_dir, raw_dir / psf):
+            raise LlsmflowError(
+                f"PSF path {psf!r} escapes the raw data directory; expected a path inside it", metadata_path
+            )
+        if not (raw_dir / psf).is_file():
+            raise LlsmflowError(
+                f"PSF file of channel {index} not found; expected {psf!r} in the raw directory", raw_dir / psf
+            )
+        require_positive_voxel_size(
+            channel.get("psf_voxel_size_um"), metadata_path, what=f"channel {index} psf_voxel_size_um"
+        )
+
+    tiles = _tile_table(meta, angle, metadata_path)
+    pattern = compile_file_regex(meta, metadata_path)
+    samples = match_stacks(raw_dir, pattern, {c["psf"] for c in channels})
+    n_timepoints = check_declared_vs_found(
+        samples, list(tiles["tile"]), len(channels), meta.get("timepoints"), raw_dir, metadata_path
+    )
+    samples = samples.sort_values(["timepoint", "channel", "tile"]).reset_index(drop=True)
+    samples["time_s"] = samples["timepoint"] * interval
+    if check_files:
+        raw_shape = check_stacks(raw_dir, samples, meta.get("raw_shape_zyx"), metadata_path)
+        deskewed = deskewed_shape(raw_shape, dz, dx if scan_axis == "x" else dy, angle, scan_axis)
+        voxel = (deskewed_plane_spacing_um(dz, angle), dy, dx)
+        for index, channel in enumerate(channels):
+            check_psf(raw_dir / channel["psf"], channel["psf_voxel_size_um"], voxel, deskewed, index)
+    return Acquisition(
+        raw_dir=raw_dir,
+        metadata_path=metadata_path,
+        angle_deg=angle,
+        dz_um=dz,
+        dx_um=dx,
+        dy_um=dy,
+        scan_axis=scan_axis,
+        time_interval_s=interval,
+        camera_offset=camera_offset,
+        channels=channels,
+        tiles=tiles,
+        samples=samples,
+        metadata=meta,
+        declared_timepoints=n_timepoints,
+    )
+
+
+def _tile_table(meta: dict, angle: float, path: Path) -> pd.DataFrame:
+    rows = []
+    for entry in meta.get("tiles") or [{"ix": 0, "iy": 0, "iz": 0}]:
+        ix, iy, iz = (int(entry.get(k, 0)) for k in ("ix", "iy", "iz"))
+        stage = tuple(float(entry.get(k, 0.0)) for k in ("stage_x_um", "stage_y_um", "stage_z_um"))
+        origin = stage_to_objective_um(stage, angle)
+        rows.append(
+            {
+                "tile": tile_name(ix, iy, iz),
+                "ix": ix,
+                "iy": iy,
+                "iz": iz,
+                "stage_x_um": stage[0],
+                "stage_y_um": stage[1],
+                "stage_z_um": stage[2],
+                "z_um": origin[0],
+                "y_um": origin[1],
+                "x_um": origin[2],
+            }
+        )
+    table = pd.DataFrame(rows)
+    duplicated = table["tile"][table["tile"].duplicated()]
+    if len(duplicated):
+        raise LlsmflowError(f"tile {duplicated.iloc[0]} is listed twice; expected unique tile indices", path)
+    return table

@@ -1,4 +1,4 @@
-"""One workflow run per results directory, and a clean restart after a crash or a kill.
+"""One workflow run per dataset (its results and work directories), and a clean restart after a kill.
 
 ``llsmflow run`` takes the dataset's *run locks* before it starts Snakemake, with the effective config (after
 ``--config``/``--configfile`` overrides): ``<results_dir>/.llsmflow-<dataset>.lock`` and
@@ -101,7 +101,7 @@ def _pid_runs_llsmflow(pid: int) -> bool:
 
 
 class RunLock:
-    """Exclusive lock on a dataset's results directory; a context manager.
+    """Exclusive lock file (one of a dataset's :class:`DatasetLock`); a context manager.
 
     Parameters
     ----------

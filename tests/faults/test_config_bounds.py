@@ -118,3 +118,12 @@ def test_command_line_override_is_type_checked(run_dir):
     line = one_error(result, "run")
     assert "with --config" in line and "deconvolution.iterations" in line and "expected type integer" in line
     assert not (run_dir / "results").exists() and not (run_dir / "work").exists()
+
+
+def test_second_configfile_after_dashes_refused(run_dir):
+    """Snakemake would replace the run's config by a `--configfile` given after `--`: refused, one line."""
+    config = run_dir / "config.yaml"
+    line = one_error(
+        llsmflow(*COMMANDS["run"](config), "--", "--configfile", str(config), cwd=run_dir), "run"
+    )
+    assert f"--configfile {config} after `--`" in line and "expected `llsmflow run --configfile FILE`" in line

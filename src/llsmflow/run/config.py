@@ -128,31 +128,33 @@ def merge_overrides(config: dict, overrides: Mapping | None) -> dict:
     return config
 
 
-def config_overrides(snakemake_args) -> tuple[list[Path], dict]:
-    """What extra Snakemake arguments change in the config: the files of ``--configfile(s)`` and the values of
-    ``--config/-C key=value`` (parsed as Snakemake parses them), so that the lock and every pre-run check use
-    the config the workflow will run with."""
+def config_overrides(snakemake_args) -> dict:
+    """What extra Snakemake arguments change in the config: the values of ``--config/-C key=value`` (parsed as
+    Snakemake parses them), so that the lock and every pre-run check use the config the workflow will run
+    with. ``--configfile`` there is refused: Snakemake would replace, not extend, the run's config file."""
     import argparse
 
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     parser.add_argument("--config", "-C", nargs="*", action="extend", default=[])
     parser.add_argument("--configfile", "--configfiles", nargs="+", action="extend", default=[])
     known, _ = parser.parse_known_args(list(snakemake_args))
-    values: dict = {}
-    if known.config:
-        try:
-            from snakemake.cli import parse_config
-        except ImportError:  # pragma: no cover - snakemake is needed to run anyway
-            raise LlsmflowError(
-                "the snakemake package was not found; expected `pip install llsmflow[workflow]`"
-            ) from None
-        try:
-            values = parse_config(known.config)
-        except (ValueError, Exception) as error:
-            raise LlsmflowError(
-                f"--config {' '.join(known.config)}: {error}; expected KEY=VALUE pairs"
-            ) from None
-    return [Path(f) for f in known.configfile], values
+    if known.configfile:
+        raise LlsmflowError(
+            f"--configfile {' '.join(known.configfile)} after `--` would replace the run's config file; "
+            "expected `llsmflow run --configfile FILE` for the config, and `-- --config KEY=VALUE` for changes"
+        )
+    if not known.config:
+        return {}
+    try:
+        from snakemake.cli import parse_config
+    except ImportError:  # pragma: no cover - snakemake is needed to run anyway
+        raise LlsmflowError(
+            "the snakemake package was not found; expected `pip install llsmflow[workflow]`"
+        ) from None
+    try:
+        return parse_config(known.config)
+    except Exception as error:  # noqa: BLE001 - Snakemake raises ValueError or its own errors
+        raise LlsmflowError(f"--config {' '.join(known.config)}: {error}; expected KEY=VALUE pairs") from None
 
 
 def read_config(configfile: str | Path | None, workflow_root: str | Path | None = None) -> dict:
@@ -211,19 +213,17 @@ def validate_config(config: dict, schema: Mapping, source: Path, ignore_required
 def effective_config(
     configfile: Path, workflow_root: Path, snakemake_args=(), ignore_required: bool = False
 ) -> dict:
-    """The config the workflow will run with: ``configfile``, then the ``--configfile`` and ``--config``
-    overrides among ``snakemake_args``; validated, defaults filled in."""
+    """The config the workflow will run with: ``configfile``, then the ``--config`` overrides among
+    ``snakemake_args``; validated, defaults filled in."""
     config = _read_yaml_mapping(Path(configfile))
-    extra_files, values = config_overrides(snakemake_args)
-    for extra in extra_files:
-        merge_overrides(config, _read_yaml_mapping(extra))
+    values = config_overrides(snakemake_args)
     merge_overrides(config, values)
     schema = load_schema(workflow_root)
     if schema is None:
         raise LlsmflowError(
             "workflow has no config schema; expected an llsmflow checkout", Path(workflow_root) / SCHEMA
         )
-    source = Path(configfile) if not (extra_files or values) else Path(f"{configfile} (with --config)")
+    source = Path(configfile) if not values else Path(f"{configfile} (with --config)")
     validate_config(config, schema, source, ignore_required=ignore_required)
     return fill_defaults(config, schema)
 

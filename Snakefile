@@ -5,6 +5,7 @@ from snakemake.utils import min_version
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 from llsmflow.hpc.containers import resolve_images
+from llsmflow.provenance.record import scrub
 from llsmflow.errors import LlsmflowError
 
 min_version("9.0")
@@ -26,6 +27,16 @@ try:
     )
 except LlsmflowError as error:
     raise WorkflowError(f"llsmflow: {error}") from None
+# Snakemake records each job's image reference in .snakemake/metadata: never with credentials in it. Apptainer
+# does not take them from the reference anyway (APPTAINER_DOCKER_USERNAME/_PASSWORD, docs/containers.md).
+_with_credentials = sorted(k for k, v in CONTAINERS.items() if v and scrub(v) != v)
+if _with_credentials and DeploymentMethod.APPTAINER in _deployment:
+    raise WorkflowError(
+        f"llsmflow: config containers.{_with_credentials[0]} holds credentials (user:password@); expected "
+        "a reference without them, and the registry login in APPTAINER_DOCKER_USERNAME and "
+        "APPTAINER_DOCKER_PASSWORD (docs/containers.md)"
+    )
+CONTAINERS = {k: scrub(v) if v else v for k, v in CONTAINERS.items()}
 # dask-jobqueue submits its workers with the host's sbatch and Python: neither exists inside the images
 if (
     DeploymentMethod.APPTAINER in _deployment

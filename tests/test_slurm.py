@@ -260,3 +260,160 @@ def test_dask_slurm_cluster(slurm_cluster, tiny_acquisition, tmp_path):
             break
         time.sleep(0.2)
     assert state.stdout.strip() in ("", "CANCELLED", "COMPLETED"), state.stdout
+
+
+# ------------------------------------------------------------------ requests that the partition cannot meet
+
+
+def _node_cpus() -> int:
+    out = subprocess.run(["sinfo", "-h", "-o", "%c"], capture_output=True, text=True, check=True).stdout
+    return max(int("".join(c for c in line if c.isdigit())) for line in out.split())
+
+
+def _profile_copy(tmp_path: Path, **changes) -> Path:
+    """A copy of the shipped profiles/slurm with top-level ``changes`` (the shipped one stays unchanged)."""
+    settings = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
+    settings.update(changes)
+    profile = tmp_path / "profile"
+    profile.mkdir()
+    (profile / "config.yaml").write_text(yaml.safe_dump(settings))
+    return profile
+
+
+def _small_config(run_dir: Path, raw: Path) -> Path:
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config.update(dataset="tiny", raw_dir=str(raw), results_dir="results", work_dir="work")
+    config["deconvolution"]["iterations"] = 3
+    run_dir.mkdir(exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    return run_dir / "config.yaml"
+
+
+def _one_error(result, command="run") -> str:
+    assert result.returncode == 2, (result.returncode, result.stdout[-3000:], result.stderr[-3000:])
+    errors = [line for line in result.stderr.splitlines() if line.startswith(f"llsmflow {command}: error:")]
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    return errors[0]
+
+
+def test_shipped_profile_cores_capped_to_the_node(slurm_cluster, small_acquisition, tmp_path):
+    """The shipped profile asks 8 cores per submission; on smaller nodes `estimate` and `run` cap them at the
+    node's CPUs (a grouped submission would otherwise pend forever with reason PartitionConfig)."""
+    cpus = _node_cpus()
+    if cpus >= 8:
+        pytest.skip(f"the local SLURM node has {cpus} CPUs, enough for the profile's 8 cores")
+    raw = small_acquisition / "raw"
+    estimate = subprocess.run(
+        [str(LLSMFLOW), "estimate", str(raw), "--profile", str(REPO / "profiles" / "slurm")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert estimate.returncode == 0, estimate.stderr
+    assert f"have {cpus} CPUs: capped at {cpus}" in estimate.stdout
+    config = _small_config(tmp_path, raw)
+    dry = subprocess.run(
+        [
+            str(LLSMFLOW),
+            "run",
+            "--profile",
+            "slurm",
+            "--configfile",
+            str(config),
+            "--workflow-dir",
+            str(REPO),
+            "--",
+            "--dry-run",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    assert "8 cores per submission requested, but the nodes of SLURM partition" in dry.stderr
+    running = next(line for line in dry.stdout.splitlines() if line.startswith("running: "))
+    assert f"--cores {cpus}" in running
+
+
+def test_time_over_partition_limit_refused(slurm_cluster, small_acquisition, tmp_path):
+    """A partition whose time limit is below a step's request: `run` and `estimate` refuse with one line
+    naming the step, its request and the limit, and nothing is submitted."""
+    name = "llsmflow_short"
+    subprocess.run(["scontrol", "delete", f"PartitionName={name}"], capture_output=True)
+    made = subprocess.run(
+        ["scontrol", "create", f"PartitionName={name}", "Nodes=ALL", "MaxTime=2", "State=UP"],
+        capture_output=True,
+        text=True,
+    )
+    if made.returncode != 0:
+        pytest.skip(f"cannot create a SLURM partition here: {made.stderr.strip()}")
+    try:
+        profile = _profile_copy(
+            tmp_path, **{"default-resources": {"mem_mb": 1000, "runtime": 30, "slurm_partition": name}}
+        )
+        raw = small_acquisition / "raw"
+        config = _small_config(tmp_path / "run", raw)
+        run = subprocess.run(
+            [
+                str(LLSMFLOW),
+                "run",
+                "--profile",
+                str(profile),
+                "--configfile",
+                str(config),
+                "--workflow-dir",
+                str(REPO),
+            ],
+            cwd=tmp_path / "run",
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        line = _one_error(run)
+        assert f"SLURM partition {name} allows 2 min" in line and "requests 5 min per job" in line
+        assert "expected a partition with a longer time limit" in line
+        assert not (tmp_path / "run" / ".snakemake").exists()
+        estimate = subprocess.run(
+            [str(LLSMFLOW), "estimate", str(raw), "--profile", str(profile)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert f"SLURM partition {name} allows 2 min" in _one_error(estimate, "estimate")
+    finally:
+        subprocess.run(["scontrol", "delete", f"PartitionName={name}"], capture_output=True)
+
+
+def test_job_pending_forever_stops_the_run(slurm_cluster, small_acquisition, tmp_path):
+    """A job that SLURM keeps PENDING for a reason that cannot clear (here a site's `set-resources` asking more
+    CPUs than a node has: PartitionConfig) stops the run with that reason instead of waiting forever, and
+    the run's jobs are cancelled."""
+    profile = _profile_copy(tmp_path, **{"set-resources": {"deskew": {"cpus_per_task": _node_cpus() + 6}}})
+    config = _small_config(tmp_path / "run", small_acquisition / "raw")
+    env = dict(os.environ, LLSMFLOW_PENDING_POLL_S="2")
+    start = time.monotonic()
+    run = subprocess.run(
+        [
+            str(LLSMFLOW),
+            "run",
+            "--profile",
+            str(profile),
+            "--configfile",
+            str(config),
+            "--workflow-dir",
+            str(REPO),
+        ],
+        cwd=tmp_path / "run",
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert run.returncode == 2, run.stderr[-4000:]
+    errors = [line for line in run.stderr.splitlines() if line.startswith("llsmflow run: error:")]
+    assert len(errors) == 1, run.stderr[-4000:]
+    assert "is pending for reason PartitionConfig" in errors[0] and "expected requests that" in errors[0]
+    assert time.monotonic() - start < 300
+    left = subprocess.run(["squeue", "-h", "-o", "%i|%Z"], capture_output=True, text=True).stdout
+    assert str((tmp_path / "run").resolve()) not in left  # its jobs were cancelled

@@ -18,7 +18,6 @@ rule provenance:
     conda:
         "../../envs/llsmflow.yaml"
     params:
-        config=config,
         raw_files=RAW_FILES,
         results_dir=lambda wildcards, output: str(Path(output.record).parent.parent),
         fftw_wisdom=str(WORK / ".cache" / "fftw-wisdom"),

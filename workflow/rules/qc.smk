@@ -91,6 +91,5 @@ rule qc_report:
         track_channels=TRACK_CHANNELS,
         min_quality=STITCH["min_quality"],
         raw_files=RAW_FILES,
-        config=config,
     script:
         "../scripts/qc_report.py"

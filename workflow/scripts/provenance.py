@@ -14,6 +14,8 @@ from llsmflow.run.steps import configure_logging
 
 configure_logging(snakemake.log[0])
 p = snakemake.params
+# the config is read from the job, not passed as a param: Snakemake records params in .snakemake/metadata
+config = snakemake.config
 results = Path(p.results_dir)
 workflow_dir = Path(snakemake.scriptdir).resolve().parent.parent
 # a stale workflow snapshot of an earlier run must not enter the manifest
@@ -29,7 +31,7 @@ else:
     wisdom.unlink(missing_ok=True)
 acquisition = json.loads(Path(snakemake.input.acquisition).read_text(encoding="utf-8"))
 record = run_record(
-    p.config,
+    config,
     workflow_dir=workflow_dir,
     step_records=snakemake.input.steps,
     inputs=p.raw_files,
@@ -38,7 +40,7 @@ record = run_record(
 )
 write_json(snakemake.output.record, record)
 with atomic_output(snakemake.output.config) as tmp:
-    Path(tmp).write_text(yaml.safe_dump(scrub(dict(p.config)), sort_keys=False), encoding="utf-8")
+    Path(tmp).write_text(yaml.safe_dump(scrub(dict(config)), sort_keys=False), encoding="utf-8")
 write_checksum_manifest(
     results,
     snakemake.output.manifest,

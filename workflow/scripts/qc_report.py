@@ -13,7 +13,7 @@ with StepRecorder.for_workflow_job(snakemake) as step:
     inputs = snakemake.input
     raw_checksums = read_manifest(Path(inputs.archive) / "checksums.sha256")
     provenance = provenance_summary(
-        Path(snakemake.scriptdir).parent.parent, p.config, p.raw_files, raw_checksums
+        Path(snakemake.scriptdir).parent.parent, snakemake.config, p.raw_files, raw_checksums
     )
     records = read_step_records(inputs.steps)
     write_report(

@@ -13,18 +13,24 @@ __all__ = ["check_config", "cmd_run", "find_workflow_root", "register_run_comman
 
 
 def cmd_run(args) -> int:
+    from llsmflow.hpc.profiles import profile_options
     from llsmflow.run.launch import failure_reason, is_dry_run, launch, profile_dir, snakemake_command
-    from llsmflow.run.paths import run_paths
+    from llsmflow.run.paths import check_output_paths, run_paths
     from llsmflow.run.status import print_run_summary
 
     root = find_workflow_root(args.workflow_dir)
     configfile = Path(args.configfile or root / "config" / "config.yaml")
-    config = check_config(configfile, root)
+    # the effective config: the file, then `-- --config key=value` / `--configfile` overrides; the lock and
+    # every check below use it
+    config = check_config(configfile, root, snakemake_args=args.snakemake_args)
+    check_output_paths(config)
     profile = profile_dir(root, args.profile)
-    command = snakemake_command(root, configfile, profile, args.cores, args.snakemake_args)
+    cores = cluster_cores(config, profile, args.cores)
+    command = snakemake_command(root, configfile, profile, cores, args.snakemake_args)
     dry_run = is_dry_run(args.snakemake_args)
     results, work = run_paths(config)
-    outcome = launch(command, config, configfile, root, dry_run)
+    slurm = profile_options(profile).get("executor") == "slurm"
+    outcome = launch(command, config, configfile, root, dry_run, slurm=slurm)
     if outcome.status != 0:
         reason = failure_reason(config, outcome)
         if reason:
@@ -38,7 +44,7 @@ def cmd_run(args) -> int:
             print_run_summary(
                 config, Path.cwd(), outcome.started_at, outcome.elapsed, outcome.status, out=sys.stderr
             )
-        return outcome.status
+        return 2 if outcome.stuck else outcome.status
     if dry_run:
         print(f"llsmflow run: dry run in {outcome.elapsed:.0f} s; nothing was written")
         return 0
@@ -47,6 +53,28 @@ def cmd_run(args) -> int:
         print(f"  {results / relative}")
     print_run_summary(config, Path.cwd(), outcome.started_at, outcome.elapsed, outcome.status)
     return 0
+
+
+def cluster_cores(config: dict, profile: Path, cores):
+    """On SLURM, what the jobs will request is checked against the partition's nodes before anything is
+    submitted; returns the cores to pass (capped at a node's CPUs, with a note), else ``cores`` unchanged."""
+    from llsmflow.hpc.profiles import profile_options
+
+    if profile_options(profile).get("executor") != "slurm":
+        return cores
+    from llsmflow.errors import LlsmflowError
+    from llsmflow.hpc.resources import fit_to_partition, volume_sizes
+    from llsmflow.ingest import read_acquisition
+
+    try:
+        wanted = int(cores) if cores else None
+    except ValueError:
+        raise LlsmflowError(f"--cores {cores!r} is invalid; expected a whole number") from None
+    acq = read_acquisition(config["raw_dir"], config.get("metadata"), config["overrides"], check_files=False)
+    capped, note = fit_to_partition(volume_sizes(acq), config, profile, wanted)
+    if note:
+        print(f"llsmflow run: note: {note}", file=sys.stderr, flush=True)
+    return capped if capped != wanted else cores
 
 
 def register_run_commands(sub) -> None:

@@ -149,3 +149,146 @@ def write_profile(outdir: str | Path, answers: SiteAnswers, force: bool = False)
     with atomic_output(target) as tmp:
         Path(tmp).write_text(render_profile(answers), encoding="utf-8")
     return target
+
+
+# ------------------------------------------------------------------------------ what the partition offers
+
+
+@dataclass(frozen=True)
+class PartitionLimits:
+    """The largest node of a SLURM partition (``sinfo``): CPUs, memory (MB), GPUs (GRES ``gpu``) and the
+    partition's time limit in minutes (None: unlimited)."""
+
+    partition: str
+    cpus: int
+    mem_mb: int
+    gpus: int
+    time_min: int | None
+
+
+def profile_options(profile: Path | None) -> dict:
+    """``executor``, ``cores`` and ``partition`` (``default-resources: slurm_partition``) of a profile."""
+    import yaml
+
+    if profile is None or not (Path(profile) / "config.yaml").is_file():
+        return {}
+    settings = yaml.safe_load((Path(profile) / "config.yaml").read_text(encoding="utf-8")) or {}
+    resources = settings.get("default-resources") or {}
+    if isinstance(resources, list):  # `- key=value` form
+        resources = dict(str(e).split("=", 1) for e in resources if "=" in str(e))
+    partition = resources.get("slurm_partition")
+    return {
+        "executor": settings.get("executor"),
+        "cores": settings.get("cores") if isinstance(settings.get("cores"), int) else None,
+        "partition": str(partition).strip("'\"") if partition else None,
+    }
+
+
+def _slurm_minutes(text: str) -> int | None:
+    """SLURM time (``infinite``, ``MM``, ``MM:SS``, ``HH:MM:SS``, ``D-HH[:MM[:SS]]``) in whole minutes."""
+    text = text.strip()
+    if text.lower() in ("infinite", "unlimited", "n/a", ""):
+        return None
+    days, _, clock = text.rpartition("-")
+    parts = [int(p) for p in clock.split(":")]
+    if len(parts) == 1:
+        hours, minutes, seconds = 0, parts[0], 0
+    elif len(parts) == 2:
+        hours, minutes, seconds = (0, *parts) if not days else (*parts, 0)
+    else:
+        hours, minutes, seconds = parts
+    return (int(days or 0) * 24 + hours) * 60 + minutes + (1 if seconds else 0)
+
+
+def _gres_gpus(gres: str) -> int:
+    total = 0
+    for entry in gres.split(","):
+        fields = entry.split("(")[0].split(":")
+        if fields[0] == "gpu":
+            try:
+                total += int(fields[-1])
+            except ValueError:
+                total += 1
+    return total
+
+
+def partition_limits(partition: str | None = None, sinfo: str = "sinfo") -> PartitionLimits | None:
+    """What the largest node of ``partition`` (default: the cluster's default partition) offers, from
+    ``sinfo``; None when ``sinfo`` is not available (not a SLURM host).
+
+    Raises
+    ------
+    LlsmflowError
+        The partition does not exist.
+    """
+    import shutil
+    import subprocess
+
+    if shutil.which(sinfo) is None:
+        return None
+    try:
+        out = subprocess.run(
+            [sinfo, "-h", "-o", "%P|%c|%m|%G|%l"], capture_output=True, text=True, timeout=60, check=True
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    rows = [line.split("|") for line in out.splitlines() if line.count("|") == 4]
+    names = sorted({r[0].rstrip("*") for r in rows})
+    if partition is None:
+        default = [r[0].rstrip("*") for r in rows if r[0].endswith("*")]
+        partition = default[0] if default else (names[0] if len(names) == 1 else None)
+    rows = [r for r in rows if r[0].rstrip("*") == partition]
+    if not rows:
+        raise LlsmflowError(
+            f"SLURM partition {partition!r} does not exist (sinfo lists {', '.join(names) or 'none'}); "
+            "expected slurm_partition in the profile's default-resources to name one of them"
+        )
+
+    def number(text: str) -> int:
+        digits = "".join(ch for ch in text if ch.isdigit())
+        return int(digits) if digits else 0
+
+    times = [_slurm_minutes(r[4]) for r in rows]
+    return PartitionLimits(
+        partition=partition,
+        cpus=max(number(r[1]) for r in rows),
+        mem_mb=max(number(r[2]) for r in rows),
+        gpus=max(_gres_gpus(r[3]) for r in rows),
+        time_min=None if None in times else max(times),
+    )
+
+
+def check_fit(
+    resources, cores: int | None, limits: PartitionLimits, gpu_limits: PartitionLimits | None = None
+):
+    """Compare what the jobs request (``resources``: step → :class:`llsmflow.hpc.resources.StepResources`, of
+    the first attempt) with what the partition's largest node offers.
+
+    Returns the cores of one submission to use: ``cores`` capped at the node's CPUs (a job's threads, and the
+    jobs a grouped submission runs side by side, follow it). Raises :class:`LlsmflowError` naming the step,
+    its request and the limit for what cannot be capped: memory, GPUs, time.
+    """
+    capped = min(cores, limits.cpus) if cores else limits.cpus
+    for step in resources.values():
+        if step.local:
+            continue
+        where = gpu_limits if (step.gpu and gpu_limits is not None) else limits
+        if step.mem_mb > where.mem_mb:
+            raise LlsmflowError(
+                f"step {step.step} requests {step.mem_mb} MB of memory per job, but the largest node of SLURM "
+                f"partition {where.partition} has {where.mem_mb} MB; expected a partition with larger nodes "
+                "(slurm_partition in the profile) or smaller volumes (llsmflow estimate shows the requests)"
+            )
+        if step.gpu > where.gpus:
+            raise LlsmflowError(
+                f"step {step.step} requests {step.gpu} GPU per job, but the nodes of SLURM partition "
+                f"{where.partition} have {where.gpus}; expected hpc.gpu_partition naming a partition with GPUs, "
+                "or deconvolution.backend: cpu"
+            )
+        if where.time_min is not None and step.runtime_min > where.time_min:
+            raise LlsmflowError(
+                f"step {step.step} requests {step.runtime_min} min per job, but SLURM partition "
+                f"{where.partition} allows {where.time_min} min; expected a partition with a longer time limit "
+                "(slurm_partition in the profile)"
+            )
+    return capped

@@ -330,6 +330,49 @@ def submissions(
     return counts
 
 
+# ------------------------------------------------------------------------------------ fit to the partition
+
+
+def fit_to_partition(
+    sizes: VolumeSizes, config: Mapping, profile: str | Path | None, cores: int | None
+) -> tuple[int | None, str | None]:
+    """For a SLURM profile, check what the jobs will request against the partition's nodes (``sinfo``) before
+    anything is submitted: a job that can never start would wait in the queue forever.
+
+    Returns ``(cores, note)``: the cores of one submission (the profile's or ``cores``, capped at the node's
+    CPUs) and a line saying what was capped (None if nothing). Outside SLURM (another executor, no ``sinfo``)
+    ``cores`` is returned unchanged.
+
+    Raises
+    ------
+    LlsmflowError
+        A step requests more memory, GPUs or time than the partition offers (one line naming both).
+    """
+    from llsmflow.hpc.profiles import check_fit, partition_limits, profile_options
+
+    options = profile_options(Path(profile) if profile else None)
+    if options.get("executor") != "slurm":
+        return cores, None
+    wanted = cores or options.get("cores")
+    limits = partition_limits(options.get("partition"))
+    if limits is None:
+        return cores, None
+    gpu_partition = config["hpc"]["gpu_partition"]
+    gpu_limits = None
+    if gpu_partition and config["deconvolution"]["backend"] in GPU_BACKENDS:
+        gpu_limits = partition_limits(gpu_partition)
+    capped = min(wanted, limits.cpus) if wanted else limits.cpus
+    capped = check_fit(step_resources(sizes, config, capped), capped, limits, gpu_limits)
+    note = None
+    if wanted and capped < wanted:
+        note = (
+            f"{wanted} cores per submission requested, but the nodes of SLURM partition {limits.partition} "
+            f"have {limits.cpus} CPUs: capped at {capped} (a job's threads, and the jobs a grouped submission "
+            "runs side by side, follow)"
+        )
+    return capped, note
+
+
 # ------------------------------------------------------------------------------------------------- estimate
 
 
@@ -410,5 +453,7 @@ def estimate(
     profile_cores, groups = profile_settings(Path(profile) if profile else None)
     groups.update(group_sizes or {})
     sizes = volume_sizes(acq)
+    cores, note = fit_to_partition(sizes, config, profile, cores or profile_cores)
     resources = step_resources(sizes, config, cores or profile_cores)
-    return format_estimate(sizes, resources, submissions(resources, groups))
+    table = format_estimate(sizes, resources, submissions(resources, groups))
+    return table + (f"\nnote: {note}" if note else "")

@@ -61,20 +61,105 @@ def fill_defaults(config: dict, schema: Mapping | None) -> dict:
     return config
 
 
-def _read_yaml_mapping(configfile: Path) -> dict:
+#: Largest config file read (bytes): a workflow config is a few kB; a larger file is a mistake or an attack.
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def load_yaml_file(path: str | Path, what: str = "config file", max_bytes: int = MAX_CONFIG_BYTES):
+    """Parse a small YAML file safely and boundedly: at most ``max_bytes``, no aliases (``*name``: a 589-byte
+    "billion laughs" file expands to gigabytes), no ``!!python/...`` tags (safe loader). Any problem is one
+    :class:`LlsmflowError` naming the file and the line."""
     import yaml
 
-    if not configfile.is_file():
-        raise LlsmflowError("config file not found", configfile)
-    config = yaml.safe_load(configfile.read_text(encoding="utf-8")) or {}
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise LlsmflowError(f"{what} is {size} bytes; expected at most {max_bytes} bytes of YAML", path)
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise LlsmflowError(f"{what} not found", path) from None
+    except UnicodeDecodeError as error:
+        raise LlsmflowError(f"{what} is not UTF-8 text ({error.reason}); expected YAML", path) from None
+    except IsADirectoryError:
+        raise LlsmflowError(f"{what} is a directory; expected a YAML file", path) from None
+    except OSError as error:
+        raise LlsmflowError(
+            f"{what} cannot be read ({error.strerror}); expected a readable file", path
+        ) from None
+
+    class NoAliasLoader(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise LlsmflowError(
+                    f"line {event.start_mark.line + 1}: YAML alias *{event.anchor} is not allowed; expected "
+                    "plain values (write each value out)",
+                    path,
+                )
+            return super().compose_node(parent, index)
+
+    try:
+        return yaml.load(text, Loader=NoAliasLoader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = " ".join(str(getattr(error, "problem", None) or error).split())
+        raise LlsmflowError(
+            f"{where}invalid YAML ({problem}); expected plain YAML (no !!python tags)", path
+        ) from None
+
+
+def _read_yaml_mapping(configfile: Path) -> dict:
+    config = load_yaml_file(configfile) or {}
     if not isinstance(config, dict):
         raise LlsmflowError("config file is not a YAML mapping; expected keys such as raw_dir", configfile)
     return config
 
 
+def merge_overrides(config: dict, overrides: Mapping | None) -> dict:
+    """Apply ``snakemake --config`` style overrides to ``config`` in place (nested mappings merged, as
+    Snakemake's ``update_config`` does); returns ``config``."""
+    for key, value in (overrides or {}).items():
+        if isinstance(value, Mapping) and isinstance(config.get(key), dict):
+            merge_overrides(config[key], value)
+        else:
+            config[key] = copy.deepcopy(value)
+    return config
+
+
+def config_overrides(snakemake_args) -> dict:
+    """What extra Snakemake arguments change in the config: the values of ``--config/-C key=value`` (parsed as
+    Snakemake parses them), so that the lock and every pre-run check use the config the workflow will run
+    with. ``--configfile`` there is refused: Snakemake would replace, not extend, the run's config file."""
+    import argparse
+
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--config", "-C", nargs="*", action="extend", default=[])
+    parser.add_argument("--configfile", "--configfiles", nargs="+", action="extend", default=[])
+    known, _ = parser.parse_known_args(list(snakemake_args))
+    if known.configfile:
+        raise LlsmflowError(
+            f"--configfile {' '.join(known.configfile)} after `--` would replace the run's config file; "
+            "expected `llsmflow run --configfile FILE` for the config, and `-- --config KEY=VALUE` for changes"
+        )
+    if not known.config:
+        return {}
+    try:
+        from snakemake.cli import parse_config
+    except ImportError:  # pragma: no cover - snakemake is needed to run anyway
+        raise LlsmflowError(
+            "the snakemake package was not found; expected `pip install llsmflow[workflow]`"
+        ) from None
+    try:
+        return parse_config(known.config)
+    except Exception as error:  # noqa: BLE001 - Snakemake raises ValueError or its own errors
+        raise LlsmflowError(f"--config {' '.join(known.config)}: {error}; expected KEY=VALUE pairs") from None
+
+
 def read_config(configfile: str | Path | None, workflow_root: str | Path | None = None) -> dict:
-    """A config file (or none: ``{}``) with the schema's defaults filled in, not validated (``estimate``
-    answers for a config that is still being written)."""
+    """A config file (or none: ``{}``) with the schema's defaults filled in; its values are type-checked, but
+    keys may be missing (``estimate`` answers for a config that is still being written)."""
     config = {} if configfile is None else _read_yaml_mapping(Path(configfile))
     schema = load_schema(workflow_root)
     if schema is None:
@@ -83,6 +168,8 @@ def read_config(configfile: str | Path | None, workflow_root: str | Path | None 
             "to run in an llsmflow checkout",
             Path(workflow_root or Path.cwd()) / SCHEMA,
         )
+    if configfile is not None:
+        validate_config(config, schema, Path(configfile), ignore_required=True)
     return fill_defaults(config, schema)
 
 
@@ -105,30 +192,49 @@ def schema_expectation(error) -> str:
     return "a value allowed by config/schema.yaml (see config/README.md)"
 
 
-def check_config(configfile: Path, workflow_root: Path, check_files: bool = True) -> dict:
-    """Validate a config file against the schema and read its acquisition, failing with one clear line.
-
-    Returns the config with the schema's defaults filled in. ``check_files=False`` skips reading every
-    stack's header and PSF (``llsmflow status`` must answer even when the raw data are no longer mounted)."""
+def validate_config(config: dict, schema: Mapping, source: Path, ignore_required: bool = False) -> None:
+    """Check ``config`` against the schema (types included: a boolean is not a number), failing with one line
+    naming ``source``, the key, the value and the expectation."""
     import jsonschema
-    import yaml
 
-    if not configfile.is_file():
-        raise LlsmflowError("config file not found", configfile)
-    config = yaml.safe_load(configfile.read_text(encoding="utf-8")) or {}
+    errors = [
+        e
+        for e in jsonschema.Draft202012Validator(schema).iter_errors(config)
+        if not (ignore_required and e.validator == "required")
+    ]
+    if errors:
+        error = sorted(errors, key=lambda e: [str(p) for p in e.absolute_path])[0]
+        key = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+        raise LlsmflowError(
+            f"config key {key}: {error.message}; expected {schema_expectation(error)}", source
+        )
+
+
+def effective_config(
+    configfile: Path, workflow_root: Path, snakemake_args=(), ignore_required: bool = False
+) -> dict:
+    """The config the workflow will run with: ``configfile``, then the ``--config`` overrides among
+    ``snakemake_args``; validated, defaults filled in."""
+    config = _read_yaml_mapping(Path(configfile))
+    values = config_overrides(snakemake_args)
+    merge_overrides(config, values)
     schema = load_schema(workflow_root)
     if schema is None:
         raise LlsmflowError(
-            "workflow has no config schema; expected an llsmflow checkout", workflow_root / SCHEMA
+            "workflow has no config schema; expected an llsmflow checkout", Path(workflow_root) / SCHEMA
         )
-    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(config), key=lambda e: list(e.path))
-    if errors:
-        error = errors[0]
-        key = ".".join(str(p) for p in error.absolute_path) or "(top level)"
-        raise LlsmflowError(
-            f"config key {key}: {error.message}; expected {schema_expectation(error)}", configfile
-        )
-    fill_defaults(config, schema)
+    source = Path(configfile) if not values else Path(f"{configfile} (with --config)")
+    validate_config(config, schema, source, ignore_required=ignore_required)
+    return fill_defaults(config, schema)
+
+
+def check_config(configfile: Path, workflow_root: Path, check_files: bool = True, snakemake_args=()) -> dict:
+    """Validate a config file (with the overrides among ``snakemake_args``) against the schema and read its
+    acquisition, failing with one clear line.
+
+    Returns the config with the schema's defaults filled in. ``check_files=False`` skips reading every
+    stack's header and PSF (``llsmflow status`` must answer even when the raw data are no longer mounted)."""
+    config = effective_config(Path(configfile), Path(workflow_root), snakemake_args)
     from llsmflow.ingest import read_acquisition
 
     read_acquisition(config["raw_dir"], config.get("metadata"), config["overrides"], check_files=check_files)

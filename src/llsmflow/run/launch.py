@@ -11,8 +11,10 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,7 +22,7 @@ from pathlib import Path
 
 from llsmflow.errors import LlsmflowError
 from llsmflow.run.config import snakemake_base_command
-from llsmflow.run.lock import RunLock, clear_stale_snakemake_locks, lock_path, remove_partial_outputs
+from llsmflow.run.lock import DatasetLock, clear_stale_snakemake_locks, remove_partial_outputs
 from llsmflow.run.paths import run_paths, write_run_pointer
 
 log = logging.getLogger("llsmflow")
@@ -79,7 +81,9 @@ def first_step_error(log_dir: Path, since: float) -> str | None:
     return min(failures)[1] if failures else None
 
 
-def call_watching_stderr(command: list[str], env: dict[str, str]) -> tuple[int, str | None]:
+def call_watching_stderr(
+    command: list[str], env: dict[str, str], watch: PendingWatch | None = None
+) -> tuple[int, str | None]:
     """Run ``command``, passing its stderr through line by line; return its exit status and, if a job failed
     for a full disk, what it was writing ("step RULE, writing OUTPUTS"). A full disk shows up in Snakemake's
     report of the failed job, not in the step logs, which are often on that same full disk."""
@@ -100,16 +104,116 @@ def call_watching_stderr(command: list[str], env: dict[str, str]) -> tuple[int, 
 
     with subprocess.Popen(command, env=env, stderr=subprocess.PIPE) as process:
         assert process.stderr is not None
+        if watch is not None:
+            watch.start(process)
         try:
             forward(process.stderr)
         except KeyboardInterrupt:
             # Snakemake got the same Ctrl-C: keep its pipe open while it stops its jobs and cleans up
             forward(process.stderr)
             raise
+        finally:
+            if watch is not None:
+                watch.stop()
     where = None
     if seen["disk_full"]:
         where = f"step {seen['rule']}, writing {seen['output']}" if seen["rule"] else "a workflow step"
     return process.returncode, where
+
+
+#: SLURM pending reasons that never clear by waiting: the request exceeds what the partition, its nodes, the
+#: account or the QOS allow (``squeue`` %r). ``ReqNodeNotAvail`` only when the nodes it names do not exist.
+NEVER_CLEARS = (
+    "PartitionConfig",
+    "PartitionNodeLimit",
+    "PartitionTimeLimit",
+    "BadConstraints",
+    "InvalidAccount",
+    "InvalidQOS",
+    "QOSMaxCpuPerJobLimit",
+    "QOSMaxMemoryPerJob",
+    "QOSMaxWallDurationPerJobLimit",
+    "AssocMaxCpuPerJobLimit",
+    "AssocMaxWallDurationPerJobLimit",
+    "ReqNodeNotAvail",
+)
+
+
+def _slurm_nodes(sinfo: str = "sinfo") -> set[str] | None:
+    try:
+        out = subprocess.run(
+            [sinfo, "-h", "-N", "-o", "%N"], capture_output=True, text=True, timeout=60
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return set(out.split())
+
+
+def stuck_jobs(run_dir: Path, squeue: str = "squeue") -> list[tuple[str, str, str]]:
+    """SLURM jobs submitted from ``run_dir`` (their working directory) that are pending for a reason that can
+    never clear (:data:`NEVER_CLEARS`): ``[(job id, reason, comment)]`` (Snakemake puts the rule in the
+    comment). Empty when ``squeue`` is not available."""
+    try:
+        out = subprocess.run(
+            [squeue, "-h", "-t", "PENDING", "-o", "%i|%r|%Z|%k"], capture_output=True, text=True, timeout=60
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    here = Path(run_dir).resolve()
+    stuck, nodes = [], None
+    for line in out.splitlines():
+        fields = line.split("|", 3)
+        if len(fields) != 4 or Path(fields[2]).resolve() != here:
+            continue
+        job, reason, _, comment = fields
+        if not reason.startswith(NEVER_CLEARS):
+            continue
+        if reason.startswith("ReqNodeNotAvail"):
+            named = reason.partition("UnavailableNodes:")[2].split(",")
+            nodes = _slurm_nodes() if nodes is None else nodes
+            if not named or nodes is None or all(n in nodes for n in named if n):
+                continue  # a known node that is down or drained may come back
+        stuck.append((job, reason, comment))
+    return stuck
+
+
+class PendingWatch:
+    """While a SLURM run runs: every ``interval`` s, look for its jobs pending for a reason that can never
+    clear; when one is seen twice in a row, interrupt Snakemake (which cancels its jobs) and keep the reason.
+    """
+
+    def __init__(self, run_dir: Path, interval: float = 15.0):
+        self.run_dir, self.interval = Path(run_dir), interval
+        self.reason: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, process: subprocess.Popen) -> None:
+        def watch() -> None:
+            seen: set[str] = set()
+            while not self._stop.wait(self.interval):
+                stuck = stuck_jobs(self.run_dir)
+                confirmed = [s for s in stuck if s[0] in seen]
+                seen = {s[0] for s in stuck}
+                if confirmed:
+                    job, reason, comment = confirmed[0]
+                    what = f" ({comment})" if comment and comment != "(null)" else ""
+                    self.reason = (
+                        f"SLURM job {job}{what} is pending for reason {reason}, which waiting cannot clear; "
+                        "expected requests that the partition's nodes, the account and the QOS allow (llsmflow "
+                        "estimate --profile … shows them; docs/hpc.md)"
+                    )
+                    log.error("llsmflow: %s; stopping the run", self.reason)
+                    process.send_signal(signal.SIGINT)  # Snakemake cancels its SLURM jobs and stops
+                    return
+
+        self._thread = threading.Thread(target=watch, name="llsmflow-pending-watch", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
 
 
 def run_environment(work: Path) -> dict[str, str]:
@@ -131,6 +235,7 @@ class Launch:
     elapsed: float
     started_at: float
     disk_full: str | None
+    stuck: str | None = None
 
 
 def launch(
@@ -140,16 +245,18 @@ def launch(
     workflow_root: Path,
     dry_run: bool,
     echo: Callable[[str], None] | None = None,
+    slurm: bool = False,
 ) -> Launch:
     """Run Snakemake under the dataset's run lock, in the current directory (the run directory); ``echo``
-    shows the command (default: printed, flushed before Snakemake writes)."""
+    shows the command (default: printed, flushed before Snakemake writes). ``slurm``: watch the run's
+    pending jobs (:class:`PendingWatch`); the interval is ``LLSMFLOW_PENDING_POLL_S`` (default 15 s)."""
     echo = echo or functools.partial(print, flush=True)
     results, work = run_paths(config)
     # shared storage: outputs follow the user's umask, but are never writable by everyone
     umask = os.umask(0)
     os.umask(umask | 0o002)
     try:
-        with RunLock(lock_path(config["results_dir"], config["dataset"])):
+        with DatasetLock(config):
             if not dry_run:
                 for stale in clear_stale_snakemake_locks(Path.cwd(), [results, work]):
                     log.warning("removed a stale Snakemake lock of an interrupted run: %s", stale)
@@ -158,16 +265,21 @@ def launch(
                 write_run_pointer(Path.cwd(), configfile, workflow_root, config)
             echo("running: " + " ".join(command))
             start, started_at = time.perf_counter(), time.time()
-            status, disk_full = call_watching_stderr(command, run_environment(work))
+            watch = None
+            if slurm and not dry_run:
+                watch = PendingWatch(Path.cwd(), float(os.environ.get("LLSMFLOW_PENDING_POLL_S", "15")))
+            status, disk_full = call_watching_stderr(command, run_environment(work), watch)
             elapsed = time.perf_counter() - start
     finally:
         os.umask(umask)
-    return Launch(status, elapsed, started_at, disk_full)
+    return Launch(status, elapsed, started_at, disk_full, watch.reason if watch is not None else None)
 
 
 def failure_reason(config: dict, outcome: Launch) -> str | None:
     """One line saying why a run failed: a full disk, else the first failed step's own message."""
     results, work = run_paths(config)
+    if outcome.stuck:
+        return outcome.stuck
     if outcome.disk_full:
         return (
             f"no space left on the device ({outcome.disk_full}); expected free space for the "

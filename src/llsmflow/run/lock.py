@@ -1,6 +1,8 @@
-"""One workflow run per results directory, and a clean restart after a crash or a kill.
+"""One workflow run per dataset (its results and work directories), and a clean restart after a kill.
 
-``llsmflow run`` takes a *run lock* before it starts Snakemake: ``<results_dir>/.llsmflow-<dataset>.lock``,
+``llsmflow run`` takes the dataset's *run locks* before it starts Snakemake, with the effective config (after
+``--config``/``--configfile`` overrides): ``<results_dir>/.llsmflow-<dataset>.lock`` and
+``<work_dir>/.llsmflow-<dataset>.lock`` (:class:`DatasetLock`; one when both directories are the same). Each is
 a small JSON file naming the process (pid, host, start time, working directory). It is created atomically
 (written under a private name, then hard-linked to the lock's name, which fails if the lock exists; the
 classic NFS-safe recipe), so two runs on the same results directory cannot both hold it, even from two nodes
@@ -44,6 +46,45 @@ def lock_path(results_dir: str | Path, dataset: str) -> Path:
     return Path(results_dir) / f".llsmflow-{dataset}.lock"
 
 
+def dataset_lock_paths(config: dict, run_dir: str | Path = ".") -> list[Path]:
+    """The run locks of a dataset: one in its ``results_dir`` and one in its ``work_dir`` (one when both are
+    the same directory), so that no two runs share the dataset's results OR its work directory."""
+    paths = {}
+    for key in ("results_dir", "work_dir"):
+        path = lock_path(Path(run_dir, config[key]), config["dataset"])
+        paths.setdefault(Path(os.path.abspath(path)).resolve(), path)
+    return [paths[key] for key in sorted(paths)]
+
+
+class DatasetLock:
+    """The run locks of a dataset (:func:`dataset_lock_paths`) taken together, or none; a context manager."""
+
+    def __init__(self, config: dict, run_dir: str | Path = "."):
+        self.locks = [RunLock(path) for path in dataset_lock_paths(config, run_dir)]
+
+    def acquire(self) -> DatasetLock:
+        taken = []
+        try:
+            for lock in self.locks:
+                taken.append(lock.acquire())
+        except BaseException:
+            for lock in reversed(taken):
+                lock.release()
+            raise
+        return self
+
+    def release(self) -> None:
+        for lock in reversed(self.locks):
+            lock.release()
+
+    def __enter__(self) -> DatasetLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> bool:
+        self.release()
+        return False
+
+
 def _pid_runs_llsmflow(pid: int) -> bool:
     """Whether ``pid`` is alive on this host and (where /proc tells) runs llsmflow, not a reused pid."""
     try:
@@ -60,7 +101,7 @@ def _pid_runs_llsmflow(pid: int) -> bool:
 
 
 class RunLock:
-    """Exclusive lock on a dataset's results directory; a context manager.
+    """Exclusive lock file (one of a dataset's :class:`DatasetLock`); a context manager.
 
     Parameters
     ----------
@@ -116,7 +157,7 @@ class RunLock:
                         self.path.unlink(missing_ok=True)
                         continue
                     raise LlsmflowError(
-                        "the results directory is in use by another llsmflow run "
+                        "the dataset's results or work directory is in use by another llsmflow run "
                         f"(pid {holder.get('pid', '?')} on {holder.get('host', '?')}, started "
                         f"{holder.get('started', '?')}, in {holder.get('cwd', '?')}); expected one run at a "
                         "time: wait for it to finish, or delete this lock file if that run is gone",

@@ -19,7 +19,9 @@ from tests.conftest import LLSMFLOW, REPO
 
 # the commands of docs/provenance.md ("Checking the manifests with sha256sum"), run from the manifest's root
 RESULTS_CHECK = r"grep -v '^\\\?[0-9a-f]\{64\}  raw/' MANIFEST | sha256sum --check --strict -"
-RAW_CHECK = r"sed -n 's|^\(\\\?[0-9a-f]\{64\}\)  raw/|\1  |p' MANIFEST | (cd RAW_DIR && sha256sum --check --strict -)"
+RAW_CHECK = (
+    r"sed -n 's|^\(\\\?[0-9a-f]\{64\}\)  raw/|\1  |p' MANIFEST | (cd RAW_DIR && sha256sum --check --strict -)"
+)
 
 needs_sha256sum = pytest.mark.skipif(shutil.which("sha256sum") is None, reason="GNU sha256sum not installed")
 
@@ -58,7 +60,9 @@ def _chunk(archive: Path) -> Path:
     return next(
         p
         for p in sorted(archive.rglob("*"))
-        if p.is_file() and p.name not in ("zarr.json", ".zarray", ".zattrs", ".zgroup") and "/s0/" in p.as_posix()
+        if p.is_file()
+        and p.name not in ("zarr.json", ".zarray", ".zattrs", ".zgroup")
+        and "/s0/" in p.as_posix()
     )
 
 

@@ -2,7 +2,9 @@
 
 A manifest line is ``<sha256 hex>  <relative path>`` (two spaces; GNU's escaped form, a leading ``\\``, for
 names with a backslash or a line break), sorted by path, so that ``cd ROOT && sha256sum -c MANIFEST`` checks
-the files under ``ROOT`` without llsmflow.
+the files under ``ROOT`` without llsmflow. Files outside ``ROOT`` (raw inputs) are listed under the names they
+are given (``raw/<file name>``); docs/provenance.md gives the two ``sha256sum -c`` pipelines that check the
+lines of ``ROOT`` and those of the raw directory.
 
 This module is light on purpose (standard library and :mod:`llsmflow.io` only, no zarr, dask or ome-zarr):
 the provenance job imports :func:`write_checksum_manifest` alone.

@@ -483,7 +483,7 @@ def reproduce(
     check_inputs(inputs, moved=raw_dir is not None)
     new_config = rerun_config(config, original_dir)
     configured = Path(new_config["raw_dir"])
-    if configured != recorded_raw:
+    if configured.resolve() != recorded_raw.resolve():
         echo(
             f"note: config.yaml names raw_dir {configured}, not the {recorded_raw} the run read; re-running on "
             f"the verified raw data in {new_raw} (--raw-dir gives their new place when they moved)"

@@ -253,11 +253,11 @@ def relocate(inputs: list[tuple[Path, str]], old: Path, new: Path) -> list[tuple
     """The recorded inputs under ``old`` looked up under ``new`` by their path relative to ``old``; inputs
     outside ``old`` stay where they were recorded."""
     moved = []
+    bases = dict.fromkeys((old, old.resolve()))  # the crate names files by resolved path
     for path, digest in inputs:
-        try:
-            moved.append((new / Path(os.path.normpath(path)).relative_to(old), digest))
-        except ValueError:
-            moved.append((path, digest))
+        path = Path(os.path.normpath(path))
+        relative = next((path.relative_to(b) for b in bases if path.is_relative_to(b)), None)
+        moved.append((path if relative is None else new / relative, digest))
     return moved
 
 
@@ -271,13 +271,13 @@ def selected_inputs(config: dict) -> list[Path]:
     files = [acq.raw_dir / p for p in acq.samples["path"]]
     files += [acq.psf_path(c) for c in range(len(acq.channels))]
     files.append(acq.metadata_path)
-    return [Path(os.path.normpath(Path(f).absolute())) for f in files]
+    return [Path(f).resolve() for f in files]
 
 
 def check_selection(config: dict, verified: list[Path]) -> None:
     """Refuse when the files the workflow would read with ``config`` are not exactly the verified ones."""
     selected = set(selected_inputs(config))
-    verified_set = {Path(os.path.normpath(p.absolute())) for p in verified}
+    verified_set = {Path(p).resolve() for p in verified}
     for path in sorted(selected - verified_set):
         raise LlsmflowError(
             "the re-run would read this raw file, which the recorded run did not; expected exactly the "

@@ -8,7 +8,12 @@ from pathlib import Path, PurePosixPath
 
 import zarr
 
-from llsmflow.archive.manifest import _parse_manifest, verify_manifest, write_checksum_manifest
+from llsmflow.archive.manifest import (
+    _parse_manifest,
+    symlinks_under,
+    verify_manifest,
+    write_checksum_manifest,
+)
 from llsmflow.archive.ome_zarr import _image_name, _name_multiscales, write_ome_zarr
 from llsmflow.errors import LlsmflowError
 from llsmflow.io import atomic_output, sha256_file
@@ -99,41 +104,86 @@ def write_dataset_archive(
     return out_path
 
 
+def _root_attributes(archive: Path) -> dict:
+    """The archive's ``llsmflow`` attributes; empty when the root metadata is unreadable or a symlink (which
+    is not followed: :func:`verify_archive` reports it)."""
+    if any((archive / name).is_symlink() for name in ("zarr.json", ".zattrs", ".zgroup")):
+        return {}
+    try:
+        return dict(dict(zarr.open_group(str(archive), mode="r").attrs).get("llsmflow", {}))
+    except Exception:  # a damaged root metadata file is reported as changed by the manifest check
+        return {}
+
+
+def _table_mismatches(archive: Path, attrs: dict, expected: dict[str, str]) -> list[str]:
+    """Tables whose sha256 recorded in the root attributes disagrees with the manifest or the file."""
+    found = []
+    tables = attrs.get("tables")
+    for name, entry in sorted((tables if isinstance(tables, dict) else {}).items()):
+        path = entry.get("path") if isinstance(entry, dict) else None
+        recorded = entry.get("sha256") if isinstance(entry, dict) else None
+        if not isinstance(path, str) or not isinstance(recorded, str):
+            found.append(f"{name} (attributes record no path and sha256 for this table)")
+            continue
+        file = archive / path
+        listed = expected.get(path)
+        if listed is not None and listed != recorded:
+            found.append(f"{path} (attributes record sha256 {recorded[:16]}…, the manifest {listed[:16]}…)")
+        elif file.is_file() and not file.is_symlink() and sha256_file(file) != recorded:
+            found.append(f"{path} (attributes record sha256 {recorded[:16]}…, the file differs)")
+    return found
+
+
 def verify_archive(archive: str | Path, raw_dir: str | Path | None = None) -> dict[str, list[str]]:
     """Check an archive written by :func:`write_dataset_archive` against its manifest.
 
     Every file of the archive is compared with ``checksums.sha256``; raw inputs (``raw/<name>`` entries) are
     looked for in ``raw_dir`` or, by default, where they were when the archive was written. Snakemake's
-    ``.snakemake_timestamp`` marker (added after the archive was sealed) is not reported as extra.
+    ``.snakemake_timestamp`` marker (added after the archive was sealed) is not reported as extra. Symbolic
+    links inside the archive are reported, never followed (an archive is self-contained: a link could make it
+    read files elsewhere), and the tables' sha256 recorded in the root attributes (``llsmflow.tables``) are
+    cross-checked against the manifest and the files.
 
     Returns
     -------
     dict
-        ``{"missing": [...], "extra": [...], "changed": [...]}`` (paths relative to the archive; raw inputs as
-        ``raw/<name>``). All empty means the archive and its raw inputs are intact.
+        ``{"missing": [...], "extra": [...], "changed": [...], "symlinks": [...], "tables": [...]}``: paths
+        relative to the archive (raw inputs as ``raw/<name>``); ``symlinks`` as ``path -> target``; ``tables``
+        as ``path (what disagrees)``. All empty means the archive and its raw inputs are intact.
     """
     archive = Path(archive)
     manifest = archive / MANIFEST_NAME
     if not archive.is_dir():
         raise LlsmflowError("not found or not a directory; expected an llsmflow archive (.ome.zarr)", archive)
-    if not manifest.is_file():
+    if manifest.is_symlink() or not manifest.is_file():
         raise LlsmflowError(
-            f"has no {MANIFEST_NAME}; expected an archive written by llsmflow (incomplete or not ours)",
+            f"has no {MANIFEST_NAME} (or it is a symlink); expected an archive written by llsmflow "
+            "(incomplete or not ours)",
             archive,
         )
     expected = _parse_manifest(manifest)
     raw_names = [name[len(RAW_PREFIX) :] for name in expected if name.startswith(RAW_PREFIX)]
+    attrs = _root_attributes(archive)
     directories = [Path(raw_dir)] if raw_dir is not None else []
     if raw_dir is None:
-        try:
-            attrs = dict(zarr.open_group(str(archive), mode="r").attrs).get("llsmflow", {})
-        except Exception:  # a damaged root metadata file is reported as changed by the manifest check
-            attrs = {}
         directories = [Path(d) for d in attrs.get("raw_inputs", {}).get("directories", [])]
     extra_files = {}
     for name in raw_names:
         found = next((d / name for d in directories if (d / name).is_file()), None)
         extra_files[f"{RAW_PREFIX}{name}"] = found if found is not None else Path("/nonexistent") / name
     report = verify_manifest(archive, manifest, extra_files)
-    report["extra"] = [name for name in report["extra"] if PurePosixPath(name).name not in WORKFLOW_MARKERS]
+    links = symlinks_under(archive)
+    under_link = tuple(f"{name}/" for name in links)  # a linked directory hides its files
+
+    def linked(name: str) -> bool:
+        return name in links or name.startswith(under_link)
+
+    report["missing"] = [name for name in report["missing"] if not linked(name)]
+    report["extra"] = [
+        name
+        for name in report["extra"]
+        if PurePosixPath(name).name not in WORKFLOW_MARKERS and not linked(name)
+    ]
+    report["symlinks"] = [f"{name} -> {target}" for name, target in sorted(links.items())]
+    report["tables"] = _table_mismatches(archive, attrs, expected)
     return report

@@ -2,7 +2,9 @@
 
 A manifest line is ``<sha256 hex>  <relative path>`` (two spaces; GNU's escaped form, a leading ``\\``, for
 names with a backslash or a line break), sorted by path, so that ``cd ROOT && sha256sum -c MANIFEST`` checks
-the files under ``ROOT`` without llsmflow.
+the files under ``ROOT`` without llsmflow. Files outside ``ROOT`` (raw inputs) are listed under the names they
+are given (``raw/<file name>``); docs/provenance.md gives the two ``sha256sum -c`` pipelines that check the
+lines of ``ROOT`` and those of the raw directory.
 
 This module is light on purpose (standard library and :mod:`llsmflow.io` only, no zarr, dask or ome-zarr):
 the provenance job imports :func:`write_checksum_manifest` alone.
@@ -59,16 +61,46 @@ def _parse_manifest(manifest_path: Path) -> dict[str, str]:
     return entries
 
 
-def _files_under(root: Path, exclude: set[Path]) -> dict[str, Path]:
+def _files_under(root: Path, exclude: set[Path], follow_symlinks: bool = True) -> dict[str, Path]:
+    """``{relative path: path}`` of the files under ``root``; symlinked files are left out unless
+    ``follow_symlinks`` (symlinked directories are never entered)."""
     files: dict[str, Path] = {}
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         for filename in filenames:
             full = Path(dirpath, filename)
+            if not follow_symlinks and full.is_symlink():
+                continue
             if full.resolve() in exclude or not full.is_file():
                 continue
             files[full.relative_to(root).as_posix()] = full
     return files
+
+
+def symlinks_under(root: str | Path) -> dict[str, str]:
+    """``{relative path: link target}`` of every symbolic link under ``root`` (files and directories; links
+    are not followed, so nothing outside ``root`` is read)."""
+    root = Path(root)
+    links: dict[str, str] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in sorted(dirnames + filenames):
+            full = Path(dirpath, name)
+            if full.is_symlink():
+                links[full.relative_to(root).as_posix()] = os.readlink(full)
+    return links
+
+
+def add_to_manifest(manifest_path: str | Path, root: str | Path, files) -> Path:
+    """Add (or replace) the lines of ``files`` (paths under ``root``) in a manifest describing ``root``;
+    rewritten atomically, sorted by path."""
+    manifest_path, root = Path(manifest_path), Path(root)
+    entries = _parse_manifest(manifest_path)
+    for file in files:
+        entries[Path(file).relative_to(root).as_posix()] = sha256_file(file)
+    lines = [_manifest_line(entries[name], name) for name in sorted(entries)]
+    with atomic_output(manifest_path) as tmp:
+        tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return manifest_path
 
 
 def _check_extra_name(name: str, out_path: Path) -> str:
@@ -140,6 +172,8 @@ def verify_manifest(
     dict
         ``{"missing": [...], "extra": [...], "changed": [...]}``: sorted relative paths listed but absent,
         present but not listed, and present with a different SHA-256. All empty means the tree is intact.
+        Symbolic links under ``root`` are not followed: a listed path that is a link counts as missing (list
+        them with :func:`symlinks_under`).
 
     Raises
     ------
@@ -154,7 +188,8 @@ def verify_manifest(
     if not manifest_path.is_file():
         raise LlsmflowError("manifest not found; expected a checksum manifest file", manifest_path)
     expected = _parse_manifest(manifest_path)
-    present = _files_under(root, {manifest_path.resolve()})
+    # symlinks under root are not followed (see symlinks_under): a listed one is missing as a file
+    present = _files_under(root, {manifest_path.resolve()}, follow_symlinks=False)
     outside = {_check_extra_name(k, manifest_path): Path(v) for k, v in (extra_files or {}).items()}
     missing, changed = [], []
     for name, digest in expected.items():

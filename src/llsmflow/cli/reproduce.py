@@ -12,7 +12,13 @@ def cmd_reproduce(args) -> int:
     from llsmflow.provenance.reproduce import reproduce
 
     out_dir = args.output or Path(f"reproduce-{Path(args.run_dir).resolve().name}-{os.getpid()}")
-    return reproduce(args.run_dir, out_dir, cores=args.cores)
+    return reproduce(
+        args.run_dir,
+        out_dir,
+        cores=args.cores,
+        raw_dir=args.raw_dir,
+        trust_snapshot=args.trust_snapshot,
+    )
 
 
 def register_reproduce_commands(sub) -> None:
@@ -28,5 +34,18 @@ def register_reproduce_commands(sub) -> None:
     p.add_argument("--output", "-o", type=Path, default=None, help="fresh directory for the re-run")
     p.add_argument(
         "--cores", type=int, default=DEFAULT_CORES, help="cores for the re-run (default %(default)s)"
+    )
+    p.add_argument(
+        "--raw-dir",
+        type=Path,
+        default=None,
+        help="where the raw data are now, if moved: every recorded raw input is looked up here by its path "
+        "relative to the recorded raw_dir and checked by sha256 (default: the recorded raw_dir)",
+    )
+    p.add_argument(
+        "--trust-snapshot",
+        action="store_true",
+        help="run the crate's own workflow snapshot even if it differs from the installed llsmflow's "
+        "workflow, or the crate (older llsmflow) records no checksums for it",
     )
     p.set_defaults(func=cmd_reproduce)

@@ -269,15 +269,22 @@ def cmd_verify(args) -> int:
     from llsmflow.archive import verify_archive
 
     report = verify_archive(args.archive, raw_dir=args.raw_dir)
+    labels = {
+        "missing": "missing",
+        "changed": "changed",
+        "extra": "extra",
+        "symlinks": "symlink (not followed)",
+        "tables": "table checksum in the attributes disagrees",
+    }
     problems = 0
-    for kind in ("missing", "changed", "extra"):
-        for name in report[kind]:
-            print(f"{kind}: {name}")
+    for kind, label in labels.items():
+        for name in report.get(kind, []):
+            print(f"{label}: {name}")
             problems += 1
     if problems:
         print(
-            f"{args.archive}: {problems} problem(s): {len(report['missing'])} missing, "
-            f"{len(report['changed'])} changed, {len(report['extra'])} extra",
+            f"{args.archive}: {problems} problem(s): "
+            + ", ".join(f"{len(report.get(kind, []))} {kind}" for kind in labels),
             file=sys.stderr,
         )
         return 1

@@ -295,7 +295,7 @@ def build_crate(crate_dir, record: dict, workflow_dir, run_dir, record_outputs=N
     for path in snapshot:
         relative = path.relative_to(crate_dir).as_posix()
         if relative != "workflow/Snakefile":
-            crate.add_file(path, relative, properties={"name": relative})
+            crate.add_file(path, relative, properties={"name": relative, **_checksum(path)})
 
     # --- software, engine, language
     software = b.software()
@@ -331,6 +331,7 @@ def build_crate(crate_dir, record: dict, workflow_dir, run_dir, record_outputs=N
             "programmingLanguage": language,
             "softwareRequirements": software,
             "additionalProperty": git_props,
+            **_checksum(crate_dir / "workflow" / "Snakefile"),
             "description": "llsmflow Snakemake workflow"
             + (f" at git commit {git['commit']}" if git.get("commit") else "")
             + (" with uncommitted changes (dirty tree)" if git.get("dirty") else ""),
@@ -474,6 +475,14 @@ def build_crate(crate_dir, record: dict, workflow_dir, run_dir, record_outputs=N
     return crate
 
 
+def _checksum(path: Path) -> dict:
+    """``sha256`` and ``contentSize`` of a file of the crate (the workflow snapshot: ``llsmflow reproduce``
+    verifies every snapshot file against them before it runs anything)."""
+    from llsmflow.io import sha256_file
+
+    return {"sha256": sha256_file(path), "contentSize": str(path.stat().st_size)}
+
+
 def _file_description(name: str) -> dict:
     descriptions = {
         "run-record.json": "run record: config, versions, step records, sha256 of every input and output file",
@@ -522,12 +531,24 @@ def _step_file(b: _CrateBuilder, path: str, inputs: dict, outputs: dict):
     return b.data_entity(path, entry, is_dir=is_dir)
 
 
-def write_crate(crate_dir, record: dict, workflow_dir, run_dir, record_outputs=None) -> Path:
-    """Build the crate (see :func:`build_crate`) and write ``ro-crate-metadata.json`` in ``crate_dir``."""
+def write_crate(
+    crate_dir, record: dict, workflow_dir, run_dir, record_outputs=None, manifest_root=None
+) -> Path:
+    """Build the crate (see :func:`build_crate`) and write ``ro-crate-metadata.json`` in ``crate_dir``.
+
+    When ``crate_dir`` holds the run's ``checksums.sha256`` (written before the crate, over ``manifest_root``:
+    by default the crate's parent, ``results/<dataset>``), the workflow snapshot's files are added to it, so
+    that the manifest, like the crate's metadata, records the sha256 of every file of the snapshot.
+    """
+    from llsmflow.archive.manifest import add_to_manifest
     from llsmflow.io import atomic_output
 
     crate_dir = Path(crate_dir)
     crate = build_crate(crate_dir, record, workflow_dir, run_dir, record_outputs)
+    manifest = crate_dir / "checksums.sha256"
+    if manifest.is_file():
+        snapshot = sorted(p for p in (crate_dir / "workflow").rglob("*") if p.is_file())
+        add_to_manifest(manifest, Path(manifest_root) if manifest_root else crate_dir.parent, snapshot)
     metadata = crate.metadata.generate()
     out = crate_dir / METADATA
     with atomic_output(out) as tmp:

@@ -4,13 +4,18 @@ The crate (:mod:`llsmflow.provenance.crate`) holds everything needed: the resolv
 workflow snapshot that ran (``workflow/Snakefile``), the raw inputs by absolute path with their sha256, and the
 sha256 of every output file (``run-record.json``). Reproducing:
 
-1. checks every raw input against its recorded sha256 and refuses (exit 2, one line naming the file) when one
-   is missing or changed;
-2. warns when Python, package versions or the container image differ from the recorded ones;
-3. runs the snapshot with Snakemake (a subprocess) into a fresh directory, with the recorded configuration
-   (``results_dir``/``work_dir`` pointed into that directory, ``raw_dir`` resolved against the original run
-   directory);
-4. compares every recorded output with its re-run counterpart: *identical* (same bytes), *within tolerance*
+1. verifies the workflow snapshot: every file against the sha256 the crate records for it, and the whole
+   against the installed llsmflow's workflow; a changed, unlisted or missing file is refused, and a snapshot
+   that differs from the installed workflow runs only with ``trust_snapshot`` (``--trust-snapshot``), see
+   :mod:`llsmflow.provenance.snapshot`;
+2. checks every raw input against its recorded sha256 (at the recorded path, or relative to ``raw_dir``
+   given for moved data) and refuses (exit 2, one line naming the file) when one is missing or changed, or
+   when the workflow would read another file than those verified;
+3. says what it will run (workflow version, git commit, installed workflow or the crate's snapshot) and warns
+   when Python, package versions or the container image differ from the recorded ones;
+4. runs the snapshot with Snakemake (a subprocess) into a fresh directory, with the recorded configuration
+   (``results_dir``/``work_dir`` pointed into that directory, ``raw_dir`` the verified directory);
+5. compares every recorded output with its re-run counterpart: *identical* (same bytes), *within tolerance*
    (same values up to :data:`RTOL`, measure printed) or *different* (measure printed); exit 1 if any differs.
 
 Comparison measures (hand-written because no library compares these formats with one stated measure), after a
@@ -130,14 +135,16 @@ def recorded_inputs(graph: dict) -> list[tuple[Path, str]]:
     return inputs
 
 
-def check_inputs(inputs: list[tuple[Path, str]]) -> None:
+def check_inputs(inputs: list[tuple[Path, str]], moved: bool = False) -> None:
     """Refuse (raise) on the first input that is missing or whose sha256 differs from the recorded one."""
     from llsmflow.io import sha256_file
 
     for path, sha256 in inputs:
         if not path.is_file():
             raise LlsmflowError(
-                "raw input recorded in the crate is missing; expected the file the run read", path
+                "raw input recorded in the crate is missing; expected the file the run read"
+                + ("" if moved else " (moved? give its new directory with --raw-dir)"),
+                path,
             )
         actual = sha256_file(path)
         if actual != sha256:
@@ -255,22 +262,23 @@ def compare_png(a, b, path: str) -> Comparison:
     return Comparison(path, "different", detail)
 
 
-def json_differences(a, b, where: str = "") -> list[str]:
+def json_differences(a, b, where: str = "", moved: dict[str, str] | None = None) -> list[str]:
     """Differences between two parsed JSON documents: numbers within tolerance, the keys of
-    :data:`JSON_NOT_COMPARED` skipped; ``[]`` if they agree."""
+    :data:`JSON_NOT_COMPARED` skipped; ``[]`` if they agree. ``moved`` maps a directory of the re-run to the
+    recorded one (raw data given with ``--raw-dir``): a string of ``b`` naming it counts as naming the other."""
     if isinstance(a, dict) and isinstance(b, dict):
         if set(a) - JSON_NOT_COMPARED != set(b) - JSON_NOT_COMPARED:
             return [f"{where or '/'}: keys {sorted((set(a) ^ set(b)) - JSON_NOT_COMPARED)}"]
         found = []
         for key in (k for k in a if k not in JSON_NOT_COMPARED):
-                found += json_differences(a[key], b[key], f"{where}/{key}")
+            found += json_differences(a[key], b[key], f"{where}/{key}", moved)
         return found
     if isinstance(a, list) and isinstance(b, list):
         if len(a) != len(b):
             return [f"{where}: {len(b)} items vs {len(a)}"]
         found = []
         for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            found += json_differences(x, y, f"{where}[{i}]")
+            found += json_differences(x, y, f"{where}[{i}]", moved)
         return found
     numbers = (int, float)
     if (
@@ -280,6 +288,10 @@ def json_differences(a, b, where: str = "") -> list[str]:
         and not isinstance(b, bool)
     ):
         return [] if abs(a - b) <= RTOL * abs(a) + JSON_ATOL else [f"{where}: {b!r} vs {a!r}"]
+    if isinstance(a, str) and isinstance(b, str):
+        for new, old in (moved or {}).items():
+            if b == new or b.startswith(new.rstrip("/") + "/"):
+                b = old + b[len(new) :]
     return [] if a == b else [f"{where}: {b!r} vs {a!r}"]
 
 
@@ -329,7 +341,7 @@ def _read_image(path: Path):
     return tifffile.imread(path)
 
 
-def compare_file(original: Path, rerun: Path, path: str) -> Comparison:
+def compare_file(original: Path, rerun: Path, path: str, moved: dict[str, str] | None = None) -> Comparison:
     """Compare one file: bytes first, then by content according to its type."""
     from llsmflow.io import sha256_file
 
@@ -346,7 +358,9 @@ def compare_file(original: Path, rerun: Path, path: str) -> Comparison:
         if suffix in (".tif", ".tiff"):
             return _verdict(path, relative_difference(_read_image(original), _read_image(rerun)), "pixels")
         if suffix == ".json":
-            found = json_differences(json.loads(original.read_text()), json.loads(rerun.read_text()))
+            found = json_differences(
+                json.loads(original.read_text()), json.loads(rerun.read_text()), moved=moved
+            )
             if found:
                 more = f" and {len(found) - 5} more" if len(found) > 5 else ""
                 return Comparison(path, "different", "JSON " + "; ".join(found[:5]) + more)
@@ -360,7 +374,9 @@ def compare_file(original: Path, rerun: Path, path: str) -> Comparison:
     return Comparison(path, "different", "bytes differ")
 
 
-def compare_zarr(original: Path, rerun: Path, path: str, files: list[str]) -> list[Comparison]:
+def compare_zarr(
+    original: Path, rerun: Path, path: str, files: list[str], moved: dict[str, str] | None = None
+) -> list[Comparison]:
     """Compare a Zarr store: per array (values) and per non-chunk file (tables, metadata)."""
     import warnings
 
@@ -394,15 +410,18 @@ def compare_zarr(original: Path, rerun: Path, path: str, files: list[str]) -> li
     for f in changed:
         if f.startswith(covered) and not f.endswith("zarr.json"):
             continue
-        results.append(compare_file(original / f, rerun / f, f"{path}/{f}"))
+        results.append(compare_file(original / f, rerun / f, f"{path}/{f}", moved))
     if all(r.status in ("identical", "within tolerance") for r in results):
         worst = [r.detail for r in results if r.status == "within tolerance"]
         return [Comparison(path, "within tolerance" if worst else "identical", "; ".join(worst))]
     return [r for r in results if r.status not in ("identical",)]
 
 
-def compare_outputs(record: dict, original_dir: Path, rerun_dir: Path) -> list[Comparison]:
-    """Compare every recorded output file (grouped per Zarr store) between the original run and the re-run."""
+def compare_outputs(
+    record: dict, original_dir: Path, rerun_dir: Path, moved: dict[str, str] | None = None
+) -> list[Comparison]:
+    """Compare every recorded output file (grouped per Zarr store) between the original run and the re-run
+    (``moved``: see :func:`json_differences`)."""
     stores: dict[str, list[str]] = {}
     singles = []
     for entry in record["outputs"]:
@@ -417,9 +436,9 @@ def compare_outputs(record: dict, original_dir: Path, rerun_dir: Path) -> list[C
             stores.setdefault(store, []).append(str(Path(*parts[zarr_index + 1 :])))
     results = []
     for store, files in sorted(stores.items()):
-        results += compare_zarr(original_dir / store, rerun_dir / store, store, files)
+        results += compare_zarr(original_dir / store, rerun_dir / store, store, files, moved)
     for path in sorted(singles):
-        results.append(compare_file(original_dir / path, rerun_dir / path, path))
+        results.append(compare_file(original_dir / path, rerun_dir / path, path, moved))
     return results
 
 
@@ -427,23 +446,65 @@ def compare_outputs(record: dict, original_dir: Path, rerun_dir: Path) -> list[C
 
 
 def reproduce(
-    run_dir, out_dir, cores: int = DEFAULT_CORES, config_overrides: dict | None = None, echo=print
+    run_dir,
+    out_dir,
+    cores: int = DEFAULT_CORES,
+    config_overrides: dict | None = None,
+    echo=print,
+    raw_dir=None,
+    trust_snapshot: bool = False,
 ) -> int:
-    """Reproduce the run whose crate is at (or under) ``run_dir`` into ``out_dir``; return the exit code."""
+    """Reproduce the run whose crate is at (or under) ``run_dir`` into ``out_dir``; return the exit code.
+
+    Nothing runs before the workflow snapshot and the raw inputs are verified (:mod:`llsmflow.provenance.snapshot`):
+    a snapshot that differs from the installed llsmflow's workflow runs only with ``trust_snapshot``; the re-run
+    reads the raw files it verified, at the recorded paths or, with ``raw_dir``, at the same paths relative to
+    that directory.
+    """
+    from llsmflow.provenance import snapshot
+
     crate_dir = locate_crate(run_dir).resolve()
     graph, record, config = load_crate(crate_dir)
-    # a config recorded by an older workflow may leave out keys its snapshot's schema fills in
-    config = fill_defaults(config, load_schema(crate_dir / "workflow"))
+    check = snapshot.check_workflow(crate_dir, graph, trust_snapshot=trust_snapshot)
     original_dir = Path(record.get("run_dir") or crate_dir.parents[2])
     out_dir = Path(out_dir).resolve()
     if out_dir.exists() and any(out_dir.iterdir()):
         raise LlsmflowError("output directory is not empty; expected a fresh directory", out_dir)
+    # a config recorded by an older workflow may leave out keys its snapshot's schema fills in
+    config = fill_defaults(config, load_schema(crate_dir / "workflow"))
+    recorded_raw = snapshot.recorded_raw_dir(record, config, original_dir)
     inputs = recorded_inputs(graph)
-    check_inputs(inputs)
-    echo(f"inputs: {len(inputs)} files match their recorded sha256")
+    new_raw = recorded_raw
+    if raw_dir is not None:
+        new_raw = Path(raw_dir).resolve()
+        if not new_raw.is_dir():
+            raise LlsmflowError("--raw-dir is not a directory; expected the moved raw data", new_raw)
+        inputs = snapshot.relocate(inputs, recorded_raw, new_raw)
+    check_inputs(inputs, moved=raw_dir is not None)
+    new_config = rerun_config(config, original_dir)
+    configured = Path(new_config["raw_dir"])
+    if configured.resolve() != recorded_raw.resolve():
+        echo(
+            f"note: config.yaml names raw_dir {configured}, not the {recorded_raw} the run read; re-running on "
+            f"the verified raw data in {new_raw} (--raw-dir gives their new place when they moved)"
+        )
+    new_config["raw_dir"] = str(new_raw)
+    metadata = (record.get("config") or {}).get("metadata") or config.get("metadata")
+    if metadata:
+        recorded_metadata = snapshot.resolve_path(metadata, original_dir)
+        new_config["metadata"] = str(
+            snapshot.relocate([(recorded_metadata, "")], recorded_raw, new_raw)[0][0]
+        )
+    else:
+        new_config["metadata"] = None
+    snapshot.check_selection(new_config, [path for path, _ in inputs])
+    for line in snapshot.describe(record, check):
+        echo(line)
+    echo(
+        f"inputs: {len(inputs)} files in {new_raw} match their recorded sha256; the re-run reads exactly these"
+    )
     for warning in version_warnings(record):
         echo(f"warning: software differs: {warning}")
-    new_config = rerun_config(config, original_dir)
     new_config.update(config_overrides or {})
     wisdom = crate_dir / "fftw-wisdom"
     if wisdom.is_file():  # the run's FFT plans: the same FFT algorithms, hence the same round-off
@@ -456,7 +517,8 @@ def reproduce(
         raise LlsmflowError(
             f"the re-run failed (Snakemake exit {status}); see reproduce-snakemake.log", out_dir
         )
-    results = compare_outputs(record, original_dir, out_dir)
+    moved = {str(new_raw): str(recorded_raw)} if new_raw != recorded_raw else None
+    results = compare_outputs(record, original_dir, out_dir, moved)
     width = max(len(r.status) for r in results)
     for r in results:
         echo(f"{r.status.upper():<{width}}  {r.path}" + (f"  ({r.detail})" if r.detail else ""))

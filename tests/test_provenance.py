@@ -23,8 +23,14 @@ def test_scrub_removes_url_credentials_and_secret_keys():
         "list": ["s3://AKIA:{PASSWORD}@bucket/key", "plain text"],
         "api_token": TOKEN,
         "nested": {"db_password": PASSWORD, "iterations": 10},
+        "directives": [f"--export=ALL,LAB_API_TOKEN={TOKEN}", "--mem=4G", f"https://h.org/x?a=1&token={TOKEN}"],
     }
     clean = scrub(value)
+    assert clean["directives"] == [
+        "--export=ALL,LAB_API_TOKEN=[redacted]",
+        "--mem=4G",
+        "https://h.org/x?a=1&token=[redacted]",
+    ]
     assert clean["url"] == "https://example.org/data?x=1"
     assert clean["list"] == ["s3://bucket/key", "plain text"]
     assert clean["api_token"] == clean["nested"]["db_password"] == provenance.REDACTED

@@ -140,11 +140,6 @@ def test_no_secret_in_snakemake_metadata_work_or_logs(secret_run):
     assert not [p for p in everything if PASSWORD.encode() in p.read_bytes()]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="llsmflow.provenance.record.scrub does not yet redact NAME=VALUE pairs with a secret-like NAME "
-    "inside strings (a dask.job_extra_directives entry); fixed in provenance/, not by this helper",
-)
 def test_no_secret_in_results(secret_run):
     """Case 3, results/: the crate's config and the QC report hold neither planted secret."""
     assert secret_run.process.wait(timeout=900) == 0

@@ -129,6 +129,20 @@ def test_unlisted_file_in_the_snapshot_is_refused(tiny_run, tmp_path):
     assert not (tmp_path / "rerun").exists()
 
 
+def test_a_hostile_crate_config_is_refused_before_anything_runs(tiny_run, tmp_path):
+    """The crate's config.yaml is read as boundedly as a user's: an alias bomb fails at once, and a value of
+    the wrong type (a boolean where a number belongs) is refused against the snapshot's own schema."""
+    crate = _copy_crate(tiny_run, tmp_path)
+    config = crate / "config.yaml"
+    recorded = config.read_text(encoding="utf-8")
+    config.write_text('a: &a ["x","x","x","x","x","x","x","x","x"]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\n')
+    _one_line_refusal(_reproduce(crate, tmp_path / "rerun", timeout=60), config, "alias")
+    config.write_text(recorded.replace("min_quality: 0.5", "min_quality: true"), encoding="utf-8")
+    assert "min_quality: true" in config.read_text(encoding="utf-8")
+    _one_line_refusal(_reproduce(crate, tmp_path / "rerun2", timeout=120), config, "min_quality")
+    assert not (tmp_path / "rerun").exists() and not (tmp_path / "rerun2").exists()
+
+
 def test_symlink_in_the_snapshot_is_refused(tiny_run, tmp_path):
     crate = _copy_crate(tiny_run, tmp_path)
     outside = tmp_path / "outside.py"

@@ -8,8 +8,11 @@ Submodules, one per product:
     (:func:`provenance_summary`). Standard library only, so every workflow job may import it.
 ``crate``
     The Workflow Run RO-Crate built from the run record (imports ``rocrate``, hence its own module).
+``snapshot``
+    Before anything runs: every file of a crate's workflow snapshot against the checksums the crate records,
+    the snapshot against the installed llsmflow's own workflow, and the raw inputs (``--raw-dir``) by sha256.
 ``reproduce``
-    ``llsmflow reproduce``: re-run a crate's workflow snapshot and compare every output (reads Zarr, tables
+    ``llsmflow reproduce``: re-run a verified crate's workflow and compare every output (reads Zarr, tables
     and images only when comparing).
 
 Step records moved to :mod:`llsmflow.run.steps` (they are run bookkeeping); :class:`StepRecorder`,

@@ -141,13 +141,16 @@ def allowed_environment(environ=None) -> dict[str, str]:
 
 _URL_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s:]*(?::[^/@\s]*)?@")
 REDACTED = "[redacted]"
+# NAME=VALUE inside a string (a sbatch directive `--export=ALL,LAB_API_TOKEN=…`, a URL query `?token=…`)
+_ASSIGNMENT = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_.-]*)=(?P<value>[^,;&\s]*)")
 
 
 def scrub(value, key: str = ""):
     """Copy of ``value`` (nested dicts/lists/strings) safe to record.
 
     Credentials in URLs (``scheme://user:password@host``) are removed, and the value of any mapping key that
-    contains one of :data:`SECRET_MARKERS` is replaced by ``"[redacted]"``.
+    contains one of :data:`SECRET_MARKERS` is replaced by ``"[redacted]"``, as is the value of any
+    ``NAME=VALUE`` inside a string whose NAME contains one (``--export=ALL,LAB_API_TOKEN=…``).
     """
     if key and any(marker in key.upper() for marker in SECRET_MARKERS):
         return REDACTED
@@ -156,8 +159,15 @@ def scrub(value, key: str = ""):
     if isinstance(value, list | tuple):
         return [scrub(v) for v in value]
     if isinstance(value, str):
-        return _URL_CREDENTIALS.sub(lambda m: m.group("scheme"), value)
+        value = _URL_CREDENTIALS.sub(lambda m: m.group("scheme"), value)
+        return _ASSIGNMENT.sub(_redact_secret_assignment, value)
     return value
+
+
+def _redact_secret_assignment(match: re.Match) -> str:
+    name = match.group("name")
+    secret = any(marker in name.upper() for marker in SECRET_MARKERS)
+    return f"{name}={REDACTED}" if secret else match.group(0)
 
 
 def container_info(environ=None) -> dict:

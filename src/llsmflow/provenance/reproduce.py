@@ -54,7 +54,7 @@ from urllib.parse import unquote, urlparse
 from llsmflow.errors import LlsmflowError
 from llsmflow.provenance.crate import METADATA
 from llsmflow.provenance.record import container_info, package_versions
-from llsmflow.run.config import fill_defaults, load_schema
+from llsmflow.run.config import fill_defaults, load_schema, load_yaml_file, validate_config
 
 DEFAULT_CORES = 2
 
@@ -104,17 +104,22 @@ def locate_crate(run_dir: str | Path) -> Path:
 
 
 def load_crate(crate_dir: Path) -> tuple[dict, dict, dict]:
-    """``(graph by @id, run record, config)`` of a crate."""
-    import yaml
-
+    """``(graph by @id, run record, config)`` of a crate; the config is read as boundedly as a user's
+    (:func:`llsmflow.run.config.load_yaml_file`: no aliases, no tags, size capped)."""
+    path = crate_dir / METADATA
     try:
-        metadata = json.loads((crate_dir / METADATA).read_text(encoding="utf-8"))
-        record = json.loads((crate_dir / "run-record.json").read_text(encoding="utf-8"))
-        config = yaml.safe_load((crate_dir / "config.yaml").read_text(encoding="utf-8"))
+        metadata = json.loads(path.read_text(encoding="utf-8"))
+        path = crate_dir / "run-record.json"
+        record = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as error:
         raise LlsmflowError(
             "the crate lacks a file it needs; expected a crate written by llsmflow", error.filename
         ) from None
+    except ValueError as error:
+        raise LlsmflowError(f"is not valid JSON ({error}); expected a crate written by llsmflow", path) from None
+    config = load_yaml_file(crate_dir / "config.yaml", "crate config")
+    if not isinstance(config, dict) or not isinstance(metadata, dict) or "@graph" not in metadata:
+        raise LlsmflowError("is not a run crate's metadata or config; expected a crate written by llsmflow", path)
     graph = {entity["@id"]: entity for entity in metadata["@graph"]}
     return graph, record, config
 
@@ -471,7 +476,10 @@ def reproduce(
     if out_dir.exists() and any(out_dir.iterdir()):
         raise LlsmflowError("output directory is not empty; expected a fresh directory", out_dir)
     # a config recorded by an older workflow may leave out keys its snapshot's schema fills in
-    config = fill_defaults(config, load_schema(crate_dir / "workflow"))
+    schema = load_schema(crate_dir / "workflow")
+    config = fill_defaults(config, schema)
+    if schema is not None:  # the recorded config must satisfy its own workflow's schema (types included)
+        validate_config(config, schema, crate_dir / "config.yaml")
     recorded_raw = snapshot.recorded_raw_dir(record, config, original_dir)
     inputs = recorded_inputs(graph)
     new_raw = recorded_raw

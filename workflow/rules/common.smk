@@ -75,6 +75,14 @@ def raw_stack(wildcards):
     return str(ACQ.raw_dir / sample_row(wildcards.sample)["path"])
 
 
+def raw_selector(sample):
+    """C and T index of a sample's volume inside a multi-volume raw file (CZI, hyperstack); None for a file
+    holding one volume. Passed to the scripts as params, read by `llsmflow.io.read_volume`.
+    """
+    selector = ACQ.sample_selector(sample)
+    return {"channel": selector["channel"], "timepoint": selector["timepoint"]}
+
+
 def sample_channel(wildcards):
     return int(sample_row(wildcards.sample)["channel"])
 
@@ -152,10 +160,13 @@ def gpu_resources():
     }
 
 
-RAW_FILES = (
-    [str(ACQ.raw_dir / p) for p in ACQ.samples["path"]]
-    + [str(ACQ.psf_path(c)) for c in CHANNELS]
-    + [str(ACQ.metadata_path)]
+# each raw file once (a CZI or hyperstack holds many samples; channels may share a PSF)
+RAW_FILES = list(
+    dict.fromkeys(
+        [str(ACQ.raw_dir / p) for p in ACQ.samples["path"]]
+        + [str(ACQ.psf_path(c)) for c in CHANNELS]
+        + [str(p) for p in ACQ.metadata_files]
+    )
 )
 
 

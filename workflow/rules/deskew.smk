@@ -22,5 +22,7 @@ rule deskew:
         angle_deg=ACQ.angle_deg,
         scan_axis=ACQ.scan_axis,
         fill_value=config["deskew"]["fill_value"],
+        raw_channel=lambda wildcards: raw_selector(wildcards.sample)["channel"],
+        raw_timepoint=lambda wildcards: raw_selector(wildcards.sample)["timepoint"],
     script:
         "../scripts/deskew.py"

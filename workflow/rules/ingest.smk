@@ -2,7 +2,7 @@
 rule ingest:
     """Record the sample table and the resolved acquisition metadata (overrides applied)."""
     input:
-        metadata=str(ACQ.metadata_path),
+        metadata=[str(p) for p in ACQ.metadata_files],
     output:
         samples=WORK / "samples.tsv",
         acquisition=WORK / "acquisition.json",
@@ -14,6 +14,7 @@ rule ingest:
         "../../envs/llsmflow.yaml"
     params:
         raw_dir=lambda wildcards: str(ACQ.raw_dir),
+        metadata=config.get("metadata"),
         overrides=config.get("overrides") or {},
     script:
         "../scripts/ingest.py"

@@ -30,6 +30,13 @@ rule qc_tile:
     resources:
         mem_mb=step_mem_mb("qc_tile", floor_mb=1000),
         runtime=step_runtime("qc_tile"),
+    params:
+        raw_channel=lambda wildcards: raw_selector(
+            sample_id(wildcards.tile, wildcards.channel, STITCH["reference_timepoint"])
+        )["channel"],
+        raw_timepoint=lambda wildcards: raw_selector(
+            sample_id(wildcards.tile, wildcards.channel, STITCH["reference_timepoint"])
+        )["timepoint"],
     script:
         "../scripts/qc_tile.py"
 

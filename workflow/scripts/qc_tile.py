@@ -5,7 +5,8 @@ from llsmflow.qc.previews import save_projection_grid, tile_projection_rows
 from llsmflow.run.steps import StepRecorder
 
 with StepRecorder.for_workflow_job(snakemake) as step:
-    raw = read_volume(snakemake.input.raw).data
+    p = snakemake.params
+    raw = read_volume(snakemake.input.raw, channel=p.raw_channel, timepoint=p.raw_timepoint).data
     deskewed = read_volume(snakemake.input.deskewed)
     deconvolved = read_volume(snakemake.input.deconvolved)
     rows = tile_projection_rows(raw, deskewed.data, deconvolved.data, deskewed.voxel_size_um)

@@ -9,6 +9,8 @@ parses and prints, and the work is done by the library layers it calls (imported
 
 ``stages``
     synth, deskew, deconvolve, stitch, track, archive, verify (the processing packages).
+``init``
+    init (:mod:`llsmflow.ingest`: detect the instrument, write a config).
 ``run``
     run (:mod:`llsmflow.run`).
 ``status``
@@ -47,6 +49,7 @@ def build_parser():
 
     from llsmflow.cli.container import register_container_commands
     from llsmflow.cli.hpc import register_hpc_commands
+    from llsmflow.cli.init import register_init_commands
     from llsmflow.cli.reproduce import register_reproduce_commands
     from llsmflow.cli.run import register_run_commands
     from llsmflow.cli.stages import register_stage_commands
@@ -57,6 +60,7 @@ def build_parser():
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress of long steps")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     register_stage_commands(sub)
+    register_init_commands(sub)
     register_run_commands(sub)
     register_container_commands(sub)
     register_status_commands(sub)

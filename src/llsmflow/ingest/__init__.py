@@ -13,6 +13,10 @@ Submodules (re-exported here, each imported on first use)
   ``file_regex``), every fault one line naming the file, the field, the value and the expectation.
 * ``files``: matching stack files to samples, declared vs found (missing timepoints, channels, tiles), the
   stack header and PSF checks.
+* ``czi``, ``janelia``, ``ome_tiff``: what a Zeiss CZI, a Janelia/3i ``Settings.txt`` + stacks and an
+  OME-TIFF/ImageJ hyperstack say (each module says which library reads it and why).
+* ``detect``: which format a raw folder holds, read into acquisition.json's fields and a sample table.
+* ``instrument``: an instrument folder as an :class:`Acquisition` (acquisition.json and config overrides on top).
 * ``read``: :func:`read_acquisition`, which puts them together.
 """
 
@@ -30,6 +34,17 @@ _EXPORTS = {
     "match_stacks": "files",
     "require_psf_within_volume": "files",
     "read_acquisition": "read",
+    "CziInfo": "czi",
+    "read_czi_info": "czi",
+    "JaneliaSettings": "janelia",
+    "parse_settings": "janelia",
+    "HyperstackInfo": "ome_tiff",
+    "read_hyperstack_info": "ome_tiff",
+    "FORMATS": "detect",
+    "InstrumentReading": "detect",
+    "detect_format": "detect",
+    "read_instrument": "detect",
+    "instrument_metadata": "instrument",
 }
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

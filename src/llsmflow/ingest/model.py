@@ -1,7 +1,14 @@
 """The acquisition model: what the workflow needs to know about one raw acquisition, whatever its format.
 
-Every reader fills the same :class:`Acquisition` (today ``acquisition.json``; instrument readers join here),
-so the workflow, the resource model and the archive never look at a format's own metadata.
+Every reader fills the same :class:`Acquisition` (``acquisition.json``, Zeiss CZI, Janelia/3i folders,
+OME-TIFF/ImageJ hyperstacks: :mod:`llsmflow.ingest.detect`), so the workflow, the resource model and the archive
+never look at a format's own metadata.
+
+A sample (one tile × channel × timepoint) is a row of ``samples``: ``path`` (relative to the raw folder),
+``file_channel``/``file_timepoint`` (the volume's C and T index inside a multi-volume file such as a CZI or a
+hyperstack; ``None`` for a file holding one volume) and ``time_s`` (its real acquisition time when the files
+say it, else ``timepoint × time_interval_s``). A channel's ``excitation_nm``/``emission_nm`` may be ``None``
+(unknown: instruments do not always write them; acquisition.json requires the emission).
 """
 
 from __future__ import annotations
@@ -43,6 +50,8 @@ class Acquisition:
     samples: pd.DataFrame
     metadata: dict = field(default_factory=dict)
     declared_timepoints: int | None = None
+    instrument: str = "generic"
+    format: str = "acquisition.json"
 
     @property
     def deskewed_voxel_size_um(self) -> tuple[float, float, float]:
@@ -69,6 +78,39 @@ class Acquisition:
                 f"no raw stack for tile {tile}, channel {channel}, timepoint {timepoint}", self.raw_dir
             )
         return self.raw_dir / row["path"].iloc[0]
+
+    @property
+    def metadata_files(self) -> list[Path]:
+        """The files the acquisition's fields come from: the metadata file and an overriding acquisition.json."""
+        files = [self.metadata_path]
+        extra = self.metadata.get("overridden_by")
+        if extra and Path(extra) != self.metadata_path:
+            files.append(Path(extra))
+        return files
+
+    def sample_selector(self, sample_id: str) -> dict:
+        """``{'path', 'channel', 'timepoint'}`` to read a sample's volume: ``io.read_volume(path,
+        channel=, timepoint=)`` (``None`` selectors for a file holding one volume)."""
+        row = self.samples.loc[self.samples["sample_id"] == sample_id]
+        if len(row) != 1:
+            raise LlsmflowError(f"no raw stack for sample {sample_id}", self.raw_dir)
+        row = row.iloc[0]
+
+        def index(value):
+            return None if value is None or pd.isna(value) else int(value)
+
+        return {
+            "path": self.raw_dir / row["path"],
+            "channel": index(row.get("file_channel")),
+            "timepoint": index(row.get("file_timepoint")),
+        }
+
+    @property
+    def display_wavelengths_nm(self) -> list[float] | None:
+        """Per channel the emission wavelength, else the excitation (for display colours); None if a channel
+        has neither."""
+        waves = [c.get("emission_nm") or c.get("excitation_nm") for c in self.channels]
+        return None if any(w is None for w in waves) else [float(w) for w in waves]
 
     def psf_path(self, channel: int) -> Path:
         return self.raw_dir / self.channels[channel]["psf"]

@@ -1,4 +1,7 @@
-"""Read an acquisition directory (``acquisition.json`` + TIFF stacks) into an :class:`Acquisition`."""
+"""Read an acquisition directory into an :class:`Acquisition`: the generic format (``acquisition.json`` + TIFF
+stacks) or an instrument's own files (Zeiss CZI, Janelia/3i folder, OME-TIFF/ImageJ hyperstack; see
+:mod:`llsmflow.ingest.detect`), which an ``acquisition.json`` without ``file_regex`` then overrides field by
+field."""
 
 from __future__ import annotations
 
@@ -9,7 +12,6 @@ import pandas as pd
 from llsmflow.deskew.frames import deskewed_plane_spacing_um, deskewed_shape, stage_to_objective_um
 from llsmflow.errors import LlsmflowError, require_positive_voxel_size
 from llsmflow.ingest.acquisition_json import (
-    METADATA_NAME,
     check_channels,
     check_overrides,
     compile_file_regex,
@@ -56,10 +58,20 @@ def read_acquisition(
         type or out of range, a stack or PSF outside the raw directory, a declared timepoint, channel or tile
         without stacks (each named), a damaged stack or PSF.
     """
+    from llsmflow.ingest.detect import detect_format
+
     raw_dir = Path(raw_dir)
     if not raw_dir.is_dir():
         raise LlsmflowError("raw data directory not found; expected a directory of TIFF stacks", raw_dir)
-    metadata_path = Path(metadata_path) if metadata_path else raw_dir / METADATA_NAME
+    if metadata_path and not Path(metadata_path).is_absolute() and not Path(metadata_path).exists():
+        if (raw_dir / metadata_path).exists():  # a config's metadata may name a file in the raw folder
+            metadata_path = raw_dir / metadata_path
+    fmt, found_path = detect_format(raw_dir, metadata_path)
+    if fmt != "acquisition.json":
+        from llsmflow.ingest.instrument import read_instrument_acquisition
+
+        return read_instrument_acquisition(raw_dir, fmt, found_path, metadata_path, overrides, check_files)
+    metadata_path = found_path
     meta = load_acquisition_json(metadata_path)
     meta.update(check_overrides(overrides))
 
@@ -98,7 +110,7 @@ def read_acquisition(
             channel.get("psf_voxel_size_um"), metadata_path, what=f"channel {index} psf_voxel_size_um"
         )
 
-    tiles = _tile_table(meta, angle, metadata_path)
+    tiles = tile_table(meta, angle, metadata_path)
     pattern = compile_file_regex(meta, metadata_path)
     samples = match_stacks(raw_dir, pattern, {c["psf"] for c in channels})
     n_timepoints = check_declared_vs_found(
@@ -106,6 +118,8 @@ def read_acquisition(
     )
     samples = samples.sort_values(["timepoint", "channel", "tile"]).reset_index(drop=True)
     samples["time_s"] = samples["timepoint"] * interval
+    samples["file_channel"] = None  # one volume per file: no selector
+    samples["file_timepoint"] = None
     if check_files:
         raw_shape = check_stacks(raw_dir, samples, meta.get("raw_shape_zyx"), metadata_path)
         deskewed = deskewed_shape(raw_shape, dz, dx if scan_axis == "x" else dy, angle, scan_axis)
@@ -130,7 +144,7 @@ def read_acquisition(
     )
 
 
-def _tile_table(meta: dict, angle: float, path: Path) -> pd.DataFrame:
+def tile_table(meta: dict, angle: float, path: Path) -> pd.DataFrame:
     rows = []
     for entry in meta.get("tiles") or [{"ix": 0, "iy": 0, "iz": 0}]:
         ix, iy, iz = (int(entry.get(k, 0)) for k in ("ix", "iy", "iz"))

@@ -323,3 +323,52 @@ def test_init_asks_by_flag_for_what_no_file_says(tmp_path):
     assert result.returncode == 0, result.stderr
     assert _validate_against_schema(out)["overrides"]["dx_um"] == 0.11
     assert math.isclose(read_acquisition(raw, None, {"dx_um": 0.11}).dy_um, 0.11)
+
+
+# ---- the workflow on a CZI folder ----------------------------------------------------------------------
+
+
+def test_run_until_deskew_reads_czi_sub_stacks(tmp_path):
+    """`llsmflow init` + `llsmflow run -- --until deskew` on a Zeiss folder: every (channel, timepoint) of
+    the CZI is deskewed from its own volume, with the CZI's voxel sizes and angle."""
+    raw = _copy(["LLS7_t2_ch3.czi", "488_PSF.czi", "561_PSF.czi"], tmp_path / "raw")
+    config_path = tmp_path / "config.yaml"
+    assert _init(raw, config_path).returncode == 0
+    config = yaml.safe_load(config_path.read_text())
+    config.update(
+        results_dir=str(tmp_path / "results"), work_dir=str(tmp_path / "work"), keep_intermediates=True
+    )
+    config_path.write_text(yaml.safe_dump(config))
+    result = subprocess.run(
+        [sys.executable, "-m", "llsmflow.cli", "run", "--configfile", str(config_path), "--cores", "2"]
+        + ["--workflow-dir", str(REPO), "--", "--until", "deskew"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    from llsmflow.deskew.shear import deskew
+    from llsmflow.io import read_volume_description
+
+    deskewed_dir = tmp_path / "work" / "raw" / "deskewed"
+    assert len(list(deskewed_dir.glob("*.ome.tif"))) == 6
+    for c, t in ((0, 0), (2, 1)):
+        path = deskewed_dir / f"000x_000y_000z-ch{c}-t{t:04d}.ome.tif"
+        ours = read_volume(path)
+        raw_volume = read_volume(raw / "LLS7_t2_ch3.czi", channel=c, timepoint=t)
+        expected = deskew(raw_volume.data, 0.3, DX, 30.0, dy_um=DX, scan_axis="y")
+        np.testing.assert_allclose(ours.data, expected.data)
+        assert ours.voxel_size_um == pytest.approx((0.15, DX, DX))
+        description = read_volume_description(path)
+        assert (description["source_channel"], description["source_timepoint"]) == (c, t)
+
+
+def test_init_on_generic_acquisition_json_folder(tmp_path, tiny_acquisition):
+    raw = tiny_acquisition / "raw"
+    out = tmp_path / "config.yaml"
+    result = _init(raw, out)
+    assert result.returncode == 0, result.stderr
+    assert "instrument: generic (acquisition.json: acquisition.json)" in result.stdout
+    config = _validate_against_schema(out)
+    assert config["metadata"] is None and config["raw_dir"] == str(raw.resolve())

@@ -328,18 +328,16 @@ def test_init_asks_by_flag_for_what_no_file_says(tmp_path):
 # ---- the workflow on a CZI folder ----------------------------------------------------------------------
 
 
-def test_run_until_deskew_reads_czi_sub_stacks(tmp_path):
-    """`llsmflow init` + `llsmflow run -- --until deskew` on a Zeiss folder: every (channel, timepoint) of
-    the CZI is deskewed from its own volume, with the CZI's voxel sizes and angle."""
-    raw = _copy(["LLS7_t2_ch3.czi", "488_PSF.czi", "561_PSF.czi"], tmp_path / "raw")
+def _run_until_deskew(raw: Path, tmp_path: Path) -> subprocess.CompletedProcess:
     config_path = tmp_path / "config.yaml"
-    assert _init(raw, config_path).returncode == 0
+    result = _init(raw, config_path)
+    assert result.returncode == 0, result.stderr
     config = yaml.safe_load(config_path.read_text())
     config.update(
         results_dir=str(tmp_path / "results"), work_dir=str(tmp_path / "work"), keep_intermediates=True
     )
     config_path.write_text(yaml.safe_dump(config))
-    result = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-m", "llsmflow.cli", "run", "--configfile", str(config_path), "--cores", "2"]
         + ["--workflow-dir", str(REPO), "--", "--until", "deskew"],
         capture_output=True,
@@ -347,6 +345,28 @@ def test_run_until_deskew_reads_czi_sub_stacks(tmp_path):
         cwd=tmp_path,
         timeout=600,
     )
+
+
+def test_run_until_deskew_on_a_janelia_folder(tmp_path):
+    raw = _janelia_folder(tmp_path / "raw", timepoints=10)
+    result = _run_until_deskew(raw, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    from llsmflow.deskew.shear import deskew
+
+    deskewed = sorted((tmp_path / "work" / "raw" / "deskewed").glob("*.ome.tif"))
+    assert len(deskewed) == 20
+    name = "cell1_ch1_stack0003_642nm_0012060msec_0008112060msecAbs.tif"
+    dx = 6.5 / 61.90476
+    expected = deskew(read_volume(raw / name).data, 0.4, dx, 31.0, dy_um=dx, scan_axis="x")
+    ours = read_volume(tmp_path / "work" / "raw" / "deskewed" / "000x_000y_000z-ch1-t0003.ome.tif")
+    np.testing.assert_allclose(ours.data, expected.data)
+
+
+def test_run_until_deskew_reads_czi_sub_stacks(tmp_path):
+    """`llsmflow init` + `llsmflow run -- --until deskew` on a Zeiss folder: every (channel, timepoint) of
+    the CZI is deskewed from its own volume, with the CZI's voxel sizes and angle."""
+    raw = _copy(["LLS7_t2_ch3.czi", "488_PSF.czi", "561_PSF.czi"], tmp_path / "raw")
+    result = _run_until_deskew(raw, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     from llsmflow.deskew.shear import deskew
     from llsmflow.io import read_volume_description

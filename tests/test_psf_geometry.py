@@ -2,6 +2,7 @@
 coverslip frame / QC side views for scan axis y (issue 16, items 3, 4 and 6)."""
 
 import importlib.util
+import json
 import math
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from llsmflow.errors import LlsmflowError
 from llsmflow.io import read_volume, read_volume_description, write_volume
 from llsmflow.qc.previews import tile_projection_rows
 from llsmflow.synth import psf_sigmas_um, render_emitters
+from tests.conftest import run_workflow, workflow_config, write_workflow_config
 
 LLSMFLOW = str(Path(sys.executable).parent / "llsmflow")
 JANELIA_PSF = "janelia/psf642_ch0_stack0000_642nm_0000000msec_0008096612msecAbs.tif"
@@ -175,15 +177,22 @@ def test_objective_scanned_janelia_psf_is_used_as_is(real_data):
     "geometry is tested with a synthetic skewed bead above",
 )
 def test_zeiss_psf_czi_prepares(real_data):  # pragma: no cover - runs where a CZI reader is installed
+    """The Zeiss LLS7 PSF CZIs (scaling X = Y = 0.14499 µm, Z = 0.1 µm): the bead sits at the same (y, x) in
+    every plane, as an objective-frame PSF does (a stage scan at 0.1 µm would move it 0.6 px per plane along
+    y), and auto, comparing 0.1 µm with the data's 0.3 µm stage step, uses it as is."""
     import czifile
 
-    psf = np.squeeze(czifile.imread(real_data / "488_PSF.czi")).astype(np.float32)
-    assert psf.shape == (40, 12, 14)
-    # z step 0.1 µm (the file's scaling) against the data's 0.3 µm stage step: auto reads it as objective-frame
-    geometry, _ = resolve_psf_geometry("auto", (0.1, 0.14499, 0.14499), 30.0, 0.3)
-    assert geometry == "objective"
-    kernel = prepare_psf(psf, (0.1, 0.14499, 0.14499), (0.15, 0.14499, 0.14499), background=0.0)
-    assert np.unravel_index(int(np.argmax(kernel)), kernel.shape) == tuple(np.array(kernel.shape) // 2)
+    for name in ("488_PSF.czi", "561_PSF.czi", "640_PSF.czi"):
+        psf = np.squeeze(czifile.imread(real_data / name)).astype(np.float32)
+        assert psf.shape == (40, 12, 14)
+        lit = [k for k in range(psf.shape[0]) if psf[k].max() >= 0.2 * psf.max()]
+        # bead centroid along y (the LLS7 scan axis) in each plane with signal
+        centroids = [(np.arange(12) * psf[k].sum(axis=1)).sum() / psf[k].sum() for k in lit]
+        assert len(lit) >= 5 and abs(np.polyfit(lit, centroids, 1)[0]) < 0.1
+        psf_voxel = (0.1, 0.14499, 0.14499)
+        assert resolve_psf_geometry("auto", psf_voxel, 30.0, 0.3)[0] == "objective"
+        kernel = prepare_psf(psf, psf_voxel, (0.15, 0.14499, 0.14499), angle_deg=30.0, stage_step_um=0.3)
+        assert np.unravel_index(int(np.argmax(kernel)), kernel.shape) == tuple(np.array(kernel.shape) // 2)
 
 
 # ---------------------------------------------------------------------------------------------- CLI
@@ -319,3 +328,20 @@ def test_qc_side_view_follows_the_scan_axis():
     np.testing.assert_array_equal(rows_y[1][1][1], deskewed.max(axis=2))
     assert rows_y[1][0][2] == pytest.approx(0.15 / 0.12)
     assert [p[0] for p in rows_y[0]] == [p[0] for p in rows_x[0]]
+
+
+# ---------------------------------------------------------------------------------------------- workflow
+
+
+def test_workflow_records_the_psf_geometry(tiny_acquisition, tmp_path):
+    """The prepare_psf step is given the config's psf_geometry and the acquisition's angle, stage step and scan
+    axis; its record and the prepared PSF say which geometry was used (the synthetic PSFs are objective-scanned:
+    0.1 µm z step against a 0.3 µm stage step)."""
+    config = workflow_config("psfgeo", tiny_acquisition / "raw")
+    write_workflow_config(tmp_path, config)
+    run_workflow(tmp_path, "config.yaml", "--", "--until", "prepare_psf", timeout=600)
+    work = tmp_path / "work" / "psfgeo"
+    record = json.loads((work / "steps" / "prepare_psf" / "ch0.json").read_text())
+    assert record["notes"]["psf_geometry"] == "objective"
+    assert "differs from the data's stage step 0.3" in record["notes"]["psf_geometry_reason"]
+    assert read_volume_description(work / "psf" / "ch0.ome.tif")["psf_geometry"] == "objective"

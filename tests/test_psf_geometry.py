@@ -108,6 +108,29 @@ def test_auto_rule_and_forced_geometries():
         resolve_psf_geometry("skewed", (0.3, 0.1, 0.1), None, None)
 
 
+@pytest.mark.parametrize("scan_axis", ["x", "y"])
+def test_auto_reads_the_geometry_from_how_the_bead_moves(scan_axis):
+    """With the bead stack, auto follows the bead: a stage scan taken with another z step than the data's is
+    still skewed, and an objective scan taken with the data's step is still objective (noise included)."""
+    dx, angle, stage_step = 0.104, 31.5, 0.3
+    rng = np.random.default_rng(2)
+    skewed, _ = _skewed_bead(0.2, dx, angle, scan_axis)  # stage-scanned at 0.2 µm, data at 0.3 µm
+    geometry, reason = resolve_psf_geometry(
+        "auto", (0.2, dx, dx), angle, stage_step, rng.poisson(skewed).astype(float), scan_axis
+    )
+    expected = -shear_px_per_plane(0.2, dx, angle)
+    assert geometry == "skewed", reason
+    assert f"would move it {expected:+.2f}" in reason
+    drift = float(reason.split("moves ")[1].split(" px")[0])
+    assert drift == pytest.approx(expected, abs=0.1)
+    _, objective = _skewed_bead(stage_step, dx, angle, scan_axis)  # the objective-frame bead, 0.3 µm planes
+    geometry, reason = resolve_psf_geometry(
+        "auto", (stage_step, dx, dx), angle, stage_step, rng.poisson(objective).astype(float), scan_axis
+    )
+    assert geometry == "objective", reason
+    assert "moves +0.00 px" in reason or "moves -0.00 px" in reason
+
+
 # ---------------------------------------------------------------------------------------------- skewed PSFs
 
 
@@ -167,6 +190,7 @@ def test_objective_scanned_janelia_psf_is_used_as_is(real_data):
     psf = read_volume(real_data / JANELIA_PSF).data
     psf_voxel, data_voxel = (0.1, 0.104, 0.104), (0.2, 0.104, 0.104)
     assert resolve_psf_geometry("auto", psf_voxel, 31.5, 0.4)[0] == "objective"
+    assert resolve_psf_geometry("auto", psf_voxel, 31.5, 0.1, psf)[0] == "objective"  # even at the same step
     auto = prepare_psf(psf, psf_voxel, data_voxel, angle_deg=31.5, stage_step_um=0.4, scan_axis="x")
     np.testing.assert_array_equal(auto, prepare_psf(psf, psf_voxel, data_voxel))
 
@@ -191,6 +215,7 @@ def test_zeiss_psf_czi_prepares(real_data):  # pragma: no cover - runs where a C
         assert len(lit) >= 5 and abs(np.polyfit(lit, centroids, 1)[0]) < 0.1
         psf_voxel = (0.1, 0.14499, 0.14499)
         assert resolve_psf_geometry("auto", psf_voxel, 30.0, 0.3)[0] == "objective"
+        assert resolve_psf_geometry("auto", psf_voxel, 30.0, 0.1, psf, "y")[0] == "objective"
         kernel = prepare_psf(psf, psf_voxel, (0.15, 0.14499, 0.14499), angle_deg=30.0, stage_step_um=0.3)
         assert np.unravel_index(int(np.argmax(kernel)), kernel.shape) == tuple(np.array(kernel.shape) // 2)
 
@@ -343,5 +368,5 @@ def test_workflow_records_the_psf_geometry(tiny_acquisition, tmp_path):
     work = tmp_path / "work" / "psfgeo"
     record = json.loads((work / "steps" / "prepare_psf" / "ch0.json").read_text())
     assert record["notes"]["psf_geometry"] == "objective"
-    assert "differs from the data's stage step 0.3" in record["notes"]["psf_geometry_reason"]
+    assert "an objective scan 0" in record["notes"]["psf_geometry_reason"]
     assert read_volume_description(work / "psf" / "ch0.ome.tif")["psf_geometry"] == "objective"

@@ -8,7 +8,9 @@ with StepRecorder.for_workflow_job(snakemake) as step:
     p = snakemake.params
     psf = read_volume(snakemake.input.psf)
     # which geometry the PSF was taken in (skewed: deskewed and cropped to the bead first), and why
-    geometry, reason = resolve_psf_geometry(p.geometry, p.psf_voxel_um, p.angle_deg, p.stage_step_um)
+    geometry, reason = resolve_psf_geometry(
+        p.geometry, p.psf_voxel_um, p.angle_deg, p.stage_step_um, psf.data, p.scan_axis
+    )
     prepared = prepare_psf(
         psf.data,
         p.psf_voxel_um,

@@ -169,7 +169,9 @@ def cmd_deconvolve(args) -> int:
     stage_step = args.stage_step if args.stage_step is not None else stated.get("stage_step_um")
     scan_axis = args.scan_axis or stated.get("scan_axis") or "x"
     with located(args.psf):
-        geometry, reason = resolve_psf_geometry(args.psf_geometry, psf_voxel, angle, stage_step)
+        geometry, reason = resolve_psf_geometry(
+            args.psf_geometry, psf_voxel, angle, stage_step, psf.data, scan_axis
+        )
     psf_data = psf.data
     if geometry == "skewed":
         with located(args.psf):
@@ -441,7 +443,7 @@ def register_stage_commands(sub) -> None:
         choices=("auto", "skewed", "objective"),
         default="auto",
         help="skewed: a stage-scanned PSF, deskewed and cropped to the bead first; objective: used as is; "
-        "auto: skewed when the PSF's z step equals the data's stage step",
+        "auto: skewed when the bead moves between planes as a stage scan moves it",
     )
     p.add_argument(
         "--angle", type=float, default=None, help="data sheet angle, degrees (default: from llsmflow deskew)"

@@ -15,6 +15,7 @@ import numpy as np
 from scipy import ndimage
 
 from llsmflow.decon.volumes import _check_volume
+from llsmflow.deskew.frames import shear_px_per_plane
 from llsmflow.deskew.shear import deskew, deskewed_valid_mask
 from llsmflow.errors import LlsmflowError, require_positive_voxel_size
 
@@ -120,15 +121,23 @@ def resolve_psf_geometry(
     psf_voxel_um=None,
     angle_deg: float | None = None,
     stage_step_um: float | None = None,
+    psf: np.ndarray | None = None,
+    scan_axis: str = "x",
 ) -> tuple[str, str]:
     """Decide whether a PSF is ``'skewed'`` (deskew it first) or ``'objective'`` (use it as is), and why.
 
-    ``'skewed'`` and ``'objective'`` are returned as given. ``'auto'``: skewed when the data are stage-scanned
-    (``angle_deg`` and ``stage_step_um`` given) and the PSF's z step (``psf_voxel_um[0]``) equals the data's
-    stage step (relative tolerance 1e-3): a bead stack taken with the data's own stage step is a stage scan
-    (Zeiss LLS7 and stage-scanned Janelia beads), while objective-scanned beads are stepped finer along the
-    objective axis (e.g. 0.1 µm against a 0.3–0.5 µm stage step). A file that declares its geometry (a reader
-    that knows the instrument) should pass it as ``geometry``.
+    ``'skewed'`` and ``'objective'`` are returned as given. ``'auto'`` is ``'objective'`` unless the data are
+    stage-scanned (``angle_deg`` and ``stage_step_um`` given); then:
+
+    - with the bead stack (``psf``): from how the bead moves between planes. In a stage scan a bead moves
+      ``−s`` pixels per plane along the scan axis (``s`` from :func:`llsmflow.deskew.shear_px_per_plane` with
+      the PSF's z step, the data's angle and the scan axis's pixel size: what deskewing undoes); in an
+      objective scan it stays put. The measured drift (slope of the bead's per-plane centroid along the scan
+      axis, over the planes holding at least 20 % of the peak) decides whichever it is closer to. This finds a
+      stage-scanned PSF taken with any z step, and an objective-scanned one taken with the data's step.
+    - without it, or when fewer than 3 planes hold the bead: skewed when the PSF's z step equals the data's
+      stage step (relative tolerance 1e-3): a bead stack taken with the data's own stage step is a stage scan,
+      while objective scans are stepped finer (e.g. 0.1 µm against a 0.3–0.5 µm stage step).
 
     Returns
     -------
@@ -150,11 +159,48 @@ def resolve_psf_geometry(
         return "objective", "declared in the objective frame (psf_geometry: objective)"
     if angle_deg is None or stage_step_um is None:
         return "objective", "data not stage-scanned (no angle / stage step given): PSF used as is"
-    psf_dz = float(require_positive_voxel_size(psf_voxel_um, what="PSF voxel size")[0])
+    psf_voxel = require_positive_voxel_size(psf_voxel_um, what="PSF voxel size")
+    psf_dz = float(psf_voxel[0])
+    drift = None if psf is None else _bead_drift_px(psf, scan_axis)
+    if drift is not None:
+        scan_pixel = psf_voxel[2] if scan_axis == "x" else psf_voxel[1]
+        expected = -shear_px_per_plane(psf_dz, scan_pixel, angle_deg)
+        how = (
+            f"the bead moves {drift:+.2f} px per plane along {scan_axis} (a stage scan at the PSF's z step "
+            f"{psf_dz:g} µm and {float(angle_deg):g}° would move it {expected:+.2f}, an objective scan 0)"
+        )
+        return ("skewed" if abs(drift - expected) < abs(drift) else "objective"), how
     step = float(stage_step_um)
     if abs(psf_dz - step) <= _SAME_STEP_RTOL * step:
         return "skewed", f"PSF z step {psf_dz:g} µm equals the data's stage step {step:g} µm: a stage scan"
     return "objective", f"PSF z step {psf_dz:g} µm differs from the data's stage step {step:g} µm"
+
+
+def _bead_drift_px(psf: np.ndarray, scan_axis: str) -> float | None:
+    """Slope (pixels per plane) of the bead's centroid along the scan axis over the planes that hold it.
+
+    Background (border median) removed and clamped, each plane smoothed by a 1-pixel Gaussian; planes whose
+    maximum is at least 20 % of the stack's; in each, the centroid of the part above half the plane's maximum.
+    None when fewer than 3 planes qualify (or the stack has no signal).
+    """
+    arr = _check_volume(psf, "PSF").astype(np.float64)
+    if arr.ndim != 3 or min(arr.shape) < 2:
+        return None
+    arr = np.clip(arr - float(np.median(_border_voxels(arr))), 0.0, None)
+    # in-plane only: smoothing across planes would mix the bead's positions in neighbouring planes
+    smooth = ndimage.gaussian_filter(arr, (0.0, 1.0, 1.0), mode="nearest")
+    peaks = smooth.max(axis=(1, 2))
+    if not peaks.max() > 0:
+        return None
+    lit = np.flatnonzero(peaks >= 0.2 * peaks.max())
+    if lit.size < 3:
+        return None
+    centroids = []
+    for k in lit:
+        plane = smooth[k]
+        profile = np.where(plane >= 0.5 * plane.max(), plane, 0.0).sum(axis=0 if scan_axis == "x" else 1)
+        centroids.append(float((np.arange(profile.size) * profile).sum() / profile.sum()))
+    return float(np.polyfit(lit.astype(float), centroids, 1)[0])
 
 
 def deskew_psf(
@@ -258,11 +304,12 @@ def prepare_psf(
         Constant to subtract (PSF intensity units). ``'auto'`` is the median of the PSF's outer border voxels
         (all six faces).
     geometry : {'auto', 'skewed', 'objective'}
-        How the PSF was acquired; ``'auto'`` decides from the voxel sizes (:func:`resolve_psf_geometry`).
+        How the PSF was acquired; ``'auto'`` decides from how the bead moves between planes, else from the
+        z step (:func:`resolve_psf_geometry`).
     angle_deg, stage_step_um, scan_axis :
         The data's sheet angle, stage step (µm) and scan axis: what a skewed PSF is deskewed with
-        (``angle_deg`` and ``scan_axis``; the PSF's own z step is its stage step) and what ``'auto'`` compares
-        the PSF's z step with. None for data that are not stage-scanned.
+        (``angle_deg`` and ``scan_axis``; the PSF's own z step is its stage step) and what ``'auto'`` checks
+        the bead's drift against. None for data that are not stage-scanned.
 
     Returns
     -------
@@ -298,7 +345,7 @@ def prepare_psf(
     background = _check_background_value(background, "PSF background")
     if scan_axis not in ("x", "y"):
         raise LlsmflowError(f"scan axis {scan_axis!r} is invalid; expected 'x' or 'y'")
-    used, _ = resolve_psf_geometry(geometry, psf_voxel, angle_deg, stage_step_um)
+    used, _ = resolve_psf_geometry(geometry, psf_voxel, angle_deg, stage_step_um, arr, scan_axis)
     if used == "skewed":
         arr, psf_voxel = deskew_psf(arr, psf_voxel, angle_deg, scan_axis)
         arr = arr.astype(np.float64)

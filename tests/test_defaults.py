@@ -31,6 +31,7 @@ LIBRARY = {
     ("deconvolution", "iterations"): [(deconvolve, "iterations")],
     ("deconvolution", "background"): [(deconvolve, "background")],
     ("deconvolution", "psf_background"): [(deconvolve, "psf_background"), (prepare_psf, "background")],
+    ("deconvolution", "psf_geometry"): [(prepare_psf, "geometry")],
     ("deconvolution", "backend"): [(deconvolve, "backend")],
     ("deconvolution", "method"): [(deconvolve, "method")],
     ("deconvolution", "max_memory_gb"): [(deconvolve, "max_memory_gb")],

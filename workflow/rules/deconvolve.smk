@@ -1,6 +1,7 @@
 # deconvolve: workflow/scripts/prepare_psf.py, deconvolve.py → llsmflow.decon
 rule prepare_psf:
-    """Background-subtract, centre, normalise and resample a channel's PSF to the deskewed voxel size."""
+    """Deskew a skewed PSF (deconvolution.psf_geometry), then background-subtract, centre, normalise and
+    resample a channel's PSF to the deskewed voxel size."""
     input:
         psf=lambda wildcards: str(ACQ.psf_path(int(wildcards.channel))),
     output:
@@ -21,6 +22,11 @@ rule prepare_psf:
         ],
         data_voxel_um=ACQ.deskewed_voxel_size_um,
         background=config["deconvolution"]["psf_background"],
+        # a skewed (stage-scanned) PSF is deskewed like the data: angle, stage step, scan axis
+        geometry=config["deconvolution"]["psf_geometry"],
+        angle_deg=ACQ.angle_deg,
+        stage_step_um=ACQ.dz_um,
+        scan_axis=ACQ.scan_axis,
     script:
         "../scripts/prepare_psf.py"
 

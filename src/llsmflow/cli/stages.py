@@ -76,6 +76,38 @@ def cmd_synth(args) -> int:
     return 0
 
 
+def _from_file(flag_value, file_value, path, flag: str, what: str):
+    """A flag's value, else the file's; one clear line when neither gives one."""
+    if flag_value is not None:
+        return flag_value
+    if file_value is not None:
+        return file_value
+    raise LlsmflowError(
+        f"the file states no {what} and {flag} is not given; expected {flag} or a file that states it", path
+    )
+
+
+def _file_description(path) -> dict:
+    """The JSON an llsmflow output carries in its OME description (angle, stage step, scan axis), or {}."""
+    from llsmflow.io import read_volume_description
+
+    try:
+        return read_volume_description(path)
+    except Exception:  # a readable TIFF without an OME description: the file states nothing more
+        return {}
+
+
+def _voxel_sizes(args, volume, path, dx_flag: str = "--dx", dz_flag: str = "--dz"):
+    """(dz, dy, dx) µm: the flags (``args.dz``, ``args.dy``, ``args.dx``) override the file's voxel size."""
+    file_voxel = volume.voxel_size_um or (None, None, None)
+    dz = _from_file(args.dz, file_voxel[0], path, dz_flag, "z spacing (PhysicalSizeZ)")
+    dx = _from_file(args.dx, file_voxel[2], path, dx_flag, "pixel size (PhysicalSizeX)")
+    dy = getattr(args, "dy", None)
+    if dy is None:
+        dy = args.dx if args.dx is not None else file_voxel[1]
+    return float(dz), float(dy), float(dx)
+
+
 def cmd_deskew(args) -> int:
     from llsmflow.deskew import deskew, deskew_rotate
     from llsmflow.io import read_volume, write_volume
@@ -86,21 +118,25 @@ def cmd_deskew(args) -> int:
 
 
 def _deskew_and_write(args, raw, deskew, deskew_rotate, write_volume) -> int:
+    dz, dy, dx = _voxel_sizes(args, raw, args.input)
+    stated = {**_file_description(args.input), **raw.metadata}
+    angle = float(_from_file(args.angle, stated.get("angle_deg"), args.input, "--angle", "sheet angle"))
+    scan_axis = args.scan_axis or stated.get("scan_axis") or "x"
+    if scan_axis not in ("x", "y"):
+        raise LlsmflowError(f"scan axis {scan_axis!r} stated in the file is invalid; expected 'x' or 'y'")
+    # what a later `llsmflow deconvolve` needs to deskew a skewed PSF like these data
+    acquisition = {"angle_deg": angle, "stage_step_um": dz, "scan_axis": scan_axis, "source": str(args.input)}
     if args.rotate:
-        if args.scan_axis != "x":
-            raise LlsmflowError("--rotate supports --scan-axis x only")
-        data, voxel, origin = deskew_rotate(raw.data, args.dz, args.dx, args.angle, dy_um=args.dy)
-        write_volume(
-            args.output, data, voxel, {"frame": "coverslip", "origin_um": origin, "source": str(args.input)}
-        )
+        data, voxel, origin = deskew_rotate(raw.data, dz, dx, angle, dy_um=dy, scan_axis=scan_axis)
+        write_volume(args.output, data, voxel, {"frame": "coverslip", "origin_um": origin, **acquisition})
     else:
-        result = deskew(raw.data, args.dz, args.dx, args.angle, dy_um=args.dy, scan_axis=args.scan_axis)
+        result = deskew(raw.data, dz, dx, angle, dy_um=dy, scan_axis=scan_axis)
         data, voxel = result.data, result.voxel_size_um
         write_volume(
             args.output,
             data,
             voxel,
-            {"frame": "objective", "origin_offset_um": result.origin_offset_um, "source": str(args.input)},
+            {"frame": "objective", "origin_offset_um": result.origin_offset_um, **acquisition},
         )
     print(f"{args.output}: {data.shape} voxels (ZYX), voxel size {tuple(round(v, 5) for v in voxel)} µm")
     return 0
@@ -108,23 +144,59 @@ def _deskew_and_write(args, raw, deskew, deskew_rotate, write_volume) -> int:
 
 def cmd_deconvolve(args) -> int:
     from llsmflow.decon import deconvolve, prepare_psf
+    from llsmflow.decon.psf import deskew_psf, resolve_psf_geometry
     from llsmflow.ingest import require_psf_within_volume
     from llsmflow.io import read_volume, write_volume
 
     volume = read_volume(args.input, channel=args.channel, timepoint=args.timepoint)
-    data_voxel = (args.dz, args.dx, args.dx)
+    data_voxel = _voxel_sizes(args, volume, args.input)
     psf = read_volume(args.psf)
-    psf_voxel = (args.dzpsf or args.dz, args.dxpsf or args.dx, args.dxpsf or args.dx)
+    psf_file = psf.voxel_size_um or (None, None, None)
+    # PSF voxel size: the flags, else the PSF file's, else the data's
+    dzpsf = (
+        args.dzpsf if args.dzpsf is not None else psf_file[0] if psf_file[0] is not None else data_voxel[0]
+    )
+    dxpsf = (
+        args.dxpsf if args.dxpsf is not None else psf_file[2] if psf_file[2] is not None else data_voxel[2]
+    )
+    dypsf = (
+        args.dxpsf if args.dxpsf is not None else psf_file[1] if psf_file[1] is not None else data_voxel[1]
+    )
+    psf_voxel = (float(dzpsf), float(dypsf), float(dxpsf))
+    # the data's acquisition (for a skewed PSF): flags, else what llsmflow deskew stored in the input
+    stated = {**_file_description(args.input), **volume.metadata}
+    angle = args.angle if args.angle is not None else stated.get("angle_deg")
+    stage_step = args.stage_step if args.stage_step is not None else stated.get("stage_step_um")
+    scan_axis = args.scan_axis or stated.get("scan_axis") or "x"
+    with located(args.psf):
+        geometry, reason = resolve_psf_geometry(
+            args.psf_geometry, psf_voxel, angle, stage_step, psf.data, scan_axis
+        )
+    psf_data = psf.data
+    if geometry == "skewed":
+        with located(args.psf):
+            psf_data, psf_voxel = deskew_psf(psf.data, psf_voxel, angle, scan_axis)
     if args.max_memory is not None and args.max_memory <= 0:
         raise LlsmflowError(f"--max-memory {args.max_memory} GB is invalid; expected a positive budget")
     # a PSF larger than the volume: refused here (and at ingest), not by the library, which copes with it
     with located(args.psf):
-        kernel = prepare_psf(psf.data, psf_voxel, data_voxel)
-    require_psf_within_volume(kernel.shape, volume.data.shape, args.psf, sizes="--dzpsf/--dxpsf, --dz/--dx")
+        kernel = prepare_psf(psf_data, psf_voxel, data_voxel, geometry="objective")
+    try:
+        require_psf_within_volume(
+            kernel.shape, volume.data.shape, args.psf, sizes="--dzpsf/--dxpsf, --dz/--dx"
+        )
+    except LlsmflowError as exc:
+        if geometry == "skewed":
+            raise
+        raise LlsmflowError(
+            f"{exc.message}; the PSF must be in the objective frame, or be declared skewed "
+            "(--psf-geometry skewed) to be deskewed like the data",
+            exc.path,
+        ) from None
     with located(args.input):  # errors about the PSF name args.psf (psf_path), the rest the input volume
         result = deconvolve(
             volume.data,
-            psf.data,
+            psf_data,
             data_voxel,
             psf_voxel,
             iterations=args.iterations,
@@ -139,12 +211,17 @@ def cmd_deconvolve(args) -> int:
         args.output,
         result.data,
         data_voxel,
-        {"deconvolution": result.summary(), "source": str(args.input)},
+        {
+            "deconvolution": result.summary(),
+            "psf_geometry": {"used": geometry, "reason": reason},
+            "source": str(args.input),
+        },
     )
     print(
         f"{args.output}: {result.iterations} {result.method} iterations on backend {result.backend}"
         f" in {result.seconds:.1f} s ({result.chunks} chunk(s))"
     )
+    print(f"  PSF geometry: {geometry} ({reason})")
     for fallback in result.fallbacks:
         print(f"  note: {fallback}")
     return 0
@@ -318,13 +395,25 @@ def register_stage_commands(sub) -> None:
     )
     p.add_argument("input", type=Path, help="raw stack: TIFF (ZYX), OME-TIFF or ImageJ hyperstack")
     p.add_argument("output", type=Path, help="output OME-TIFF (float32, with voxel sizes)")
-    p.add_argument("--dx", type=float, required=True, help="camera pixel size in µm")
-    p.add_argument("--dy", type=float, default=None, help="pixel size along y in µm (default: --dx)")
-    p.add_argument("--dz", type=float, required=True, help="stage step between planes in µm")
+    p.add_argument("--dx", type=float, default=None, help="camera pixel size in µm (default: the file's)")
     p.add_argument(
-        "--angle", type=float, required=True, help="sheet angle in degrees (e.g. 31.5; Zeiss LLS7: 30)"
+        "--dy", type=float, default=None, help="pixel size along y in µm (default: --dx, else the file's)"
     )
-    p.add_argument("--scan-axis", choices=("x", "y"), default="x", help="stage scan axis (y for OPM)")
+    p.add_argument(
+        "--dz", type=float, default=None, help="stage step between planes in µm (default: the file's)"
+    )
+    p.add_argument(
+        "--angle",
+        type=float,
+        default=None,
+        help="sheet angle in degrees (e.g. 31.5; Zeiss LLS7: 30); required unless the file states it",
+    )
+    p.add_argument(
+        "--scan-axis",
+        choices=("x", "y"),
+        default=None,
+        help="stage scan axis (y for Zeiss LLS7 and OPM; default: the file's, else x)",
+    )
     p.add_argument(
         "--rotate", action="store_true", help="also rotate to the coverslip frame, isotropic voxels"
     )
@@ -336,10 +425,41 @@ def register_stage_commands(sub) -> None:
     p.add_argument("input", type=Path)
     p.add_argument("output", type=Path)
     p.add_argument("--psf", type=Path, required=True, help="PSF stack (bead image)")
-    p.add_argument("--dx", type=float, required=True, help="data pixel size in µm")
-    p.add_argument("--dz", type=float, required=True, help="data z spacing in µm (deskewed: dz·sin θ)")
-    p.add_argument("--dxpsf", type=float, default=None, help="PSF pixel size in µm (default: --dx)")
-    p.add_argument("--dzpsf", type=float, default=None, help="PSF z step in µm (default: --dz)")
+    p.add_argument("--dx", type=float, default=None, help="data pixel size in µm (default: the file's)")
+    p.add_argument(
+        "--dz",
+        type=float,
+        default=None,
+        help="data z spacing in µm (deskewed: dz·sin θ; default: the file's)",
+    )
+    p.add_argument(
+        "--dxpsf", type=float, default=None, help="PSF pixel size in µm (default: the PSF file's, else --dx)"
+    )
+    p.add_argument(
+        "--dzpsf", type=float, default=None, help="PSF z step in µm (default: the PSF file's, else --dz)"
+    )
+    p.add_argument(
+        "--psf-geometry",
+        choices=("auto", "skewed", "objective"),
+        default="auto",
+        help="skewed: a stage-scanned PSF, deskewed and cropped to the bead first; objective: used as is; "
+        "auto: skewed when the bead moves between planes as a stage scan moves it",
+    )
+    p.add_argument(
+        "--angle", type=float, default=None, help="data sheet angle, degrees (default: from llsmflow deskew)"
+    )
+    p.add_argument(
+        "--stage-step",
+        type=float,
+        default=None,
+        help="data stage step in µm (default: from llsmflow deskew's output)",
+    )
+    p.add_argument(
+        "--scan-axis",
+        choices=("x", "y"),
+        default=None,
+        help="data stage scan axis (default: from llsmflow deskew's output, else x)",
+    )
     p.add_argument("--iterations", type=int, default=None, help="iterations (default: 10 for rl, 3 for wb)")
     p.add_argument("--background", type=_background, default="auto", help="constant background or 'auto'")
     p.add_argument(

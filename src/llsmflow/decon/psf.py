@@ -1,4 +1,13 @@
-"""PSF preparation (measured bead → centred, resampled, normalised kernel) and the data background."""
+"""PSF preparation (measured bead → centred, resampled, normalised kernel) and the data background.
+
+A PSF comes in one of two geometries (``prepare_psf(geometry=...)``, config ``deconvolution.psf_geometry``):
+
+- **objective**: planes stepped along the detection objective's axis (Janelia "Z galvo & piezo" scans,
+  the synthetic PSFs): the bead is used as is.
+- **skewed**: planes acquired like the data, by stage scan (Zeiss LLS7 PSFs, stage-scanned Janelia beads):
+  the bead stack is deskewed with the same angle and scan axis (:func:`deskew_psf`, its own z step being the
+  stage step) and cropped to the largest box around the bead that holds data only, then prepared as usual.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +15,8 @@ import numpy as np
 from scipy import ndimage
 
 from llsmflow.decon.volumes import _check_volume
+from llsmflow.deskew.frames import shear_px_per_plane
+from llsmflow.deskew.shear import deskew, deskewed_valid_mask
 from llsmflow.errors import LlsmflowError, require_positive_voxel_size
 
 # PSF "signal" must rise this many robust standard deviations (of the border voxels) above the background.
@@ -17,6 +28,12 @@ _PSF_MIN_LOBE = 0.02
 _PSF_SUPPORT_DILATE = 2
 # Voxel sizes closer than this (relative) count as equal: no PSF resampling.
 _SAME_VOXEL_RTOL = 1e-6
+# PSF geometries (config deconvolution.psf_geometry); 'auto' resolves to one of the other two.
+PSF_GEOMETRIES = ("auto", "skewed", "objective")
+# 'auto': a PSF z step within this relative tolerance of the data's stage step counts as that stage step.
+_SAME_STEP_RTOL = 1e-3
+# A deskewed PSF is cropped to a box at least this many voxels long along z and the scan axis.
+_MIN_CROP = 3
 
 
 def _check_background_value(background, what: str) -> float | str:
@@ -99,16 +116,176 @@ def _crop_centred(kernel: np.ndarray) -> np.ndarray:
     return kernel[tuple(slice(c - h, c + h + 1) for c, h in zip(centre, half, strict=True))]
 
 
+def resolve_psf_geometry(
+    geometry: str = "auto",
+    psf_voxel_um=None,
+    angle_deg: float | None = None,
+    stage_step_um: float | None = None,
+    psf: np.ndarray | None = None,
+    scan_axis: str = "x",
+) -> tuple[str, str]:
+    """Decide whether a PSF is ``'skewed'`` (deskew it first) or ``'objective'`` (use it as is), and why.
+
+    ``'skewed'`` and ``'objective'`` are returned as given. ``'auto'`` is ``'objective'`` unless the data are
+    stage-scanned (``angle_deg`` and ``stage_step_um`` given); then:
+
+    - with the bead stack (``psf``): from how the bead moves between planes. In a stage scan a bead moves
+      ``−s`` pixels per plane along the scan axis (``s`` from :func:`llsmflow.deskew.shear_px_per_plane` with
+      the PSF's z step, the data's angle and the scan axis's pixel size: what deskewing undoes); in an
+      objective scan it stays put. The measured drift (slope of the bead's per-plane centroid along the scan
+      axis, over the planes holding at least 20 % of the peak) decides whichever it is closer to. This finds a
+      stage-scanned PSF taken with any z step, and an objective-scanned one taken with the data's step.
+    - without it, or when fewer than 3 planes hold the bead: skewed when the PSF's z step equals the data's
+      stage step (relative tolerance 1e-3): a bead stack taken with the data's own stage step is a stage scan,
+      while objective scans are stepped finer (e.g. 0.1 µm against a 0.3–0.5 µm stage step).
+
+    Returns
+    -------
+    (geometry, reason) : (str, str)
+        ``'skewed'`` or ``'objective'``, and one sentence saying why (for the deconvolution record).
+    """
+    if geometry not in PSF_GEOMETRIES:
+        raise LlsmflowError(
+            f"PSF geometry {geometry!r} is not understood; expected one of {', '.join(PSF_GEOMETRIES)}"
+        )
+    if geometry == "skewed":
+        if angle_deg is None:
+            raise LlsmflowError(
+                "PSF geometry 'skewed' needs the data's sheet angle to deskew the PSF; expected an angle "
+                "(angle_deg)"
+            )
+        return "skewed", "declared skewed (psf_geometry: skewed)"
+    if geometry == "objective":
+        return "objective", "declared in the objective frame (psf_geometry: objective)"
+    if angle_deg is None or stage_step_um is None:
+        return "objective", "data not stage-scanned (no angle / stage step given): PSF used as is"
+    psf_voxel = require_positive_voxel_size(psf_voxel_um, what="PSF voxel size")
+    psf_dz = float(psf_voxel[0])
+    drift = None if psf is None else _bead_drift_px(psf, scan_axis)
+    if drift is not None:
+        scan_pixel = psf_voxel[2] if scan_axis == "x" else psf_voxel[1]
+        expected = -shear_px_per_plane(psf_dz, scan_pixel, angle_deg)
+        how = (
+            f"the bead moves {drift:+.2f} px per plane along {scan_axis} (a stage scan at the PSF's z step "
+            f"{psf_dz:g} µm and {float(angle_deg):g}° would move it {expected:+.2f}, an objective scan 0)"
+        )
+        return ("skewed" if abs(drift - expected) < abs(drift) else "objective"), how
+    step = float(stage_step_um)
+    if abs(psf_dz - step) <= _SAME_STEP_RTOL * step:
+        return "skewed", f"PSF z step {psf_dz:g} µm equals the data's stage step {step:g} µm: a stage scan"
+    return "objective", f"PSF z step {psf_dz:g} µm differs from the data's stage step {step:g} µm"
+
+
+def _bead_drift_px(psf: np.ndarray, scan_axis: str) -> float | None:
+    """Slope (pixels per plane) of the bead's centroid along the scan axis over the planes that hold it.
+
+    Background (border median) removed and clamped, each plane smoothed by a 1-pixel Gaussian; planes whose
+    maximum is at least 20 % of the stack's; in each, the centroid of the part above half the plane's maximum.
+    None when fewer than 3 planes qualify (or the stack has no signal).
+    """
+    arr = _check_volume(psf, "PSF").astype(np.float64)
+    if arr.ndim != 3 or min(arr.shape) < 2:
+        return None
+    arr = np.clip(arr - float(np.median(_border_voxels(arr))), 0.0, None)
+    # in-plane only: smoothing across planes would mix the bead's positions in neighbouring planes
+    smooth = ndimage.gaussian_filter(arr, (0.0, 1.0, 1.0), mode="nearest")
+    peaks = smooth.max(axis=(1, 2))
+    if not peaks.max() > 0:
+        return None
+    lit = np.flatnonzero(peaks >= 0.2 * peaks.max())
+    if lit.size < 3:
+        return None
+    centroids = []
+    for k in lit:
+        plane = smooth[k]
+        profile = np.where(plane >= 0.5 * plane.max(), plane, 0.0).sum(axis=0 if scan_axis == "x" else 1)
+        centroids.append(float((np.arange(profile.size) * profile).sum() / profile.sum()))
+    return float(np.polyfit(lit.astype(float), centroids, 1)[0])
+
+
+def deskew_psf(
+    psf: np.ndarray, psf_voxel_um, angle_deg: float, scan_axis: str = "x"
+) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """Deskew a PSF acquired by stage scan and crop it to the bead: an objective-frame bead stack.
+
+    The stack is deskewed (:func:`llsmflow.deskew.deskew`) with its own z step as the stage step, the data's
+    sheet angle and scan axis; the empty wedges get the median of the raw stack's border (its background).
+    The bead is the maximum of the deskewed stack smoothed by a 1-voxel Gaussian, among voxels holding
+    data. The crop is the box centred on the bead, all of whose voxels hold data (one voxel in from the
+    wedges), with the largest (z extent)² × (scan extent) in µm: the axial extent weighs twice because a
+    light-sheet PSF is about three times longer along z than across (on a parallelogram ``n`` pixels wide
+    this spends two thirds of the width on z); the other axis is kept whole.
+
+    Parameters
+    ----------
+    psf : ndarray
+        Raw ZYX bead stack (any real dtype), as acquired.
+    psf_voxel_um : tuple of 3 floats
+        ``(dz, dy, dx)`` µm of the raw stack; ``dz`` is the stage step of the PSF acquisition.
+    angle_deg : float
+        Sheet angle of the data (degrees).
+    scan_axis : {'x', 'y'}
+        Stage scan axis of the data (Zeiss LLS7: y).
+
+    Returns
+    -------
+    (ndarray, tuple)
+        float32 objective-frame bead stack, and its voxel size ``(dz·|sin θ|, dy, dx)`` µm.
+    """
+    arr = _check_volume(psf, "PSF").astype(np.float32)
+    dz, dy, dx = require_positive_voxel_size(psf_voxel_um, what="PSF voxel size")
+    background = float(np.median(_border_voxels(arr)))
+    result = deskew(arr, dz, dx, angle_deg, dy_um=dy, scan_axis=scan_axis, fill_value=background)
+    valid = deskewed_valid_mask(arr.shape, dz, dx, angle_deg, scan_axis=scan_axis, margin_px=1, dy_um=dy)
+    scan = 2 if scan_axis == "x" else 1
+    valid_2d = valid[:, 0, :] if scan == 2 else valid[:, :, 0]  # (z, scan axis); the same for every row
+    smooth = ndimage.gaussian_filter(result.data, 1.0, mode="nearest")
+    smooth[~valid] = -np.inf
+    centre = np.unravel_index(int(np.argmax(smooth)), smooth.shape)
+    zc, sc = int(centre[0]), int(centre[scan])
+    voxel = result.voxel_size_um
+    best = None
+    for hz in range(0, min(zc, valid_2d.shape[0] - 1 - zc) + 1):
+        columns = valid_2d[zc - hz : zc + hz + 1].all(axis=0)
+        if not columns[sc]:
+            break
+        hs = 0
+        while (
+            sc - hs - 1 >= 0 and sc + hs + 1 < columns.size and columns[sc - hs - 1] and columns[sc + hs + 1]
+        ):
+            hs += 1
+        # axial extent counts twice: a light-sheet PSF is ~3x longer along z than across
+        score = ((2 * hz + 1) * voxel[0]) ** 2 * (2 * hs + 1) * voxel[scan]
+        if 2 * hz + 1 >= _MIN_CROP and 2 * hs + 1 >= _MIN_CROP and (best is None or score > best[0]):
+            best = (score, hz, hs)
+    if best is None:
+        raise LlsmflowError(
+            f"skewed PSF of shape {arr.shape} (ZYX) leaves no box of at least {_MIN_CROP} voxels around the "
+            f"bead at {tuple(int(c) for c in centre)} after deskewing; expected a stage-scan bead stack with "
+            "the bead inside the scanned volume (or psf_geometry: objective for an objective-scanned PSF)"
+        )
+    _, hz, hs = best
+    box = [slice(zc - hz, zc + hz + 1), slice(None), slice(None)]
+    box[scan] = slice(sc - hs, sc + hs + 1)
+    return np.ascontiguousarray(result.data[tuple(box)]), tuple(float(v) for v in voxel)
+
+
 def prepare_psf(
     psf: np.ndarray,
     psf_voxel_um,
     data_voxel_um,
     background: float | str = "auto",
+    geometry: str = "auto",
+    angle_deg: float | None = None,
+    stage_step_um: float | None = None,
+    scan_axis: str = "x",
 ) -> np.ndarray:
     """Turn a measured PSF into a deconvolution kernel sampled like the data.
 
-    Steps: subtract a constant background and clamp at 0; zero the noise floor outside the bead's support
-    (see ``_psf_support``: without this, clamped noise carries most of a real PSF's sum); locate the peak as
+    A skewed PSF (``geometry``, see :func:`resolve_psf_geometry`) is first deskewed and cropped to the bead
+    (:func:`deskew_psf`); ``psf_voxel_um`` is then the deskewed voxel size. Steps: subtract a constant
+    background and clamp at 0; zero the noise floor outside the bead's support (see ``_psf_support``:
+    without this, clamped noise carries most of a real PSF's sum); locate the peak as
     the intensity-weighted centre of mass of the bright part (the connected region >= 50 % of the maximum
     holding the most intensity); resample to the data voxel size with linear interpolation (order 1) when
     the voxel sizes differ, on a grid centred on that centre of mass, otherwise shift by whole voxels;
@@ -126,6 +303,13 @@ def prepare_psf(
     background : float or 'auto'
         Constant to subtract (PSF intensity units). ``'auto'`` is the median of the PSF's outer border voxels
         (all six faces).
+    geometry : {'auto', 'skewed', 'objective'}
+        How the PSF was acquired; ``'auto'`` decides from how the bead moves between planes, else from the
+        z step (:func:`resolve_psf_geometry`).
+    angle_deg, stage_step_um, scan_axis :
+        The data's sheet angle, stage step (µm) and scan axis: what a skewed PSF is deskewed with
+        (``angle_deg`` and ``scan_axis``; the PSF's own z step is its stage step) and what ``'auto'`` checks
+        the bead's drift against. None for data that are not stage-scanned.
 
     Returns
     -------
@@ -159,6 +343,12 @@ def prepare_psf(
             f"voxel sizes {psf_voxel} (PSF) and {data_voxel} (data) µm given; expected (dz, dy, dx) each"
         )
     background = _check_background_value(background, "PSF background")
+    if scan_axis not in ("x", "y"):
+        raise LlsmflowError(f"scan axis {scan_axis!r} is invalid; expected 'x' or 'y'")
+    used, _ = resolve_psf_geometry(geometry, psf_voxel, angle_deg, stage_step_um, arr, scan_axis)
+    if used == "skewed":
+        arr, psf_voxel = deskew_psf(arr, psf_voxel, angle_deg, scan_axis)
+        arr = arr.astype(np.float64)
 
     border = _border_voxels(arr)
     bg = float(np.median(border)) if background == "auto" else float(background)

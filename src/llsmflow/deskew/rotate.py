@@ -30,6 +30,7 @@ def deskew_rotate(
     dy_um: float | None = None,
     output_voxel_um: float | None = None,
     fill_value: float = 0.0,
+    scan_axis: str = "x",
     *,
     workers: int | None = None,
 ) -> tuple[np.ndarray, tuple[float, float, float], tuple[float, float, float]]:
@@ -43,7 +44,7 @@ def deskew_rotate(
     Parameters
     ----------
     raw_zyx : numpy.ndarray
-        Raw stack, ZYX, any real dtype, scan axis x (as for :func:`deskew`).
+        Raw stack, ZYX, any real dtype (as for :func:`deskew`).
     dz_um : float
         Stage step between planes (µm).
     dx_um : float
@@ -56,14 +57,18 @@ def deskew_rotate(
         Isotropic output voxel size (µm); defaults to ``dx_um``.
     fill_value : float
         Value of output voxels outside the imaged volume.
+    scan_axis : {"x", "y"}
+        Stage scan axis. ``"y"`` (Zeiss LLS7, OPM) is the same computation on the stack with y and x swapped
+        (a view; the rotation is then about X), the result swapped back: equal to the general affine
+        reference for scan axis y (:func:`_deskew_rotate_reference`).
     workers : int, optional
         Threads; defaults to :func:`default_workers`.
 
     Returns
     -------
     volume : numpy.ndarray
-        float32, in the coverslip frame (Z normal to the coverslip, X along the scan), shape of the bounding box
-        of the imaged volume at ``output_voxel_um`` spacing.
+        float32, in the coverslip frame (Z normal to the coverslip, the scan axis along the scan), shape of the
+        bounding box of the imaged volume at ``output_voxel_um`` spacing.
     voxel_size_um : tuple of float
         ``(v, v, v)`` µm with ``v = output_voxel_um``.
     origin_um : tuple of float
@@ -77,8 +82,23 @@ def deskew_rotate(
     raw = np.asarray(raw_zyx)
     if raw.ndim != 3:
         raise LlsmflowError(f"raw stack has shape {raw.shape}; expected a 3-D ZYX stack")
+    if scan_axis not in ("x", "y"):
+        raise LlsmflowError(f"scan axis {scan_axis!r} is invalid; expected 'x' or 'y'")
     dy_um = dx_um if dy_um is None else dy_um
     require_positive_voxel_size((dz_um, dy_um, dx_um), what="voxel size (dz, dy, dx)")
+    if scan_axis == "y":
+        # y and x swapped: the scan axis becomes x (its pixel size dy), the output is swapped back
+        out, voxel, origin = deskew_rotate(
+            raw.transpose(0, 2, 1),
+            dz_um,
+            dy_um,
+            angle_deg,
+            dy_um=dx_um,
+            output_voxel_um=float(output_voxel_um or dx_um),
+            fill_value=fill_value,
+            workers=workers,
+        )
+        return np.ascontiguousarray(out.transpose(0, 2, 1)), voxel, (origin[0], origin[2], origin[1])
     out_um = float(output_voxel_um or dx_um)
     require_positive_voxel_size((out_um,), what="output voxel size")
     nz, ny, nx = raw.shape
@@ -144,13 +164,16 @@ class _RotationPlan:
     y_rows: tuple[np.ndarray, np.ndarray] | None
 
 
-def _deskew_rotate_geometry(raw_shape, dz_um, dx_um, angle_deg, dy_um, out_um):
+def _deskew_rotate_geometry(raw_shape, dz_um, dx_um, angle_deg, dy_um, out_um, scan_axis="x"):
     """Output shape, origin (µm) and the affine (matrix, offset) from output index to raw index (k, j, i).
 
     raw index (k, j, i) → objective µm (k·dz', j·dy, (i + k·s)·dx) → coverslip µm by the rotation about Y;
     the output grid is the bounding box of the raw stack's corners at ``out_um`` spacing. The inverse keeps Y
-    exactly decoupled from (Z, X) (inverted as a 2×2 block and a scale).
+    exactly decoupled from (Z, X) (inverted as a 2×2 block and a scale). For ``scan_axis="y"`` the shear is
+    along y (``(k·dz', (j + k·s)·dy, i·dx)``) and the rotation about X: the same matrices with y and x swapped.
     """
+    if scan_axis == "y":
+        return _deskew_rotate_geometry_y(raw_shape, dz_um, dx_um, angle_deg, dy_um, out_um)
     shear = shear_px_per_plane(dz_um, dx_um, angle_deg)
     dzp = deskewed_plane_spacing_um(dz_um, angle_deg)
     raw_to_obj = np.array([[dzp, 0, 0], [0, dy_um, 0], [shear * dx_um, 0, dx_um]])
@@ -165,6 +188,23 @@ def _deskew_rotate_geometry(raw_shape, dz_um, dx_um, angle_deg, dy_um, out_um):
     cov_to_raw[zx] = np.linalg.inv(raw_to_cov[zx])
     cov_to_raw[1, 1] = 1.0 / dy_um
     # output index o -> coverslip µm lo + o·out_um -> raw index
+    return out_shape, tuple(float(v) for v in lo), cov_to_raw * out_um, cov_to_raw @ lo
+
+
+def _deskew_rotate_geometry_y(raw_shape, dz_um, dx_um, angle_deg, dy_um, out_um):
+    """:func:`_deskew_rotate_geometry` for scan axis y, written out (the reference for the swapped kernel)."""
+    shear = shear_px_per_plane(dz_um, dy_um, angle_deg)
+    dzp = deskewed_plane_spacing_um(dz_um, angle_deg)
+    raw_to_obj = np.array([[dzp, 0, 0], [shear * dy_um, dy_um, 0], [0, 0, dx_um]])
+    swap = np.array([[1.0, 0, 0], [0, 0, 1.0], [0, 1.0, 0]])  # (z, y, x) <-> (z, x, y)
+    rotation = swap @ objective_to_coverslip_matrix(angle_deg) @ swap  # about X: Y = z·sin θ + y·cos θ
+    raw_to_cov = rotation @ raw_to_obj
+    nz, ny, nx = raw_shape
+    corners = np.array([[k, j, i] for k in (0, nz - 1) for j in (0, ny - 1) for i in (0, nx - 1)], float)
+    cov_corners = corners @ raw_to_cov.T
+    lo, hi = cov_corners.min(axis=0), cov_corners.max(axis=0)
+    out_shape = tuple(int(math.floor((h - lo_) / out_um)) + 1 for lo_, h in zip(lo, hi, strict=True))
+    cov_to_raw = np.linalg.inv(raw_to_cov)
     return out_shape, tuple(float(v) for v in lo), cov_to_raw * out_um, cov_to_raw @ lo
 
 
@@ -219,14 +259,14 @@ def _rotation_plan(raw_shape, dz_um, dx_um, angle_deg, dy_um, out_um) -> _Rotati
 
 
 def _deskew_rotate_reference(
-    raw_zyx, dz_um, dx_um, angle_deg, dy_um=None, output_voxel_um=None, fill_value=0.0
+    raw_zyx, dz_um, dx_um, angle_deg, dy_um=None, output_voxel_um=None, fill_value=0.0, scan_axis="x"
 ):
     """:func:`deskew_rotate` by ``scipy.ndimage.affine_transform`` (order 1): the reference for the tests."""
     raw = np.asarray(raw_zyx, dtype=np.float32)
     dy_um = dx_um if dy_um is None else dy_um
     out_um = float(output_voxel_um or dx_um)
     out_shape, origin, matrix, offset = _deskew_rotate_geometry(
-        raw.shape, dz_um, dx_um, angle_deg, dy_um, out_um
+        raw.shape, dz_um, dx_um, angle_deg, dy_um, out_um, scan_axis
     )
     out = ndimage.affine_transform(
         raw,

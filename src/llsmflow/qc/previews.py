@@ -67,13 +67,21 @@ def save_projection_grid(
 
 
 def tile_projection_rows(
-    raw_zyx: np.ndarray, deskewed_zyx: np.ndarray, deconvolved_zyx: np.ndarray, voxel_size_um
+    raw_zyx: np.ndarray,
+    deskewed_zyx: np.ndarray,
+    deconvolved_zyx: np.ndarray,
+    voxel_size_um,
+    scan_axis: str = "x",
 ) -> list[list[tuple[str, np.ndarray, float]]]:
-    """Panels for one tile: raw, deskewed and deconvolved, as YX (max over z) and ZX (max over y) projections.
+    """Panels for one tile: raw, deskewed and deconvolved, as YX (max over z) and side projections.
 
-    ``voxel_size_um`` is the deskewed voxel size ``(dz', dy, dx)`` in µm. The raw stack is shown with the same
-    aspect, so its ZX projection shows the stage-scan shear that deskewing removes.
+    ``voxel_size_um`` is the deskewed voxel size ``(dz', dy, dx)`` in µm. The side view is the (Z, scan axis)
+    plane, where deskewing changes something: ZX (max over y) for scan axis x, ZY (max over x) for scan axis
+    y. The raw stack is shown with the same aspect, so its side view shows the stage-scan shear that
+    deskewing removes.
     """
+    if scan_axis not in ("x", "y"):
+        raise ValueError(f"scan axis {scan_axis!r} given; expected 'x' or 'y'")
     dz, dy, dx = (float(v) for v in voxel_size_um)
     volumes = (
         ("raw (skewed)", np.asarray(raw_zyx)),
@@ -81,8 +89,11 @@ def tile_projection_rows(
         ("deconvolved", np.asarray(deconvolved_zyx)),
     )
     yx = [(f"{name}, max over z (YX)", vol.max(axis=0), dy / dx) for name, vol in volumes]
-    zx = [(f"{name}, max over y (ZX)", vol.max(axis=1), dz / dx) for name, vol in volumes]
-    return [yx, zx]
+    if scan_axis == "y":
+        side = [(f"{name}, max over x (ZY)", vol.max(axis=2), dz / dy) for name, vol in volumes]
+    else:
+        side = [(f"{name}, max over y (ZX)", vol.max(axis=1), dz / dx) for name, vol in volumes]
+    return [yx, side]
 
 
 # Mosaic positions are drawn on a grid of 1/_QUANTUM voxel (integer units), so that round-off in the

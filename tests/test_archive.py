@@ -579,3 +579,28 @@ def test_old_import_paths_and_light_manifest_module():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
 
+
+
+def test_unknown_emission_is_recorded_as_unknown(tmp_path):
+    """A channel whose emission the instrument does not know (Zeiss CZIs hold NaN) gets the default colour and
+    no wavelength; the others keep theirs."""
+    from llsmflow.archive.ome_zarr import DEFAULT_COLORS, wavelength_color
+    from llsmflow.archive.read import read_ome_zarr
+
+    data = make_image("uint16")
+    out = write_ome_zarr(
+        tmp_path / "unknown.ome.zarr",
+        da.from_array(data),
+        voxel_size_um=VOXEL,
+        time_interval_s=DT,
+        channel_names=NAMES,
+        wavelengths_nm=[None, WAVES[1]],
+    )
+    channels = json.loads((out / "zarr.json").read_text())["attributes"]["ome"]["omero"]["channels"]
+    assert "emission_wavelength_nm" not in channels[0] and channels[0]["color"] == DEFAULT_COLORS[0]
+    assert channels[1]["emission_wavelength_nm"] == WAVES[1] and channels[1]["color"] == wavelength_color(WAVES[1])
+    assert read_ome_zarr(out)[1]["wavelengths_nm"] is None
+    with pytest.raises(LlsmflowError, match="expected 2 positive values"):
+        write_ome_zarr(
+            tmp_path / "bad.ome.zarr", da.from_array(data), VOXEL, DT, NAMES, wavelengths_nm=[None, -5.0]
+        )

@@ -7,6 +7,7 @@ out of it are refused); nothing is copied into the repository.
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import subprocess
@@ -328,7 +329,7 @@ def test_init_asks_by_flag_for_what_no_file_says(tmp_path):
 # ---- the workflow on a CZI folder ----------------------------------------------------------------------
 
 
-def _run_until_deskew(raw: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+def _run_until_deskew(raw: Path, tmp_path: Path, until: str | None = "deskew") -> subprocess.CompletedProcess:
     config_path = tmp_path / "config.yaml"
     result = _init(raw, config_path)
     assert result.returncode == 0, result.stderr
@@ -339,7 +340,8 @@ def _run_until_deskew(raw: Path, tmp_path: Path) -> subprocess.CompletedProcess:
     config_path.write_text(yaml.safe_dump(config))
     return subprocess.run(
         [sys.executable, "-m", "llsmflow.cli", "run", "--configfile", str(config_path), "--cores", "2"]
-        + ["--workflow-dir", str(REPO), "--", "--until", "deskew"],
+        + ["--workflow-dir", str(REPO)]
+        + (["--", "--until", until] if until else []),
         capture_output=True,
         text=True,
         cwd=tmp_path,
@@ -347,9 +349,14 @@ def _run_until_deskew(raw: Path, tmp_path: Path) -> subprocess.CompletedProcess:
     )
 
 
-def test_run_until_deskew_on_a_janelia_folder(tmp_path):
+def test_run_on_a_janelia_folder(tmp_path):
+    """The whole workflow on a Janelia folder (real Settings.txt and PSF, stacks named as the acquisition
+    software names them): deskewed volumes equal a deskew of each stack with the Settings.txt geometry, and
+    the archive carries the channels, wavelengths and the real time step of the file names."""
+    from llsmflow.archive.read import read_ome_zarr
+
     raw = _janelia_folder(tmp_path / "raw", timepoints=10)
-    result = _run_until_deskew(raw, tmp_path)
+    result = _run_until_deskew(raw, tmp_path, until=None)
     assert result.returncode == 0, result.stderr[-3000:]
     from llsmflow.deskew.shear import deskew
 
@@ -360,6 +367,11 @@ def test_run_until_deskew_on_a_janelia_folder(tmp_path):
     expected = deskew(read_volume(raw / name).data, 0.4, dx, 31.0, dy_um=dx, scan_axis="x")
     ours = read_volume(tmp_path / "work" / "raw" / "deskewed" / "000x_000y_000z-ch1-t0003.ome.tif")
     np.testing.assert_allclose(ours.data, expected.data)
+    image, meta = read_ome_zarr(tmp_path / "results" / "raw" / "raw.ome.zarr")
+    assert image.shape[:2] == (10, 2)
+    assert meta["channel_names"] == read_acquisition(raw).channel_names
+    assert meta["time_interval_s"] == pytest.approx(4.017, rel=1e-3)  # from the file names' msec fields
+    assert meta["voxel_size_um"] == pytest.approx((0.4 * math.sin(math.radians(31.0)), dx, dx), rel=1e-6)
 
 
 def test_run_until_deskew_reads_czi_sub_stacks(tmp_path):
@@ -392,3 +404,42 @@ def test_init_on_generic_acquisition_json_folder(tmp_path, tiny_acquisition):
     assert "instrument: generic (acquisition.json: acquisition.json)" in result.stdout
     config = _validate_against_schema(out)
     assert config["metadata"] is None and config["raw_dir"] == str(raw.resolve())
+
+
+def test_init_and_run_on_a_zeiss_folder_give_an_archive_with_the_czi_metadata(tmp_path):
+    """The acceptance run of issue 16: `llsmflow init` + `llsmflow run` on a folder holding a real LLS7 CZI
+    and Zeiss PSFs. The archive's axes, voxel sizes (deskewed), time step, channel names and wavelengths are
+    what the CZI says; a channel whose emission the CZI records as NaN is stored without a wavelength."""
+    from llsmflow.archive.read import read_ome_zarr
+
+    raw = _copy(["LLS7_t2_ch3.czi", "488_PSF.czi", "561_PSF.czi"], tmp_path / "raw")
+    config_path = tmp_path / "config.yaml"
+    assert _init(raw, config_path).returncode == 0
+    config = yaml.safe_load(config_path.read_text())
+    config.update(results_dir=str(tmp_path / "results"), work_dir=str(tmp_path / "work"))
+    config_path.write_text(yaml.safe_dump(config))
+    result = subprocess.run(
+        [sys.executable, "-m", "llsmflow.cli", "run", "--configfile", str(config_path), "--cores", "2"]
+        + ["--workflow-dir", str(REPO)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    info = read_czi_info(REAL / "LLS7_t2_ch3.czi")
+    image, meta = read_ome_zarr(tmp_path / "results" / config["dataset"] / f"{config['dataset']}.ome.zarr")
+    assert image.ndim == 5 and image.shape[:2] == (2, 3)
+    assert meta["voxel_size_um"] == pytest.approx((0.3 * math.sin(math.radians(30.0)), DX, DX))
+    assert meta["channel_names"] == [c["name"] for c in info.channels] == ["LLS1", "LLS2", "LLS1_2"]
+    times = info.time_s
+    assert meta["time_interval_s"] == pytest.approx(times[1] - times[0], rel=1e-6)
+    channels = json.loads(
+        (tmp_path / "results" / config["dataset"] / f"{config['dataset']}.ome.zarr" / "zarr.json").read_text()
+    )["attributes"]["ome"]["omero"]["channels"]
+    for recorded, czi in zip(channels, info.channels, strict=True):
+        emission = czi.get("emission_nm")
+        if emission is None:
+            assert "emission_wavelength_nm" not in recorded
+        else:
+            assert recorded["emission_wavelength_nm"] == pytest.approx(emission)

@@ -16,5 +16,6 @@ rule ingest:
         raw_dir=lambda wildcards: str(ACQ.raw_dir),
         metadata=config.get("metadata"),
         overrides=config.get("overrides") or {},
+        psf_geometry=config["deconvolution"]["psf_geometry"],
     script:
         "../scripts/ingest.py"

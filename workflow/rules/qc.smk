@@ -37,6 +37,7 @@ rule qc_tile:
         raw_timepoint=lambda wildcards: raw_selector(
             sample_id(wildcards.tile, wildcards.channel, STITCH["reference_timepoint"])
         )["timepoint"],
+        scan_axis=ACQ.scan_axis,
     script:
         "../scripts/qc_tile.py"
 

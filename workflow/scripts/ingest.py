@@ -7,7 +7,10 @@ from llsmflow.run.steps import StepRecorder
 with StepRecorder.for_workflow_job(snakemake) as step:
     # the config's metadata (None: the raw folder's acquisition.json or instrument files), as every parse reads it
     acquisition = read_acquisition(
-        snakemake.params.raw_dir, snakemake.params.metadata, snakemake.params.overrides
+        snakemake.params.raw_dir,
+        snakemake.params.metadata,
+        snakemake.params.overrides,
+        psf_geometry=snakemake.params.psf_geometry,
     )
     with atomic_output(snakemake.output.samples) as tmp:
         acquisition.samples.to_csv(tmp, sep="\t", index=False)

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from llsmflow.archive.ome_zarr import read_ome_zarr
+from llsmflow.archive.read import read_ome_zarr
 from llsmflow.qc.previews import save_mosaic
 from llsmflow.run.steps import StepRecorder
 from llsmflow.stitch.transforms import read_transforms

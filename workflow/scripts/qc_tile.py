@@ -9,7 +9,9 @@ with StepRecorder.for_workflow_job(snakemake) as step:
     raw = read_volume(snakemake.input.raw, channel=p.raw_channel, timepoint=p.raw_timepoint).data
     deskewed = read_volume(snakemake.input.deskewed)
     deconvolved = read_volume(snakemake.input.deconvolved)
-    rows = tile_projection_rows(raw, deskewed.data, deconvolved.data, deskewed.voxel_size_um)
+    rows = tile_projection_rows(
+        raw, deskewed.data, deconvolved.data, deskewed.voxel_size_um, scan_axis=p.scan_axis
+    )
     title = f"tile {snakemake.wildcards.tile}, channel {snakemake.wildcards.channel}"
     save_projection_grid(rows, snakemake.output.png, title)
     step.note(shape_raw=raw.shape, shape_deskewed=deskewed.data.shape)

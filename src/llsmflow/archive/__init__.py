@@ -8,9 +8,10 @@ manifest of every file (and of the raw inputs).
 Submodules (each name below is also importable from ``llsmflow.archive``, loaded on first use)
 ---------------------------------------------------------------------------------------------
 ``ome_zarr``
-    Writing and reading the NGFF image with ome-zarr-py (:func:`write_ome_zarr`, :func:`read_ome_zarr`,
-    :func:`pyramid_factors`, :func:`wavelength_color`, contrast windows). Reader and writer share one module:
-    importing ``ome_zarr`` (the library) loads both anyway.
+    Writing the NGFF image with ome-zarr-py (:func:`write_ome_zarr`, :func:`pyramid_factors`,
+    :func:`wavelength_color`, contrast windows).
+``read``
+    Reading it back (:func:`read_ome_zarr`) with ome-zarr-py's reader: level 0, µm, s.
 ``manifest``
     The ``sha256sum`` line format (:func:`write_checksum_manifest`, :func:`verify_manifest`; ``sha256_file``
     from :mod:`llsmflow.io`). Light: no zarr, dask or ome-zarr, because the provenance job needs only this.
@@ -26,7 +27,7 @@ from llsmflow._lazy import lazy_exports
 
 _EXPORTS = {
     "write_ome_zarr": "ome_zarr",
-    "read_ome_zarr": "ome_zarr",
+    "read_ome_zarr": "read",
     "pyramid_factors": "ome_zarr",
     "wavelength_color": "ome_zarr",
     "AXES": "ome_zarr",

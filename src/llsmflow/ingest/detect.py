@@ -207,8 +207,9 @@ def _psf_entry(path: Path) -> dict:
         info = read_czi_info(path)
         if info.voxel_size_um:
             entry["psf_voxel_size_um"] = list(info.voxel_size_um)
-        # Zeiss' LLS7 PSFs are bead stacks taken like the data: stage-scanned, skewed (field notes, issue 16).
-        entry["psf_geometry"] = "skewed"
+        # No geometry claimed: the field notes call Zeiss' LLS7 PSFs skewed, but in the real PSF CZIs the bead
+        # stays put over 40 planes (a stage scan would move it 0.6 px per plane), so the workflow measures it
+        # (deconvolution.psf_geometry: auto, llsmflow.decon.psf.resolve_psf_geometry).
         return entry
     match = janelia.STACK_NAME.match(path.name)
     settings = path.parent / f"{match['cell']}{janelia.SETTINGS_SUFFIX}" if match else None

@@ -213,18 +213,40 @@ def check_stacks(raw_dir: Path, samples: pd.DataFrame, expected_shape, metadata_
     return expected
 
 
-def check_psf(path: Path, psf_voxel_um, data_voxel_um, volume_shape, channel: int) -> None:
+def check_psf(
+    path: Path,
+    psf_voxel_um,
+    data_voxel_um,
+    volume_shape,
+    channel: int,
+    geometry: str = "auto",
+    angle_deg: float | None = None,
+    stage_step_um: float | None = None,
+    scan_axis: str = "x",
+) -> None:
     """Check a channel's PSF: readable, 3-D, finite, with signal, and its kernel no larger than the volume.
 
-    The kernel is the PSF as the deconvolution will use it (:func:`llsmflow.decon.prepare_psf` on the
-    deskewed voxel grid), compared with the deskewed volume's shape (voxels, ZYX).
+    The kernel is the PSF as the deconvolution will use it: its geometry resolved as the workflow's
+    ``prepare_psf`` step resolves it (``geometry`` is the config's ``deconvolution.psf_geometry``; a skewed
+    bead stack is deskewed first, with the data's ``angle_deg``, ``stage_step_um`` and ``scan_axis``), then
+    :func:`llsmflow.decon.prepare_psf` on the deskewed voxel grid, compared with the deskewed volume's shape
+    (voxels, ZYX).
     """
-    from llsmflow.decon.psf import prepare_psf
+    from llsmflow.decon.psf import prepare_psf, resolve_psf_geometry
     from llsmflow.errors import located
 
     psf = read_volume(path)
     with located(path):
-        kernel = prepare_psf(psf.data, psf_voxel_um, data_voxel_um)
+        resolved, _ = resolve_psf_geometry(geometry, psf_voxel_um, angle_deg, stage_step_um, psf.data, scan_axis)
+        kernel = prepare_psf(
+            psf.data,
+            psf_voxel_um,
+            data_voxel_um,
+            geometry=resolved,
+            angle_deg=angle_deg,
+            stage_step_um=stage_step_um,
+            scan_axis=scan_axis,
+        )
     require_psf_within_volume(
         kernel.shape,
         volume_shape,
@@ -232,7 +254,8 @@ def check_psf(path: Path, psf_voxel_um, data_voxel_um, volume_shape, channel: in
         what=f"PSF of channel {channel}",
         grid="the deskewed grid",
         volume="deskewed volume",
-        sizes="psf_voxel_size_um",
+        sizes="psf_voxel_size_um; the PSF must be in the objective frame, or be declared skewed "
+        "(deconvolution.psf_geometry: skewed)",
     )
 
 

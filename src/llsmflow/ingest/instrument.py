@@ -167,7 +167,7 @@ def check_volumes(raw_dir: Path, samples, expected, path: Path) -> tuple[int, in
 
 
 def read_instrument_acquisition(
-    raw_dir: Path, fmt: str, found_path: Path, metadata_path, overrides, check_files: bool
+    raw_dir: Path, fmt: str, found_path: Path, metadata_path, overrides, check_files: bool, psf_geometry="auto"
 ) -> Acquisition:
     """An instrument folder read into an :class:`Acquisition` (see the module docstring for precedence)."""
     from llsmflow.ingest.read import tile_table
@@ -205,9 +205,10 @@ def read_instrument_acquisition(
         deskewed = deskewed_shape(raw_shape, dz, dx if scan_axis == "x" else dy, angle, scan_axis)
         voxel = (deskewed_plane_spacing_um(dz, angle), dy, dx)
         for index, channel in enumerate(channels):
-            # A PSF in the data's skewed geometry is deskewed before use (decon); its size is checked there.
-            if channel.get("psf_geometry", "objective") == "objective":
-                check_psf(raw_dir / channel["psf"], channel["psf_voxel_size_um"], voxel, deskewed, index)
+            check_psf(
+                raw_dir / channel["psf"], channel["psf_voxel_size_um"], voxel, deskewed, index,
+                psf_geometry, angle, dz, scan_axis,
+            )
     meta["notes"] = reading.notes
     return Acquisition(
         raw_dir=raw_dir,

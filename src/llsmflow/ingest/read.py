@@ -33,6 +33,7 @@ def read_acquisition(
     metadata_path: str | Path | None = None,
     overrides: dict | None = None,
     check_files: bool = True,
+    psf_geometry: str = "auto",
 ) -> Acquisition:
     """Read an acquisition directory into an :class:`Acquisition`.
 
@@ -50,6 +51,9 @@ def read_acquisition(
         PSF (3-D, finite, with signal, smaller than the deskewed volume). This opens every file (a few ms each,
         the PSFs read whole): done once per run (``llsmflow run`` and the ingest step), not every time the
         workflow is parsed (each cluster job parses it again).
+    psf_geometry:
+        The config's ``deconvolution.psf_geometry`` (``auto``, ``skewed``, ``objective``): the PSF check
+        prepares each PSF as the workflow will (a skewed bead stack deskewed first).
 
     Raises
     ------
@@ -70,7 +74,9 @@ def read_acquisition(
     if fmt != "acquisition.json":
         from llsmflow.ingest.instrument import read_instrument_acquisition
 
-        return read_instrument_acquisition(raw_dir, fmt, found_path, metadata_path, overrides, check_files)
+        return read_instrument_acquisition(
+            raw_dir, fmt, found_path, metadata_path, overrides, check_files, psf_geometry
+        )
     metadata_path = found_path
     meta = load_acquisition_json(metadata_path)
     meta.update(check_overrides(overrides))
@@ -125,7 +131,10 @@ def read_acquisition(
         deskewed = deskewed_shape(raw_shape, dz, dx if scan_axis == "x" else dy, angle, scan_axis)
         voxel = (deskewed_plane_spacing_um(dz, angle), dy, dx)
         for index, channel in enumerate(channels):
-            check_psf(raw_dir / channel["psf"], channel["psf_voxel_size_um"], voxel, deskewed, index)
+            check_psf(
+                raw_dir / channel["psf"], channel["psf_voxel_size_um"], voxel, deskewed, index,
+                psf_geometry, angle, dz, scan_axis,
+            )
     return Acquisition(
         raw_dir=raw_dir,
         metadata_path=metadata_path,

@@ -237,7 +237,13 @@ def check_config(configfile: Path, workflow_root: Path, check_files: bool = True
     config = effective_config(Path(configfile), Path(workflow_root), snakemake_args)
     from llsmflow.ingest import read_acquisition
 
-    read_acquisition(config["raw_dir"], config.get("metadata"), config["overrides"], check_files=check_files)
+    read_acquisition(
+        config["raw_dir"],
+        config.get("metadata"),
+        config["overrides"],
+        check_files=check_files,
+        psf_geometry=config["deconvolution"]["psf_geometry"],
+    )
     return config
 
 

@@ -1,0 +1,152 @@
+"""Reading an OME-Zarr image back: level 0 as a dask array (TCZYX), voxel sizes in µm, times in s.
+
+Kept apart from the writer (:mod:`llsmflow.archive.ome_zarr`) so that each stays a readable size; both use
+ome-zarr-py, here :class:`ome_zarr.reader.Reader`, so that any NGFF 0.4/0.5 image written by another tool reads
+as the specification says, not as our writer happens to write it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import dask.array as da
+import zarr
+
+from llsmflow.archive.ome_zarr import AXES
+from llsmflow.errors import LlsmflowError
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)  # as in the writer: ome_zarr 0.18 at import time
+    from ome_zarr.format import FormatV05, format_from_version
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Multiscales, Reader
+
+_LENGTH_TO_UM = {
+    "micrometer": 1.0,
+    "nanometer": 1e-3,
+    "angstrom": 1e-4,
+    "millimeter": 1e3,
+    "centimeter": 1e4,
+    "meter": 1e6,
+}
+_TIME_TO_S = {"second": 1.0, "millisecond": 1e-3, "microsecond": 1e-6, "minute": 60.0, "hour": 3600.0}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Reading
+# ----------------------------------------------------------------------------------------------------
+
+
+def _transforms(transforms: list[dict] | None, ndim: int) -> tuple[list[float], list[float]]:
+    scale, translation = [1.0] * ndim, [0.0] * ndim
+    for tr in transforms or []:
+        if tr.get("type") == "scale" and "scale" in tr:
+            scale = [float(v) for v in tr["scale"]]
+        elif tr.get("type") == "translation" and "translation" in tr:
+            translation = [float(v) for v in tr["translation"]]
+    return scale, translation
+
+
+def read_ome_zarr(path: str | Path) -> tuple[da.Array, dict]:
+    """Open an OME-Zarr image: level 0 as a lazy TCZYX dask array, plus its physical metadata.
+
+    Images without a ``t`` or ``c`` axis get one of size 1. Lengths in other units are converted to µm and
+    times to s.
+
+    Parameters
+    ----------
+    path : str or Path
+        The OME-Zarr image group (NGFF 0.4 or 0.5).
+
+    Returns
+    -------
+    data : dask.array.Array
+        Level 0, axes (T, C, Z, Y, X).
+    metadata : dict
+        ``voxel_size_um`` (dz, dy, dx), ``time_interval_s`` (None without a ``t`` axis), ``channel_names``,
+        ``wavelengths_nm`` (list or None), ``origin_um`` (z, y, x), ``ngff_version``, ``n_levels``,
+        ``level_shapes`` and ``llsmflow`` (the stored attributes, ``{}`` if none).
+
+    Raises
+    ------
+    LlsmflowError
+        If the path is missing, not an OME-Zarr image, or lacks z, y and x axes.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise LlsmflowError("not found or not a directory; expected an OME-Zarr image", path)
+    try:
+        root_attrs = zarr.open_group(str(path), mode="r").attrs.asdict()
+        # NGFF 0.5 nests its metadata under "ome"; 0.4 keeps it at the top level.
+        ome = root_attrs["ome"] if isinstance(root_attrs.get("ome"), dict) else root_attrs
+        multiscale = (ome.get("multiscales") or [{}])[0]
+        version = str(ome.get("version") or multiscale.get("version") or "")
+        # Tell ome-zarr-py the version we found, so it neither guesses nor logs a "version mismatch".
+        location = parse_url(path, mode="r", fmt=format_from_version(version) if version else FormatV05())
+        if location is None:
+            raise LlsmflowError("no zarr group metadata; expected an OME-Zarr image", path)
+        nodes = [n for n in Reader(location)() if n.load(Multiscales) is not None]
+    except LlsmflowError:
+        raise
+    except Exception as exc:  # zarr/ome-zarr raise many types for corrupt or missing metadata
+        raise LlsmflowError(f"cannot read as OME-Zarr ({type(exc).__name__}: {exc})", path) from exc
+    if not nodes:
+        raise LlsmflowError("has no multiscales metadata; expected an OME-Zarr image", path)
+    node = nodes[0]
+    axes = node.metadata.get("axes") or []
+    names = [a["name"] if isinstance(a, dict) else str(a) for a in axes]
+    units = [a.get("unit") if isinstance(a, dict) else None for a in axes]
+    if (
+        not set("zyx") <= set(names)
+        or not set(names) <= set(AXES)
+        or names != [a for a in AXES if a in names]
+    ):
+        raise LlsmflowError(
+            f"has axes {names}; expected t, c, z, y, x (t and c optional) in that order", path
+        )
+
+    ome = (
+        root_attrs["ome"] if isinstance(root_attrs.get("ome"), dict) else root_attrs
+    )  # 0.5 nests under "ome"
+    multiscale = (ome.get("multiscales") or [{}])[0]
+    version = ome.get("version") or multiscale.get("version") or location.version
+    all_transforms = node.metadata.get("coordinateTransformations") or [None]
+    scale, translation = _transforms(all_transforms[0], len(names))
+    global_scale, global_translation = _transforms(multiscale.get("coordinateTransformations"), len(names))
+    scale = [s * g for s, g in zip(scale, global_scale, strict=True)]
+    translation = [t * g + u for t, g, u in zip(translation, global_scale, global_translation, strict=True)]
+
+    def factor(axis: str) -> float:
+        unit = units[names.index(axis)]
+        table = _TIME_TO_S if axis == "t" else _LENGTH_TO_UM
+        if unit is None:
+            return 1.0
+        if unit not in table:
+            raise LlsmflowError(f"axis {axis!r} has unit {unit!r}; expected one of {sorted(table)}", path)
+        return table[unit]
+
+    voxel = tuple(scale[names.index(a)] * factor(a) for a in "zyx")
+    origin = tuple(translation[names.index(a)] * factor(a) for a in "zyx")
+    dt = scale[names.index("t")] * factor("t") if "t" in names else None
+
+    data = node.data[0]
+    for i, axis in enumerate(AXES[:2]):
+        if axis not in names:
+            data = da.expand_dims(data, axis=i)
+    n_c = data.shape[1]
+    channel_names = list(node.metadata.get("channel_names") or [f"channel_{i}" for i in range(n_c)])
+    omero_channels = (ome.get("omero") or {}).get("channels") or []
+    waves = [ch.get("emission_wavelength_nm") for ch in omero_channels]
+    metadata = {
+        "voxel_size_um": voxel,
+        "time_interval_s": dt,
+        "channel_names": channel_names,
+        "wavelengths_nm": waves if waves and all(w is not None for w in waves) else None,
+        "origin_um": origin,
+        "ngff_version": str(version),
+        "n_levels": len(node.data),
+        "level_shapes": [tuple(int(s) for s in d.shape) for d in node.data],
+        "llsmflow": root_attrs.get("llsmflow", {}),
+    }
+    return data, metadata

@@ -380,6 +380,7 @@ def test_run_until_deskew_reads_czi_sub_stacks(tmp_path):
     raw = _copy(["LLS7_t2_ch3.czi", "488_PSF.czi", "561_PSF.czi"], tmp_path / "raw")
     result = _run_until_deskew(raw, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "no results yet (a partial run)" in result.stdout  # nothing listed that does not exist
     from llsmflow.deskew.shear import deskew
     from llsmflow.io import read_volume_description
 

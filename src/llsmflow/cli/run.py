@@ -48,9 +48,18 @@ def cmd_run(args) -> int:
     if dry_run:
         print(f"llsmflow run: dry run in {outcome.elapsed:.0f} s; nothing was written")
         return 0
-    print(f"llsmflow run: done in {outcome.elapsed:.0f} s. Results in {results}/:")
-    for relative in (f"{config['dataset']}.ome.zarr", "tracks", "qc", "provenance"):
-        print(f"  {results / relative}")
+    # only what exists: a partial run (`-- --until deskew`) has not written the archive or the crate yet
+    made = [
+        results / relative
+        for relative in (f"{config['dataset']}.ome.zarr", "tracks", "qc", "provenance")
+        if (results / relative).exists()
+    ]
+    if made:
+        print(f"llsmflow run: done in {outcome.elapsed:.0f} s. Results in {results}/:")
+        for path in made:
+            print(f"  {path}")
+    else:
+        print(f"llsmflow run: done in {outcome.elapsed:.0f} s; no results yet (a partial run); work in {work}/")
     print_run_summary(config, Path.cwd(), outcome.started_at, outcome.elapsed, outcome.status)
     return 0
 

@@ -259,6 +259,22 @@ def check_psf(
     )
 
 
+def check_psfs(
+    raw_dir: Path, channels: list[dict], raw_shape, dz: float, dy: float, dx: float, angle: float, scan_axis: str,
+    psf_geometry: str = "auto",
+) -> None:
+    """:func:`check_psf` for every channel, against the deskewed volume of ``raw_shape`` (ZYX raw voxels)."""
+    from llsmflow.deskew.frames import deskewed_plane_spacing_um, deskewed_shape
+
+    deskewed = deskewed_shape(raw_shape, dz, dx if scan_axis == "x" else dy, angle, scan_axis)
+    voxel = (deskewed_plane_spacing_um(dz, angle), dy, dx)
+    for index, channel in enumerate(channels):
+        check_psf(
+            raw_dir / channel["psf"], channel["psf_voxel_size_um"], voxel, deskewed, index,
+            psf_geometry, angle, dz, scan_axis,
+        )
+
+
 def require_psf_within_volume(
     kernel_shape,
     volume_shape,

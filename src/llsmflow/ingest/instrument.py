@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from llsmflow.deskew.frames import deskewed_plane_spacing_um, deskewed_shape
 from llsmflow.errors import LlsmflowError, require_positive_voxel_size
 from llsmflow.ingest.acquisition_json import (
     METADATA_NAME,
@@ -21,7 +20,7 @@ from llsmflow.ingest.acquisition_json import (
     describe_json,
     load_acquisition_json,
 )
-from llsmflow.ingest.files import check_declared_vs_found, check_psf, inside_raw_dir
+from llsmflow.ingest.files import check_declared_vs_found, check_psfs, inside_raw_dir
 from llsmflow.ingest.model import Acquisition
 
 #: How a missing field is given: the config key (``llsmflow init`` flag) or acquisition.json entry.
@@ -202,13 +201,7 @@ def read_instrument_acquisition(
     samples = samples.sort_values(["timepoint", "channel", "tile"]).reset_index(drop=True)
     if check_files:
         raw_shape = check_volumes(raw_dir, samples, meta.get("raw_shape_zyx"), path)
-        deskewed = deskewed_shape(raw_shape, dz, dx if scan_axis == "x" else dy, angle, scan_axis)
-        voxel = (deskewed_plane_spacing_um(dz, angle), dy, dx)
-        for index, channel in enumerate(channels):
-            check_psf(
-                raw_dir / channel["psf"], channel["psf_voxel_size_um"], voxel, deskewed, index,
-                psf_geometry, angle, dz, scan_axis,
-            )
+        check_psfs(raw_dir, channels, raw_shape, dz, dy, dx, angle, scan_axis, psf_geometry)
     meta["notes"] = reading.notes
     return Acquisition(
         raw_dir=raw_dir,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from llsmflow.deskew.frames import deskewed_plane_spacing_um, deskewed_shape, stage_to_objective_um
+from llsmflow.deskew.frames import stage_to_objective_um
 from llsmflow.errors import LlsmflowError, require_positive_voxel_size
 from llsmflow.ingest.acquisition_json import (
     check_channels,
@@ -20,7 +20,7 @@ from llsmflow.ingest.acquisition_json import (
 )
 from llsmflow.ingest.files import (
     check_declared_vs_found,
-    check_psf,
+    check_psfs,
     check_stacks,
     inside_raw_dir,
     match_stacks,
@@ -128,13 +128,7 @@ def read_acquisition(
     samples["file_timepoint"] = None
     if check_files:
         raw_shape = check_stacks(raw_dir, samples, meta.get("raw_shape_zyx"), metadata_path)
-        deskewed = deskewed_shape(raw_shape, dz, dx if scan_axis == "x" else dy, angle, scan_axis)
-        voxel = (deskewed_plane_spacing_um(dz, angle), dy, dx)
-        for index, channel in enumerate(channels):
-            check_psf(
-                raw_dir / channel["psf"], channel["psf_voxel_size_um"], voxel, deskewed, index,
-                psf_geometry, angle, dz, scan_axis,
-            )
+        check_psfs(raw_dir, channels, raw_shape, dz, dy, dx, angle, scan_axis, psf_geometry)
     return Acquisition(
         raw_dir=raw_dir,
         metadata_path=metadata_path,

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from llsmflow.errors import LlsmflowError
 from llsmflow.run.config import check_config, find_workflow_root, snakemake_executable
 from llsmflow.run.launch import DEFAULT_PROFILE
 
@@ -22,7 +23,7 @@ def cmd_run(args) -> int:
     configfile = Path(args.configfile or root / "config" / "config.yaml")
     # the effective config: the file, then `-- --config key=value` / `--configfile` overrides; the lock and
     # every check below use it
-    config = check_config(configfile, root, snakemake_args=args.snakemake_args)
+    config = check_config(configfile, root, overrides=config_overrides(args.snakemake_args))
     check_output_paths(config)
     profile = profile_dir(root, args.profile)
     cores = cluster_cores(config, profile, args.cores)
@@ -71,7 +72,6 @@ def cluster_cores(config: dict, profile: Path, cores):
 
     if profile_options(profile).get("executor") != "slurm":
         return cores
-    from llsmflow.errors import LlsmflowError
     from llsmflow.hpc.resources import fit_to_partition, volume_sizes
     from llsmflow.ingest import read_acquisition
 
@@ -99,3 +99,30 @@ def register_run_commands(sub) -> None:
     p.add_argument("--workflow-dir", default=None, help="llsmflow checkout holding the Snakefile")
     p.add_argument("snakemake_args", nargs=argparse.REMAINDER, help="after --: extra Snakemake arguments")
     p.set_defaults(func=cmd_run)
+
+
+def config_overrides(snakemake_args) -> dict:
+    """What extra Snakemake arguments change in the config: the values of ``--config/-C key=value`` (parsed as
+    Snakemake parses them), so that the lock and every pre-run check use the config the workflow will run
+    with. ``--configfile`` there is refused: Snakemake would replace, not extend, the run's config file."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--config", "-C", nargs="*", action="extend", default=[])
+    parser.add_argument("--configfile", "--configfiles", nargs="+", action="extend", default=[])
+    known, _ = parser.parse_known_args(list(snakemake_args))
+    if known.configfile:
+        raise LlsmflowError(
+            f"--configfile {' '.join(known.configfile)} after `--` would replace the run's config file; "
+            "expected `llsmflow run --configfile FILE` for the config, and `-- --config KEY=VALUE` for changes"
+        )
+    if not known.config:
+        return {}
+    try:
+        from snakemake.cli import parse_config
+    except ImportError:  # pragma: no cover - snakemake is needed to run anyway
+        raise LlsmflowError(
+            "the snakemake package was not found; expected `pip install llsmflow[workflow]`"
+        ) from None
+    try:
+        return parse_config(known.config)
+    except Exception as error:  # noqa: BLE001 - Snakemake raises ValueError or its own errors
+        raise LlsmflowError(f"--config {' '.join(known.config)}: {error}; expected KEY=VALUE pairs") from None

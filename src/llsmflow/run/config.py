@@ -128,35 +128,6 @@ def merge_overrides(config: dict, overrides: Mapping | None) -> dict:
     return config
 
 
-def config_overrides(snakemake_args) -> dict:
-    """What extra Snakemake arguments change in the config: the values of ``--config/-C key=value`` (parsed as
-    Snakemake parses them), so that the lock and every pre-run check use the config the workflow will run
-    with. ``--configfile`` there is refused: Snakemake would replace, not extend, the run's config file."""
-    import argparse
-
-    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    parser.add_argument("--config", "-C", nargs="*", action="extend", default=[])
-    parser.add_argument("--configfile", "--configfiles", nargs="+", action="extend", default=[])
-    known, _ = parser.parse_known_args(list(snakemake_args))
-    if known.configfile:
-        raise LlsmflowError(
-            f"--configfile {' '.join(known.configfile)} after `--` would replace the run's config file; "
-            "expected `llsmflow run --configfile FILE` for the config, and `-- --config KEY=VALUE` for changes"
-        )
-    if not known.config:
-        return {}
-    try:
-        from snakemake.cli import parse_config
-    except ImportError:  # pragma: no cover - snakemake is needed to run anyway
-        raise LlsmflowError(
-            "the snakemake package was not found; expected `pip install llsmflow[workflow]`"
-        ) from None
-    try:
-        return parse_config(known.config)
-    except Exception as error:  # noqa: BLE001 - Snakemake raises ValueError or its own errors
-        raise LlsmflowError(f"--config {' '.join(known.config)}: {error}; expected KEY=VALUE pairs") from None
-
-
 def read_config(configfile: str | Path | None, workflow_root: str | Path | None = None) -> dict:
     """A config file (or none: ``{}``) with the schema's defaults filled in; its values are type-checked, but
     keys may be missing (``estimate`` answers for a config that is still being written)."""
@@ -211,12 +182,12 @@ def validate_config(config: dict, schema: Mapping, source: Path, ignore_required
 
 
 def effective_config(
-    configfile: Path, workflow_root: Path, snakemake_args=(), ignore_required: bool = False
+    configfile: Path, workflow_root: Path, overrides: Mapping | None = None, ignore_required: bool = False
 ) -> dict:
-    """The config the workflow will run with: ``configfile``, then the ``--config`` overrides among
-    ``snakemake_args``; validated, defaults filled in."""
+    """The config the workflow will run with: ``configfile``, then ``overrides`` (Snakemake ``--config``
+    values, parsed by the CLI); validated, defaults filled in."""
     config = _read_yaml_mapping(Path(configfile))
-    values = config_overrides(snakemake_args)
+    values = dict(overrides or {})
     merge_overrides(config, values)
     schema = load_schema(workflow_root)
     if schema is None:
@@ -228,13 +199,15 @@ def effective_config(
     return fill_defaults(config, schema)
 
 
-def check_config(configfile: Path, workflow_root: Path, check_files: bool = True, snakemake_args=()) -> dict:
-    """Validate a config file (with the overrides among ``snakemake_args``) against the schema and read its
-    acquisition, failing with one clear line.
+def check_config(
+    configfile: Path, workflow_root: Path, check_files: bool = True, overrides: Mapping | None = None
+) -> dict:
+    """Validate a config file (with ``overrides``: Snakemake ``--config`` values) against the schema and read
+    its acquisition, failing with one clear line.
 
     Returns the config with the schema's defaults filled in. ``check_files=False`` skips reading every
     stack's header and PSF (``llsmflow status`` must answer even when the raw data are no longer mounted)."""
-    config = effective_config(Path(configfile), Path(workflow_root), snakemake_args)
+    config = effective_config(Path(configfile), Path(workflow_root), overrides)
     from llsmflow.ingest import read_acquisition
 
     read_acquisition(

@@ -181,14 +181,26 @@ def _image_name(path: Path) -> str:
     return name or "image"
 
 
+#: The multiscales' ``type`` and ``metadata`` (how the pyramid was made): the NGFF specification says each
+#: SHOULD be there, and strict validators (ngff-zarr's ``validate(strict=True)``) require them.
+PYRAMID_TYPE = "local_mean"
+PYRAMID_METADATA = {
+    "description": "block means over (fz, fy, fx) voxels; a trailing odd row or plane is dropped",
+    "method": "skimage.transform.downscale_local_mean",
+}
+
+
 def _name_multiscales(group, name: str) -> None:
     """Set the multiscales' name: ome-zarr-models names it after the store written, here the temporary directory
-    of :func:`atomic_output`, which made the archive differ from run to run."""
+    of :func:`atomic_output`, which made the archive differ from run to run. Also states how the pyramid was
+    made (``type``, ``metadata``: :data:`PYRAMID_TYPE`, :data:`PYRAMID_METADATA`)."""
     attrs = group.attrs.asdict()
     key = "ome" if "ome" in attrs else None
     ome = attrs["ome"] if key else attrs
     for multiscale in ome.get("multiscales", []):
         multiscale["name"] = name
+        multiscale.setdefault("type", PYRAMID_TYPE)
+        multiscale.setdefault("metadata", dict(PYRAMID_METADATA))
     if key:
         group.attrs["ome"] = ome
     else:

@@ -19,18 +19,30 @@ from llsmflow.errors import LlsmflowError
 
 #: The source checkout this module lies in (``src/llsmflow/run/config.py`` → the checkout), which holds the
 #: workflow and its ``config/schema.yaml`` when llsmflow runs from a checkout or an editable install.
-SOURCE_TREE = Path(__file__).resolve().parents[3]
+CHECKOUT = Path(__file__).resolve().parents[3]
+#: The copy of the workflow a wheel carries (``llsmflow/_workflow/``, packed by the checkout's ``setup.py``).
+PACKAGED_WORKFLOW = Path(__file__).resolve().parents[1] / "_workflow"
+#: Where the installed llsmflow's workflow lies: the checkout when there is one, else the wheel's copy (the
+#: same layout: ``Snakefile``, ``workflow/``, ``config/``, ``profiles/``, ``envs/``).
+SOURCE_TREE = (
+    PACKAGED_WORKFLOW
+    if not (CHECKOUT / "Snakefile").is_file() and (PACKAGED_WORKFLOW / "Snakefile").is_file()
+    else CHECKOUT
+)
 SCHEMA = Path("config") / "schema.yaml"
 
 
 def find_workflow_root(explicit: str | None = None) -> Path:
-    """The directory holding the workflow's ``Snakefile``: explicit, the current directory, or the source tree."""
+    """The directory holding the workflow's ``Snakefile``: explicit, the current directory, or the installed
+    llsmflow's workflow (:data:`SOURCE_TREE`: its checkout, or the copy inside the wheel)."""
     candidates = [Path(explicit)] if explicit else [Path.cwd(), SOURCE_TREE]
     for candidate in candidates:
         if (candidate / "Snakefile").is_file():
             return candidate.resolve()
     raise LlsmflowError(
-        "no Snakefile found; expected --workflow-dir pointing at an llsmflow checkout", candidates[0]
+        "no Snakefile found; expected --workflow-dir pointing at an llsmflow checkout (or llsmflow installed "
+        "from its wheel, which carries the workflow)",
+        candidates[0],
     )
 
 

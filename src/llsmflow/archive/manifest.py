@@ -113,7 +113,10 @@ def _check_extra_name(name: str, out_path: Path) -> str:
 
 
 def write_checksum_manifest(
-    root: str | Path, out_path: str | Path, extra_files: Mapping[str, str | Path] | None = None
+    root: str | Path,
+    out_path: str | Path,
+    extra_files: Mapping[str, str | Path] | None = None,
+    known_digests: Mapping[str, str] | None = None,
 ) -> Path:
     """Write a ``sha256sum``-compatible manifest of every file under ``root``, atomically.
 
@@ -126,6 +129,9 @@ def write_checksum_manifest(
         The manifest to write: ``<sha256 hex>  <relative path>`` per line, sorted by path.
     extra_files : dict of str to path, optional
         Files outside ``root`` (e.g. raw inputs) listed under the given relative names.
+    known_digests : dict of str to str, optional
+        Lines taken as they are, ``{name: sha256 hex}``: the raw inputs' lines of an archive being copied
+        (:func:`llsmflow.archive.convert.convert_archive`), whose files may no longer be at hand.
 
     Returns
     -------
@@ -146,7 +152,13 @@ def write_checksum_manifest(
         if key in files:
             raise LlsmflowError(f"extra file name {key!r} collides with a file under {root}", out_path)
         files[key] = Path(file_path)
-    lines = [_manifest_line(sha256_file(files[name]), name) for name in sorted(files)]
+    digests = {name: sha256_file(path) for name, path in files.items()}
+    for name, digest in (known_digests or {}).items():
+        key = _check_extra_name(name, out_path)
+        if key in digests or len(digest) != 64 or any(ch not in "0123456789abcdef" for ch in digest.lower()):
+            raise LlsmflowError(f"known digest {key!r}: {digest!r} collides or is not a sha256 hex", out_path)
+        digests[key] = digest.lower()
+    lines = [_manifest_line(digests[name], name) for name in sorted(digests)]
     with atomic_output(out_path) as tmp:
         tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     return out_path

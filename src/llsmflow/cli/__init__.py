@@ -66,6 +66,7 @@ def build_parser():
     register_status_commands(sub)
     register_hpc_commands(sub)
     register_reproduce_commands(sub)
+    __import__("llsmflow.cli.convert", fromlist=["_"]).register_convert_commands(sub)
     return parser
 
 

@@ -3,6 +3,12 @@
 A track table has one row per detection: ``particle``, ``frame``, ``t_s`` (s) and the positions
 :data:`POS_COLUMNS` (µm, ZYX order), then trackpy's per-feature columns. Detection, linking, statistics and
 plots all read these names from here.
+
+The written table also carries :data:`PIXEL_COLUMNS` ``z, y, x``: the position in voxels of the volume the
+particle was detected in (the same values as ``z_px, y_px, x_px``), under the names trackpy's own functions
+look for by default, so that ``trackpy.motion.emsd(tracks, mpp=dx_um, fps=1 / dt_s)`` works on the table as
+is (trackpy's default ``pos_columns`` are ``['x', 'y']``: the lateral MSD; give ``pos_columns=['z', 'y', 'x']``
+and ``mpp=(dz, dy, dx)`` for 3-D, or ``pos_columns=POS_COLUMNS`` with ``mpp=1`` for µm directly).
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ from llsmflow.io import atomic_output
 
 POS_COLUMNS = ["z_um", "y_um", "x_um"]
 """Position columns (µm) used for linking and statistics, in ZYX order."""
+PIXEL_COLUMNS = ["z", "y", "x"]
+"""Position columns in voxels (trackpy's default names), beside ``z_px, y_px, x_px`` in the written table."""
 
 
 def _check_tracks(tracks, need=("particle", "frame", *POS_COLUMNS)) -> pd.DataFrame:
@@ -31,13 +39,27 @@ def _check_tracks(tracks, need=("particle", "frame", *POS_COLUMNS)) -> pd.DataFr
     return tracks
 
 
+def with_pixel_columns(tracks: pd.DataFrame) -> pd.DataFrame:
+    """``tracks`` with :data:`PIXEL_COLUMNS` added from ``z_px, y_px, x_px`` (placed right after them) when it
+    has those and not already ``z, y, x``; otherwise unchanged."""
+    source = [f"{c}_px" for c in PIXEL_COLUMNS]
+    if not set(source) <= set(tracks.columns) or set(PIXEL_COLUMNS) & set(tracks.columns):
+        return tracks
+    table = tracks.copy()
+    at = max(table.columns.get_loc(c) for c in source) + 1
+    for offset, (name, column) in enumerate(zip(PIXEL_COLUMNS, source, strict=True)):
+        table.insert(at + offset, name, table[column])
+    return table
+
+
 def write_tracks(tracks, out_parquet, out_csv) -> tuple[Path | None, Path | None]:
     """Write tracks as Parquet and CSV, each atomically (complete file or none).
 
     Parameters
     ----------
     tracks : pandas.DataFrame
-        Any table, typically from :func:`track_particles`; written without its index.
+        Any table, typically from :func:`track_particles`; written without its index, with
+        :data:`PIXEL_COLUMNS` added when it has ``z_px, y_px, x_px`` (:func:`with_pixel_columns`).
     out_parquet, out_csv : path or None
         Destinations; None skips that format.
 
@@ -50,7 +72,7 @@ def write_tracks(tracks, out_parquet, out_csv) -> tuple[Path | None, Path | None
         raise LlsmflowError(f"tracks of type {type(tracks).__name__} given; expected a pandas DataFrame")
     if out_parquet is None and out_csv is None:
         raise LlsmflowError("no output path given; expected a Parquet path, a CSV path or both")
-    table = tracks.reset_index(drop=True)
+    table = with_pixel_columns(tracks.reset_index(drop=True))
     written: list[Path | None] = []
     for path, kind in ((out_parquet, "parquet"), (out_csv, "csv")):
         if path is None:

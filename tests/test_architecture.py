@@ -13,7 +13,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "llsmflow"
 
 BOTTOM = {"errors", "io", "progress", "parallel", "_lazy", ""}
-PROCESSING = {"ingest", "deskew", "geometry", "decon", "stitch", "track", "archive", "qc", "synth"}
+PROCESSING = {"ingest", "deskew", "geometry", "decon", "stitch", "track", "archive", "qc", "synth", "viewers"}
 UPPER = {"run", "provenance", "hpc"}
 CLI = {"cli"}
 # former module paths kept for older workflow snapshots, docs and bench; they re-export from the new homes

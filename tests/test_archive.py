@@ -604,3 +604,37 @@ def test_unknown_emission_is_recorded_as_unknown(tmp_path):
         write_ome_zarr(
             tmp_path / "bad.ome.zarr", da.from_array(data), VOXEL, DT, NAMES, wavelengths_nm=[None, -5.0]
         )
+
+
+def test_archive_command_keeps_colours_names_and_acquisition(tmp_path, capsys):
+    """``llsmflow archive --acquisition``: what the workflow's archive keeps (it lost the colours, which fell
+    back to the defaults, and the acquisition metadata, which was not stored)."""
+    import zarr
+
+    from llsmflow.cli import main
+
+    rng = np.random.default_rng(3)
+    stores = []
+    for t in range(2):
+        for c in range(2):
+            store = tmp_path / f"fused-t{t}-c{c}.zarr"
+            array = zarr.create_array(str(store), shape=(4, 16, 16), dtype="uint16", zarr_format=3)
+            array[...] = rng.integers(0, 500, size=(4, 16, 16), dtype=np.uint16)
+            array.attrs.update(origin_um=[0.5, 1.0, -2.0], voxel_size_um=[0.3, 0.1, 0.1])
+            stores.append(str(store))
+    acquisition = {
+        "format": "llsmflow-acquisition/1",
+        "time_interval_s": 2.0,
+        "channels": [{"name": "GFP", "emission_nm": 510}, {"name": "mCherry", "emission_nm": 610}],
+    }
+    (tmp_path / "acquisition.json").write_text(json.dumps(acquisition))
+    out = tmp_path / "cli.ome.zarr"
+    argv = ["archive", *stores, "--output", str(out), "--channels", "2", "--timepoints", "2"]
+    argv += ["--time-interval-s", "2", "--acquisition", str(tmp_path / "acquisition.json")]
+    assert main(argv) == 0, capsys.readouterr().err
+    _, meta = read_ome_zarr(out)
+    assert meta["channel_names"] == ["GFP", "mCherry"] and meta["wavelengths_nm"] == [510, 610]
+    assert meta["llsmflow"]["acquisition"] == acquisition
+    assert meta["origin_um"] == pytest.approx((0.5, 1.0, -2.0))
+    omero = zarr.open_group(str(out), mode="r").attrs.asdict()["ome"]["omero"]
+    assert [c["color"] for c in omero["channels"]] == ["00FF00", "FF0000"]

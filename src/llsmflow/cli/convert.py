@@ -28,3 +28,29 @@ def register_convert_commands(sub) -> None:
     )
     p.add_argument("-o", "--output", type=Path, required=True, help="the copy to write (must not exist)")
     p.set_defaults(func=cmd_convert)
+
+
+def acquisition_for_archive(path: Path, n_channels: int) -> tuple[dict, list[str] | None, list | None]:
+    """``(attributes, channel names, emission wavelengths in nm)`` for ``llsmflow archive --acquisition``:
+    the acquisition.json's content under ``acquisition`` (as the workflow stores it), and its channels' names
+    and emission wavelengths when it describes ``n_channels`` channels (else None)."""
+    import json
+
+    from llsmflow.errors import LlsmflowError
+
+    try:
+        acquisition = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise LlsmflowError(f"cannot read ({exc}); expected an acquisition.json", path) from exc
+    if not isinstance(acquisition, dict):
+        raise LlsmflowError("is not a JSON object; expected an acquisition.json", path)
+    channels = acquisition.get("channels")
+    if not isinstance(channels, list) or len(channels) != n_channels:
+        return {"acquisition": acquisition}, None, None
+    names = [c.get("name") if isinstance(c, dict) else None for c in channels]
+    waves = [c.get("emission_nm") if isinstance(c, dict) else None for c in channels]
+    return (
+        {"acquisition": acquisition},
+        names if all(isinstance(n, str) and n for n in names) else None,
+        waves if any(w is not None for w in waves) else None,
+    )

@@ -321,6 +321,13 @@ def cmd_archive(args) -> int:
         [stores[t * args.channels : (t + 1) * args.channels] for t in range(args.timepoints)]
     )
     names = args.channel_names or [f"ch{c}" for c in range(args.channels)]
+    attributes, wavelengths = None, args.emission_nm
+    if args.acquisition is not None:  # what the workflow's archive keeps: names, colours, the metadata
+        from llsmflow.cli.convert import acquisition_for_archive
+
+        attributes, acquired_names, acquired_nm = acquisition_for_archive(args.acquisition, args.channels)
+        names = args.channel_names or acquired_names
+        wavelengths = wavelengths or acquired_nm
     tables = {}
     for item in args.table:
         name, sep, path = item.partition("=")
@@ -337,6 +344,8 @@ def cmd_archive(args) -> int:
         raw_files=args.raw_files,
         ngff_version=args.ngff_version,
         origin_um=origin_um,
+        attributes=attributes,
+        wavelengths_nm=wavelengths,
     )
     print(f"{args.output}: OME-Zarr {args.ngff_version}, shape TCZYX {image.shape}, {len(tables)} table(s)")
     return 0
@@ -539,6 +548,20 @@ def register_stage_commands(sub) -> None:
         help="a Parquet table (tracks, statistics) to store beside the image; repeatable",
     )
     p.add_argument("--raw-files", nargs="*", default=[], help="raw inputs whose sha256 go into the manifest")
+    p.add_argument(
+        "--acquisition",
+        type=Path,
+        default=None,
+        help="acquisition.json (as `llsmflow init`/the workflow's ingest writes it): channel names, emission "
+        "wavelengths (colours) and the acquisition metadata kept in the archive (default: none)",
+    )
+    p.add_argument(
+        "--emission-nm",
+        type=float,
+        nargs="+",
+        default=None,
+        help="emission wavelength (nm) per channel, for the display colours (default: from --acquisition)",
+    )
     p.set_defaults(func=cmd_archive)
 
     p = sub.add_parser(

@@ -21,6 +21,8 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[workflow,test]"
+	# separately: napari's npe2 wants rich >= 14, roc-validator declares rich < 14 (and works with 15)
+	$(BIN)/python -m pip install --quiet -e ".[viewers]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -70,12 +70,12 @@ def test_every_imported_package_is_declared():
 
 def test_known_minimums():
     """Minimums the code needs: ome-zarr 0.18 for ``OMEZarrImage``, whose models come from ome-zarr-models
-    >= 1.6; zarr 3 for the v3 codecs; Snakemake 9 (``min_version("9.0")`` in the Snakefile)."""
+    >= 1.6, which needs zarr >= 3.1.1; Snakemake 9 (``min_version("9.0")`` in the Snakefile)."""
     declared = _declared()
     for name, minimum, below in (
         ("ome-zarr", "0.18.0", "0.17.1"),
         ("ome-zarr-models", "1.6", "1.5"),
-        ("zarr", "3.0.0", "2.18.7"),
+        ("zarr", "3.1.1", "3.1.0"),
         ("snakemake", "9.0.0", "8.30"),
     ):
         spec = declared[name].specifier

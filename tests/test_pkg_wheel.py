@@ -121,6 +121,11 @@ def test_wheel_carries_every_workflow_file(wheel):
     assert expected - packed == set()
     sources = {p.relative_to(REPO / "src").as_posix() for p in (REPO / "src" / "llsmflow").rglob("*.py")}
     assert sources - modules == set()
+    with zipfile.ZipFile(wheel) as archive:
+        # the napari reader's manifest and the entry point that registers it
+        assert "llsmflow/viewers/napari.yaml" in archive.namelist()
+        (entry_points,) = [n for n in archive.namelist() if n.endswith(".dist-info/entry_points.txt")]
+        assert "llsmflow = llsmflow.viewers:napari.yaml" in archive.read(entry_points).decode()
 
 
 def test_installed_wheel_runs_the_tiny_workflow(fresh_env, tmp_path):

@@ -10,7 +10,7 @@ import pandas as pd
 from llsmflow.errors import LlsmflowError
 from llsmflow.track._common import _int_at_least, _origin3, _positive, _quiet_trackpy, _voxel3
 from llsmflow.track.detect import detect_particles, diameter_px
-from llsmflow.track.tables import POS_COLUMNS
+from llsmflow.track.tables import POS_COLUMNS, with_pixel_columns
 
 ADAPTIVE_STOP_FRACTION = 0.2
 """Linking may shrink the search range down to this fraction of it where candidates crowd."""
@@ -133,7 +133,7 @@ def track_particles(
         empty = pd.DataFrame(
             {c: pd.Series(dtype="int64" if c in ("particle", "frame") else "float64") for c in base}
         )
-        return pd.concat([empty, features[extra].iloc[:0]], axis=1)
+        return with_pixel_columns(pd.concat([empty, features[extra].iloc[:0]], axis=1))
 
     from trackpy.linking import SubnetOversizeException
 
@@ -164,4 +164,5 @@ def track_particles(
     linked["frame"] = linked["frame"].astype(np.int64)
     linked["t_s"] = linked["frame"].to_numpy(dtype=np.float64) * dt
     linked = linked[base + extra]
-    return linked.sort_values(["particle", "frame"], kind="stable").reset_index(drop=True)
+    # trackpy's default position names (voxels) beside the µm ones: its functions take the table as is
+    return with_pixel_columns(linked.sort_values(["particle", "frame"], kind="stable").reset_index(drop=True))

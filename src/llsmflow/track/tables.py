@@ -4,7 +4,8 @@ A track table has one row per detection: ``particle``, ``frame``, ``t_s`` (s) an
 :data:`POS_COLUMNS` (µm, ZYX order), then trackpy's per-feature columns. Detection, linking, statistics and
 plots all read these names from here.
 
-The written table also carries :data:`PIXEL_COLUMNS` ``z, y, x``: the position in voxels of the volume the
+The table of :func:`llsmflow.track.link.track_particles` (and so the written one) also carries
+:data:`PIXEL_COLUMNS` ``z, y, x``: the position in voxels of the volume the
 particle was detected in (the same values as ``z_px, y_px, x_px``), under the names trackpy's own functions
 look for by default, so that ``trackpy.motion.emsd(tracks, mpp=dx_um, fps=1 / dt_s)`` works on the table as
 is (trackpy's default ``pos_columns`` are ``['x', 'y']``: the lateral MSD; give ``pos_columns=['z', 'y', 'x']``
@@ -58,8 +59,8 @@ def write_tracks(tracks, out_parquet, out_csv) -> tuple[Path | None, Path | None
     Parameters
     ----------
     tracks : pandas.DataFrame
-        Any table, typically from :func:`track_particles`; written without its index, with
-        :data:`PIXEL_COLUMNS` added when it has ``z_px, y_px, x_px`` (:func:`with_pixel_columns`).
+        Any table, typically from :func:`track_particles` (which adds :data:`PIXEL_COLUMNS` with
+        :func:`with_pixel_columns`); written as it is, without its index.
     out_parquet, out_csv : path or None
         Destinations; None skips that format.
 
@@ -72,7 +73,7 @@ def write_tracks(tracks, out_parquet, out_csv) -> tuple[Path | None, Path | None
         raise LlsmflowError(f"tracks of type {type(tracks).__name__} given; expected a pandas DataFrame")
     if out_parquet is None and out_csv is None:
         raise LlsmflowError("no output path given; expected a Parquet path, a CSV path or both")
-    table = with_pixel_columns(tracks.reset_index(drop=True))
+    table = tracks.reset_index(drop=True)
     written: list[Path | None] = []
     for path, kind in ((out_parquet, "parquet"), (out_csv, "csv")):
         if path is None:

@@ -139,7 +139,8 @@ def test_installed_wheel_runs_the_tiny_workflow(fresh_env, tmp_path):
     where = run(str(fresh_env["python"]), "-c", "import llsmflow.run.config as c; print(c.SOURCE_TREE)")
     # the workflow found is the wheel's copy inside the fresh environment, not a checkout
     assert Path(where.strip()) == next(fresh_env["venv"].glob("lib/python*/site-packages/llsmflow/_workflow"))
-    run(llsmflow, "synth", "--tiny", "data")
+    # one channel, three timepoints (the fewest that give tracks of min_track_length 3): 24 jobs, not 45
+    run(llsmflow, "synth", "--tiny", "--channels", "1", "--timepoints", "3", "data")
     run(llsmflow, "init", "data/raw", "--dataset", "tiny", "--no-input")
     out = run(llsmflow, "run", "--configfile", "config.yaml", "--cores", "2", timeout=900)
     assert "done in" in out

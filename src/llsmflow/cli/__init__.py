@@ -48,6 +48,7 @@ def build_parser():
     import argparse
 
     from llsmflow.cli.container import register_container_commands
+    from llsmflow.cli.export import register_export_commands
     from llsmflow.cli.hpc import register_hpc_commands
     from llsmflow.cli.init import register_init_commands
     from llsmflow.cli.reproduce import register_reproduce_commands
@@ -66,6 +67,7 @@ def build_parser():
     register_status_commands(sub)
     register_hpc_commands(sub)
     register_reproduce_commands(sub)
+    register_export_commands(sub)
     return parser
 
 

@@ -26,7 +26,7 @@ example:
   OMERO_USER=me OMERO_PASS=... llsmflow export omero results/cells
 
 Server, group and target dataset come from the config's omero: section (config/README.md); the user and
-password from the environment variables it names (default OMERO_USER, OMERO_PASS) or omero.credentials_file,
+password from the environment variables it names (default OMERO_USER, OMERO_PASS) or omero.login_file,
 never from the command line. The import needs `pip install 'llsmflow[omero]'` (omero-py, ezomero; docs/fair.md).
 """
 

@@ -16,8 +16,8 @@ that, :func:`check_reachable` opens a TCP connection to the server so that a wro
 one line, not an Ice traceback. **The import itself has not been run against an OMERO server here.**
 
 Credentials never come from the command line or the config: the user name and password are read from the
-environment variables the config names (``omero.user_env``, ``omero.password_env``), or from
-``omero.credentials_file`` (YAML with ``user`` and ``password``; refused when others may read it).
+environment variables the config names (``omero.user_env``, ``omero.pass_env``), or from
+``omero.login_file`` (YAML with ``user`` and ``password``; refused when others may read it).
 """
 
 from __future__ import annotations
@@ -54,8 +54,8 @@ def omero_settings(config: dict, source: str | Path) -> dict:
 
 
 def credentials(settings: dict, source: str | Path) -> tuple[str, str]:
-    """(user, password) from ``settings["credentials_file"]`` or the environment variables it names."""
-    path = settings.get("credentials_file")
+    """(user, password) from ``settings["login_file"]`` or the environment variables it names."""
+    path = settings.get("login_file")
     if path:
         from llsmflow.run.config import load_yaml_file
 
@@ -70,12 +70,12 @@ def credentials(settings: dict, source: str | Path) -> tuple[str, str]:
         if not isinstance(data, dict) or not data.get("user") or not data.get("password"):
             raise LlsmflowError("has no user and password; expected YAML keys user and password", path)
         return str(data["user"]), str(data["password"])
-    user_env, password_env = settings["user_env"], settings["password_env"]
-    user, password = os.environ.get(user_env), os.environ.get(password_env)
+    user_env, pass_env = settings["user_env"], settings["pass_env"]
+    user, password = os.environ.get(user_env), os.environ.get(pass_env)
     if not user or not password:
         raise LlsmflowError(
-            f"environment variables {user_env} and {password_env} are not both set; expected the OMERO user "
-            "and password there, or omero.credentials_file (never on the command line)",
+            f"environment variables {user_env} and {pass_env} are not both set; expected the OMERO user "
+            "and password there, or omero.login_file (never on the command line)",
             source,
         )
     return user, password

@@ -7,9 +7,9 @@ Run by the validator's own interpreter (it needs Python ≥ 3.13)::
 The validator reads the crate's JSON-LD ``@context`` ``https://w3id.org/ro/crate/1.1/context`` three ways:
 rdflib (urllib), PyLD and rocrate-validator (requests). This script answers that one URL, in this process only,
 with ``CONTEXT_JSON`` (the RO-Crate context the ``rocrate`` package ships, prepared as in
-``tests/rocrate_offline.py``) and refuses every other URL, then runs the validator's own entry point
-(``bia_ro_crate.core.parser.ro_crate_parser.ROCrateParser``, as ``bia-ro-crate validate`` does) and prints its JSON report. Exit 0 when the
-report's highest level is below ERROR.
+``tests/rocrate_offline.py``) and refuses every other URL, then runs the validator's parser
+(``bia_ro_crate.core.parser.ro_crate_parser.ROCrateParser``, as ``bia-ro-crate validate`` does) and prints
+its JSON report. Exit 0 when the report's highest level is below ERROR.
 """
 
 import email.message
@@ -28,6 +28,7 @@ def main(crate: str, context_path: str) -> int:
 
     class Local(urllib.request.BaseHandler):
         handler_order = 100  # before urllib's own HTTPS handler
+
         def https_open(self, req):
             if req.full_url.rstrip("/") != URL:
                 raise urllib.error.URLError(f"offline: {req.full_url}")
@@ -66,12 +67,17 @@ def main(crate: str, context_path: str) -> int:
     parser = ROCrateParser(Path(crate))
     try:
         parser.parse()
-        parser.result
+        _ = parser.result  # raises when the parse left no result
     except ExceptionGroup:
         pass
     report = _report_issues(parser)
     print(json.dumps(report, indent=2))
-    return 0 if report["highest_error_level"] is None or report["highest_error_level"] in ("INFO", "WARNING", "DEBUG") else 1
+    return (
+        0
+        if report["highest_error_level"] is None
+        or report["highest_error_level"] in ("INFO", "WARNING", "DEBUG")
+        else 1
+    )
 
 
 if __name__ == "__main__":

@@ -34,7 +34,13 @@ def closed_port() -> int:
 def config(tiny_run, rembi, tmp_path):  # noqa: F811
     """The run's own config with an omero: section and the rembi key, as a user would add them."""
     data = yaml.safe_load(tiny_run.config_path.read_text(encoding="utf-8"))
-    data["omero"] = {"host": "127.0.0.1", "port": closed_port(), "group": "lab", "project_id": 3, "dataset_id": 51}
+    data["omero"] = {
+        "host": "127.0.0.1",
+        "port": closed_port(),
+        "group": "lab",
+        "project_id": 3,
+        "dataset_id": 51,
+    }
     data["rembi"] = str(rembi)
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(data), encoding="utf-8")
@@ -46,15 +52,32 @@ def test_plan_lists_the_archive_tables_report_and_rembi(tiny_run, config, rembi,
     path, data = config
     assert main(["export", "omero", str(results), "--configfile", str(path), "--dry-run", "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
-    settings = {**data["omero"], "secure": True, "user_env": "OMERO_USER", "pass_env": "OMERO_PASS",
-                "login_file": None, "raw_data_url": None}
+    settings = {
+        **data["omero"],
+        "secure": True,
+        "user_env": "OMERO_USER",
+        "pass_env": "OMERO_PASS",
+        "login_file": None,
+        "raw_data_url": None,
+    }
     assert plan == omero_plan(results, settings, load_rembi(rembi))
     assert plan["target"] == {"project_id": 3, "dataset_id": 51}
-    assert plan["server"] == {"host": "127.0.0.1", "port": data["omero"]["port"], "group": "lab", "secure": True}
+    assert plan["server"] == {
+        "host": "127.0.0.1",
+        "port": data["omero"]["port"],
+        "group": "lab",
+        "secure": True,
+    }
     assert plan["images"] == [
-        {"path": str((results / "tiny.ome.zarr").resolve()), "name": "tiny.ome.zarr", "format": "OME-Zarr 0.5"}
+        {
+            "path": str((results / "tiny.ome.zarr").resolve()),
+            "name": "tiny.ome.zarr",
+            "format": "OME-Zarr 0.5",
+        }
     ]
-    attached = {Path(a["path"]).relative_to(results.resolve()).as_posix(): a for a in plan["file_annotations"]}
+    attached = {
+        Path(a["path"]).relative_to(results.resolve()).as_posix(): a for a in plan["file_annotations"]
+    }
     expected = {f"tracks/{p.name}" for p in (results / "tracks").glob("*.csv")} | {"qc/report.html"}
     assert set(attached) == expected and len(expected) >= 4
     assert all(a["namespace"] == (NS_QC if k.endswith(".html") else NS_TRACKS) for k, a in attached.items())
@@ -62,11 +85,15 @@ def test_plan_lists_the_archive_tables_report_and_rembi(tiny_run, config, rembi,
     maps = {m["namespace"]: m for m in plan["map_annotations"]}
     assert dict(maps[NS_RAW]["pairs"])["raw data"] == tiny_run.config["raw_dir"]
     assert maps[NS_REMBI]["pairs"] == [list(p) for p in key_values(load_rembi(rembi))]
-    assert ["study.title", "Particle dynamics in a synthetic lattice light-sheet time-lapse"] in maps[NS_REMBI]["pairs"]
+    assert ["study.title", "Particle dynamics in a synthetic lattice light-sheet time-lapse"] in maps[
+        NS_REMBI
+    ]["pairs"]
     # the printed form names every import and attachment
     assert main(["export", "omero", str(results), "--configfile", str(path), "--dry-run"]) == 0
     text = capsys.readouterr().out
-    assert "import image tiny.ome.zarr (OME-Zarr 0.5)" in text and "attach file report.html (text/html" in text
+    assert (
+        "import image tiny.ome.zarr (OME-Zarr 0.5)" in text and "attach file report.html (text/html" in text
+    )
 
 
 def test_closed_port_is_one_clear_line(tiny_run, config, capsys, monkeypatch):
@@ -83,9 +110,15 @@ def test_closed_port_is_one_clear_line(tiny_run, config, capsys, monkeypatch):
 
 
 def test_credentials_come_from_the_environment_or_a_private_file(tmp_path, monkeypatch):
-    settings = {"user_env": "LLSMFLOW_TEST_OMERO_USER", "pass_env": "LLSMFLOW_TEST_OMERO_PASS", "login_file": None}
+    settings = {
+        "user_env": "LLSMFLOW_TEST_OMERO_USER",
+        "pass_env": "LLSMFLOW_TEST_OMERO_PASS",
+        "login_file": None,
+    }
     monkeypatch.delenv("LLSMFLOW_TEST_OMERO_USER", raising=False)
-    with pytest.raises(LlsmflowError, match="LLSMFLOW_TEST_OMERO_USER and LLSMFLOW_TEST_OMERO_PASS are not both set"):
+    with pytest.raises(
+        LlsmflowError, match="LLSMFLOW_TEST_OMERO_USER and LLSMFLOW_TEST_OMERO_PASS are not both set"
+    ):
         credentials(settings, "config.yaml")
     monkeypatch.setenv("LLSMFLOW_TEST_OMERO_USER", "u")
     monkeypatch.setenv("LLSMFLOW_TEST_OMERO_PASS", "p")

@@ -83,7 +83,9 @@ def test_unfilled_template_is_refused_with_the_field_named(template):
     with pytest.raises(LlsmflowError) as error:
         load_rembi(template)
     message = str(error.value)
-    assert message.startswith(f"{template}: study.title is still ") and f"{FILL}: the dataset's title" in message
+    assert (
+        message.startswith(f"{template}: study.title is still ") and f"{FILL}: the dataset's title" in message
+    )
     assert message.endswith("expected the dataset's own value") and "\n" not in message
 
 

@@ -34,11 +34,19 @@ never from the command line. The import needs `pip install 'llsmflow[omero]'` (o
 def _config(args) -> tuple[dict, Path]:
     """The run's config (``--configfile`` or the recorded one), validated, schema defaults filled in."""
     from llsmflow.errors import LlsmflowError
-    from llsmflow.run.config import fill_defaults, find_workflow_root, load_schema, load_yaml_file, validate_config
+    from llsmflow.run.config import (
+        fill_defaults,
+        find_workflow_root,
+        load_schema,
+        load_yaml_file,
+        validate_config,
+    )
 
     path = Path(args.configfile) if args.configfile else Path(args.results_dir) / "provenance" / "config.yaml"
     if not path.is_file():
-        raise LlsmflowError("no config; expected --configfile CONFIG or the run's provenance/config.yaml", path)
+        raise LlsmflowError(
+            "no config; expected --configfile CONFIG or the run's provenance/config.yaml", path
+        )
     config = load_yaml_file(path)
     if not isinstance(config, dict):
         raise LlsmflowError("is not a mapping; expected a workflow config", path)
@@ -72,7 +80,7 @@ def cmd_export_bia(args) -> int:
         f"wrote {result['out_dir']}: {len(result['items'])} items, {result['files']} files, "
         f"{result['bytes'] / 1e6:.1f} MB ({placed}); file list filelist.tsv, checksums files.sha256"
     )
-    print("check: cd {0} && sha256sum -c --quiet files.sha256; upload as in docs/fair.md".format(result["out_dir"]))
+    print(f"check: cd {result['out_dir']} && sha256sum -c --quiet files.sha256; upload as in docs/fair.md")
     return 0
 
 

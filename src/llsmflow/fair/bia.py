@@ -76,7 +76,10 @@ CONTEXT_TERMS = {
         "@id": "bia:associatedImagingPreparationProtocol",
         "@container": "@set",
     },
-    "associatedImageAcquisitionProtocol": {"@id": "bia:associatedImageAcquisitionProtocol", "@container": "@set"},
+    "associatedImageAcquisitionProtocol": {
+        "@id": "bia:associatedImageAcquisitionProtocol",
+        "@container": "@set",
+    },
     "associatedImageAnalysisMethod": {"@id": "bia:associatedAnalysisMethod", "@container": "@set"},
     "associatedImageCorrelationMethod": {"@id": "bia:associatedCorrelationMethod", "@container": "@set"},
     "associatedProtocol": {"@id": "bia:associatedProtocol", "@container": "@set"},
@@ -191,8 +194,12 @@ def bia_crate(study, inventory: dict, rows: list[dict]) -> dict:
         if specimen.growth_protocol and i < len(biosample_ids):
             growth_id = f"#growth-protocol-{i}"
             graph.append(
-                {"@id": growth_id, "@type": "bia:Protocol", "name": f"growth protocol {i}",
-                 "description": specimen.growth_protocol}
+                {
+                    "@id": growth_id,
+                    "@type": "bia:Protocol",
+                    "name": f"growth protocol {i}",
+                    "description": specimen.growth_protocol,
+                }
             )
             graph[[e["@id"] for e in graph].index(biosample_ids[i])]["growthProtocol"] = _ref(growth_id)
     specimen_id = "#specimen-0"
@@ -220,16 +227,25 @@ def bia_crate(study, inventory: dict, rows: list[dict]) -> dict:
     if study.image_analysis:
         analysis_ids.append("#image-analysis-0")
         graph.append(
-            {"@id": analysis_ids[0], "@type": "bia:ImageAnalysisMethod", "name": "image analysis",
-             "description": study.image_analysis.analysis_overview}
+            {
+                "@id": analysis_ids[0],
+                "@type": "bia:ImageAnalysisMethod",
+                "name": "image analysis",
+                "description": study.image_analysis.analysis_overview,
+            }
         )
     if study.image_correlation:
         c = study.image_correlation
         correlation_ids.append("#image-correlation-0")
         graph.append(
-            {"@id": correlation_ids[0], "@type": "bia:ImageCorrelationMethod", "name": "image correlation",
-             "description": c.spatial_and_temporal_alignment, "fiducialsUsed": c.fiducials_used,
-             "transformationMatrix": c.transformations_used}
+            {
+                "@id": correlation_ids[0],
+                "@type": "bia:ImageCorrelationMethod",
+                "name": "image correlation",
+                "description": c.spatial_and_temporal_alignment,
+                "fiducialsUsed": c.fiducials_used,
+                "transformationMatrix": c.transformations_used,
+            }
         )
     protocol_id = "#protocol-llsmflow"
     graph.append(
@@ -256,8 +272,14 @@ def bia_crate(study, inventory: dict, rows: list[dict]) -> dict:
     }
     graph.append({k: v for k, v in dataset.items() if v != []})
     column_ids = [f"#column-{name}" for name, _ in COLUMNS]
-    graph.append({"@id": FILE_LIST, "@type": ["File", "bia:FileList"], "name": "file list",
-                  "tableSchema": _ref("#filelist-schema")})
+    graph.append(
+        {
+            "@id": FILE_LIST,
+            "@type": ["File", "bia:FileList"],
+            "name": "file list",
+            "tableSchema": _ref("#filelist-schema"),
+        }
+    )
     graph.append({"@id": "#filelist-schema", "@type": "csvw:Schema", "column": [_ref(c) for c in column_ids]})
     for column_id, (name, prop) in zip(column_ids, COLUMNS, strict=True):
         column = {"@id": column_id, "@type": "csvw:Column", "columnName": name}
@@ -373,8 +395,11 @@ def export_bia(
             lines = []
             for rel in members:
                 if any(ch in rel for ch in "\t\n\r\\"):
-                    raise LlsmflowError(f"file name {rel!r} has a tab, line break or backslash; expected a name "
-                                        "the BIA file list can hold", root)
+                    raise LlsmflowError(
+                        f"file name {rel!r} has a tab, line break or backslash; expected a name "
+                        "the BIA file list can hold",
+                        root,
+                    )
                 how = _place(root / rel, tmp / rel, link)
                 placed[how] = placed.get(how, 0) + 1
                 digest = _sha256(tmp / rel)
@@ -414,9 +439,11 @@ def export_bia(
         (tmp / "files.sha256").write_text(
             "".join(f"{digest}  {rel}\n" for rel, digest in sorted(manifest)), encoding="utf-8"
         )
-        (tmp / "rembi.json").write_text(json.dumps(rembi_json(study), indent=2, ensure_ascii=False) + "\n",
-                                        encoding="utf-8")
+        (tmp / "rembi.json").write_text(
+            json.dumps(rembi_json(study), indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
         crate = bia_crate(study, inventory, rows)
-        (tmp / "ro-crate-metadata.json").write_text(json.dumps(crate, indent=2, ensure_ascii=False) + "\n",
-                                                    encoding="utf-8")
+        (tmp / "ro-crate-metadata.json").write_text(
+            json.dumps(crate, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
     return {"out_dir": out_dir, "files": len(manifest), "bytes": total, "items": rows, "placed": placed}

@@ -48,7 +48,8 @@ def omero_settings(config: dict, source: str | Path) -> dict:
         )
     if not settings.get("dataset_id"):
         raise LlsmflowError(
-            "config key omero.dataset_id is not set; expected the id of the OMERO dataset to import into", source
+            "config key omero.dataset_id is not set; expected the id of the OMERO dataset to import into",
+            source,
         )
     return settings
 
@@ -94,7 +95,9 @@ def check_reachable(host: str, port: int, timeout_s: float = 5.0) -> None:
         ) from None
 
 
-def omero_plan(results_dir: str | Path, settings: dict, rembi_study=None, raw_location: str | None = None) -> dict:
+def omero_plan(
+    results_dir: str | Path, settings: dict, rembi_study=None, raw_location: str | None = None
+) -> dict:
     """The import plan of a run's results, as JSON-ready data.
 
     Parameters
@@ -173,7 +176,8 @@ def plan_lines(plan: dict) -> list[str]:
     server, target = plan["server"], plan["target"]
     lines = [
         f"OMERO server {server['host']}:{server['port']} group {server['group'] or '(default)'}; "
-        f"dataset {target['dataset_id']}" + (f" in project {target['project_id']}" if target["project_id"] else ""),
+        f"dataset {target['dataset_id']}"
+        + (f" in project {target['project_id']}" if target["project_id"] else ""),
     ]
     lines += [f"import image {i['name']} ({i['format']}): {i['path']}" for i in plan["images"]]
     lines += [
@@ -181,7 +185,9 @@ def plan_lines(plan: dict) -> list[str]:
         for a in plan["file_annotations"]
     ]
     for m in plan["map_annotations"]:
-        lines.append(f"map annotation {m['namespace']} on image {m['attach_to']['image']}: {len(m['pairs'])} pairs")
+        lines.append(
+            f"map annotation {m['namespace']} on image {m['attach_to']['image']}: {len(m['pairs'])} pairs"
+        )
         lines += [f"  {k} = {v}" for k, v in m["pairs"][:8]]
         if len(m["pairs"]) > 8:
             lines.append(f"  … {len(m['pairs']) - 8} more")
@@ -221,7 +227,9 @@ def omero_import(plan: dict, user: str, password: str, timeout_s: float = 10.0) 
     done = {"images": {}, "file_annotations": [], "map_annotations": []}
     try:
         for image in plan["images"]:
-            ids = ezomero.ezimport(conn, image["path"], project=target["project_id"], dataset=target["dataset_id"])
+            ids = ezomero.ezimport(
+                conn, image["path"], project=target["project_id"], dataset=target["dataset_id"]
+            )
             if not ids:
                 raise LlsmflowError(f"OMERO imported nothing from {image['path']}; expected image ids")
             done["images"][image["name"]] = list(ids)

@@ -62,7 +62,9 @@ def _facts(acquisition) -> dict:
         }
     instrument = acquisition.instrument
     if instrument == "generic":  # acquisition.json: its own "instrument" field, else the user says
-        instrument = acquisition.metadata.get("instrument") or f"{FILL}: the microscope (its files do not name it)"
+        instrument = (
+            acquisition.metadata.get("instrument") or f"{FILL}: the microscope (its files do not name it)"
+        )
     return {
         "instrument": instrument,
         "angle_deg": acquisition.angle_deg,
@@ -100,7 +102,9 @@ def acquisition_parameters(acquisition) -> str:
     ]
     if f["deskewed_voxel_size_um"]:
         parts.append(
-            "deskewed voxel size (z, y, x) " + " × ".join(f"{v:.4g}" for v in f["deskewed_voxel_size_um"]) + " µm"
+            "deskewed voxel size (z, y, x) "
+            + " × ".join(f"{v:.4g}" for v in f["deskewed_voxel_size_um"])
+            + " µm"
         )
     return "; ".join(parts) + "."
 
@@ -159,7 +163,10 @@ def rembi_template(acquisition, dataset: str | None = None) -> dict:
             }
         ],
         "specimen": [
-            {"sample_preparation": f"{FILL}: how the sample was prepared for imaging", "growth_protocol": None}
+            {
+                "sample_preparation": f"{FILL}: how the sample was prepared for imaging",
+                "growth_protocol": None,
+            }
         ],
         "image_acquisition": [instrument_fields(acquisition)],
         "image_correlation": None,
@@ -240,10 +247,13 @@ def validate_rembi(data, source: str | Path):
         from rembi_mifa.rembi import RembiStudy
     except ImportError as exc:
         raise LlsmflowError(
-            f"REMBI validation needs the rembi-mifa package ({exc}); expected `pip install rembi-mifa`", source
+            f"REMBI validation needs the rembi-mifa package ({exc}); expected `pip install rembi-mifa`",
+            source,
         ) from None
     if not isinstance(data, dict):
-        raise LlsmflowError(f"holds {type(data).__name__}; expected a REMBI mapping (study, sample, …)", source)
+        raise LlsmflowError(
+            f"holds {type(data).__name__}; expected a REMBI mapping (study, sample, …)", source
+        )
     unfilled = _unfilled(data)
     if unfilled:
         field, value = unfilled

@@ -91,7 +91,9 @@ def results_inventory(results_dir: str | Path) -> dict:
     """
     root = Path(results_dir)
     if not root.is_dir():
-        raise LlsmflowError("is not a directory; expected a run's results directory (results/<dataset>)", root)
+        raise LlsmflowError(
+            "is not a directory; expected a run's results directory (results/<dataset>)", root
+        )
     archives = sorted(p for p in root.glob("*.ome.zarr") if p.is_dir())
     if not archives:
         raise LlsmflowError("no *.ome.zarr archive; expected the results directory of a finished run", root)
@@ -108,7 +110,9 @@ def results_inventory(results_dir: str | Path) -> dict:
         attrs = zarr_attributes(archive)
         attributes = attributes or attrs.get("llsmflow", {})
         acq = attrs.get("llsmflow", {}).get("acquisition", {})
-        version = (attrs.get("ome") or {}).get("version") or (attrs.get("multiscales") or [{}])[0].get("version")
+        version = (attrs.get("ome") or {}).get("version") or (attrs.get("multiscales") or [{}])[0].get(
+            "version"
+        )
         channels = ", ".join(c.get("name", str(c.get("index"))) for c in acq.get("channels", []))
         items.append(
             ResultsFile(
@@ -127,9 +131,13 @@ def results_inventory(results_dir: str | Path) -> dict:
         if path.suffix == ".csv":
             suffix = stem[len(f"ch{channel}") :] if channel else ""
             what = TABLES.get(suffix, "tracks table")
-            items.append(ResultsFile(f"tracks/{path.name}", "tracks table", f"channel {channel}: {what}", "CSV"))
+            items.append(
+                ResultsFile(f"tracks/{path.name}", "tracks table", f"channel {channel}: {what}", "CSV")
+            )
         elif path.suffix == ".png":
-            items.append(ResultsFile(f"tracks/{path.name}", "tracks plot", f"channel {channel}: {stem}", "PNG"))
+            items.append(
+                ResultsFile(f"tracks/{path.name}", "tracks plot", f"channel {channel}: {stem}", "PNG")
+            )
     qc = root / "qc"
     for path in sorted(qc.glob("*")) if qc.is_dir() else []:
         if path.name.startswith(".") or not path.is_file():

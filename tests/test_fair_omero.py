@@ -164,3 +164,16 @@ def test_a_listening_server_without_ezomero_says_what_to_install(tiny_run, confi
     assert "pip install 'llsmflow[omero]'" in str(error.value)
     accepted.join(5)
     server.close()
+
+
+@pytest.mark.parametrize("target", ["bia", "omero"])
+def test_export_help_has_units_and_an_example(target):
+    import subprocess
+    import sys
+
+    llsmflow = Path(sys.executable).parent / "llsmflow"
+    result = subprocess.run(
+        [str(llsmflow), "export", target, "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0 and "usage: llsmflow export" in result.stdout
+    assert "example:" in result.stdout and f"llsmflow export {target} results/cells" in result.stdout

@@ -259,3 +259,18 @@ def test_missing_rembi_is_one_line(tiny_run, tmp_path, capsys):
         "rembi (the YAML `llsmflow init` writes)\n"
     )
     assert not (tmp_path / "x").exists()
+
+
+def test_raw_inputs_are_deposited_when_asked_and_match_the_run_record(tiny_run, rembi, tmp_path):
+    results = tiny_run.run_dir / "results" / "tiny"
+    raw = Path(tiny_run.config["raw_dir"])
+    before = snapshot(raw)
+    out = tmp_path / "with-raw"
+    args = ["export", "bia", str(results), "-o", str(out), "--rembi", str(rembi), "--raw", "--link", "copy"]
+    assert main(args) == 0
+    rows = {row["Files"]: row for row in read_filelist(out) if row["type"] == "raw data"}
+    assert set(rows) == {f"raw/{p.name}" for p in raw.iterdir() if p.is_file()}
+    for path, row in rows.items():
+        assert row["sha256"] == sha256(raw / path.removeprefix("raw/")) == sha256(out / path)
+        assert row["image_acquisition"] == "#image-acquisition-0" and row["protocol"] == ""
+    assert snapshot(raw) == before

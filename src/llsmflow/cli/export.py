@@ -74,7 +74,9 @@ def cmd_export_bia(args) -> int:
     from llsmflow.fair.bia import export_bia
 
     config, _ = _config(args)
-    result = export_bia(args.results_dir, args.output, _rembi_path(args, config, True), link=args.link)
+    result = export_bia(
+        args.results_dir, args.output, _rembi_path(args, config, True), link=args.link, include_raw=args.raw
+    )
     placed = ", ".join(f"{n} {how}" for how, n in sorted(result["placed"].items()))
     print(
         f"wrote {result['out_dir']}: {len(result['items'])} items, {result['files']} files, "
@@ -136,6 +138,11 @@ def register_export_commands(subparsers) -> None:
         default="hardlink",
         help="how files are placed: hard links (no copy; a copy where the file system cannot), copy-on-write "
         "clones, or copies (default hardlink)",
+    )
+    bia.add_argument(
+        "--raw",
+        action="store_true",
+        help="also deposit the raw inputs (raw/<name>), each checked against the sha256 the run recorded",
     )
     bia.set_defaults(func=cmd_export_bia)
 

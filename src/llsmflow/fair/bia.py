@@ -12,6 +12,7 @@ The folder is a BIA submission RO-Crate, the form that the BioImage Archive's ow
                                header), the dataset, type, description, format, size in bytes, sha256, and
                                the REMBI entities the item is associated with
       <dataset>.ome.zarr/ tracks/ qc/ provenance/    the deposited files (linked or copied)
+      raw/                     with ``include_raw``: the raw inputs, each checked against the run's record
       files.sha256             sha256sum manifest of every deposited file (`sha256sum -c files.sha256`)
       rembi.json               the validated REMBI (rembi-mifa's serialisation, REMBI 1.5)
 
@@ -126,7 +127,7 @@ def _ref(entity_id: str) -> dict:
     return {"@id": entity_id}
 
 
-def bia_crate(study, inventory: dict, rows: list[dict]) -> dict:
+def bia_crate(study, inventory: dict) -> dict:
     """The ``ro-crate-metadata.json`` of the submission (a dict): REMBI ``study`` (rembi-mifa model) as BIA
     entities, the dataset of ``inventory`` (:func:`llsmflow.fair.results.results_inventory`), the file list."""
     from llsmflow import __version__
@@ -306,7 +307,6 @@ def bia_crate(study, inventory: dict, rows: list[dict]) -> dict:
         "conformsTo": _ref("https://w3id.org/ro/crate/1.1"),
         "about": _ref("./"),
     }
-    del rows  # the rows reference the entities above by id; nothing of them goes into the metadata
     return {
         "@context": ["https://w3id.org/ro/crate/1.1/context", CONTEXT_TERMS],
         "@graph": [metadata, root, *graph],
@@ -348,8 +348,39 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+def raw_items(inventory: dict) -> tuple[Path, list, dict[str, str]]:
+    """The run's raw inputs as deposit items ``raw/<name>``: (raw folder, items, {``raw/<name>``: recorded
+    sha256}), from the ``raw/`` lines of the archive's ``checksums.sha256`` (the run's record of its inputs)."""
+    from llsmflow.archive.manifest import _parse_manifest
+    from llsmflow.fair.results import ResultsFile
+
+    raw_dir = Path((inventory["record"].get("config") or {}).get("raw_dir") or "")
+    manifest = inventory["archive"] / "checksums.sha256"
+    recorded = (
+        {k: v for k, v in _parse_manifest(manifest).items() if k.startswith("raw/")}
+        if manifest.is_file()
+        else {}
+    )
+    if not recorded:
+        raise LlsmflowError("has no raw/ lines; expected the run's record of its raw inputs", manifest)
+    items = [
+        ResultsFile(
+            name,
+            "raw data",
+            "raw acquisition as the instrument wrote it",
+            Path(name).suffix.lstrip(".").upper(),
+        )
+        for name in sorted(recorded)
+    ]
+    return raw_dir, items, recorded
+
+
 def export_bia(
-    results_dir: str | Path, out_dir: str | Path, rembi_path: str | Path, link: str = "hardlink"
+    results_dir: str | Path,
+    out_dir: str | Path,
+    rembi_path: str | Path,
+    link: str = "hardlink",
+    include_raw: bool = False,
 ) -> dict:
     """Write the BioImage Archive submission folder of a run's results (see the module docstring).
 
@@ -363,6 +394,9 @@ def export_bia(
         The dataset's REMBI YAML (written by ``llsmflow init``, filled in by the user).
     link : {"hardlink", "reflink", "copy"}
         How the files are placed.
+    include_raw : bool
+        Also deposit the raw inputs (as ``raw/<name>``, from the run's ``raw_dir``), each checked against the
+        sha256 the run recorded for it.
 
     Returns
     -------
@@ -383,13 +417,19 @@ def export_bia(
     inventory = results_inventory(results_dir)
     root = inventory["results_dir"]
     recorded = recorded_checksums(root)
+    items = list(inventory["items"])
+    raw_dir = None
+    if include_raw:
+        raw_dir, raw, raw_recorded = raw_items(inventory)
+        items += raw
+        recorded.update(raw_recorded)
     placed: dict[str, int] = {}
     manifest: list[tuple[str, str]] = []
     rows = []
     total = 0
     with atomic_output(out_dir) as tmp:
         tmp.mkdir()
-        for item in inventory["items"]:
+        for item in items:
             members = [f"{item.path}/{f}" for f in item.files] if item.is_dir else [item.path]
             size = 0
             lines = []
@@ -400,14 +440,17 @@ def export_bia(
                         "the BIA file list can hold",
                         root,
                     )
-                how = _place(root / rel, tmp / rel, link)
+                source = raw_dir / rel.removeprefix("raw/") if item.kind == "raw data" else root / rel
+                if not source.is_file():
+                    raise LlsmflowError("is missing; expected the file the run recorded", source)
+                how = _place(source, tmp / rel, link)
                 placed[how] = placed.get(how, 0) + 1
                 digest = _sha256(tmp / rel)
                 if rel in recorded and recorded[rel] != digest:
                     raise LlsmflowError(
-                        f"sha256 {digest} differs from the run's record {recorded[rel]}; expected the results "
-                        "as the run wrote them (llsmflow verify)",
-                        root / rel,
+                        f"sha256 {digest} differs from the run's record {recorded[rel]}; expected the file "
+                        "as the run wrote or read it (llsmflow verify)",
+                        source,
                     )
                 manifest.append((rel, digest))
                 lines.append((rel, digest))
@@ -415,7 +458,8 @@ def export_bia(
             total += size
             listing = "".join(f"{d}  {r}\n" for r, d in sorted(lines))
             tree = hashlib.sha256(listing.encode("utf-8")).hexdigest() if item.is_dir else digest
-            derived = item.kind != "provenance"
+            derived = item.kind not in ("provenance", "raw data")
+            imaged = item.kind in ("image", "raw data")
             rows.append(
                 {
                     "Files": item.path,
@@ -425,9 +469,9 @@ def export_bia(
                     "format": item.format,
                     "size_bytes": str(size),
                     "sha256": tree,
-                    "biosample": "#biosample-0" if item.kind == "image" else "",
-                    "specimen": "#specimen-0" if item.kind == "image" else "",
-                    "image_acquisition": "#image-acquisition-0" if item.kind == "image" else "",
+                    "biosample": "#biosample-0" if imaged else "",
+                    "specimen": "#specimen-0" if imaged else "",
+                    "image_acquisition": "#image-acquisition-0" if imaged else "",
                     "protocol": "#protocol-llsmflow" if derived else "",
                 }
             )
@@ -442,7 +486,7 @@ def export_bia(
         (tmp / "rembi.json").write_text(
             json.dumps(rembi_json(study), indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
         )
-        crate = bia_crate(study, inventory, rows)
+        crate = bia_crate(study, inventory)
         (tmp / "ro-crate-metadata.json").write_text(
             json.dumps(crate, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
         )

@@ -21,6 +21,10 @@ parses and prints, and the work is done by the library layers it calls (imported
     container recipe|build|pin|info (:mod:`llsmflow.hpc.containers`).
 ``reproduce``
     reproduce (:mod:`llsmflow.provenance.reproduce`).
+``convert``
+    convert (:mod:`llsmflow.archive.convert`: NGFF 0.4 <-> 0.5 copies).
+``export``
+    export bia|omero (:mod:`llsmflow.fair`).
 """
 
 from __future__ import annotations
@@ -48,6 +52,8 @@ def build_parser():
     import argparse
 
     from llsmflow.cli.container import register_container_commands
+    from llsmflow.cli.convert import register_convert_commands
+    from llsmflow.cli.export import register_export_commands
     from llsmflow.cli.hpc import register_hpc_commands
     from llsmflow.cli.init import register_init_commands
     from llsmflow.cli.reproduce import register_reproduce_commands
@@ -66,7 +72,8 @@ def build_parser():
     register_status_commands(sub)
     register_hpc_commands(sub)
     register_reproduce_commands(sub)
-    __import__("llsmflow.cli.convert", fromlist=["_"]).register_convert_commands(sub)
+    register_convert_commands(sub)
+    register_export_commands(sub)
     return parser
 
 

@@ -1,0 +1,161 @@
+"""``llsmflow export {bia,omero} RESULTS_DIR``: hand a finished run's results to the BioImage Archive or OMERO.
+
+Parsing and printing only; the work is :mod:`llsmflow.fair` (``bia.export_bia``, ``omero.omero_plan`` and
+``omero.omero_import``). Both read the dataset's REMBI YAML (``--rembi``, else the config's ``rembi`` key) and
+the run's config (``--configfile``, else the copy the run recorded in ``RESULTS_DIR/provenance/config.yaml``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+BIA_EPILOG = """\
+example:
+  llsmflow export bia results/cells -o cells-bia --rembi rembi.yaml
+  then upload cells-bia/ as described in docs/fair.md ("BioImage Archive").
+
+The folder holds the OME-Zarr (volumes in µm, time in s), the tracks tables (µm, s), the QC report and the
+provenance, a file list (filelist.tsv) with each item's size in bytes and sha256, files.sha256 (sha256sum -c),
+the REMBI metadata (rembi.json) and ro-crate-metadata.json in the BioImage Archive's RO-Crate form.
+"""
+
+OMERO_EPILOG = """\
+example:
+  llsmflow export omero results/cells --dry-run          # print what would be imported and annotated
+  OMERO_USER=me OMERO_PASS=... llsmflow export omero results/cells
+
+Server, group and target dataset come from the config's omero: section (config/README.md); the user and
+password from the environment variables it names (default OMERO_USER, OMERO_PASS) or omero.login_file,
+never from the command line. The import needs `pip install 'llsmflow[omero]'` (omero-py, ezomero; docs/fair.md).
+"""
+
+
+def _config(args) -> tuple[dict, Path]:
+    """The run's config (``--configfile`` or the recorded one), validated, schema defaults filled in."""
+    from llsmflow.errors import LlsmflowError
+    from llsmflow.run.config import (
+        fill_defaults,
+        find_workflow_root,
+        load_schema,
+        load_yaml_file,
+        validate_config,
+    )
+
+    path = Path(args.configfile) if args.configfile else Path(args.results_dir) / "provenance" / "config.yaml"
+    if not path.is_file():
+        raise LlsmflowError(
+            "no config; expected --configfile CONFIG or the run's provenance/config.yaml", path
+        )
+    config = load_yaml_file(path)
+    if not isinstance(config, dict):
+        raise LlsmflowError("is not a mapping; expected a workflow config", path)
+    schema = load_schema(find_workflow_root(args.workflow_dir))
+    validate_config(config, schema, path, ignore_required=True)
+    return fill_defaults(config, schema), path
+
+
+def _rembi_path(args, config: dict, required: bool) -> Path | None:
+    from llsmflow.errors import LlsmflowError
+
+    if args.rembi:
+        return Path(args.rembi)
+    if config.get("rembi"):
+        return Path(config["rembi"])
+    if required:
+        raise LlsmflowError(
+            "no REMBI file given; expected --rembi FILE or config key rembi (the YAML `llsmflow init` writes)",
+            args.results_dir,
+        )
+    return None
+
+
+def cmd_export_bia(args) -> int:
+    from llsmflow.fair.bia import export_bia
+
+    config, _ = _config(args)
+    result = export_bia(
+        args.results_dir, args.output, _rembi_path(args, config, True), link=args.link, include_raw=args.raw
+    )
+    placed = ", ".join(f"{n} {how}" for how, n in sorted(result["placed"].items()))
+    print(
+        f"wrote {result['out_dir']}: {len(result['items'])} items, {result['files']} files, "
+        f"{result['bytes'] / 1e6:.1f} MB ({placed}); file list filelist.tsv, checksums files.sha256"
+    )
+    print(f"check: cd {result['out_dir']} && sha256sum -c --quiet files.sha256; upload as in docs/fair.md")
+    return 0
+
+
+def cmd_export_omero(args) -> int:
+    import json
+
+    from llsmflow.fair.omero import credentials, omero_import, omero_plan, omero_settings, plan_lines
+    from llsmflow.fair.rembi import load_rembi
+
+    config, source = _config(args)
+    settings = omero_settings(config, source)
+    rembi = _rembi_path(args, config, False)
+    plan = omero_plan(args.results_dir, settings, load_rembi(rembi) if rembi else None)
+    if args.dry_run:
+        print(json.dumps(plan, indent=2, ensure_ascii=False) if args.json else "\n".join(plan_lines(plan)))
+        return 0
+    user, password = credentials(settings, source)
+    done = omero_import(plan, user, password, timeout_s=args.timeout)
+    for name, ids in done["images"].items():
+        print(f"imported {name}: OMERO image id(s) {', '.join(map(str, ids))}")
+    print(
+        f"attached {len(done['file_annotations'])} file(s) and {len(done['map_annotations'])} map annotation(s)"
+    )
+    return 0
+
+
+def register_export_commands(subparsers) -> None:
+    """Add ``llsmflow export bia`` and ``llsmflow export omero``."""
+    p = subparsers.add_parser("export", help="hand results to the BioImage Archive or an OMERO server")
+    sub = p.add_subparsers(dest="target", required=True, metavar="TARGET")
+
+    def common(q) -> None:
+        q.add_argument("results_dir", help="results/<dataset> of a finished `llsmflow run`")
+        q.add_argument("--rembi", default=None, help="the dataset's REMBI YAML (default: config key rembi)")
+        q.add_argument(
+            "--configfile",
+            default=None,
+            help="workflow config with the rembi/omero keys (default: RESULTS_DIR/provenance/config.yaml)",
+        )
+        q.add_argument("--workflow-dir", default=None, help="llsmflow checkout holding the config schema")
+
+    bia = sub.add_parser(
+        "bia",
+        help="write a BioImage Archive submission folder (files, file list with sha256, REMBI)",
+        epilog=BIA_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    common(bia)
+    bia.add_argument("-o", "--output", required=True, help="the submission folder to create (must not exist)")
+    bia.add_argument(
+        "--link",
+        choices=("hardlink", "reflink", "copy"),
+        default="hardlink",
+        help="how files are placed: hard links (no copy; a copy where the file system cannot), copy-on-write "
+        "clones, or copies (default hardlink)",
+    )
+    bia.add_argument(
+        "--raw",
+        action="store_true",
+        help="also deposit the raw inputs (raw/<name>), each checked against the sha256 the run recorded",
+    )
+    bia.set_defaults(func=cmd_export_bia)
+
+    omero = sub.add_parser(
+        "omero",
+        help="import the archive into OMERO with the tracks, QC report and REMBI as annotations",
+        epilog=OMERO_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    common(omero)
+    omero.add_argument("--dry-run", action="store_true", help="print the import plan; contact no server")
+    omero.add_argument("--json", action="store_true", help="with --dry-run: the plan as JSON")
+    omero.add_argument(
+        "--timeout", type=float, default=10.0, help="seconds to wait for the server to answer (default 10 s)"
+    )
+    omero.set_defaults(func=cmd_export_omero)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from llsmflow.errors import LlsmflowError
 from llsmflow.run.config import check_config, find_workflow_root, snakemake_executable
+from llsmflow.run.display import DEFAULT_DISPLAY, DISPLAY_MODES
 from llsmflow.run.launch import DEFAULT_PROFILE
 
 __all__ = ["check_config", "cmd_run", "find_workflow_root", "register_run_commands", "snakemake_executable"]
@@ -31,7 +32,7 @@ def cmd_run(args) -> int:
     dry_run = is_dry_run(args.snakemake_args)
     results, work = run_paths(config)
     slurm = profile_options(profile).get("executor") == "slurm"
-    outcome = launch(command, config, configfile, root, dry_run, slurm=slurm)
+    outcome = launch(command, config, configfile, root, dry_run, slurm=slurm, display=args.display)
     if outcome.status != 0:
         reason = failure_reason(config, outcome)
         if reason:
@@ -97,6 +98,15 @@ def register_run_commands(sub) -> None:
     p.add_argument("--configfile", default=None, help="workflow config (default config/config.yaml)")
     p.add_argument("--cores", default=None, help="cores to use (default: the profile's)")
     p.add_argument("--workflow-dir", default=None, help="llsmflow checkout holding the Snakefile")
+    p.add_argument(
+        "--display",
+        choices=DISPLAY_MODES,
+        default=DEFAULT_DISPLAY,
+        help="how the run is shown: live (jobs done/total per step and the running job's progress, redrawn "
+        "in place), plain (a line per finished step and a progress line every 30 s), full (Snakemake's own "
+        "output); auto: live when stdout is a terminal, else plain. Snakemake's whole output is always kept "
+        "in work/<dataset>/logs/snakemake/ (default: %(default)s)",
+    )
     p.add_argument("snakemake_args", nargs=argparse.REMAINDER, help="after --: extra Snakemake arguments")
     p.set_defaults(func=cmd_run)
 

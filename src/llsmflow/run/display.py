@@ -514,7 +514,7 @@ class RunDisplay:
                 self._report_failures()
             if self.mode == "live":
                 self.redraw()
-            elif self.mode == "plain" and status == 0:
+            elif self.mode == "plain" and status == 0 and self.state.total:
                 state = self.state
                 self.out.write(
                     f"llsmflow run: {state.done}/{state.total or state.done} jobs done in "

@@ -61,7 +61,9 @@ def cmd_run(args) -> int:
         for path in made:
             print(f"  {path}")
     else:
-        print(f"llsmflow run: done in {outcome.elapsed:.0f} s; no results yet (a partial run); work in {work}/")
+        print(
+            f"llsmflow run: done in {outcome.elapsed:.0f} s; no results yet (a partial run); work in {work}/"
+        )
     print_run_summary(config, Path.cwd(), outcome.started_at, outcome.elapsed, outcome.status)
     return 0
 
@@ -89,15 +91,35 @@ def cluster_cores(config: dict, profile: Path, cores):
 
 def register_run_commands(sub) -> None:
     """Add ``llsmflow run``."""
-    p = sub.add_parser("run", help="run the whole workflow with Snakemake")
+    from llsmflow.cli.help_format import example
+
+    p = sub.add_parser(
+        "run",
+        help="run the whole workflow with Snakemake",
+        description="Run the whole workflow (deskew, deconvolve, stitch, track, archive, QC report,\n"
+        "provenance) with Snakemake under the dataset's run lock; shows a progress view per step and ends\n"
+        "with a summary of what ran. Finished steps are kept: running again resumes.",
+        epilog=example(
+            "llsmflow run --configfile config.yaml",
+            "llsmflow run --configfile config.yaml --cores 8 -- --until deconvolve",
+            "llsmflow run --profile slurm --configfile config.yaml",
+            "llsmflow run --configfile config.yaml -- --dry-run",
+        ),
+    )
     p.add_argument(
         "--profile",
         default=DEFAULT_PROFILE,
-        help="profile name under profiles/ or a directory (default %(default)s)",
+        help="Snakemake profile: a name under profiles/ (local, slurm, slurm-apptainer) or a directory",
     )
-    p.add_argument("--configfile", default=None, help="workflow config (default config/config.yaml)")
-    p.add_argument("--cores", default=None, help="cores to use (default: the profile's)")
-    p.add_argument("--workflow-dir", default=None, help="llsmflow checkout holding the Snakefile")
+    p.add_argument("--configfile", default=None, help="workflow config (default: config/config.yaml)")
+    p.add_argument(
+        "--cores", default=None, help="CPU cores to use at once, or 'all' (default: the profile's)"
+    )
+    p.add_argument(
+        "--workflow-dir",
+        default=None,
+        help="directory holding the Snakefile (default: the current directory if it has one, else llsmflow's own)",
+    )
     p.add_argument(
         "--display",
         choices=DISPLAY_MODES,
@@ -107,7 +129,11 @@ def register_run_commands(sub) -> None:
         "output); auto: live when stdout is a terminal, else plain. Snakemake's whole output is always kept "
         "in work/<dataset>/logs/snakemake/ (default: %(default)s)",
     )
-    p.add_argument("snakemake_args", nargs=argparse.REMAINDER, help="after --: extra Snakemake arguments")
+    p.add_argument(
+        "snakemake_args",
+        nargs=argparse.REMAINDER,
+        help="after --: extra Snakemake arguments, e.g. -- --dry-run (default: none)",
+    )
     p.set_defaults(func=cmd_run)
 
 

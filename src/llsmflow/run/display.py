@@ -238,7 +238,9 @@ def job_progress(log_file: str | Path | None, run_dir: Path, tail_bytes: int = 8
         progress = _PROGRESS.match(match["message"])
         if progress:
             left = f", ~{progress['left']} left" if progress["left"] else ""
-            return f"{progress['label']} {progress['done']}/{progress['total']} ({progress['percent']} %{left})"
+            return (
+                f"{progress['label']} {progress['done']}/{progress['total']} ({progress['percent']} %{left})"
+            )
         if match["message"].startswith("step ") and " done in " in match["message"]:
             return None  # the job has finished its work
     return None

@@ -29,6 +29,7 @@ import sys
 
 from llsmflow import __version__
 from llsmflow._lazy import lazy_exports
+from llsmflow.cli.help_format import LlsmflowParser, example
 from llsmflow.errors import LlsmflowError
 
 _EXPORTS = {
@@ -46,7 +47,6 @@ __all__ = ["build_parser", "main", *_EXPORTS]
 def build_parser():
     """The ``llsmflow`` argument parser with every subcommand."""
     from llsmflow.cli.container import register_container_commands
-    from llsmflow.cli.help_format import LlsmflowParser, example
     from llsmflow.cli.hpc import register_hpc_commands
     from llsmflow.cli.init import register_init_commands
     from llsmflow.cli.reproduce import register_reproduce_commands

@@ -59,10 +59,10 @@ def build_parser():
         description="Lattice light-sheet processing: one command per stage (deskew, deconvolve, stitch,\n"
         "track, archive), or llsmflow run for the whole workflow with Snakemake.",
         epilog=example(
-            "llsmflow synth --tiny demo             # a synthetic acquisition to try it on",
-            "llsmflow init demo/raw -o config.yaml  # detect the instrument, write a config",
-            "llsmflow run --configfile config.yaml  # the whole workflow, with a progress view",
-            "llsmflow status results/demo           # what is done and what is left",
+            "llsmflow synth --tiny demo                            # a synthetic acquisition to try it on",
+            "llsmflow init demo/raw --dataset demo -o config.yaml  # detect the instrument, write a config",
+            "llsmflow run --configfile config.yaml                 # the whole workflow, with a progress view",
+            "llsmflow status results/demo                          # what is done and what is left",
         )
         + "\n\nEach command's options, units and defaults: llsmflow COMMAND --help",
     )

@@ -493,14 +493,23 @@ class RunDisplay:
     # ------------------------------------------------------------------------------------------- life
 
     def start(self) -> None:
-        """Start redrawing the live view every ``interval_s`` (other modes: nothing to do)."""
-        if self.mode != "live":
+        """Start redrawing the live view every ``interval_s``, or writing the plain progress lines (also when
+        Snakemake writes nothing for a while, as while SLURM jobs run); ``full``: nothing to do."""
+        if self.mode == "full":
             return
-        self.redraw()
+        if self.mode == "live":
+            self.redraw()
 
         def loop() -> None:
-            while not self._stop.wait(self.interval_s):
-                self.redraw()
+            wait = self.interval_s if self.mode == "live" else min(5.0, self.interval_s)
+            while not self._stop.wait(wait):
+                if self.mode == "live":
+                    self.redraw()
+                    continue
+                with self._lock:
+                    now = self.clock()
+                    if now - self._last_plain >= self.interval_s:
+                        self._plain_progress(now)
 
         self._thread = threading.Thread(target=loop, name="llsmflow-run-display", daemon=True)
         self._thread.start()

@@ -138,10 +138,11 @@ def _bar_run(pixels: np.ndarray, panel: dict) -> int:
 
 
 def test_scale_bars_measure_the_voxel_size_and_ranges_the_data(tiny_run):
-    """In the PNGs themselves: each panel's bar, measured in its pixels, is bar_um / voxel size (the deskewed
-    file's, read here) image pixels long; the display range is the data's contrast limits."""
+    """In the PNGs themselves: each panel's bar, measured in its pixels, is bar_um / pixel size image pixels
+    long, the pixel size being the acquisition's (deskewing keeps the camera's dx and dy); the raw panel's
+    display range is the raw stack's contrast limits."""
     qc = tiny_run.run_dir / "results/tiny/qc"
-    work = tiny_run.run_dir / "work/tiny"
+    acquisition = json.loads((tiny_run.run_dir / "work/tiny/acquisition.json").read_text())
     tiles = sorted(qc.glob("tile_*_ch*.png"))
     assert len(tiles) == 4
     for png in [*tiles, qc / "mosaic.png"]:
@@ -150,17 +151,15 @@ def test_scale_bars_measure_the_voxel_size_and_ranges_the_data(tiny_run):
         assert panels and all(p.get("bar_um") for p in panels), png
         for panel in panels:
             if png.name == "mosaic.png":
-                rows, cols = panel["shape"]
-                per_pixel = (panel["image_px"][1] - panel["image_px"][0]) / (cols * panel["pixel_um"])
-                expected = panel["bar_um"] * per_pixel
+                column_um = acquisition["dx_um"]  # the fused grid keeps the deskewed x spacing
             else:
-                tile, channel = png.stem[len("tile_") :].rsplit("_ch", 1)
-                deskewed = read_volume(work / "deskewed" / f"{tile}-ch{channel}-t0000.ome.tif")
-                dz, dy, dx = deskewed.voxel_size_um
-                column_um = dy if "(ZY)" in panel["title"] else dx
-                assert panel["pixel_um"] == pytest.approx(column_um)
-                expected = panel["bar_um"] / column_um * (panel["image_px"][1] - panel["image_px"][0])
-                expected /= panel["shape"][1]
-                if panel["title"].startswith("deskewed, max over z"):
-                    assert panel["range"] == pytest.approx(contrast_limits(deskewed.data.max(axis=0)))
+                column_um = acquisition["dy_um"] if "(ZY)" in panel["title"] else acquisition["dx_um"]
+            assert panel["pixel_um"] == pytest.approx(column_um)
+            width_px = panel["image_px"][1] - panel["image_px"][0]
+            expected = panel["bar_um"] / column_um * width_px / panel["shape"][1]
             assert abs(_bar_run(pixels, panel) - expected) <= 2.5, (png.name, panel, _bar_run(pixels, panel))
+        if png.name != "mosaic.png":
+            tile, channel = png.stem[len("tile_") :].rsplit("_ch", 1)
+            raw = next((tiny_run.acquisition / "raw").glob(f"*_ch{channel}_*_{tile}_0000t.tif"))
+            yx = next(p for p in panels if p["title"].startswith("raw (skewed), max over z"))
+            assert yx["range"] == pytest.approx(contrast_limits(read_volume(raw).data.max(axis=0)))

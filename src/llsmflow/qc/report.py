@@ -139,14 +139,14 @@ def _panels_caption(panels: list[dict]) -> str:
     bars = sorted({p["bar_um"] for p in panels if p.get("bar_um")})
     parts = []
     if bars:
-        parts.append(f"scale bar {' / '.join(f'{b:g}' for b in bars)} µm (yellow, lower right of each panel)")
+        parts.append(f"Scale bar {' / '.join(f'{b:g}' for b in bars)} µm (yellow, lower right of each panel)")
     ranges = [
         f"{p.get('title', '').split(',')[0]} {_intensity(p['range'][0])}–{_intensity(p['range'][1])}"
         for p in panels
         if p.get("range")
     ]
     if ranges:
-        parts.append("display range, black to white (upper left of each panel): " + "; ".join(ranges))
+        parts.append("Display range, black to white (upper left of each panel): " + "; ".join(ranges))
     return ". " + ". ".join(parts) + "."
 
 

@@ -139,14 +139,17 @@ def _panels_caption(panels: list[dict]) -> str:
     bars = sorted({p["bar_um"] for p in panels if p.get("bar_um")})
     parts = []
     if bars:
-        parts.append(f"Scale bar {' / '.join(f'{b:g}' for b in bars)} µm (yellow, lower right of each panel)")
+        where = "lower right of each panel" if len(panels) > 1 else "lower right"
+        parts.append(f"Scale bar {' / '.join(f'{b:g}' for b in bars)} µm (yellow, {where})")
     ranges = [
-        f"{p.get('title', '').split(',')[0]} {_intensity(p['range'][0])}–{_intensity(p['range'][1])}"
+        (f"{p.get('title', '').split(',')[0]} " if len(panels) > 1 else "")
+        + f"{_intensity(p['range'][0])}–{_intensity(p['range'][1])}"
         for p in panels
         if p.get("range")
     ]
     if ranges:
-        parts.append("Display range, black to white (upper left of each panel): " + "; ".join(ranges))
+        where = "upper left of each panel" if len(panels) > 1 else "upper left"
+        parts.append(f"Display range, black to white ({where}): " + "; ".join(ranges))
     return ". " + ". ".join(parts) + "."
 
 
@@ -277,7 +280,7 @@ def _tracks_section(
                 f"D = {float(notes['diffusion_um2_s']):.3g} µm²/s ({int(notes.get('n_lags', 0))} lags)"
             )
         name = _channel(names, channel)
-        parts.append(f"<h3>{_e(name[:1].upper() + name[1:])}</h3>")
+        parts.append(f"<h3>{_e(name[:1].upper() + name[1:] if name.startswith('channel ') else name)}</h3>")
         if facts:
             parts.append(f"<p>{_e('; '.join(facts))}</p>")
         parts.append('<div class="pair">')

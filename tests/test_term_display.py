@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from llsmflow.run.display import RunState, job_progress
+from llsmflow.run.display import RunDisplay, RunState, job_progress
+from llsmflow.run.display_follow import follow, latest_run_log
 from llsmflow.synth import generate
 from tests.conftest import tiny_params, workflow_command, workflow_config, write_workflow_config
 
@@ -103,6 +104,20 @@ def test_terminal_shows_a_live_view_that_ends_with_every_job_done(pty_run):
     assert "work/term/logs/snakemake/" in screen  # the screen says where that log is
 
 
+def test_a_run_can_be_followed_from_its_log(pty_run, tmp_path):
+    """What `llsmflow watch` builds on: the kept log, read back, gives the same counts as the run's view."""
+    import io
+
+    run_dir, _ = pty_run
+    log = latest_run_log(run_dir / "work" / "term")
+    out = io.StringIO()
+    display = RunDisplay("plain", None, out=out, err=io.StringIO(), run_dir=run_dir)
+    assert follow(log, display, timeout_s=5)
+    assert display.state.done == display.state.total == sum(display.state.totals.values())
+    assert not display.state.running and not display.state.failures
+    assert display.view_lines()[0].startswith(f"llsmflow run: {display.state.total}/{display.state.total} jobs")
+
+
 def test_running_job_progress_is_read_from_its_log(pty_run, tmp_path):
     """The view's "iteration k/n (p %, ~… left)" comes from the job's own log file; a log cut after an
     iteration line (as it is while the job runs) gives that line."""
@@ -168,4 +183,10 @@ def test_failed_job_names_its_error_and_log(small_raw, tmp_path):
     assert "Snakemake's full output: work/broken/logs/snakemake/" in result.stderr
     assert "Traceback" not in result.stderr and "Shell command" not in result.stdout + result.stderr
     assert "Error in rule deskew:" in _snakemake_log(run_dir, "broken")
+    import io
+
+    followed = RunDisplay("plain", None, out=io.StringIO(), err=io.StringIO(), run_dir=run_dir)
+    assert follow(latest_run_log(run_dir / "work/broken"), followed, timeout_s=5)
+    (failure,) = followed.state.failures
+    assert failure.rule == "deskew" and failure.log == log_file
     assert len((result.stdout + result.stderr).splitlines()) < 20, result.stdout + result.stderr

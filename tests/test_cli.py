@@ -314,3 +314,22 @@ def test_help_has_no_markup_and_names_only_commands_that_exist():
                 if group and ":" in (choice.help or ""):
                     listed = re.findall(r"[a-z]+", choice.help.split(":", 1)[1].split("(")[0])
                     assert set(listed) <= set(group), (choice.dest, listed, sorted(group))
+
+
+def test_help_defaults_are_the_libraries():
+    """Defaults the stage flags state that tests/test_defaults.py does not list: the synthetic acquisition's
+    (SynthParams) and the deconvolution choices (llsmflow.decon.backends)."""
+    from llsmflow.decon.backends import BACKENDS, DEFAULT_ITERATIONS, METHODS
+    from llsmflow.synth import SynthParams
+
+    commands = {words: parser for words, parser in _parsers()}
+    synth = {a.dest: a for a in commands[("synth",)]._actions}
+    params = SynthParams()
+    assert synth["tiles"].default == (params.tiles_y, params.tiles_x)
+    assert synth["channels"].default == params.channels and synth["timepoints"].default == params.timepoints
+    assert synth["angle"].default == params.angle_deg and synth["seed"].default == params.seed
+    decon = {a.dest: a for a in commands[("deconvolve",)]._actions}
+    assert set(decon["backend"].choices) == {"auto", *BACKENDS} and set(decon["method"].choices) == set(METHODS)
+    assert all(f"{n} for {m}" in decon["iterations"].help for m, n in DEFAULT_ITERATIONS.items())
+    estimate = {a.dest: a for a in commands[("estimate",)]._actions}
+    assert set(estimate["backend"].choices) == {"auto", *BACKENDS}

@@ -6,6 +6,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from llsmflow.decon.backends import BACKENDS  # standard library only
 from llsmflow.hpc.profiles import QUESTIONS, SiteAnswers
 
 _SITE = SiteAnswers()  # the defaults, for the help texts
@@ -86,7 +87,7 @@ def register_hpc_commands(sub) -> None:
     p.add_argument("--cores", type=int, default=None, help="cores of one submission (default: the profile's)")
     p.add_argument(
         "--backend",
-        choices=("auto", "cpu", "cupy", "pycudadecon"),
+        choices=("auto", *BACKENDS),
         default=None,
         help="deconvolution backend to size the jobs for (default: the config's)",
     )

@@ -16,6 +16,7 @@ from llsmflow.cli.stages import (
     cmd_track,
     cmd_verify,
 )
+from llsmflow.decon.backends import BACKENDS, DEFAULT_ITERATIONS, METHODS  # standard library only
 
 
 def _parse_tiles(text: str) -> tuple[int, int]:
@@ -167,7 +168,14 @@ def register_stage_arguments(sub) -> None:
         default=None,
         help="data stage scan axis (default: from llsmflow deskew's output, else x)",
     )
-    p.add_argument("--iterations", type=int, default=None, help="iterations (default: 10 for rl, 3 for wb)")
+    p.add_argument(
+        "--iterations",
+        type=int,
+        default=None,
+        help="iterations (default: "
+        + ", ".join(f"{n} for {method}" for method, n in DEFAULT_ITERATIONS.items())
+        + ")",
+    )
     p.add_argument(
         "--background",
         type=_background,
@@ -177,13 +185,13 @@ def register_stage_arguments(sub) -> None:
     )
     p.add_argument(
         "--method",
-        choices=("rl", "wb"),
+        choices=METHODS,
         default="rl",
         help="rl: Richardson–Lucy; wb: Wiener–Butterworth back projector (converges in ~3 iterations)",
     )
     p.add_argument(
         "--backend",
-        choices=("auto", "cpu", "cupy", "pycudadecon"),
+        choices=("auto", *BACKENDS),
         default="cpu",
         help="where to compute; auto: pycudadecon, else CuPy, else the CPU, whichever is available",
     )

@@ -291,8 +291,12 @@ class RunDisplay:
         self.log_path = Path(log_path) if log_path else None
         self._log = None
         if self.log_path is not None:
-            self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            self._log = self.log_path.open("wb")
+            try:
+                self.log_path.parent.mkdir(parents=True, exist_ok=True)
+                self._log = self.log_path.open("wb")
+            except OSError as error:  # the run itself will say what is wrong with the work directory
+                self.err.write(f"llsmflow run: warning: Snakemake's output not kept ({error})\n")
+                self.log_path = None
         self._lock = threading.RLock()
         self._start = clock()
         self._last_plain = self._start

@@ -218,3 +218,118 @@ def test_stage_commands_chain(tiny_acquisition, tmp_path):
     tracks = pd.read_csv(tracks_csv)
     assert tracks["particle"].nunique() >= 8 and set(tracks["frame"]) == {0, 1, 2}
     assert (tmp_path / "tracks.parquet").is_file()
+
+
+# ---------------------------------------------------------------------------------------------- help
+
+
+def _parsers():
+    """Every parser of the command line, with the words that reach it: [((), llsmflow), (("run",), …), …]."""
+    import argparse
+
+    from llsmflow.cli import build_parser
+
+    found, todo = [], [((), build_parser())]
+    while todo:
+        words, parser = todo.pop(0)
+        found.append((words, parser))
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                todo += [((*words, name), sub) for name, sub in action.choices.items()]
+    return found
+
+
+def _subcommands(parser) -> dict:
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+UNITS = ("µm", " s", "s)", "GB", "degree", "unitless", "counts", "intensity units")
+
+
+def test_every_argument_has_help_with_its_default_and_unit():
+    """Each argument says what it is; each optional one what happens when it is not given (its default,
+    shown from the flag's default, which tests/test_defaults.py checks against the schema); each number
+    with a physical meaning its unit."""
+    import argparse
+
+    from llsmflow.cli.help_format import HelpFormatter
+
+    checked = 0
+    for words, parser in _parsers():
+        formatter = HelpFormatter(prog="llsmflow")
+        for action in parser._actions:
+            if isinstance(action, (argparse._HelpAction, argparse._VersionAction, argparse._SubParsersAction)):
+                continue
+            name = " ".join(["llsmflow", *words, action.option_strings[0] if action.option_strings else action.dest])
+            text = formatter._get_help_string(action)
+            assert text and len(text) > 10, f"{name}: no help text"
+            optional = action.option_strings and not action.required
+            flag = isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))
+            if (optional and not flag) or action.nargs in ("?", "*", argparse.REMAINDER):
+                assert "default" in text.lower(), f"{name}: help does not say its default: {text!r}"
+            if action.type is float:
+                assert any(unit in text for unit in UNITS), f"{name}: no unit in {text!r}"
+            checked += 1
+    assert checked > 80
+
+
+def test_every_subcommand_shows_an_example():
+    for words, parser in _parsers():
+        if not words:
+            continue
+        epilog = parser.epilog or ""
+        assert epilog.startswith("example"), f"llsmflow {' '.join(words)}: no example"
+        assert " ".join(["llsmflow", *words]) in epilog, (words, epilog)
+        assert f"llsmflow {' '.join(words)}" in parser.format_help()
+
+
+def test_help_has_no_markup_and_names_only_commands_that_exist():
+    import re
+
+    root = _parsers()[0][1]
+    for words, parser in _parsers():
+        text = parser.format_help()
+        assert "``" not in text and ":func:" not in text and ":class:" not in text, (words, text)
+        for mention in re.finditer(r"\bllsmflow((?: [a-z][a-z-]*)+)", text):
+            node = root
+            for word in mention.group(1).split():
+                commands = _subcommands(node)
+                if not commands:
+                    break
+                assert word in commands, f"`llsmflow{mention.group(1)}` in the help of {words}: no command {word!r}"
+                node = commands[word]
+        # a group's one-line help lists only its own actions ("container: recipe, build, pin, info")
+        import argparse
+
+        for action in parser._actions:
+            if not isinstance(action, argparse._SubParsersAction):
+                continue
+            for choice in action._choices_actions:
+                group = _subcommands(action.choices[choice.dest])
+                if group and ":" in (choice.help or ""):
+                    listed = re.findall(r"[a-z]+", choice.help.split(":", 1)[1].split("(")[0])
+                    assert set(listed) <= set(group), (choice.dest, listed, sorted(group))
+
+
+def test_help_defaults_are_the_libraries():
+    """Defaults the stage flags state that tests/test_defaults.py does not list: the synthetic acquisition's
+    (SynthParams) and the deconvolution choices (llsmflow.decon.backends)."""
+    from llsmflow.decon.backends import BACKENDS, DEFAULT_ITERATIONS, METHODS
+    from llsmflow.synth import SynthParams
+
+    commands = {words: parser for words, parser in _parsers()}
+    synth = {a.dest: a for a in commands[("synth",)]._actions}
+    params = SynthParams()
+    assert synth["tiles"].default == (params.tiles_y, params.tiles_x)
+    assert synth["channels"].default == params.channels and synth["timepoints"].default == params.timepoints
+    assert synth["angle"].default == params.angle_deg and synth["seed"].default == params.seed
+    decon = {a.dest: a for a in commands[("deconvolve",)]._actions}
+    assert set(decon["backend"].choices) == {"auto", *BACKENDS} and set(decon["method"].choices) == set(METHODS)
+    assert all(f"{n} for {m}" in decon["iterations"].help for m, n in DEFAULT_ITERATIONS.items())
+    estimate = {a.dest: a for a in commands[("estimate",)]._actions}
+    assert set(estimate["backend"].choices) == {"auto", *BACKENDS}

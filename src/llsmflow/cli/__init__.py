@@ -33,6 +33,7 @@ import sys
 
 from llsmflow import __version__
 from llsmflow._lazy import lazy_exports
+from llsmflow.cli.help_format import LlsmflowParser, example
 from llsmflow.errors import LlsmflowError
 
 _EXPORTS = {
@@ -49,8 +50,6 @@ __all__ = ["build_parser", "main", *_EXPORTS]
 
 def build_parser():
     """The ``llsmflow`` argument parser with every subcommand."""
-    import argparse
-
     from llsmflow.cli.container import register_container_commands
     from llsmflow.cli.convert import register_convert_commands
     from llsmflow.cli.export import register_export_commands
@@ -61,7 +60,18 @@ def build_parser():
     from llsmflow.cli.stages import register_stage_commands
     from llsmflow.cli.status import register_status_commands
 
-    parser = argparse.ArgumentParser(prog="llsmflow", description=__doc__.splitlines()[0])
+    parser = LlsmflowParser(
+        prog="llsmflow",
+        description="Lattice light-sheet processing: one command per stage (deskew, deconvolve, stitch,\n"
+        "track, archive), or llsmflow run for the whole workflow with Snakemake.",
+        epilog=example(
+            "llsmflow synth --tiny demo                            # a synthetic acquisition to try it on",
+            "llsmflow init demo/raw --dataset demo -o config.yaml  # detect the instrument, write a config",
+            "llsmflow run --configfile config.yaml                 # the whole workflow, with a progress view",
+            "llsmflow status results/demo                          # what is done and what is left",
+        )
+        + "\n\nEach command's options, units and defaults: llsmflow COMMAND --help",
+    )
     parser.add_argument("--version", action="version", version=f"llsmflow {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress of long steps")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

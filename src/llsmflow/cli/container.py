@@ -49,22 +49,47 @@ def cmd_container_info(args) -> int:
 
 def register_container_commands(subparsers) -> None:
     """Add ``llsmflow container recipe|build|pin|info``."""
-    p = subparsers.add_parser("container", help="Apptainer images: show, build, pin (docs/containers.md)")
-    sub = p.add_subparsers(dest="container_command", required=True)
+    from llsmflow.cli.help_format import example
 
-    q = sub.add_parser("recipe", help="print an image definition (parsed with spython)")
-    q.add_argument("image", help="cpu, gpu, or a definition file")
+    p = subparsers.add_parser(
+        "container",
+        help="Apptainer images: recipe, build, pin, info (docs/containers.md)",
+        description="The workflow's Apptainer images (docs/containers.md): print a definition, build an\n"
+        "image, pin a built image by its sha256, or say which image this process runs in.",
+        epilog=example(
+            "llsmflow container recipe cpu",
+            "llsmflow container build cpu --output llsmflow-cpu.sif",
+            "llsmflow container pin cpu llsmflow-cpu.sif",
+        ),
+    )
+    sub = p.add_subparsers(dest="container_command", required=True, metavar="ACTION")
+
+    q = sub.add_parser(
+        "recipe",
+        help="print an image definition (parsed with spython)",
+        epilog=example("llsmflow container recipe cpu", "llsmflow container recipe gpu --format docker"),
+    )
+    q.add_argument("image", help="cpu, gpu, or a definition file (.def)")
     q.add_argument(
         "--format",
         choices=("def", "docker"),
         default="def",
         help="def: the definition as written (default); docker: spython's Dockerfile conversion (to read)",
     )
-    q.add_argument("--workflow-dir", default=None, help="llsmflow checkout holding envs/apptainer/")
+    q.add_argument(
+        "--workflow-dir",
+        default=None,
+        help="directory holding envs/apptainer/ (default: the current directory if it has a Snakefile, else "
+        "llsmflow's own)",
+    )
     q.set_defaults(func=cmd_container_recipe)
 
-    q = sub.add_parser("build", help="build an image with spython (needs apptainer or singularity)")
-    q.add_argument("image", choices=FLAVOURS)
+    q = sub.add_parser(
+        "build",
+        help="build an image with spython (needs apptainer or singularity)",
+        epilog=example("llsmflow container build cpu --output llsmflow-cpu-0.1.0.sif"),
+    )
+    q.add_argument("image", choices=FLAVOURS, help="which image: cpu or gpu (CUDA deconvolution)")
     q.add_argument("--output", required=True, help="SIF file to write, e.g. llsmflow-cpu-0.1.0.sif")
     q.add_argument(
         "--builder",
@@ -73,13 +98,26 @@ def register_container_commands(subparsers) -> None:
         help="how the build gets root: auto (root if root, else --fakeroot), fakeroot, sudo, root",
     )
     q.add_argument("--force", action="store_true", help="replace an existing output")
-    q.add_argument("--workflow-dir", default=None, help="llsmflow checkout holding envs/apptainer/")
+    q.add_argument(
+        "--workflow-dir",
+        default=None,
+        help="directory holding envs/apptainer/ (default: the current directory if it has a Snakefile, else "
+        "llsmflow's own)",
+    )
     q.set_defaults(func=cmd_container_build)
 
-    q = sub.add_parser("pin", help="print the config lines that pin a local SIF by its sha256")
-    q.add_argument("image", choices=FLAVOURS)
+    q = sub.add_parser(
+        "pin",
+        help="print the config lines that pin a local SIF by its sha256",
+        epilog=example("llsmflow container pin cpu llsmflow-cpu-0.1.0.sif >> config.yaml"),
+    )
+    q.add_argument("image", choices=FLAVOURS, help="which image the SIF is: cpu or gpu")
     q.add_argument("sif", help="the SIF file (built, or pulled with apptainer pull)")
     q.set_defaults(func=cmd_container_pin)
 
-    q = sub.add_parser("info", help="print the image this process runs in (JSON; null outside one)")
+    q = sub.add_parser(
+        "info",
+        help="print the image this process runs in (JSON; null outside one)",
+        epilog=example("apptainer exec llsmflow-cpu.sif llsmflow container info"),
+    )
     q.set_defaults(func=cmd_container_info)

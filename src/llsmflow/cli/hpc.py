@@ -6,6 +6,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from llsmflow.decon.backends import BACKENDS  # standard library only
 from llsmflow.hpc.profiles import QUESTIONS, SiteAnswers
 
 _SITE = SiteAnswers()  # the defaults, for the help texts
@@ -60,29 +61,70 @@ def cmd_profile_init(args) -> int:
 
 def register_hpc_commands(sub) -> None:
     """Add ``estimate`` and ``profile init`` to the ``llsmflow`` subcommands."""
+    from llsmflow.cli.help_format import example
+
     p = sub.add_parser(
-        "estimate", help="jobs, memory, GPU memory and time each workflow step will request for a dataset"
+        "estimate",
+        help="jobs, memory, GPU memory and time each workflow step will request for a dataset",
+        description="What each workflow step will request for a dataset (jobs, memory in GiB, GPU memory,\n"
+        "time) and how many sbatch submissions a profile makes of them; runs nothing.",
+        epilog=example(
+            "llsmflow estimate data/demo/raw",
+            "llsmflow estimate --configfile cell1.yaml --profile profiles/mysite --backend cupy",
+        ),
     )
     p.add_argument(
         "raw_dir", nargs="?", default=None, help="raw data directory (default: the config's raw_dir)"
     )
-    p.add_argument("--configfile", default=None, help="workflow config (default: config/config.yaml values)")
-    p.add_argument("--profile", default=None, help="Snakemake profile directory: its cores and group sizes")
+    p.add_argument(
+        "--configfile", default=None, help="workflow config (default: config/config.yaml's values)"
+    )
+    p.add_argument(
+        "--profile",
+        default=None,
+        help="Snakemake profile directory: its cores and group sizes (default: local, no groups)",
+    )
     p.add_argument("--cores", type=int, default=None, help="cores of one submission (default: the profile's)")
-    p.add_argument("--backend", choices=("auto", "cpu", "cupy", "pycudadecon"), default=None)
-    p.add_argument("--group-size", action="append", metavar="GROUP=N", help="volumes=N, fusion=N or qc=N")
+    p.add_argument(
+        "--backend",
+        choices=("auto", *BACKENDS),
+        default=None,
+        help="deconvolution backend to size the jobs for (default: the config's)",
+    )
+    p.add_argument(
+        "--group-size",
+        action="append",
+        metavar="GROUP=N",
+        help="jobs batched per submission: volumes=N, fusion=N or qc=N; repeatable (default: the profile's)",
+    )
     p.set_defaults(func=cmd_estimate)
 
-    p = sub.add_parser("profile", help="Snakemake profiles for clusters")
+    p = sub.add_parser(
+        "profile",
+        help="Snakemake profiles for clusters: init",
+        epilog=example("llsmflow profile init profiles/mysite --partition cpu --gpu-partition gpu"),
+    )
     profile_sub = p.add_subparsers(dest="profile_command", required=True, metavar="ACTION")
     q = profile_sub.add_parser(
-        "init", help="write a SLURM profile for a site (asks for what the flags do not give)"
+        "init",
+        help="write a SLURM profile for a site (asks for what the flags do not give)",
+        epilog=example(
+            "llsmflow profile init profiles/mysite --partition cpu --gpu-partition gpu --account lab --no-input"
+        ),
     )
     q.add_argument("outdir", type=Path, help="profile directory to create, e.g. profiles/mysite")
-    q.add_argument("--partition", default=None, help="partition for CPU jobs")
-    q.add_argument("--gpu-partition", default=None, help="partition for GPU deconvolution jobs")
-    q.add_argument("--account", default=None, help="account to charge (sbatch -A)")
-    q.add_argument("--qos", default=None, help="quality of service (sbatch --qos)")
+    q.add_argument(
+        "--partition",
+        default=None,
+        help="partition for CPU jobs (default: asked, else the cluster's default)",
+    )
+    q.add_argument(
+        "--gpu-partition",
+        default=None,
+        help="partition for GPU deconvolution jobs (default: asked, else none)",
+    )
+    q.add_argument("--account", default=None, help="account to charge, sbatch -A (default: asked, else none)")
+    q.add_argument("--qos", default=None, help="quality of service, sbatch --qos (default: asked, else none)")
     q.add_argument("--cores", type=int, default=None, help=f"cores of one submission (default {_SITE.cores})")
     q.add_argument(
         "--jobs", type=int, default=None, help=f"submissions in the queue at once (default {_SITE.jobs})"

@@ -151,30 +151,48 @@ def _write_config(output: Path, config: dict, workflow_dir) -> None:
 
 def register_init_commands(subparsers) -> None:
     """Add ``llsmflow init``."""
+    from llsmflow.cli.help_format import example
+
     p = subparsers.add_parser(
         "init",
         help="detect a raw folder's instrument (Zeiss CZI, Janelia/3i, OME-TIFF, acquisition.json) and write "
         "a config",
+        description="Detect the instrument of a raw folder (Zeiss CZI, Janelia/3i Settings.txt, OME-TIFF or\n"
+        "ImageJ hyperstacks, acquisition.json), check what it declares against the files found, and write\n"
+        "a workflow config; asks on a terminal for what no file states.",
+        epilog=example(
+            "llsmflow init data/demo/raw -o demo.yaml",
+            "llsmflow init /data/cell1 -o cell1.yaml --angle 30 --interval 2.5 --no-input",
+        ),
     )
     p.add_argument("raw_dir", help="folder of raw data as the microscope wrote it (read-only)")
-    p.add_argument("-o", "--output", default="config.yaml", help="config file to write (default config.yaml)")
+    p.add_argument("-o", "--output", default="config.yaml", help="config file to write")
     p.add_argument("--dataset", default=None, help="dataset name (default: the raw folder's name)")
     p.add_argument(
         "--metadata",
         default=None,
         help="the acquisition's file when the folder holds several (a .czi, *_Settings.txt or hyperstack), or "
-        "an acquisition.json overriding the files' fields",
+        "an acquisition.json overriding the files' fields (default: the one acquisition found)",
     )
-    p.add_argument("--angle", type=float, default=None, help="light-sheet angle (degrees), if no file says")
     p.add_argument(
-        "--dx", type=float, default=None, help="camera pixel size at the sample (µm), if no file says"
+        "--angle", type=float, default=None, help="light-sheet angle, degrees (default: the files')"
     )
-    p.add_argument("--dz", type=float, default=None, help="stage step (µm), if no file says")
-    p.add_argument("--scan-axis", choices=("x", "y"), default=None, help="stage scan axis, if no file says")
     p.add_argument(
-        "--interval", type=float, default=None, help="time between timepoints (s), if no file says"
+        "--dx", type=float, default=None, help="camera pixel size at the sample, µm (default: the files')"
+    )
+    p.add_argument("--dz", type=float, default=None, help="stage step, µm (default: the files')")
+    p.add_argument(
+        "--scan-axis", choices=("x", "y"), default=None, help="stage scan axis (default: the files')"
+    )
+    p.add_argument(
+        "--interval", type=float, default=None, help="time between timepoints, s (default: the files')"
     )
     p.add_argument("--no-input", action="store_true", help="never ask on the terminal; fail instead")
     p.add_argument("--force", action="store_true", help="replace an existing config file")
-    p.add_argument("--workflow-dir", default=None, help="llsmflow checkout holding the config schema")
+    p.add_argument(
+        "--workflow-dir",
+        default=None,
+        help="directory holding the Snakefile (default: the current directory if it has one, else "
+        "llsmflow's own)",
+    )
     p.set_defaults(func=cmd_init)

@@ -23,17 +23,30 @@ def cmd_reproduce(args) -> int:
 
 def register_reproduce_commands(sub) -> None:
     """Add ``llsmflow reproduce``."""
+    from llsmflow.cli.help_format import example
+
     p = sub.add_parser(
         "reproduce",
         help="re-run a recorded run from its RO-Crate into a fresh directory and compare every output",
-        description="re-run a recorded workflow run from its RO-Crate alone and compare outputs.",
+        description="Re-run a recorded workflow run from its RO-Crate alone (its config, workflow snapshot\n"
+        "and raw inputs checked by sha256) into a fresh directory, and compare every output.",
+        epilog=example(
+            "llsmflow reproduce results/demo/provenance -o rerun",
+            "llsmflow reproduce results/demo/provenance --raw-dir /archive/demo/raw --cores 8",
+        ),
     )
     p.add_argument(
         "run_dir", type=Path, help="crate directory (results/<dataset>/provenance) or the run directory"
     )
-    p.add_argument("--output", "-o", type=Path, default=None, help="fresh directory for the re-run")
     p.add_argument(
-        "--cores", type=int, default=DEFAULT_CORES, help="cores for the re-run (default %(default)s)"
+        "--output",
+        "-o",
+        type=Path,
+        default=None,
+        help="fresh directory for the re-run (default: reproduce-<crate's directory>-<pid>)",
+    )
+    p.add_argument(
+        "--cores", type=int, default=DEFAULT_CORES, help="CPU cores for the re-run (default: %(default)s)"
     )
     p.add_argument(
         "--raw-dir",

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from llsmflow.errors import LlsmflowError
 from llsmflow.run.config import check_config, find_workflow_root, snakemake_executable
+from llsmflow.run.display import DEFAULT_DISPLAY, DISPLAY_MODES
 from llsmflow.run.launch import DEFAULT_PROFILE
 
 __all__ = ["check_config", "cmd_run", "find_workflow_root", "register_run_commands", "snakemake_executable"]
@@ -31,7 +32,7 @@ def cmd_run(args) -> int:
     dry_run = is_dry_run(args.snakemake_args)
     results, work = run_paths(config)
     slurm = profile_options(profile).get("executor") == "slurm"
-    outcome = launch(command, config, configfile, root, dry_run, slurm=slurm)
+    outcome = launch(command, config, configfile, root, dry_run, slurm=slurm, display=args.display)
     if outcome.status != 0:
         reason = failure_reason(config, outcome)
         if reason:
@@ -60,7 +61,9 @@ def cmd_run(args) -> int:
         for path in made:
             print(f"  {path}")
     else:
-        print(f"llsmflow run: done in {outcome.elapsed:.0f} s; no results yet (a partial run); work in {work}/")
+        print(
+            f"llsmflow run: done in {outcome.elapsed:.0f} s; no results yet (a partial run); work in {work}/"
+        )
     print_run_summary(config, Path.cwd(), outcome.started_at, outcome.elapsed, outcome.status)
     return 0
 
@@ -88,16 +91,49 @@ def cluster_cores(config: dict, profile: Path, cores):
 
 def register_run_commands(sub) -> None:
     """Add ``llsmflow run``."""
-    p = sub.add_parser("run", help="run the whole workflow with Snakemake")
+    from llsmflow.cli.help_format import example
+
+    p = sub.add_parser(
+        "run",
+        help="run the whole workflow with Snakemake",
+        description="Run the whole workflow (deskew, deconvolve, stitch, track, archive, QC report,\n"
+        "provenance) with Snakemake under the dataset's run lock; shows a progress view per step and ends\n"
+        "with a summary of what ran. Finished steps are kept: running again resumes.",
+        epilog=example(
+            "llsmflow run --configfile config.yaml",
+            "llsmflow run --configfile config.yaml --cores 8 -- --until deconvolve",
+            "llsmflow run --profile slurm --configfile config.yaml",
+            "llsmflow run --configfile config.yaml -- --dry-run",
+        ),
+    )
     p.add_argument(
         "--profile",
         default=DEFAULT_PROFILE,
-        help="profile name under profiles/ or a directory (default %(default)s)",
+        help="Snakemake profile: a name under profiles/ (local, slurm, slurm-apptainer) or a directory",
     )
-    p.add_argument("--configfile", default=None, help="workflow config (default config/config.yaml)")
-    p.add_argument("--cores", default=None, help="cores to use (default: the profile's)")
-    p.add_argument("--workflow-dir", default=None, help="llsmflow checkout holding the Snakefile")
-    p.add_argument("snakemake_args", nargs=argparse.REMAINDER, help="after --: extra Snakemake arguments")
+    p.add_argument("--configfile", default=None, help="workflow config (default: config/config.yaml)")
+    p.add_argument(
+        "--cores", default=None, help="CPU cores to use at once, or 'all' (default: the profile's)"
+    )
+    p.add_argument(
+        "--workflow-dir",
+        default=None,
+        help="directory holding the Snakefile (default: the current directory if it has one, else llsmflow's own)",
+    )
+    p.add_argument(
+        "--display",
+        choices=DISPLAY_MODES,
+        default=DEFAULT_DISPLAY,
+        help="how the run is shown: live (jobs done/total per step and the running job's progress, redrawn "
+        "in place), plain (a line per finished step and a progress line every 30 s), full (Snakemake's own "
+        "output); auto: live when stdout is a terminal, else plain. Snakemake's whole output is always kept "
+        "in work/<dataset>/logs/snakemake/ (default: %(default)s)",
+    )
+    p.add_argument(
+        "snakemake_args",
+        nargs=argparse.REMAINDER,
+        help="after --: extra Snakemake arguments, e.g. -- --dry-run (default: none)",
+    )
     p.set_defaults(func=cmd_run)
 
 

@@ -29,8 +29,14 @@ def cmd_status(args) -> int:
 
 def register_status_commands(subparsers) -> None:
     """Add ``llsmflow status``."""
+    from llsmflow.cli.help_format import example
+
     p = subparsers.add_parser(
-        "status", help="what is done and what is left for a results directory (or a config)"
+        "status",
+        help="what is done and what is left for a results directory (or a config)",
+        description="What is done (jobs per step, from the step records) and what is left (a Snakemake dry\n"
+        "run) for a results directory or a config; runs nothing.",
+        epilog=example("llsmflow status results/demo", "llsmflow status --configfile config.yaml"),
     )
     p.add_argument(
         "results_dir",
@@ -38,6 +44,11 @@ def register_status_commands(subparsers) -> None:
         default=None,
         help="results/<dataset> written by `llsmflow run` (default: the dataset of --configfile)",
     )
-    p.add_argument("--configfile", default=None, help="workflow config (default config/config.yaml)")
-    p.add_argument("--workflow-dir", default=None, help="llsmflow checkout holding the Snakefile")
+    p.add_argument("--configfile", default=None, help="workflow config (default: config/config.yaml)")
+    p.add_argument(
+        "--workflow-dir",
+        default=None,
+        help="directory holding the Snakefile (default: the run's, else the current directory if it has one, "
+        "else llsmflow's own)",
+    )
     p.set_defaults(func=cmd_status)

@@ -19,8 +19,11 @@ nothing of the run itself (``llsmflow.report``, its former path, fills the summa
 from __future__ import annotations
 
 import base64
+import datetime as _dt
 import html
 import json
+import struct
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -31,14 +34,16 @@ body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; ma
        max-width: 1300px; padding: 0 1em; color: #222; }
 h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ccc; margin-top: 1.8em; }
 h3 { font-size: 1.05em; margin-bottom: 0.3em; }
-table { border-collapse: collapse; margin: 0.5em 0 1em; font-size: 0.9em; }
-th, td { border: 1px solid #ddd; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
+table { border-collapse: collapse; margin: 0.5em 0 1em; font-size: 0.9em; max-width: 100%; }
+th, td { border: 1px solid #ddd; padding: 0.25em 0.6em; text-align: left; vertical-align: top;
+         overflow-wrap: anywhere; }
+code.digest { word-break: break-all; display: inline-block; max-width: 34ch; }
 th { background: #f3f3f3; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 figure { margin: 0.5em 0 1.2em; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { font-size: 0.85em; color: #555; } .bad { color: #b00020; font-weight: 600; }
 .ok { color: #1b5e20; } .muted { color: #777; } nav a { margin-right: 1em; }
 .pair { display: flex; flex-wrap: wrap; gap: 1em; } .pair figure { flex: 1 1 45%; }
-pre { background: #f7f7f7; padding: 0.6em; overflow-x: auto; font-size: 0.8em; }
+pre { background: #f7f7f7; padding: 0.6em; font-size: 0.8em; white-space: pre-wrap; overflow-wrap: anywhere; }
 code { font-size: 0.9em; }
 """
 
@@ -83,11 +88,99 @@ def _e(value) -> str:
     return html.escape(str(value), quote=True)
 
 
+#: the PNG text chunk in which :mod:`llsmflow.qc.previews` describes a preview's panels
+PANELS_KEY = "llsmflow-panels"
+
+
+def png_text(path: str | Path) -> dict[str, str]:
+    """The text chunks (``tEXt``, ``zTXt``, ``iTXt``) of a PNG file, read with the standard library."""
+    data = Path(path).read_bytes()
+    texts, offset = {}, 8
+    while offset + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[offset : offset + 8])
+        body = data[offset + 8 : offset + 8 + length]
+        offset += 12 + length
+        if kind == b"tEXt":
+            key, _, value = body.partition(b"\0")
+            texts[key.decode("latin-1")] = value.decode("latin-1")
+        elif kind == b"zTXt":
+            key, _, rest = body.partition(b"\0")
+            texts[key.decode("latin-1")] = zlib.decompress(rest[1:]).decode("latin-1")
+        elif kind == b"iTXt":
+            key, _, rest = body.partition(b"\0")
+            compressed, rest = rest[0], rest[2:]
+            _lang, _, rest = rest.partition(b"\0")
+            _translated, _, value = rest.partition(b"\0")
+            texts[key.decode("latin-1")] = (zlib.decompress(value) if compressed else value).decode("utf-8")
+        elif kind == b"IEND":
+            break
+    return texts
+
+
+def preview_panels(path: str | Path) -> list[dict]:
+    """What a QC preview says it drew per panel: pixel size, scale bar (µm), display range; [] if nothing."""
+    text = png_text(path).get(PANELS_KEY)
+    try:
+        panels = json.loads(text) if text else []
+    except json.JSONDecodeError:
+        return []
+    return [p for p in panels if isinstance(p, dict)]
+
+
+def _intensity(value) -> str:
+    value = float(value)
+    return f"{value:.4g}" if abs(value) < 1e5 else f"{value:.3g}"
+
+
+def _panels_caption(panels: list[dict]) -> str:
+    """``scale bar 2 µm (yellow, lower right); display range … (black to white)`` of a preview's panels."""
+    if not panels:
+        return ""
+    bars = sorted({p["bar_um"] for p in panels if p.get("bar_um")})
+    parts = []
+    if bars:
+        where = "lower right of each panel" if len(panels) > 1 else "lower right"
+        parts.append(f"Scale bar {' / '.join(f'{b:g}' for b in bars)} µm (yellow, {where})")
+    ranges = [
+        (f"{p.get('title', '').split(',')[0]} " if len(panels) > 1 else "")
+        + f"{_intensity(p['range'][0])}–{_intensity(p['range'][1])}"
+        for p in panels
+        if p.get("range")
+    ]
+    if ranges:
+        where = "upper left of each panel" if len(panels) > 1 else "upper left"
+        parts.append(f"Display range, black to white ({where}): " + "; ".join(ranges))
+    return ". " + ". ".join(parts) + "."
+
+
 def _figure(path, caption: str, kind: str) -> str:
+    panels = preview_panels(path)
+    bars = sum(1 for p in panels if p.get("bar_um"))
+    described = f' data-panels="{len(panels)}" data-scale-bars="{bars}"' if panels else ""
     return (
-        f'<figure><img class="panel" data-kind="{_e(kind)}" alt="{_e(caption)}" src="{png_data_uri(path)}">'
-        f"<figcaption>{_e(caption)}</figcaption></figure>"
+        f'<figure><img class="panel" data-kind="{_e(kind)}"{described} alt="{_e(caption)}" '
+        f'src="{png_data_uri(path)}"><figcaption>{_e(caption + _panels_caption(panels))}</figcaption></figure>'
     )
+
+
+def channel_names(acquisition: Mapping | None) -> dict[int, str]:
+    """``{index: name}`` of the acquisition's channels, the name with its excitation when the name does not
+    state it (``"GFP (488 nm)"``); empty without channel metadata."""
+    names = {}
+    for position, channel in enumerate((acquisition or {}).get("channels") or []):
+        if not isinstance(channel, Mapping):
+            continue
+        index = int(channel.get("index", position))
+        name = str(channel.get("name") or f"channel {index}")
+        excitation = channel.get("excitation_nm")
+        if excitation and f"{excitation:g}" not in name:
+            name += f" ({excitation:g} nm)"
+        names[index] = name
+    return names
+
+
+def _channel(names: Mapping[int, str], index) -> str:
+    return names.get(int(index), f"channel {index}")
 
 
 def _num(value, digits: int = 1) -> str:
@@ -101,7 +194,7 @@ def _table(header: list[str], rows: list[str]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
-def _tiles_section(tile_pngs: list[tuple[str, int, Path]]) -> str:
+def _tiles_section(tile_pngs: list[tuple[str, int, Path]], names: Mapping[int, str]) -> str:
     parts = [
         '<h2 id="tiles">Tiles: before and after deskew and deconvolution</h2>',
         "<p>Maximum projections of each tile and channel at the reference timepoint: raw (skewed) stack, "
@@ -109,8 +202,9 @@ def _tiles_section(tile_pngs: list[tuple[str, int, Path]]) -> str:
         "proportions.</p>",
     ]
     for tile, channel, path in tile_pngs:
-        parts.append(f"<h3>Tile {_e(tile)}, channel {_e(channel)}</h3>")
-        parts.append(_figure(path, f"tile {tile}, channel {channel}: raw, deskewed, deconvolved", "tile"))
+        name = _channel(names, channel)
+        parts.append(f"<h3>Tile {_e(tile)}, {_e(name)}</h3>")
+        parts.append(_figure(path, f"tile {tile}, {name}: raw, deskewed, deconvolved", "tile"))
     return "\n".join(parts)
 
 
@@ -170,7 +264,9 @@ def _stitch_section(mosaic_png, transforms: Mapping | None, min_quality: float |
     return "\n".join(parts)
 
 
-def _tracks_section(track_pngs: Mapping[int, tuple[Path, Path]], track_notes: Mapping[int, Mapping]) -> str:
+def _tracks_section(
+    track_pngs: Mapping[int, tuple[Path, Path]], track_notes: Mapping[int, Mapping], names: Mapping[int, str]
+) -> str:
     parts = ['<h2 id="tracks">Tracking</h2>']
     if not track_pngs:
         parts.append('<p class="muted">No channel tracked.</p>')
@@ -183,14 +279,13 @@ def _tracks_section(track_pngs: Mapping[int, tuple[Path, Path]], track_notes: Ma
             facts.append(
                 f"D = {float(notes['diffusion_um2_s']):.3g} µm²/s ({int(notes.get('n_lags', 0))} lags)"
             )
-        parts.append(f"<h3>Channel {_e(channel)}</h3>")
+        name = _channel(names, channel)
+        parts.append(f"<h3>{_e(name[:1].upper() + name[1:] if name.startswith('channel ') else name)}</h3>")
         if facts:
             parts.append(f"<p>{_e('; '.join(facts))}</p>")
         parts.append('<div class="pair">')
-        parts.append(
-            _figure(tracks_png, f"channel {channel}: tracks over the first frame's projection", "tracks")
-        )
-        parts.append(_figure(msd_png, f"channel {channel}: ensemble mean squared displacement", "msd"))
+        parts.append(_figure(tracks_png, f"{name}: tracks over the first frame's projection", "tracks"))
+        parts.append(_figure(msd_png, f"{name}: ensemble mean squared displacement", "msd"))
         parts.append("</div>")
     return "\n".join(parts)
 
@@ -281,7 +376,8 @@ def _provenance_section(provenance: Mapping) -> str:
             ["file", "bytes", "sha256"],
             [
                 f'<tr><td>{_e(Path(i["path"]).name)}</td><td class="num">{_e(i.get("bytes") or "–")}</td>'
-                f"<td><code>{_e(i.get('sha256') or '–')}</code></td></tr>"
+                f'<td><code class="digest" title="{_e(i.get("sha256") or "")}">{_e(i.get("sha256") or "–")}'
+                "</code></td></tr>"
                 for i in inputs
             ],
         )
@@ -290,6 +386,36 @@ def _provenance_section(provenance: Mapping) -> str:
     parts.append("<details><summary>Configuration</summary>")
     parts.append(f"<pre>{_e(json.dumps(config, indent=2, sort_keys=True, default=str))}</pre></details>")
     return "\n".join(parts)
+
+
+def _duration(seconds: float | None) -> str:
+    """A duration as ``llsmflow run``'s summary writes it (``42.0 s``, ``2.7 min``, ``1.2 h``)."""
+    if seconds is None:
+        return "–"
+    seconds = float(seconds)
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def run_figures(step_records: list[dict], step_summary: list[dict]) -> str:
+    """The header's job count and times, from the step summary the steps table shows (the same
+    :func:`llsmflow.run.steps.summarise_steps` rows that ``llsmflow run`` prints): the jobs recorded before
+    this report, their wall time (first start to last end) and their summed run time."""
+    jobs = sum(int(row["jobs"]) for row in step_summary)
+    compute = sum(float(row["seconds"] or 0.0) for row in step_summary)
+    starts, ends = [], []
+    for record in step_records:
+        for key, into in (("start", starts), ("end", ends)):
+            try:
+                value = _dt.datetime.fromisoformat(str(record.get(key)))
+            except ValueError:
+                continue
+            into.append(value if value.tzinfo else value.replace(tzinfo=_dt.UTC))
+    wall = (max(ends) - min(starts)).total_seconds() if starts and ends else None
+    return f"{jobs} jobs recorded before this report, {_duration(wall)} wall, {_duration(compute)} of compute"
 
 
 def render_report(
@@ -314,6 +440,7 @@ def render_report(
         if record["step"] == "track" and "channel" in (record.get("wildcards") or {}):
             track_notes[int(record["wildcards"]["channel"])] = record.get("notes") or {}
     acquisition = acquisition or {}
+    names = channel_names(acquisition)
     facts = [f"{len({t for t, _, _ in tile_pngs})} tiles"]
     if acquisition.get("channels"):
         facts.append(f"{len(acquisition['channels'])} channels")
@@ -321,16 +448,15 @@ def render_report(
         facts.append(f"{acquisition['timepoints']} timepoints")
     if acquisition.get("angle_deg") is not None:
         facts.append(f"sheet angle {acquisition['angle_deg']}°")
-    total = sum(float(r.get("seconds") or 0.0) for r in step_records)
-    facts.append(f"{len(step_records)} jobs, {total:.0f} s of compute")
+    facts.append(run_figures(step_records, step_summary))
     body = [
         f"<h1>llsmflow QC report: {_e(dataset)}</h1>",
         f'<p class="muted">{_e(", ".join(facts))}</p>',
         '<nav><a href="#tiles">Tiles</a><a href="#stitching">Stitching</a><a href="#tracks">Tracking</a>'
         '<a href="#steps">Steps</a><a href="#provenance">Provenance</a></nav>',
-        _tiles_section([(t, c, Path(p)) for t, c, p in tile_pngs]),
+        _tiles_section([(t, c, Path(p)) for t, c, p in tile_pngs], names),
         _stitch_section(Path(mosaic_png) if mosaic_png else None, transforms, min_quality),
-        _tracks_section({int(c): (Path(a), Path(b)) for c, (a, b) in track_pngs.items()}, track_notes),
+        _tracks_section({int(c): (Path(a), Path(b)) for c, (a, b) in track_pngs.items()}, track_notes, names),
         _steps_section(step_records, step_summary),
         _provenance_section(provenance),
     ]

@@ -15,6 +15,10 @@ Submodules, one per concern:
     What a run did and what is left (``llsmflow run``'s summary, ``llsmflow status``).
 ``steps``
     Step records: :class:`StepRecorder` (every workflow job), reading and summarising them.
+``display``
+    What a run shows while it runs: the live view on a terminal, the plain log elsewhere (Snakemake's
+    output read line by line and kept in the run's log file); ``display_follow``: the same view from that log
+    file, for ``llsmflow watch``.
 
 Nothing is imported until a name is used (a workflow job needs only ``steps``).
 """
@@ -50,6 +54,12 @@ _EXPORTS = {
     "step_records_under": "steps",
     "parse_time": "steps",
     "summarise_steps": "steps",
+    "RunDisplay": "display",
+    "RunState": "display",
+    "choose_mode": "display",
+    "run_log_path": "display",
+    "follow": "display_follow",
+    "latest_run_log": "display_follow",
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 __all__ = sorted(_EXPORTS)

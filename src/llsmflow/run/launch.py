@@ -22,6 +22,7 @@ from pathlib import Path
 
 from llsmflow.errors import LlsmflowError
 from llsmflow.run.config import snakemake_base_command
+from llsmflow.run.display import DEFAULT_DISPLAY, RunDisplay, choose_mode, run_log_path
 from llsmflow.run.lock import DatasetLock, clear_stale_snakemake_locks, remove_partial_outputs
 from llsmflow.run.paths import run_paths, write_run_pointer
 
@@ -69,6 +70,8 @@ def first_step_error(log_dir: Path, since: float) -> str | None:
         return None
     failures = []
     for log_file in log_dir.rglob("*.log"):
+        if log_file.parent.name == "snakemake":  # Snakemake's output of a whole run, not a step's log
+            continue
         try:
             if log_file.stat().st_mtime < since:
                 continue
@@ -82,18 +85,22 @@ def first_step_error(log_dir: Path, since: float) -> str | None:
 
 
 def call_watching_stderr(
-    command: list[str], env: dict[str, str], watch: PendingWatch | None = None
+    command: list[str], env: dict[str, str], watch: PendingWatch | None = None, display: RunDisplay | None = None
 ) -> tuple[int, str | None]:
-    """Run ``command``, passing its stderr through line by line; return its exit status and, if a job failed
-    for a full disk, what it was writing ("step RULE, writing OUTPUTS"). A full disk shows up in Snakemake's
-    report of the failed job, not in the step logs, which are often on that same full disk."""
+    """Run ``command``, passing its stderr line by line to ``display`` (:class:`llsmflow.run.display.RunDisplay`:
+    the progress view and the run's log file; None: through to our stderr as it is); return its exit status
+    and, if a job failed for a full disk, what it was writing ("step RULE, writing OUTPUTS"). A full disk shows
+    up in Snakemake's report of the failed job, not in the step logs, which are often on that same full disk."""
     seen = {"disk_full": False, "rule": None, "output": None}
 
     def forward(stream) -> None:
         rule = None
         for raw in stream:
-            sys.stderr.buffer.write(raw)
-            sys.stderr.flush()
+            if display is not None:
+                display.feed(raw)
+            else:
+                sys.stderr.buffer.write(raw)
+                sys.stderr.flush()
             line = raw.decode("utf-8", "replace").strip()
             if line.startswith("Error in rule ") and line.endswith(":"):
                 rule = line[len("Error in rule ") : -1]
@@ -106,6 +113,8 @@ def call_watching_stderr(
         assert process.stderr is not None
         if watch is not None:
             watch.start(process)
+        if display is not None:
+            display.start()
         try:
             forward(process.stderr)
         except KeyboardInterrupt:
@@ -115,6 +124,8 @@ def call_watching_stderr(
         finally:
             if watch is not None:
                 watch.stop()
+            if display is not None:
+                display.close(process.wait())
     where = None
     if seen["disk_full"]:
         where = f"step {seen['rule']}, writing {seen['output']}" if seen["rule"] else "a workflow step"
@@ -236,6 +247,7 @@ class Launch:
     started_at: float
     disk_full: str | None
     stuck: str | None = None
+    log_path: Path | None = None
 
 
 def launch(
@@ -246,10 +258,13 @@ def launch(
     dry_run: bool,
     echo: Callable[[str], None] | None = None,
     slurm: bool = False,
+    display: str = DEFAULT_DISPLAY,
 ) -> Launch:
     """Run Snakemake under the dataset's run lock, in the current directory (the run directory); ``echo``
     shows the command (default: printed, flushed before Snakemake writes). ``slurm``: watch the run's
-    pending jobs (:class:`PendingWatch`); the interval is ``LLSMFLOW_PENDING_POLL_S`` (default 15 s)."""
+    pending jobs (:class:`PendingWatch`); the interval is ``LLSMFLOW_PENDING_POLL_S`` (default 15 s).
+    ``display``: how the run is shown (:data:`llsmflow.run.display.DISPLAY_MODES`); except in a dry run,
+    Snakemake's whole output is kept in ``work/<dataset>/logs/snakemake/<time>.log`` (``Launch.log_path``)."""
     echo = echo or functools.partial(print, flush=True)
     results, work = run_paths(config)
     # shared storage: outputs follow the user's umask, but are never writable by everyone
@@ -268,11 +283,16 @@ def launch(
             watch = None
             if slurm and not dry_run:
                 watch = PendingWatch(Path.cwd(), float(os.environ.get("LLSMFLOW_PENDING_POLL_S", "15")))
-            status, disk_full = call_watching_stderr(command, run_environment(work), watch)
+            mode = choose_mode(display, sys.stdout, dry_run)
+            log_path = None if dry_run else run_log_path(work, started_at)
+            shown = None
+            if mode != "full" or log_path is not None:
+                shown = RunDisplay(mode, log_path, run_dir=Path.cwd())
+            status, disk_full = call_watching_stderr(command, run_environment(work), watch, shown)
             elapsed = time.perf_counter() - start
     finally:
         os.umask(umask)
-    return Launch(status, elapsed, started_at, disk_full, watch.reason if watch is not None else None)
+    return Launch(status, elapsed, started_at, disk_full, watch.reason if watch is not None else None, log_path)
 
 
 def failure_reason(config: dict, outcome: Launch) -> str | None:

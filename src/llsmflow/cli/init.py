@@ -87,6 +87,7 @@ def _dataset_name(raw_dir: Path) -> str:
 
 def cmd_init(args) -> int:
     from llsmflow.errors import LlsmflowError
+    from llsmflow.fair.rembi import write_rembi_template
     from llsmflow.ingest import read_acquisition
     from llsmflow.ingest.detect import detect_format
     from llsmflow.ingest.instrument import HOW_TO_GIVE, instrument_metadata
@@ -129,8 +130,13 @@ def cmd_init(args) -> int:
         "metadata": str(metadata) if metadata is not None else None,
         "overrides": overrides,
     }
+    rembi = output.resolve().with_name("rembi.yaml")
+    config["rembi"] = str(rembi)
+    kept = rembi.exists()
     _write_config(output, config, args.workflow_dir)
     print(f"wrote {output}: run it with `llsmflow run --configfile {output}`")
+    write_rembi_template(acq, rembi, config["dataset"])
+    print(f"{'kept' if kept else 'wrote'} {rembi}: REMBI metadata for deposits; fill in its FILL IN fields")
     return 0
 
 

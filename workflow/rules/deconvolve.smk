@@ -1,7 +1,8 @@
 # deconvolve: workflow/scripts/prepare_psf.py, deconvolve.py → llsmflow.decon
 rule prepare_psf:
     """Deskew a skewed PSF (deconvolution.psf_geometry), then background-subtract, centre, normalise and
-    resample a channel's PSF to the deskewed voxel size (deskew.rotate: rotated to the coverslip frame)."""
+    resample a channel's PSF to the deskewed voxel size (deskew.rotate: rotated to the coverslip frame).
+    """
     input:
         psf=lambda wildcards: str(ACQ.psf_path(int(wildcards.channel))),
     output:

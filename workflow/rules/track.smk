@@ -13,6 +13,8 @@ if TRACKING_SKIPPED:
     TRACK_CHANNELS = []
     if workflow.is_main_process:
         logger.warning(f"llsmflow: {TRACKING_SKIPPED}")
+
+
 rule track:
     """Detect and link particles of one channel in 3-D over time (trackpy), with statistics and plots."""
     input:

@@ -165,10 +165,11 @@ def check_declared_vs_found(
     if missing_tiles:
         whole.append(f"tile(s) {', '.join(missing_tiles)} (declared in {meta_name})")
     if whole:
+        accept = ", or accept a gap with ingest.allow_missing_timepoints: true"
         raise LlsmflowError(
             f"no stack at all for {'; '.join(whole)}; expected a stack for every tile, channel and timepoint "
             f"0..{n_t - 1} (the archive's time axis is timepoint × time_interval_s): copy the missing files"
-            + (", or accept a gap with ingest.allow_missing_timepoints: true" if missing_t and not allow_missing_timepoints else ""),
+            + (accept if missing_t and not allow_missing_timepoints else ""),
             raw_dir,
         )
     expected = {(t, c, tp) for t in tiles for c in range(n_channels) for tp in sorted(found_t)}

@@ -53,7 +53,7 @@ def _frame_axis(frame_numbers, times_s, total):
             raise LlsmflowError(f"{what} {values!r} is invalid; expected a sequence of numbers") from None
         if total is not None and len(values) != total:
             raise LlsmflowError(f"{what} has {len(values)} entries for {total} frames; expected one per frame")
-        if not all(np.isfinite(values)) or any(b <= a for a, b in zip(values, values[1:])):
+        if not all(np.isfinite(values)) or any(b <= a for a, b in zip(values[:-1], values[1:], strict=True)):
             raise LlsmflowError(f"{what} {values} is invalid; expected finite, strictly increasing values")
         checked.append(values)
     return checked[0], checked[1]

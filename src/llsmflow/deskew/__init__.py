@@ -55,7 +55,6 @@ _EXPORTS = {
     "deskew_rotate": "rotate",
     "rotated_valid_mask": "rotate",
     "frame_rotation_matrix": "frames",
-    "objective_to_coverslip_um": "frames",
     "default_workers": "workers",
 }
 

@@ -85,8 +85,3 @@ def frame_rotation_matrix(angle_deg: float, scan_axis: str = "x") -> np.ndarray:
         return swap @ rotation @ swap
     raise LlsmflowError(f"scan axis {scan_axis!r} is invalid; expected 'x' or 'y'")
 
-
-def objective_to_coverslip_um(zyx_um, angle_deg: float, scan_axis: str = "x") -> tuple[float, float, float]:
-    """An objective-frame position (z, y, x, µm) in the coverslip frame (Z, Y, X, µm) of the same origin."""
-    z, y, x = frame_rotation_matrix(angle_deg, scan_axis) @ np.asarray(zyx_um, dtype=float)
-    return (float(z), float(y), float(x))

@@ -262,12 +262,13 @@ def tile_from_deskewed(
 def _tile_from_rotated(path, key, nominal_origin_um, origin_is_volume, data, shape, voxel, description) -> Tile:
     """:func:`tile_from_deskewed` for a volume deskewed and rotated to the coverslip frame (``deskew.rotate``).
 
-    The nominal origin (objective frame, as the ingest step computes it from the stage position) is rotated
-    into the coverslip frame like the volume (:func:`llsmflow.deskew.objective_to_coverslip_um`), then the
-    file's ``origin_offset_um`` (coverslip frame) is added; the validity mask is the rotated volume's
-    (:func:`llsmflow.deskew.rotated_valid_mask`): its empty wedges are not data.
+    The nominal origin is the objective-frame position the ingest step computes from the stage position
+    (:func:`llsmflow.deskew.stage_to_objective_um`); its inverse gives back the stage position, which *is*
+    the coverslip-frame position (Z normal to the coverslip, Y and X the stage axes) whichever the scan axis.
+    The file's ``origin_offset_um`` (coverslip frame) is then added. The validity mask is the rotated
+    volume's (:func:`llsmflow.deskew.rotated_valid_mask`): its empty wedges are not data.
     """
-    from llsmflow.deskew.frames import objective_to_coverslip_um
+    from llsmflow.deskew.frames import objective_to_coverslip_matrix
     from llsmflow.deskew.rotate import rotated_valid_mask
 
     params = description["deskew"]
@@ -275,7 +276,7 @@ def _tile_from_rotated(path, key, nominal_origin_um, origin_is_volume, data, sha
     if origin_is_volume:
         origin = tuple(float(v) for v in nominal_origin_um)
     else:
-        rotated = objective_to_coverslip_um(nominal_origin_um, params["angle_deg"], scan_axis)
+        rotated = objective_to_coverslip_matrix(params["angle_deg"]) @ np.asarray(nominal_origin_um, float)
         offset = description.get("origin_offset_um", (0.0, 0.0, 0.0))
         origin = tuple(float(a + b) for a, b in zip(rotated, offset, strict=True))
     valid = None

@@ -22,6 +22,7 @@ import pytest
 import zarr
 
 from llsmflow.deskew import deskew_rotate, frame_rotation_matrix, rotated_valid_mask
+from llsmflow.errors import LlsmflowError
 from llsmflow.synth import generate
 from tests.conftest import run_workflow, tiny_params, workflow_command, workflow_config, write_workflow_config
 
@@ -304,8 +305,10 @@ def test_linking_counts_a_gap_as_the_frames_it_lasted():
     # the old reading of the same volumes as consecutive frames links straight through
     consecutive = track_particles(frames, voxel, 2.0, memory=0, **common)
     assert consecutive["particle"].nunique() == 3 and sorted(set(consecutive["t_s"])) == [0.0, 2.0, 4.0, 6.0]
-    with pytest.raises(Exception, match="strictly increasing"):
+    with pytest.raises(LlsmflowError, match="strictly increasing"):
         track_particles(frames, voxel, 2.0, frame_numbers=[0, 1, 1, 2], **common)
+    with pytest.raises(LlsmflowError, match="times_s has 3 entries for 4 frames"):
+        track_particles(iter(frames), voxel, 2.0, times_s=[0.0, 2.0, 6.0], **common)
 
 
 @pytest.fixture(scope="module")

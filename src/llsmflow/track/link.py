@@ -149,13 +149,18 @@ def track_particles(
             )
         except LlsmflowError as exc:
             raise LlsmflowError(f"frame {index}: {exc.message}", exc.path) from exc
-        number = index if numbers is None else int(numbers[index])
+        number = index if numbers is None or index >= len(numbers) else numbers[index]
         found.insert(0, "frame", np.full(len(found), number, dtype=np.int64))
         detections.append(found)
         if progress is not None:
             progress(index + 1, total)
     if not detections:
         raise LlsmflowError("no frames given; expected at least one ZYX volume")
+    for given, what in ((numbers, "frame_numbers"), (times, "times_s")):
+        if given is not None and len(given) != len(detections):
+            raise LlsmflowError(
+                f"{what} has {len(given)} entries for {len(detections)} frames; expected one per frame"
+            )
 
     features = pd.concat(detections, ignore_index=True)
     base = ["particle", "frame", "t_s", *POS_COLUMNS]

@@ -57,6 +57,7 @@ WORKFLOW_ONLY = {
     ("stitch", "reference_channel"): "which tiles the register job reads; the library registers what it is given",
     ("stitch", "reference_timepoint"): "which tiles the register job reads",
     ("track", "channels"): "which channels get a track job",
+    ("deskew", "rotate"): "which deskew function the job calls (deskew, or deskew_rotate with the PSF rotated alike)",
 }
 
 SECTIONS = ("deskew", "deconvolution", "stitch", "track", "archive")

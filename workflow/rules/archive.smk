@@ -28,6 +28,11 @@ rule archive:
         channel_names=ACQ.channel_names,
         emission_nm=[c.get("emission_nm") for c in ACQ.channels],
         time_interval_s=ACQ.time_interval_s,
+        # the real time of every frame (gaps accepted by ingest.allow_missing_timepoints) and whether tracking
+        # ran (TRACKING_SKIPPED: track.smk), recorded in the archive's llsmflow attributes
+        frame_times_s=ACQ.frame_times_s,
+        missing_timepoints=ACQ.missing_timepoints,
+        tracking_skipped=lambda wildcards: TRACKING_SKIPPED,
         ngff_version=config["archive"]["ngff_version"],
         chunks=config["archive"]["chunks"],
         raw_files=RAW_FILES,

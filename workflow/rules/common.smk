@@ -19,6 +19,7 @@ try:
         config.get("metadata"),
         config.get("overrides") or {},
         check_files=False,
+        allow_missing_timepoints=config["ingest"]["allow_missing_timepoints"],
     )
 except LlsmflowError as error:
     raise WorkflowError(f"llsmflow: {error}") from None

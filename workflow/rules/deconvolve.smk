@@ -1,7 +1,8 @@
 # deconvolve: workflow/scripts/prepare_psf.py, deconvolve.py → llsmflow.decon
 rule prepare_psf:
     """Deskew a skewed PSF (deconvolution.psf_geometry), then background-subtract, centre, normalise and
-    resample a channel's PSF to the deskewed voxel size."""
+    resample a channel's PSF to the deskewed voxel size (deskew.rotate: rotated to the coverslip frame).
+    """
     input:
         psf=lambda wildcards: str(ACQ.psf_path(int(wildcards.channel))),
     output:
@@ -27,6 +28,9 @@ rule prepare_psf:
         angle_deg=ACQ.angle_deg,
         stage_step_um=ACQ.dz_um,
         scan_axis=ACQ.scan_axis,
+        # deskew.rotate: the PSF is rotated to the coverslip frame, on the rotated volumes' isotropic grid (dx)
+        rotate=config["deskew"]["rotate"],
+        rotated_voxel_um=ACQ.dx_um,
     script:
         "../scripts/prepare_psf.py"
 

@@ -1,6 +1,7 @@
 # deskew: workflow/scripts/deskew.py → llsmflow.deskew
 rule deskew:
-    """Shear one raw stage-scan stack into the objective frame (float32 OME-TIFF with voxel sizes)."""
+    """Shear one raw stage-scan stack into the objective frame, or with deskew.rotate into the coverslip frame
+    (float32 OME-TIFF with voxel sizes)."""
     input:
         raw=raw_stack,
     output:
@@ -22,6 +23,7 @@ rule deskew:
         angle_deg=ACQ.angle_deg,
         scan_axis=ACQ.scan_axis,
         fill_value=config["deskew"]["fill_value"],
+        rotate=config["deskew"]["rotate"],
         raw_channel=lambda wildcards: raw_selector(wildcards.sample)["channel"],
         raw_timepoint=lambda wildcards: raw_selector(wildcards.sample)["timepoint"],
     script:

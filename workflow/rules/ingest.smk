@@ -17,5 +17,6 @@ rule ingest:
         metadata=config.get("metadata"),
         overrides=config.get("overrides") or {},
         psf_geometry=config["deconvolution"]["psf_geometry"],
+        allow_missing_timepoints=config["ingest"]["allow_missing_timepoints"],
     script:
         "../scripts/ingest.py"

@@ -38,6 +38,7 @@ rule qc_tile:
             sample_id(wildcards.tile, wildcards.channel, STITCH["reference_timepoint"])
         )["timepoint"],
         scan_axis=ACQ.scan_axis,
+        channels=ACQ.channels,
     script:
         "../scripts/qc_tile.py"
 

@@ -1,4 +1,20 @@
 # track: workflow/scripts/track.py → llsmflow.track
+
+from snakemake.logging import logger
+
+# One timepoint: nothing to link. No channel is tracked (TRACK_CHANNELS is emptied here, before qc.smk and the
+# input functions of archive.smk read it), and the run log, the ingest step, the QC report and the archive say so.
+TRACKING_SKIPPED = (
+    f"one timepoint ({TIMEPOINTS[0]}): nothing to link, tracking skipped"
+    if len(TIMEPOINTS) < 2
+    else None
+)
+if TRACKING_SKIPPED:
+    TRACK_CHANNELS = []
+    if workflow.is_main_process:
+        logger.warning(f"llsmflow: {TRACKING_SKIPPED}")
+
+
 rule track:
     """Detect and link particles of one channel in 3-D over time (trackpy), with statistics and plots."""
     input:
@@ -35,6 +51,10 @@ rule track:
         runtime=step_runtime("track"),
     params:
         time_interval_s=ACQ.time_interval_s,
+        # the timepoint number and real time (s) of every fused frame: a gap (ingest.allow_missing_timepoints)
+        # counts as the frames it lasted, and t_s is each frame's real time
+        timepoints=TIMEPOINTS,
+        frame_times_s=ACQ.frame_times_s,
         diameter_um=config["track"]["diameter_um"],
         search_range_um=config["track"]["search_range_um"],
         memory=config["track"]["memory"],

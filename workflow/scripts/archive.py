@@ -20,6 +20,14 @@ with StepRecorder.for_workflow_job(snakemake) as step:
         "registration": read_transforms(snakemake.input.transforms),
         "processing": p.processing,
         "software": package_versions(),
+        # the NGFF time scale is one interval; the real time of every frame, gaps included, is kept here
+        "time": {
+            "timepoints": list(p.timepoints),
+            "times_s": list(p.frame_times_s),
+            "missing_timepoints": list(p.missing_timepoints),
+            "nominal_interval_s": p.time_interval_s,
+        },
+        "tracking": {"skipped": p.tracking_skipped} if p.tracking_skipped else {"tables": list(p.table_names)},
     }
     write_dataset_archive(
         snakemake.output.archive,

@@ -2,6 +2,7 @@
 
 from llsmflow.io import read_volume
 from llsmflow.qc.previews import save_projection_grid, tile_projection_rows
+from llsmflow.qc.report import channel_names
 from llsmflow.run.steps import StepRecorder
 
 with StepRecorder.for_workflow_job(snakemake) as step:
@@ -12,6 +13,8 @@ with StepRecorder.for_workflow_job(snakemake) as step:
     rows = tile_projection_rows(
         raw, deskewed.data, deconvolved.data, deskewed.voxel_size_um, scan_axis=p.scan_axis
     )
-    title = f"tile {snakemake.wildcards.tile}, channel {snakemake.wildcards.channel}"
+    channel = int(snakemake.wildcards.channel)
+    name = channel_names({"channels": p.channels}).get(channel, f"channel {channel}")
+    title = f"tile {snakemake.wildcards.tile}, {name}"
     save_projection_grid(rows, snakemake.output.png, title)
     step.note(shape_raw=raw.shape, shape_deskewed=deskewed.data.shape)

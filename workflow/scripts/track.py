@@ -26,6 +26,9 @@ with StepRecorder.for_workflow_job(snakemake) as step:
         voxel,
         p.time_interval_s,
         n_frames=len(stores),
+        # timepoint numbers and real times: a gap counts as the frames it lasted, t_s is each frame's real time
+        frame_numbers=p.timepoints,
+        times_s=p.frame_times_s,
         diameter_um=p.diameter_um,
         search_range_um=p.search_range_um,
         memory=p.memory,
@@ -50,4 +53,6 @@ with StepRecorder.for_workflow_job(snakemake) as step:
     projection = read_fused(stores[0])[0].max(axis=0)
     plot_tracks(tracks, projection, voxel, origin, snakemake.output.tracks_png)
     plot_msd(msd, fit, snakemake.output.msd_png)
-    step.note(tracks=int(tracks["particle"].nunique()), points=len(tracks), **fit)
+    step.note(
+        tracks=int(tracks["particle"].nunique()), points=len(tracks), timepoints=list(p.timepoints), **fit
+    )

@@ -82,7 +82,10 @@ def cluster_cores(config: dict, profile: Path, cores):
         wanted = int(cores) if cores else None
     except ValueError:
         raise LlsmflowError(f"--cores {cores!r} is invalid; expected a whole number") from None
-    acq = read_acquisition(config["raw_dir"], config.get("metadata"), config["overrides"], check_files=False)
+    acq = read_acquisition(
+        config["raw_dir"], config.get("metadata"), config["overrides"], check_files=False,
+        allow_missing_timepoints=config["ingest"]["allow_missing_timepoints"],
+    )
     capped, note = fit_to_partition(volume_sizes(acq), config, profile, wanted)
     if note:
         print(f"llsmflow run: note: {note}", file=sys.stderr, flush=True)

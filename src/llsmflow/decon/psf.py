@@ -7,6 +7,9 @@ A PSF comes in one of two geometries (``prepare_psf(geometry=...)``, config ``de
 - **skewed**: planes acquired like the data, by stage scan (Zeiss LLS7 PSFs, stage-scanned Janelia beads):
   the bead stack is deskewed with the same angle and scan axis (:func:`deskew_psf`, its own z step being the
   stage step) and cropped to the largest box around the bead that holds data only, then prepared as usual.
+
+For data rotated to the coverslip frame (``deskew.rotate``) the kernel is prepared in the objective frame on
+an isotropic grid and then rotated like the data (:func:`rotate_psf`), so that PSF and volume share one frame.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import numpy as np
 from scipy import ndimage
 
 from llsmflow.decon.volumes import _check_volume
-from llsmflow.deskew.frames import shear_px_per_plane
+from llsmflow.deskew.frames import frame_rotation_matrix, shear_px_per_plane
 from llsmflow.deskew.shear import deskew, deskewed_valid_mask
 from llsmflow.errors import LlsmflowError, require_positive_voxel_size
 
@@ -393,4 +396,44 @@ def prepare_psf(
     total = float(out.sum())
     if not total > 0:
         raise LlsmflowError("PSF is empty after resampling; expected a PSF with signal near its centre")
+    return (out / total).astype(np.float32)
+
+
+def rotate_psf(kernel: np.ndarray, voxel_um: float, angle_deg: float, scan_axis: str = "x") -> np.ndarray:
+    """Rotate a prepared objective-frame kernel into the coverslip frame, as :func:`llsmflow.deskew.deskew_rotate`
+    rotates the data (about Y for scan axis x, about X for scan axis y).
+
+    Parameters
+    ----------
+    kernel : ndarray
+        A kernel from :func:`prepare_psf` on an isotropic grid of ``voxel_um`` (odd sizes, peak on the
+        central voxel ``shape // 2``).
+    voxel_um : float
+        Its voxel size (µm), also the output's: the rotated data's isotropic voxel size.
+    angle_deg, scan_axis :
+        The data's sheet angle (degrees) and stage scan axis.
+
+    Returns
+    -------
+    ndarray
+        float32, odd sizes, the input's central voxel on the output's central voxel, clamped at 0, cropped to
+        its non-zero voxels, sum 1. Linear interpolation (``scipy.ndimage.affine_transform``, order 1), the
+        interpolation the data get.
+    """
+    arr = _check_volume(kernel, "PSF").astype(np.float64)
+    (voxel,) = require_positive_voxel_size((voxel_um,), what="PSF voxel size")
+    rotation = frame_rotation_matrix(angle_deg, scan_axis)  # objective (z, y, x) µm -> coverslip µm
+    centre_in = np.array(arr.shape) // 2
+    # the rotated box around the centre: |R| · half-extent, in voxels (the grids have the same spacing)
+    half_out = np.ceil(np.abs(rotation) @ centre_in.astype(float)).astype(int)
+    # output index o -> coverslip offset (o − c_out)·v -> objective offset Rᵀ·(...) -> input index
+    matrix = rotation.T
+    offset = centre_in - matrix @ half_out
+    out = ndimage.affine_transform(
+        arr, matrix, offset=offset, output_shape=tuple(2 * half_out + 1), order=1, mode="constant", cval=0.0
+    )
+    out = _crop_centred(np.clip(out, 0.0, None))
+    total = float(out.sum())
+    if not total > 0:
+        raise LlsmflowError("PSF is empty after rotation to the coverslip frame; expected a centred kernel")
     return (out / total).astype(np.float32)

@@ -34,7 +34,8 @@ Submodules (re-exported here, each imported on first use)
 * ``frames``: the geometry relations (shear, plane spacing, deskewed shape, frame rotations); NumPy only,
   so ingest and the HPC layer size volumes without loading the resampling code.
 * ``shear``: :func:`deskew` (the per-plane shift) and :func:`deskewed_valid_mask`, which mirrors its rule.
-* ``rotate``: :func:`deskew_rotate` (sparse bilinear map, SciPy) and its ``affine_transform`` reference.
+* ``rotate``: :func:`deskew_rotate` (sparse bilinear map, SciPy) and its ``affine_transform`` reference;
+  :func:`rotated_valid_mask`, where a rotated volume holds data (its empty wedges are not data).
 * ``workers``: the thread pool both kernels use (:func:`default_workers`).
 
 ``llsmflow.geometry`` (the module this package was) re-exports the same names.
@@ -52,6 +53,8 @@ _EXPORTS = {
     "deskew": "shear",
     "deskewed_valid_mask": "shear",
     "deskew_rotate": "rotate",
+    "rotated_valid_mask": "rotate",
+    "frame_rotation_matrix": "frames",
     "default_workers": "workers",
 }
 

@@ -71,3 +71,17 @@ def stage_to_objective_um(stage_xyz_um, angle_deg: float) -> tuple[float, float,
     # objective = Rᵀ · coverslip, with coverslip (Z, Y, X) = (sz, sy, sx)
     z, y, x = rotation.T @ np.array([sz, sy, sx])
     return (float(z), float(y), float(x))
+
+
+def frame_rotation_matrix(angle_deg: float, scan_axis: str = "x") -> np.ndarray:
+    """3×3 rotation taking objective-frame (z, y, x) µm vectors to the coverslip frame of a scan along
+    ``scan_axis``: about Y for scan axis x (:func:`objective_to_coverslip_matrix`), about X for scan axis y
+    (the same matrix with y and x swapped), as :func:`llsmflow.deskew.deskew_rotate` rotates the volume."""
+    rotation = objective_to_coverslip_matrix(angle_deg)
+    if scan_axis == "x":
+        return rotation
+    if scan_axis == "y":
+        swap = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+        return swap @ rotation @ swap
+    raise LlsmflowError(f"scan axis {scan_axis!r} is invalid; expected 'x' or 'y'")
+

@@ -279,3 +279,51 @@ def _deskew_rotate_reference(
         prefilter=False,
     )
     return out.astype(np.float32, copy=False), (out_um, out_um, out_um), origin
+
+
+def rotated_valid_mask(
+    raw_shape_zyx: tuple[int, int, int],
+    dz_um: float,
+    dx_um: float,
+    angle_deg: float,
+    dy_um: float | None = None,
+    output_voxel_um: float | None = None,
+    scan_axis: str = "x",
+    margin_px: int = 1,
+) -> np.ndarray:
+    """Where a :func:`deskew_rotate` volume holds data: True where its raw position lies inside the raw stack.
+
+    The rule is :func:`deskew_rotate`'s own (a voxel is inside when its raw plane and scan-axis column lie in
+    ``[0, n − 1]``); outside, the volume holds ``fill_value`` (the empty wedges of the coverslip frame). The
+    mask is the same for every row across the scan, so it is returned as a read-only broadcast view of one
+    plane (no memory per voxel). ``margin_px`` output voxels are dropped at the edge of the valid region
+    (erosion in the plane), as :func:`llsmflow.deskew.deskewed_valid_mask` does, to keep clear of the
+    interpolation at the border.
+
+    Returns
+    -------
+    numpy.ndarray
+        bool, of the shape :func:`deskew_rotate` gives for ``raw_shape_zyx``.
+    """
+    if scan_axis not in ("x", "y"):
+        raise LlsmflowError(f"scan axis {scan_axis!r} is invalid; expected 'x' or 'y'")
+    margin = int(margin_px)
+    if margin < 0:
+        raise LlsmflowError(f"margin_px={margin_px!r} is invalid; expected a non-negative number of pixels")
+    dy_um = dx_um if dy_um is None else dy_um
+    out_um = float(output_voxel_um or dx_um)
+    nz, ny, nx = (int(n) for n in raw_shape_zyx)
+    if scan_axis == "y":  # as deskew_rotate computes it: y and x swapped, the scan axis's pixel size dy
+        mask = rotated_valid_mask((nz, nx, ny), dz_um, dy_um, angle_deg, dx_um, out_um, "x", margin)
+        return mask.transpose(0, 2, 1)
+    out_shape, _, matrix, offset = _deskew_rotate_geometry(
+        (nz, ny, nx), float(dz_um), float(dx_um), float(angle_deg), float(dy_um), out_um
+    )
+    zz = np.arange(out_shape[0], dtype=float)[:, None]
+    xx = np.arange(out_shape[2], dtype=float)[None, :]
+    k = matrix[0, 0] * zz + matrix[0, 2] * xx + offset[0]
+    i = matrix[2, 0] * zz + matrix[2, 2] * xx + offset[2]
+    plane = (k >= 0) & (k <= nz - 1) & (i >= 0) & (i <= nx - 1)
+    if margin:
+        plane = ndimage.binary_erosion(plane, iterations=margin, border_value=1)
+    return np.broadcast_to(plane[:, None, :], out_shape)

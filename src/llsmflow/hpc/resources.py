@@ -449,7 +449,10 @@ def estimate(
         raise LlsmflowError("no raw data given; expected RAW_DIR or --configfile with raw_dir")
     if backend:
         config["deconvolution"]["backend"] = backend
-    acq = read_acquisition(raw_dir, config.get("metadata"), config["overrides"])
+    acq = read_acquisition(
+        raw_dir, config.get("metadata"), config["overrides"],
+        allow_missing_timepoints=(config.get("ingest") or {}).get("allow_missing_timepoints", False),
+    )
     profile_cores, groups = profile_settings(Path(profile) if profile else None)
     groups.update(group_sizes or {})
     sizes = volume_sizes(acq)

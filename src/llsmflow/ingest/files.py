@@ -112,6 +112,7 @@ def check_declared_vs_found(
     declared_timepoints: int | None,
     raw_dir: Path,
     metadata_path: Path,
+    allow_missing_timepoints: bool = False,
 ) -> int:
     """Check that the stacks found are exactly the declared tiles × channels × timepoints.
 
@@ -120,6 +121,10 @@ def check_declared_vs_found(
     time axis is ``timepoint × time_interval_s``, so a missing timepoint is not skipped silently: it would
     label every later frame with the wrong time. Each missing timepoint, channel or tile is named; stacks
     missing here and there are counted and the first ones named. Returns ``N``.
+
+    With ``allow_missing_timepoints`` (config ``ingest.allow_missing_timepoints``) a timepoint missing from
+    every tile and channel is accepted (:func:`missing_timepoints` lists them; the workflow records them and
+    keeps each frame's real time); a stack missing from only some tiles or channels is still an error.
     """
     meta_name = metadata_path.name
     unknown_tiles = sorted(set(samples["tile"]) - set(tiles))
@@ -151,7 +156,7 @@ def check_declared_vs_found(
         source = f"(stacks found for timepoints {_ranges(found_t)}; {meta_name} declares no 'timepoints')"
     whole = []
     missing_t = sorted(set(range(n_t)) - found_t)
-    if missing_t:
+    if missing_t and not allow_missing_timepoints:
         whole.append(f"timepoint(s) {_ranges(missing_t)} {source}")
     missing_c = sorted(set(range(n_channels)) - set(samples["channel"]))
     if missing_c:
@@ -160,12 +165,14 @@ def check_declared_vs_found(
     if missing_tiles:
         whole.append(f"tile(s) {', '.join(missing_tiles)} (declared in {meta_name})")
     if whole:
+        accept = ", or accept a gap with ingest.allow_missing_timepoints: true"
         raise LlsmflowError(
             f"no stack at all for {'; '.join(whole)}; expected a stack for every tile, channel and timepoint "
-            f"0..{n_t - 1} (the archive's time axis is timepoint × time_interval_s): copy the missing files",
+            f"0..{n_t - 1} (the archive's time axis is timepoint × time_interval_s): copy the missing files"
+            + (accept if missing_t and not allow_missing_timepoints else ""),
             raw_dir,
         )
-    expected = {(t, c, tp) for t in tiles for c in range(n_channels) for tp in range(n_t)}
+    expected = {(t, c, tp) for t in tiles for c in range(n_channels) for tp in sorted(found_t)}
     found = set(zip(samples["tile"], samples["channel"], samples["timepoint"], strict=True))
     missing = sorted(expected - found, key=lambda k: (k[2], k[1], k[0]))
     if missing:
@@ -178,6 +185,12 @@ def check_declared_vs_found(
             raw_dir,
         )
     return n_t
+
+
+def missing_timepoints(samples: pd.DataFrame, n_timepoints: int) -> list[int]:
+    """Timepoints ``0 … n_timepoints − 1`` without any stack (accepted only with
+    ``allow_missing_timepoints``)."""
+    return sorted(set(range(int(n_timepoints))) - {int(t) for t in samples["timepoint"]})
 
 
 def check_stacks(raw_dir: Path, samples: pd.DataFrame, expected_shape, metadata_path: Path) -> tuple:

@@ -20,7 +20,7 @@ from llsmflow.ingest.acquisition_json import (
     describe_json,
     load_acquisition_json,
 )
-from llsmflow.ingest.files import check_declared_vs_found, check_psfs, inside_raw_dir
+from llsmflow.ingest.files import check_declared_vs_found, check_psfs, inside_raw_dir, missing_timepoints
 from llsmflow.ingest.model import Acquisition
 
 #: How a missing field is given: the config key (``llsmflow init`` flag) or acquisition.json entry.
@@ -166,7 +166,14 @@ def check_volumes(raw_dir: Path, samples, expected, path: Path) -> tuple[int, in
 
 
 def read_instrument_acquisition(
-    raw_dir: Path, fmt: str, found_path: Path, metadata_path, overrides, check_files: bool, psf_geometry="auto"
+    raw_dir: Path,
+    fmt: str,
+    found_path: Path,
+    metadata_path,
+    overrides,
+    check_files: bool,
+    psf_geometry="auto",
+    allow_missing_timepoints: bool = False,
 ) -> Acquisition:
     """An instrument folder read into an :class:`Acquisition` (see the module docstring for precedence)."""
     from llsmflow.ingest.read import tile_table
@@ -196,7 +203,8 @@ def read_instrument_acquisition(
     tiles = tile_table(meta, angle, path)
     samples = reading.samples
     n_timepoints = check_declared_vs_found(
-        samples, list(tiles["tile"]), len(channels), meta.get("timepoints"), raw_dir, path
+        samples, list(tiles["tile"]), len(channels), meta.get("timepoints"), raw_dir, path,
+        allow_missing_timepoints,
     )
     samples = samples.sort_values(["timepoint", "channel", "tile"]).reset_index(drop=True)
     if check_files:
@@ -218,6 +226,7 @@ def read_instrument_acquisition(
         samples=samples,
         metadata=meta,
         declared_timepoints=n_timepoints,
+        missing_timepoints=missing_timepoints(samples, n_timepoints),
         instrument=reading.instrument,
         format=fmt,
     )

@@ -33,7 +33,9 @@ class Acquisition:
 
     ``declared_timepoints`` is the number of timepoints the metadata declares (``timepoints``), or, when it
     declares none, one more than the last timepoint found; every timepoint ``0 … declared_timepoints − 1``
-    has a stack in every tile and channel (checked by :func:`llsmflow.ingest.read_acquisition`).
+    has a stack in every tile and channel (checked by :func:`llsmflow.ingest.read_acquisition`), except the
+    ``missing_timepoints`` (missing from every tile and channel), accepted only with
+    ``read_acquisition(allow_missing_timepoints=True)`` (config ``ingest.allow_missing_timepoints``).
     """
 
     raw_dir: Path
@@ -50,6 +52,7 @@ class Acquisition:
     samples: pd.DataFrame
     metadata: dict = field(default_factory=dict)
     declared_timepoints: int | None = None
+    missing_timepoints: list[int] = field(default_factory=list)
     instrument: str = "generic"
     format: str = "acquisition.json"
 
@@ -65,6 +68,13 @@ class Acquisition:
     @property
     def timepoints(self) -> list[int]:
         return sorted(int(t) for t in self.samples["timepoint"].unique())
+
+    @property
+    def frame_times_s(self) -> list[float]:
+        """Real acquisition time (s) of each of :attr:`timepoints`: the earliest ``time_s`` of its stacks
+        (``timepoint × time_interval_s`` when the files give no time stamps)."""
+        first = self.samples.groupby("timepoint")["time_s"].min()
+        return [float(first.loc[t]) for t in self.timepoints]
 
     def sample_path(self, tile: str, channel: int, timepoint: int) -> Path:
         """Absolute path of the raw stack for (tile, channel, timepoint)."""

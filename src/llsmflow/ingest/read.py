@@ -24,6 +24,7 @@ from llsmflow.ingest.files import (
     check_stacks,
     inside_raw_dir,
     match_stacks,
+    missing_timepoints,
 )
 from llsmflow.ingest.model import Acquisition, tile_name
 
@@ -34,6 +35,7 @@ def read_acquisition(
     overrides: dict | None = None,
     check_files: bool = True,
     psf_geometry: str = "auto",
+    allow_missing_timepoints: bool = False,
 ) -> Acquisition:
     """Read an acquisition directory into an :class:`Acquisition`.
 
@@ -54,6 +56,10 @@ def read_acquisition(
     psf_geometry:
         The config's ``deconvolution.psf_geometry`` (``auto``, ``skewed``, ``objective``): the PSF check
         prepares each PSF as the workflow will (a skewed bead stack deskewed first).
+    allow_missing_timepoints:
+        The config's ``ingest.allow_missing_timepoints``: accept timepoints missing from every tile and
+        channel (listed in ``Acquisition.missing_timepoints``; each frame keeps its real time, ``time_s``)
+        instead of refusing them.
 
     Raises
     ------
@@ -75,7 +81,8 @@ def read_acquisition(
         from llsmflow.ingest.instrument import read_instrument_acquisition
 
         return read_instrument_acquisition(
-            raw_dir, fmt, found_path, metadata_path, overrides, check_files, psf_geometry
+            raw_dir, fmt, found_path, metadata_path, overrides, check_files, psf_geometry,
+            allow_missing_timepoints=allow_missing_timepoints,
         )
     metadata_path = found_path
     meta = load_acquisition_json(metadata_path)
@@ -120,7 +127,8 @@ def read_acquisition(
     pattern = compile_file_regex(meta, metadata_path)
     samples = match_stacks(raw_dir, pattern, {c["psf"] for c in channels})
     n_timepoints = check_declared_vs_found(
-        samples, list(tiles["tile"]), len(channels), meta.get("timepoints"), raw_dir, metadata_path
+        samples, list(tiles["tile"]), len(channels), meta.get("timepoints"), raw_dir, metadata_path,
+        allow_missing_timepoints,
     )
     samples = samples.sort_values(["timepoint", "channel", "tile"]).reset_index(drop=True)
     samples["time_s"] = samples["timepoint"] * interval
@@ -144,6 +152,7 @@ def read_acquisition(
         samples=samples,
         metadata=meta,
         declared_timepoints=n_timepoints,
+        missing_timepoints=missing_timepoints(samples, n_timepoints),
     )
 
 

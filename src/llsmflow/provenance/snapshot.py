@@ -266,7 +266,8 @@ def selected_inputs(config: dict) -> list[Path]:
     from llsmflow.ingest import read_acquisition
 
     acq = read_acquisition(
-        config["raw_dir"], config.get("metadata"), config.get("overrides") or {}, check_files=False
+        config["raw_dir"], config.get("metadata"), config.get("overrides") or {}, check_files=False,
+        allow_missing_timepoints=(config.get("ingest") or {}).get("allow_missing_timepoints", False),
     )
     files = [acq.raw_dir / p for p in acq.samples["path"]]
     files += [acq.psf_path(c) for c in range(len(acq.channels))]

@@ -290,6 +290,13 @@ def _tracks_section(
     return "\n".join(parts)
 
 
+def _tracking_skipped_note(acquisition: Mapping) -> str:
+    """Why no channel was tracked (one timepoint: ``tracking_skipped`` in the run's acquisition.json); ''
+    when tracking ran."""
+    reason = acquisition.get("tracking_skipped")
+    return f'<p class="tracking-skipped"><strong>Tracking skipped:</strong> {_e(reason)}.</p>' if reason else ""
+
+
 def _steps_section(records: list[dict], summary: list[dict]) -> str:
     parts = [
         '<h2 id="steps">Run time, memory and backend per step</h2>',
@@ -457,6 +464,7 @@ def render_report(
         _tiles_section([(t, c, Path(p)) for t, c, p in tile_pngs], names),
         _stitch_section(Path(mosaic_png) if mosaic_png else None, transforms, min_quality),
         _tracks_section({int(c): (Path(a), Path(b)) for c, (a, b) in track_pngs.items()}, track_notes, names),
+        _tracking_skipped_note(acquisition),
         _steps_section(step_records, step_summary),
         _provenance_section(provenance),
     ]

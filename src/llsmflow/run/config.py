@@ -228,6 +228,7 @@ def check_config(
         config["overrides"],
         check_files=check_files,
         psf_geometry=config["deconvolution"]["psf_geometry"],
+        allow_missing_timepoints=config["ingest"]["allow_missing_timepoints"],
     )
     return config
 

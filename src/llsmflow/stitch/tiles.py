@@ -220,9 +220,11 @@ def tile_from_deskewed(
         data, shape, voxel = volume.data, volume.data.shape, volume.voxel_size_um
     description = read_volume_description(path)
     offset = (0.0, 0.0, 0.0) if origin_is_volume else description.get("origin_offset_um", (0.0, 0.0, 0.0))
+    deskew_params = description.get("deskew")
+    if deskew_params and deskew_params.get("rotate"):
+        return _tile_from_rotated(path, key, nominal_origin_um, origin_is_volume, data, shape, voxel, description)
     origin = tuple(float(a + b) for a, b in zip(nominal_origin_um, offset, strict=True))
     valid = None
-    deskew_params = description.get("deskew")
     if deskew_params and "raw_shape_zyx" in description:
         scan_axis = deskew_params.get("scan_axis", "x")
         raw_shape = [int(n) for n in description["raw_shape_zyx"]]
@@ -254,6 +256,48 @@ def tile_from_deskewed(
         path=str(path),
         voxel_size_um=voxel,
         valid=valid,
+    )
+
+
+def _tile_from_rotated(path, key, nominal_origin_um, origin_is_volume, data, shape, voxel, description) -> Tile:
+    """:func:`tile_from_deskewed` for a volume deskewed and rotated to the coverslip frame (``deskew.rotate``).
+
+    The nominal origin is the objective-frame position the ingest step computes from the stage position
+    (:func:`llsmflow.deskew.stage_to_objective_um`); its inverse gives back the stage position, which *is*
+    the coverslip-frame position (Z normal to the coverslip, Y and X the stage axes) whichever the scan axis.
+    The file's ``origin_offset_um`` (coverslip frame) is then added. The validity mask is the rotated
+    volume's (:func:`llsmflow.deskew.rotated_valid_mask`): its empty wedges are not data.
+    """
+    from llsmflow.deskew.frames import objective_to_coverslip_matrix
+    from llsmflow.deskew.rotate import rotated_valid_mask
+
+    params = description["deskew"]
+    scan_axis = params.get("scan_axis", "x")
+    if origin_is_volume:
+        origin = tuple(float(v) for v in nominal_origin_um)
+    else:
+        rotated = objective_to_coverslip_matrix(params["angle_deg"]) @ np.asarray(nominal_origin_um, float)
+        offset = description.get("origin_offset_um", (0.0, 0.0, 0.0))
+        origin = tuple(float(a + b) for a, b in zip(rotated, offset, strict=True))
+    valid = None
+    if "raw_shape_zyx" in description:
+        valid = rotated_valid_mask(
+            tuple(int(n) for n in description["raw_shape_zyx"]),
+            params["dz_um"],
+            params["dx_um"],
+            params["angle_deg"],
+            dy_um=params.get("dy_um"),
+            output_voxel_um=voxel[2] if voxel is not None else None,
+            scan_axis=scan_axis,
+        )
+        if tuple(valid.shape) != tuple(shape):
+            raise LlsmflowError(
+                f"deskew metadata gives a rotated volume of shape {tuple(valid.shape)} but the data are "
+                f"{tuple(shape)}; expected a file written by llsmflow deskew --rotate",
+                path,
+            )
+    return Tile(
+        key=key, origin_um=origin, shape=tuple(shape), data=data, path=str(path), voxel_size_um=voxel, valid=valid
     )
 
 

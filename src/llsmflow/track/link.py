@@ -40,6 +40,25 @@ def _frames(volumes, n_frames) -> tuple[Iterable, int | None]:
     return iterator, n_frames
 
 
+def _frame_axis(frame_numbers, times_s, total):
+    """Checked ``(frame_numbers, times_s)``: each None or a strictly increasing sequence, one per frame."""
+    checked = []
+    for values, what, kind in ((frame_numbers, "frame_numbers", int), (times_s, "times_s", float)):
+        if values is None:
+            checked.append(None)
+            continue
+        try:
+            values = [kind(v) for v in values]
+        except (TypeError, ValueError):
+            raise LlsmflowError(f"{what} {values!r} is invalid; expected a sequence of numbers") from None
+        if total is not None and len(values) != total:
+            raise LlsmflowError(f"{what} has {len(values)} entries for {total} frames; expected one per frame")
+        if not all(np.isfinite(values)) or any(b <= a for a, b in zip(values[:-1], values[1:], strict=True)):
+            raise LlsmflowError(f"{what} {values} is invalid; expected finite, strictly increasing values")
+        checked.append(values)
+    return checked[0], checked[1]
+
+
 def track_particles(
     volumes,
     voxel_size_um,
@@ -54,6 +73,9 @@ def track_particles(
     progress: Callable[[int, int | None], object] | None = None,
     n_frames: int | None = None,
     separation_um=None,
+    *,
+    frame_numbers=None,
+    times_s=None,
 ) -> pd.DataFrame:
     """Detect particles in every frame and link them into tracks in physical units.
 
@@ -85,6 +107,13 @@ def track_particles(
         may be None for an iterator of unknown length).
     n_frames : int or None
         Number of frames; required with a callable, optional otherwise (limits an array's frames).
+    frame_numbers : sequence of int, optional
+        The acquisition's frame (timepoint) number of each volume, strictly increasing; default ``0, 1, …``.
+        A gap (timepoints missing from the acquisition) then counts as the frames it lasted: ``memory`` says
+        whether a particle may cross it, and the ``frame`` column holds these numbers.
+    times_s : sequence of float, optional
+        The real time (s) of each volume, strictly increasing: ``t_s`` is then taken from it instead of
+        ``frame × time_interval_s`` (which stays the nominal interval, e.g. for the statistics).
 
     Returns
     -------
@@ -102,6 +131,7 @@ def track_particles(
     origin = _origin3(origin_um)
     diameter_px(diameter_um, voxel)  # validate before the (long) detection loop
     frames, total = _frames(volumes, n_frames)
+    numbers, times = _frame_axis(frame_numbers, times_s, total)
 
     detections = []
     for index, vol in enumerate(frames):
@@ -119,12 +149,18 @@ def track_particles(
             )
         except LlsmflowError as exc:
             raise LlsmflowError(f"frame {index}: {exc.message}", exc.path) from exc
-        found.insert(0, "frame", np.full(len(found), index, dtype=np.int64))
+        number = index if numbers is None or index >= len(numbers) else numbers[index]
+        found.insert(0, "frame", np.full(len(found), number, dtype=np.int64))
         detections.append(found)
         if progress is not None:
             progress(index + 1, total)
     if not detections:
         raise LlsmflowError("no frames given; expected at least one ZYX volume")
+    for given, what in ((numbers, "frame_numbers"), (times, "times_s")):
+        if given is not None and len(given) != len(detections):
+            raise LlsmflowError(
+                f"{what} has {len(given)} entries for {len(detections)} frames; expected one per frame"
+            )
 
     features = pd.concat(detections, ignore_index=True)
     base = ["particle", "frame", "t_s", *POS_COLUMNS]
@@ -162,7 +198,11 @@ def track_particles(
     mapping = pd.Series(np.arange(len(first), dtype=np.int64), index=first.index)
     linked["particle"] = linked["particle"].map(mapping).astype(np.int64)
     linked["frame"] = linked["frame"].astype(np.int64)
-    linked["t_s"] = linked["frame"].to_numpy(dtype=np.float64) * dt
+    if times is None:
+        linked["t_s"] = linked["frame"].to_numpy(dtype=np.float64) * dt
+    else:
+        time_of = dict(zip(numbers if numbers is not None else range(len(times)), times, strict=True))
+        linked["t_s"] = linked["frame"].map(time_of).astype(np.float64)
     linked = linked[base + extra]
     # trackpy's default position names (voxels) beside the µm ones: its functions take the table as is
     return with_pixel_columns(linked.sort_values(["particle", "frame"], kind="stable").reset_index(drop=True))

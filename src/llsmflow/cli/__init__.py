@@ -54,6 +54,7 @@ def build_parser():
     from llsmflow.cli.run import register_run_commands
     from llsmflow.cli.stages import register_stage_commands
     from llsmflow.cli.status import register_status_commands
+    from llsmflow.cli.watch import register_watch_commands
 
     parser = argparse.ArgumentParser(prog="llsmflow", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"llsmflow {__version__}")
@@ -66,6 +67,7 @@ def build_parser():
     register_status_commands(sub)
     register_hpc_commands(sub)
     register_reproduce_commands(sub)
+    register_watch_commands(sub)
     return parser
 
 

@@ -92,6 +92,17 @@ def match_stacks(raw_dir: Path, pattern: re.Pattern, psf_names: set[str]) -> pd.
     return samples
 
 
+def only_stacks(samples: pd.DataFrame, only_files, raw_dir: Path) -> pd.DataFrame:
+    """The samples whose stack file is among ``only_files`` (names relative to ``raw_dir``; an acquisition
+    still being written, ``llsmflow watch``); all of them when ``only_files`` is None."""
+    if only_files is None:
+        return samples
+    kept = samples[samples["path"].isin(set(only_files))].reset_index(drop=True)
+    if kept.empty:
+        raise LlsmflowError("no complete stack yet; expected at least one to process", raw_dir)
+    return kept
+
+
 def _ranges(values) -> str:
     """``[1, 2, 3, 7]`` → ``'1–3, 7'``."""
     values = sorted(values)
@@ -112,6 +123,7 @@ def check_declared_vs_found(
     declared_timepoints: int | None,
     raw_dir: Path,
     metadata_path: Path,
+    partial: bool = False,
 ) -> int:
     """Check that the stacks found are exactly the declared tiles × channels × timepoints.
 
@@ -119,7 +131,8 @@ def check_declared_vs_found(
     (or, when it declares none, one more than the last timepoint found: a gap is still a gap). The archive's
     time axis is ``timepoint × time_interval_s``, so a missing timepoint is not skipped silently: it would
     label every later frame with the wrong time. Each missing timepoint, channel or tile is named; stacks
-    missing here and there are counted and the first ones named. Returns ``N``.
+    missing here and there are counted and the first ones named. Returns ``N``. ``partial``: an acquisition
+    still being written (``llsmflow watch``): stacks not written yet are not missing.
     """
     meta_name = metadata_path.name
     unknown_tiles = sorted(set(samples["tile"]) - set(tiles))
@@ -149,6 +162,8 @@ def check_declared_vs_found(
     else:
         n_t = max(found_t) + 1
         source = f"(stacks found for timepoints {_ranges(found_t)}; {meta_name} declares no 'timepoints')"
+    if partial:
+        return n_t
     whole = []
     missing_t = sorted(set(range(n_t)) - found_t)
     if missing_t:

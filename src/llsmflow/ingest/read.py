@@ -24,6 +24,7 @@ from llsmflow.ingest.files import (
     check_stacks,
     inside_raw_dir,
     match_stacks,
+    only_stacks,
 )
 from llsmflow.ingest.model import Acquisition, tile_name
 
@@ -34,6 +35,7 @@ def read_acquisition(
     overrides: dict | None = None,
     check_files: bool = True,
     psf_geometry: str = "auto",
+    only_files=None,
 ) -> Acquisition:
     """Read an acquisition directory into an :class:`Acquisition`.
 
@@ -54,6 +56,9 @@ def read_acquisition(
     psf_geometry:
         The config's ``deconvolution.psf_geometry`` (``auto``, ``skewed``, ``objective``): the PSF check
         prepares each PSF as the workflow will (a skewed bead stack deskewed first).
+    only_files:
+        An acquisition still being written (``llsmflow watch``): only the stack files named here (relative to
+        ``raw_dir``) are taken, and the stacks not written yet are not missing.
 
     Raises
     ------
@@ -75,7 +80,7 @@ def read_acquisition(
         from llsmflow.ingest.instrument import read_instrument_acquisition
 
         return read_instrument_acquisition(
-            raw_dir, fmt, found_path, metadata_path, overrides, check_files, psf_geometry
+            raw_dir, fmt, found_path, metadata_path, overrides, check_files, psf_geometry, only_files
         )
     metadata_path = found_path
     meta = load_acquisition_json(metadata_path)
@@ -118,9 +123,10 @@ def read_acquisition(
 
     tiles = tile_table(meta, angle, metadata_path)
     pattern = compile_file_regex(meta, metadata_path)
-    samples = match_stacks(raw_dir, pattern, {c["psf"] for c in channels})
+    samples = only_stacks(match_stacks(raw_dir, pattern, {c["psf"] for c in channels}), only_files, raw_dir)
     n_timepoints = check_declared_vs_found(
-        samples, list(tiles["tile"]), len(channels), meta.get("timepoints"), raw_dir, metadata_path
+        samples, list(tiles["tile"]), len(channels), meta.get("timepoints"), raw_dir, metadata_path,
+        partial=only_files is not None,
     )
     samples = samples.sort_values(["timepoint", "channel", "tile"]).reset_index(drop=True)
     samples["time_s"] = samples["timepoint"] * interval

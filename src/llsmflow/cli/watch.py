@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -11,7 +10,7 @@ from llsmflow.run.launch import DEFAULT_PROFILE
 
 
 def cmd_watch(args) -> int:
-    from llsmflow.cli.run import cluster_cores, config_overrides
+    from llsmflow.cli.run import cluster_cores
     from llsmflow.hpc.profiles import profile_options
     from llsmflow.run.config import check_config, effective_config, find_workflow_root
     from llsmflow.run.launch import failure_reason, launch, profile_dir, snakemake_command
@@ -21,7 +20,7 @@ def cmd_watch(args) -> int:
 
     root = find_workflow_root(args.workflow_dir)
     configfile = Path(args.configfile or root / "config" / "config.yaml")
-    overrides = config_overrides(args.snakemake_args)
+    overrides: dict = {}  # no extra Snakemake arguments: every setting is in the config file
     config = effective_config(configfile, root, overrides)
     raw_dir = Path(args.raw_dir)
     if not raw_dir.is_dir():
@@ -51,7 +50,7 @@ def cmd_watch(args) -> int:
         status.line(line if len(line) < 300 else line[:297] + "…")
 
     def run_round(targets: list[str]) -> int:
-        command = snakemake_command(root, configfile, profile, args.cores, [*args.snakemake_args, *targets])
+        command = snakemake_command(root, configfile, profile, args.cores, targets)
         outcome = launch(command, config, configfile, root, False, echo=lambda line: None, slurm=slurm)
         if outcome.status != 0:
             reason = failure_reason(config, outcome)
@@ -62,7 +61,7 @@ def cmd_watch(args) -> int:
     def run_final() -> int:
         full = check_config(configfile, root, overrides=overrides)  # every stack's header and PSF, as `run`
         cores = cluster_cores(full, profile, args.cores)
-        command = snakemake_command(root, configfile, profile, cores, args.snakemake_args)
+        command = snakemake_command(root, configfile, profile, cores, [])
         outcome = launch(command, full, configfile, root, False, echo=echo, slurm=slurm)
         if outcome.status != 0:
             reason = failure_reason(full, outcome)
@@ -114,5 +113,4 @@ def register_watch_commands(sub) -> None:
         "chosen automatically for NFS, SMB, Lustre, GPFS, BeeGFS, CephFS)"
     )
     p.add_argument("--workflow-dir", default=None, help="llsmflow checkout holding the Snakefile")
-    p.add_argument("snakemake_args", nargs=argparse.REMAINDER, help="after --: extra Snakemake arguments")
     p.set_defaults(func=cmd_watch)

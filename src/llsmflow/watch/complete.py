@@ -6,7 +6,8 @@ without change, and is wrong for such a file. Here a file is COMPLETE when, afte
 settle time (:mod:`llsmflow.watch.folder`), it also parses to the plane count its metadata declares:
 
 * TIFF (generic ``acquisition.json`` stacks, Janelia/3i stacks, OME-TIFF/ImageJ hyperstacks): the chain of
-  image file directories (one per plane) is walked and every plane's pixel data must lie inside the file;
+  image file directories (one per plane) is walked and every plane's directory, tag values and pixel data
+  must lie inside the file;
   the number of planes must equal the declared one: the acquisition metadata's ``raw_shape_zyx``, else the
   Janelia ``Settings.txt`` (planes of the channel's ``S PZT``/``Z PZT`` line), else what the file's own
   first page declares (tifffile's shaped description, ImageJ's ``images=``, OME-XML). A TIFF that declares
@@ -98,14 +99,16 @@ def tiff_state(path: str | Path, declared_planes: int | None = None) -> tuple[bo
     try:
         with _quiet("tifffile"), tifffile.TiffFile(path) as tif:
             pages = tif.pages
-            if hasattr(pages, "useframes"):
-                pages.useframes = True  # planes as lightweight frames: offsets, no tag parsing beyond them
             count = len(pages)
+            header = tif.tiff
             for index in range(count):
                 page = pages[index]
-                for offset, length in zip(page.dataoffsets, page.databytecounts, strict=False):
-                    if offset + length > size:
-                        return False, f"plane {index + 1} of {count} ends beyond the {size} bytes written"
+                # the plane's directory (tag count, tags, next offset), its tags' values and its pixel data
+                extents = [(page.offset, header.tagnosize + len(page.tags) * header.tagsize + header.offsetsize)]
+                extents += [(tag.valueoffset, tag.valuebytecount) for tag in page.tags.values()]
+                extents += list(zip(page.dataoffsets, page.databytecounts, strict=False))
+                if any(offset + length > size for offset, length in extents):
+                    return False, f"plane {index + 1} of {count} ends beyond the {size} bytes written"
             declared = declared_planes if declared_planes is not None else _declared_by_file(tif)
     except Exception as error:  # noqa: BLE001 - tifffile raises many kinds on a half-written file
         return False, f"not a complete TIFF yet ({type(error).__name__}: {error})"

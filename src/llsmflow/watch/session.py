@@ -185,7 +185,8 @@ class Watch:
     def _update(self, acq) -> None:
         names = set(self.folder.complete())
         stacks = [] if acq is None else list(acq.samples.itertuples(index=False))
-        self.counts.seen = len(self.folder.files) - (0 if acq is None else len(acq.channels))
+        psfs = set() if acq is None else {acq.psf_path(c).name for c in range(len(acq.channels))}
+        self.counts.seen = len(set(self.folder.files) - psfs)
         self.counts.complete = len(stacks)
         processed = 0
         for row in stacks:

@@ -1,0 +1,380 @@
+"""`llsmflow watch`: processing while an acquisition is written (docs/watch.md).
+
+An acquisition simulator writes the tiny synthetic acquisition (`llsmflow synth`) into a folder the way
+instruments do: the metadata and PSFs first, then one stack at a time, plane by plane, with pauses, one
+stack stopped half-way (longer than the settle time) and completed later. Against it:
+
+* the completeness checks (TIFF in llsmflow-synthetic and Janelia naming, CZI from a real Zeiss file) call a
+  file complete only when it holds every declared plane, at every byte length it goes through;
+* one watch session, stopped with Ctrl-C mid-stream and restarted, processes every volume during the
+  acquisition, exactly once (finished Snakemake jobs counted over both sessions), never lets the workflow open
+  a raw file before it is complete (every open of a raw file by any workflow process recorded by an audit
+  hook with the file's size at that moment), and ends with results equal to a batch run of the same data
+  (the `tiny_run` fixture) within `llsmflow reproduce`'s tolerances.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from tests.conftest import LLSMFLOW, REAL_DATA, REPO, workflow_config, write_workflow_config
+
+SRC = REPO / "src"
+SETTLE_S = 0.8
+
+# Every open of a file under $LLSMFLOW_TEST_RAW, by any Python process that imports this site hook: pid,
+# command line, path and the file's size at that moment.
+AUDIT_HOOK = '''
+import os, sys
+_log, _raw = os.environ.get("LLSMFLOW_TEST_OPEN_LOG"), os.environ.get("LLSMFLOW_TEST_RAW")
+if _log and _raw:
+    _fd = os.open(_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    _busy = []
+
+    def _hook(event, args):
+        if event != "open" or _busy or not isinstance(args[0], (str, bytes, os.PathLike)):
+            return
+        _busy.append(1)
+        try:
+            path = os.path.abspath(os.fsdecode(args[0]))
+            if path.startswith(_raw + os.sep):
+                try:
+                    size = os.stat(path).st_size
+                except OSError:
+                    size = -1
+                command = " ".join(sys.argv)[:300].replace("\\t", " ").replace("\\n", " ")
+                os.write(_fd, f"{os.getpid()}\\t{command}\\t{path}\\t{size}\\n".encode())
+        finally:
+            _busy.pop()
+
+    sys.addaudithook(_hook)
+'''
+
+
+# ---------------------------------------------------------------------------------------------- simulator
+
+
+class Instrument(threading.Thread):
+    """Writes ``stacks`` (names in ``source``) into ``raw`` plane by plane, ``plane_s`` apart, one file at a
+    time, pausing ``pause_s`` after every ``pause_every`` files; the stack ``truncated`` is stopped at 40 %
+    and completed after the next two stacks. Records each stack's final size and when its last byte was
+    written (``done``: name -> epoch s)."""
+
+    def __init__(self, source: Path, raw: Path, stacks: list[str], truncated: str | None = None,
+                 planes: int = 32, plane_s: float = 0.02, pause_s: float = 1.5, pause_every: int = 4,
+                 gate: threading.Event | None = None):
+        super().__init__(daemon=True)
+        self.source, self.raw, self.stacks, self.truncated = source, raw, stacks, truncated
+        self.planes, self.plane_s, self.pause_s, self.pause_every = planes, plane_s, pause_s, pause_every
+        self.gate = gate
+        self.done: dict[str, float] = {}
+        self.sizes = {name: (source / name).stat().st_size for name in stacks}
+        self.error: BaseException | None = None
+
+    def _write(self, name: str, start: float, stop: float) -> None:
+        data = (self.source / name).read_bytes()
+        a, b = int(len(data) * start), int(len(data) * stop)
+        step = max(1, len(data) // self.planes)
+        with open(self.raw / name, "ab") as out:
+            for offset in range(a, b, step):
+                out.write(data[offset : min(offset + step, b)])
+                out.flush()
+                time.sleep(self.plane_s)
+        if stop == 1.0:
+            self.done[name] = (self.raw / name).stat().st_mtime
+
+    def run(self) -> None:
+        try:
+            held = None
+            for index, name in enumerate(self.stacks):
+                if self.gate is not None and index == len(self.stacks) // 2:
+                    self.gate.wait(120)  # the test restarts the watcher here
+                if name == self.truncated:
+                    self._write(name, 0.0, 0.4)
+                    held = [name, 2]
+                    continue
+                self._write(name, 0.0, 1.0)
+                if held:
+                    held[1] -= 1
+                    if held[1] == 0:
+                        time.sleep(2.5 * SETTLE_S)  # the half-written stack stays still longer than settle
+                        self._write(held[0], 0.4, 1.0)
+                        held = None
+                if (index + 1) % self.pause_every == 0:
+                    time.sleep(self.pause_s)
+            if held:
+                self._write(held[0], 0.4, 1.0)
+        except BaseException as error:  # noqa: BLE001 - reported by the test
+            self.error = error
+
+
+def start_acquisition(source_raw: Path, raw: Path, stacks: list[str], **kwargs) -> Instrument:
+    """Metadata and PSFs first (written before the acquisition starts), then the stacks by the simulator."""
+    raw.mkdir(parents=True)
+    for path in source_raw.iterdir():
+        if path.name not in stacks:
+            shutil.copy2(path, raw / path.name)
+    instrument = Instrument(source_raw, raw, stacks, **kwargs)
+    instrument.start()
+    return instrument
+
+
+def synthetic_stacks(raw: Path) -> list[str]:
+    """The stacks of a synthetic acquisition in acquisition order: timepoint, channel, tile."""
+    meta = json.loads((raw / "acquisition.json").read_text())
+    pattern = re.compile(meta["file_regex"])
+    psfs = {c["psf"] for c in meta["channels"]}
+    stacks = [p.name for p in raw.iterdir() if pattern.match(p.name) and p.name not in psfs]
+
+    def key(name):
+        groups = pattern.match(name).groupdict()
+        return int(groups["timepoint"]), int(groups["channel"]), name
+
+    return sorted(stacks, key=key)
+
+
+# ---------------------------------------------------------------------------------------------- checks
+
+
+def test_tiff_is_complete_only_with_every_declared_plane(tmp_path):
+    """A TIFF at every prefix length of its bytes: incomplete (never an error) unless every plane is there
+    (only trailing bytes that no plane uses may be missing: tifffile writes padding there); the declared
+    count wins over the file's own when they disagree."""
+    from llsmflow.watch.complete import file_state
+
+    whole = tmp_path / "whole.tif"
+    volume = np.arange(16 * 8 * 8, dtype=np.uint16).reshape(16, 8, 8)
+    tifffile.imwrite(whole, volume, photometric="minisblack")
+    data = whole.read_bytes()
+    part = tmp_path / "part.tif"
+    called_complete = []
+    for length in sorted({*range(0, len(data), 11), *range(len(data) - 40, len(data))}):
+        part.write_bytes(data[:length])
+        complete = file_state(part, 16)[0]
+        assert file_state(part)[0] is complete, length  # the file's own shaped description declares 16
+        if complete:
+            called_complete.append(length)
+            np.testing.assert_array_equal(tifffile.imread(part), volume)
+    assert len(called_complete) <= 16, called_complete  # the padding after the last plane's directory
+    assert file_state(whole, 16) == (True, "16 plane(s) as declared")
+    assert file_state(whole)[0] is True
+    assert file_state(whole, 17) == (False, "16 plane(s) written of 17 declared")
+
+
+def test_czi_is_complete_only_whole():
+    """A real Zeiss CZI (its directory written first, attachments last) cut at many lengths: never complete
+    before its last byte."""
+    from llsmflow.watch.complete import file_state
+
+    source = REAL_DATA / "488_PSF.czi"
+    if not source.is_file():
+        pytest.skip(f"real CZI not found at {source}")
+    data = source.read_bytes()
+    out = Path(os.environ.get("TMPDIR", "/tmp")) / f"llsmflow-watch-{os.getpid()}.czi"
+    try:
+        for length in [*range(0, len(data), len(data) // 23), len(data) - 1]:
+            out.write_bytes(data[:length])
+            assert file_state(out)[0] is False, length
+        out.write_bytes(data)
+        assert file_state(out) == (True, "40 plane(s) as declared")
+    finally:
+        out.unlink(missing_ok=True)
+
+
+def test_janelia_folder_written_plane_by_plane(tmp_path, tiny_acquisition):
+    """Janelia/3i naming: the planes each stack must hold come from ``<cell>_Settings.txt``; the folder
+    follower, fed while the simulator writes (one stack stopped half-way for longer than the settle time),
+    calls each stack complete once, after its last byte, and never the half-written one before."""
+    from llsmflow.watch.folder import Folder
+    from llsmflow.watch.session import declared_planes_of
+
+    settings = (REAL_DATA / "janelia" / "sample_Settings.txt")
+    if not settings.is_file():
+        pytest.skip(f"real Janelia Settings.txt not found at {settings}")
+    source = tmp_path / "source"
+    source.mkdir()
+    text = settings.read_text(encoding="utf-8", errors="replace")
+    # the tiny stacks have 32 planes: the Settings.txt says so (the real one: 61)
+    text = re.sub(r"(S PZT Offset, Interval \(um\), # of Pixels for Excitation \(\d\) :\t\S+\t\S+\t)\d+",
+                  r"\g<1>32", text)
+    (source / "cell1_Settings.txt").write_text(text, encoding="utf-8")
+    synth = sorted((tiny_acquisition / "raw").glob("*000x_000y*.tif"))[:4]
+    stacks = []
+    for t, path in enumerate(synth):
+        c = t % 2
+        rel = (t // 2) * 4017 + c * 9
+        name = f"cell1_ch{c}_stack{t // 2:04d}_{(488, 642)[c]}nm_{rel:07d}msec_{8100000 + rel:010d}msecAbs.tif"
+        shutil.copy(path, source / name)
+        stacks.append(name)
+    raw = tmp_path / "raw"
+    instrument = start_acquisition(source, raw, stacks, truncated=stacks[1], pause_every=2, pause_s=0.5)
+    declared = declared_planes_of(raw, {"metadata": None})
+    assert {declared(n) for n in stacks} == {32}
+    folder = Folder(raw, SETTLE_S, declared)
+    found_at = {}
+    while instrument.is_alive() or len(found_at) < len(stacks):
+        for entry in folder.scan():
+            found_at[entry.name] = time.time()
+            assert entry.size == instrument.sizes[entry.name], entry.name
+            assert entry.name in instrument.done, f"{entry.name} called complete before its last byte"
+        time.sleep(0.1)
+        assert time.time() < instrument.done.get(stacks[-1], time.time()) + 30
+    assert instrument.error is None
+    assert sorted(found_at) == sorted(stacks)
+    assert all(found_at[n] >= instrument.done[n] + SETTLE_S for n in stacks)
+
+
+# ---------------------------------------------------------------------------------------------- the session
+
+
+def finished_jobs(run_dir: Path) -> list[tuple[str, str]]:
+    """``(rule, wildcards)`` of every job that finished, over every Snakemake run logged in ``run_dir``."""
+    jobs = []
+    for log in sorted((run_dir / ".snakemake" / "log").glob("*.snakemake.log")):
+        started, finished, rule, current = {}, [], None, None
+        for line in log.read_text(errors="replace").splitlines():
+            text = line.strip()
+            match = re.match(r"^(?:local)?rule (\w+):$", text)
+            if match:
+                rule, current = match.group(1), None
+            elif rule and text.startswith("jobid:"):
+                current = text.split()[1]
+                started[current] = [rule, ""]
+            elif current and text.startswith("wildcards:"):
+                started[current][1] = text[len("wildcards:") :].strip()
+            match = re.match(r"^Finished jobid: (\d+)", text)
+            if match:
+                finished.append(match.group(1))
+        jobs += [tuple(started[j]) for j in finished if j in started]
+    return jobs
+
+
+@pytest.fixture(scope="module")
+def watched(tmp_path_factory, tiny_run):
+    """One acquisition written by the simulator and watched: watch #1 stopped with Ctrl-C mid-stream,
+    watch #2 started, which finishes it (final run). Same data and config as ``tiny_run``."""
+    base = tmp_path_factory.mktemp("watch")
+    raw = base / "raw"
+    source = tiny_run.acquisition / "raw"
+    stacks = synthetic_stacks(source)
+    config = workflow_config("tiny", raw)
+    config["deconvolution"]["iterations"] = tiny_run.config["deconvolution"]["iterations"]
+    run_dir = base / "run"
+    config_path = write_workflow_config(run_dir, config)
+    hook = base / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(AUDIT_HOOK)
+    opens = base / "opens.tsv"
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(hook), str(SRC)]),
+        LLSMFLOW_TEST_OPEN_LOG=str(opens),
+        LLSMFLOW_TEST_RAW=str(raw.resolve()),
+    )
+    command = [
+        str(LLSMFLOW), "watch", str(raw), "--configfile", str(config_path), "--workflow-dir", str(REPO),
+        "--cores", "2", "--settle", str(SETTLE_S), "--idle-timeout", "120",
+    ]
+    gate = threading.Event()
+    instrument = start_acquisition(source, raw, stacks, truncated=stacks[2], gate=gate)
+    logs = []
+
+    def start():
+        out = open(base / f"watch{len(logs) + 1}.log", "w")
+        logs.append(out.name)
+        return subprocess.Popen(command, cwd=run_dir, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+    first = start()
+    deadline = time.time() + 300
+    steps = run_dir / "work" / "tiny" / "steps" / "deconvolve"
+    while len(list(steps.glob("*.json"))) < 2 and first.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    os.killpg(first.pid, signal.SIGINT)  # Ctrl-C in the terminal: the watcher and its Snakemake
+    first_status = first.wait(120)
+    stopped_at = time.time()
+    gate.set()
+    second = start()
+    second_status = second.wait(600)
+    instrument.join(60)
+    return {
+        "run_dir": run_dir, "raw": raw, "stacks": stacks, "instrument": instrument, "opens": opens,
+        "statuses": (first_status, second_status), "logs": [Path(p).read_text() for p in logs],
+        "stopped_at": stopped_at, "config": config,
+    }
+
+
+def test_watch_restarted_mid_stream_finishes(watched):
+    first, second = watched["statuses"]
+    assert watched["instrument"].error is None
+    assert first == 130, watched["logs"][0][-3000:]
+    assert "run `llsmflow watch` again to continue" in watched["logs"][0]
+    assert second == 0, watched["logs"][1][-5000:]
+    assert "acquisition ended (every declared stack is complete and processed)" in watched["logs"][1]
+    assert "processed 12" in watched["logs"][1]
+
+
+def test_no_incomplete_file_is_read_by_the_workflow(watched):
+    """Every open of a raw file by a workflow process (Snakemake parsing the acquisition, every job) saw the
+    file at its final size; the watcher itself did look at partial files (headers only)."""
+    sizes = {watched["raw"].resolve() / n: s for n, s in watched["instrument"].sizes.items()}
+    workflow, watcher_partial = [], 0
+    for line in watched["opens"].read_text().splitlines():
+        pid, command, path, size = line.split("\t")
+        final = sizes.get(Path(path))
+        if final is None:
+            continue  # metadata, PSFs: written before the acquisition
+        if " watch " in f" {command} ":
+            watcher_partial += int(size) != final
+            continue
+        workflow.append((command, path, int(size), final))
+    assert watcher_partial > 0  # the checks did meet half-written files
+    stacks_read = {p for _, p, _, _ in workflow}
+    assert len(stacks_read) == len(sizes)  # every stack was read by the workflow …
+    early = [(c[-60:], Path(p).name, s, f) for c, p, s, f in workflow if s != f]
+    assert early == []  # … and never before it was complete
+
+
+def test_every_volume_processed_once_during_the_acquisition(watched):
+    jobs = finished_jobs(watched["run_dir"])
+    counts = {}
+    for job in jobs:
+        counts[job] = counts.get(job, 0) + 1
+    for rule in ("deskew", "deconvolve", "fuse", "register", "prepare_psf", "qc_tile", "archive", "track"):
+        ran = {k: n for k, n in counts.items() if k[0] == rule}
+        assert ran, rule
+        assert set(ran.values()) == {1}, (rule, ran)
+    assert len([k for k in counts if k[0] == "deconvolve"]) == 12
+    assert len([k for k in counts if k[0] == "fuse"]) == 6
+    # processing happened while the acquisition was written: most volumes were deconvolved before the
+    # instrument wrote its last stack
+    work = watched["run_dir"] / "work" / "tiny" / "steps" / "deconvolve"
+    last_byte = max(watched["instrument"].done.values())
+    early = [p for p in work.glob("*.json") if p.stat().st_mtime < last_byte]
+    assert len(early) >= 6, (len(early), watched["logs"][1][-3000:])
+
+
+def test_results_equal_a_batch_run(watched, tiny_run):
+    """Every output the batch run recorded (archive arrays, tracks, previews, …) compared as `llsmflow
+    reproduce` compares them: identical or within its tolerances."""
+    from llsmflow.provenance.reproduce import compare_outputs
+
+    batch = tiny_run.run_dir / "results" / "tiny"
+    record = json.loads((batch / "provenance" / "run-record.json").read_text())
+    moved = {str(watched["raw"].resolve()): str((tiny_run.acquisition / "raw").resolve()),
+             str(watched["raw"]): str(tiny_run.acquisition / "raw")}
+    results = compare_outputs(record, batch, watched["run_dir"] / "results" / "tiny", moved)
+    bad = [(r.path, r.status, r.detail) for r in results if r.status not in ("identical", "within tolerance")]
+    assert results and bad == []

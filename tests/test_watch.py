@@ -291,10 +291,10 @@ def watched(tmp_path_factory, tiny_run):
     instrument = start_acquisition(source, raw, stacks, truncated=stacks[2], gate=gate)
     logs = []
 
-    def start():
+    def start(*extra):
         out = open(base / f"watch{len(logs) + 1}.log", "w")
         logs.append(out.name)
-        return subprocess.Popen(command, cwd=run_dir, env=env, stdout=out, stderr=subprocess.STDOUT,
+        return subprocess.Popen([*command, *extra], cwd=run_dir, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
 
     first = start()
@@ -302,11 +302,13 @@ def watched(tmp_path_factory, tiny_run):
     steps = run_dir / "work" / "tiny" / "steps" / "deconvolve"
     while len(list(steps.glob("*.json"))) < 2 and first.poll() is None and time.time() < deadline:
         time.sleep(0.2)
+    if first.poll() is not None:
+        pytest.fail(f"watch #1 ended by itself (exit {first.returncode}):\n{Path(logs[0]).read_text()[-4000:]}")
     os.killpg(first.pid, signal.SIGINT)  # Ctrl-C in the terminal: the watcher and its Snakemake
     first_status = first.wait(120)
     stopped_at = time.time()
     gate.set()
-    second = start()
+    second = start("--poll")  # the restart follows the folder as on a network share
     second_status = second.wait(600)
     instrument.join(60)
     return {
@@ -321,6 +323,10 @@ def test_watch_restarted_mid_stream_finishes(watched):
     assert watched["instrument"].error is None
     assert first == 130, watched["logs"][0][-3000:]
     assert "run `llsmflow watch` again to continue" in watched["logs"][0]
+    # the half-written stack was seen stopped and not complete, and waited for
+    stalled = watched["stacks"][2]
+    assert f"{stalled} stopped growing but is not complete" in watched["logs"][0]
+    assert "(polling)" in watched["logs"][1]
     assert second == 0, watched["logs"][1][-5000:]
     assert "acquisition ended (every declared stack is complete and processed)" in watched["logs"][1]
     assert "processed 12" in watched["logs"][1]

@@ -128,7 +128,7 @@ class Folder:
                 newly.append(entry)
             else:
                 if entry.state != "stalled":
-                    log.info("llsmflow watch: %s stopped growing but is not complete: %s", name, why)
+                    log.warning("llsmflow watch: %s stopped growing but is not complete (%s); waiting", name, why)
                 entry.state = "stalled"
         return newly
 

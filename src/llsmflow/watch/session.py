@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -158,6 +159,7 @@ class Watch:
         self.failed: set[str] = set()
         self.last_change = time.time()
         self._acq_error = None
+        self.lock = threading.Lock()  # the folder's states: the scanner thread writes them
 
     # ------------------------------------------------------------------ the acquisition as it is so far
     def acquisition(self, complete: list[str]):
@@ -203,9 +205,10 @@ class Watch:
     # ------------------------------------------------------------------ one round
     def round(self) -> bool:
         """Run the workflow on the targets of what is complete now; whether a round ran."""
-        complete = self.folder.complete()
-        acq = self.acquisition(complete)
-        self._update(acq)
+        with self.lock:
+            complete = self.folder.complete()
+            acq = self.acquisition(complete)
+            self._update(acq)
         if acq is None:
             return False
         plan = plan_round(acq, set(complete), self.layout, self.failed)
@@ -230,7 +233,8 @@ class Watch:
                 f"llsmflow watch: round {self.counts.rounds} failed (exit {status}); its volumes are left to the "
                 "final run, which names the error"
             )
-        self._update(acq)
+        with self.lock:
+            self._update(acq)
         self.counts.state = "watching"
         self.status.show(self.counts)
         return True
@@ -242,31 +246,50 @@ class Watch:
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> int:
-        """Watch until the acquisition ends, then run the final (batch) run; its exit status."""
+        """Watch until the acquisition ends, then run the final (batch) run; its exit status.
+
+        The folder is scanned by a thread of its own, also while a round runs, so that a file's completeness
+        (and a stalled file) is seen when it happens, not after the round."""
         events = Events(self.raw_dir, self.poll, self.poll_interval_s)
         kind = "polling" if events.polling else "file system events"
         self.status.line(f"llsmflow watch: following {self.raw_dir} ({kind}); Ctrl-C ends the acquisition")
-        events.start()
-        reason = None
-        try:
-            tick = max(0.05, min(1.0, self.folder.settle_s / 4))
-            while reason is None:
+        tick = max(0.05, min(1.0, self.folder.settle_s / 4))
+        stop, scanned = threading.Event(), threading.Event()
+
+        def scanner() -> None:
+            while not stop.is_set():
                 events.wake.wait(tick)
                 changed = events.take()
-                sizes = {n: (f.size, f.mtime_ns) for n, f in self.folder.files.items()}
-                self.folder.scan()
-                if changed or sizes != {n: (f.size, f.mtime_ns) for n, f in self.folder.files.items()}:
-                    self.last_change = time.time()
+                with self.lock:
+                    before = {n: (f.size, f.mtime_ns) for n, f in self.folder.files.items()}
+                    self.folder.scan()
+                    if changed or before != {n: (f.size, f.mtime_ns) for n, f in self.folder.files.items()}:
+                        self.last_change = time.time()
+                scanned.set()
+
+        events.start()
+        thread = threading.Thread(target=scanner, name="llsmflow-watch-scan", daemon=True)
+        thread.start()
+        reason = None
+        try:
+            while reason is None:
+                scanned.wait(tick * 4)
+                scanned.clear()
                 self.round()
                 self.status.show(self.counts)
-                if self.finished() and not self.folder.pending():
+                with self.lock:
+                    pending = self.folder.pending()
+                if self.finished() and not pending:
                     reason = "every declared stack is complete and processed"
                 elif time.time() - self.last_change > self.idle_timeout_s:
                     reason = f"no change for {self.idle_timeout_s:g} s (watch.idle_timeout_s)"
         except KeyboardInterrupt:
-            self.folder.scan()
-            acq = self.acquisition(self.folder.complete())
-            self._update(acq)
+            stop.set()
+            thread.join(timeout=10)
+            with self.lock:
+                self.folder.scan()
+                acq = self.acquisition(self.folder.complete())
+                self._update(acq)
             c = self.counts
             if not (c.declared and c.complete >= c.declared):
                 self.status.line(
@@ -276,6 +299,7 @@ class Watch:
                 raise
             reason = "interrupted, every declared stack complete"
         finally:
+            stop.set()
             events.stop()
         self.counts.state = "final run"
         self.status.line(f"llsmflow watch: acquisition ended ({reason}); final run")

@@ -400,3 +400,57 @@ def test_watch_refuses_a_config_of_another_folder(tmp_path, tiny_acquisition):
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("llsmflow watch: error: ") and str(other) in lines[0]
     assert str(config_path) in lines[0] and "expected the config of this acquisition" in lines[0]
+
+
+def test_append_timepoint_is_readable_at_every_moment(tmp_path):
+    """A reader polling the image while timepoints are appended sees, at every level, only whole timepoints
+    (each filled with its own value, never the fill value), and the pyramid matches the writer's."""
+    import zarr
+
+    from llsmflow.archive.append import append_timepoint
+    from llsmflow.archive.ome_zarr import write_ome_zarr
+
+    path = tmp_path / "live.ome.zarr"
+    shape = (1, 8, 64, 64)
+    write_ome_zarr(path, np.full((1, *shape), 1, np.float32), (0.5, 0.1, 0.1), 2.0, ["a"],
+                   chunks_zyx=(8, 32, 32), n_levels=2)
+    errors, reads, stop = [], [0], threading.Event()
+
+    def reader():
+        while not stop.is_set():
+            for level in ("s0", "s1"):
+                try:
+                    array = zarr.open_array(str(path / level), mode="r")
+                    last = array.shape[0] - 1
+                    values = np.unique(array[last])
+                except Exception as error:  # noqa: BLE001 - every failure is one to report
+                    errors.append(repr(error))
+                    continue
+                if values.tolist() != [last + 1]:
+                    errors.append(f"{level} t={last}: {values[:5]}")
+                reads[0] += 1
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    for t in range(1, 9):
+        assert append_timepoint(path, np.full(shape, t + 1, np.float32)) == t + 1
+    stop.set()
+    thread.join(10)
+    assert errors == [] and reads[0] > 10
+    s0 = zarr.open_array(str(path / "s0"), mode="r")
+    s1 = zarr.open_array(str(path / "s1"), mode="r")
+    assert s0.shape[0] == s1.shape[0] == 9
+    np.testing.assert_array_equal(s1[5], np.full(s1.shape[1:], 6, np.float32))
+
+
+def test_live_archive_grew_to_the_batch_archive(watched, tiny_run):
+    """The live archive (grown by timepoints during the acquisition) holds what the batch run's archive
+    holds, within `llsmflow reproduce`'s array tolerance."""
+    from llsmflow.archive.read import read_ome_zarr
+    from llsmflow.provenance.reproduce import RTOL, relative_difference
+
+    live, _ = read_ome_zarr(watched["run_dir"] / "work" / "tiny" / "watch" / "live.ome.zarr")
+    batch, _ = read_ome_zarr(tiny_run.run_dir / "results" / "tiny" / "tiny.ome.zarr")
+    assert live.shape == batch.shape
+    assert relative_difference(np.asarray(live), np.asarray(batch)) <= RTOL
+    assert "live archive" in watched["logs"][1] and "3 timepoint(s)" in watched["logs"][1]

@@ -235,9 +235,23 @@ class Watch:
             )
         with self.lock:
             self._update(acq)
+        if plan.timepoints:
+            self.grow_live(acq)
         self.counts.state = "watching"
         self.status.show(self.counts)
         return True
+
+    def grow_live(self, acq) -> None:
+        """Append the newly fused timepoints to the live archive (:mod:`llsmflow.watch.live`); a failure there
+        is reported and leaves processing going (the final run writes the dataset archive anyway)."""
+        from llsmflow.watch.live import grow_live_archive, live_archive_path
+
+        try:
+            count = grow_live_archive(self.layout, acq, self.config)
+        except (LlsmflowError, OSError, ValueError) as error:
+            self.status.line(f"llsmflow watch: live archive not grown: {error}")
+            return
+        self.status.line(f"llsmflow watch: live archive {live_archive_path(self.layout)}: {count} timepoint(s)")
 
     def finished(self) -> bool:
         """Every declared stack complete and processed."""

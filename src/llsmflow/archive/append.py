@@ -33,7 +33,8 @@ from llsmflow.errors import LlsmflowError
 _METADATA_KEYS = ("zarr.json", ".zarray")
 
 
-def _level_paths(root: Path) -> list[str]:
+def level_paths(root: Path) -> list[str]:
+    """The paths of an OME-Zarr image's pyramid levels, level 0 first."""
     import zarr
 
     group = zarr.open_group(str(root), mode="r")
@@ -87,7 +88,7 @@ def append_timepoint(path: str | Path, volume_czyx) -> int:
 
     path = Path(path)
     volume = np.asarray(volume_czyx)
-    levels = _level_paths(path)
+    levels = level_paths(path)
     arrays = [zarr.open_array(str(path / level), mode="r+") for level in levels]
     base = arrays[0].shape
     if volume.ndim != 4 or tuple(volume.shape) != tuple(base[1:]):

@@ -10,6 +10,8 @@ Submodules:
     A round's Snakemake targets: the volumes complete now, the timepoints whose tiles are all in.
 ``session``
     The loop: rounds, the status line, the end of the acquisition and the final (batch) run.
+``live``
+    The live archive: fused timepoints appended to an OME-Zarr image as they come.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ _EXPORTS = {
     "Watch": "session",
     "StatusLine": "session",
     "WATCH_FILES_ENV": "session",
+    "grow_live_archive": "live",
+    "live_archive_path": "live",
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 __all__ = list(_EXPORTS)

@@ -24,9 +24,9 @@ def live_timepoints(path: Path) -> int:
         return 0
     import zarr
 
-    from llsmflow.archive.append import _level_paths
+    from llsmflow.archive.append import level_paths
 
-    return int(zarr.open_array(str(path / _level_paths(path)[0]), mode="r").shape[0])
+    return int(zarr.open_array(str(path / level_paths(path)[0]), mode="r").shape[0])
 
 
 def grow_live_archive(layout, acq, config: dict) -> int:

@@ -8,7 +8,8 @@ each round is one Snakemake run submitting a batch of jobs, not one submission p
    metadata declares;
 2. every round, the volumes complete since the last round are processed together (:mod:`llsmflow.watch.plan`):
    Snakemake runs on their targets with ``LLSMFLOW_WATCH_FILES`` naming the complete stacks, so the workflow
-   reads the acquisition as it is so far and never sees a file still being written;
+   reads the acquisition as it is so far and never sees a file still being written; fused timepoints are
+   appended to the live archive (:mod:`llsmflow.watch.live`);
 3. when the acquisition ends (every declared stack complete and processed, no change for
    ``watch.idle_timeout_s``, or Ctrl-C once everything declared is complete) the final run is the batch run
    itself (``llsmflow run``'s Snakemake command, no targets), which adds tracking, the archive, the QC report

@@ -215,7 +215,7 @@ class Watch:
         plan = plan_round(acq, set(complete), self.layout, self.failed)
         if not plan:
             return False
-        listing = self.layout.work / ".watch" / "complete.txt"
+        listing = self.layout.work / "watch" / "complete-stacks.txt"
         listing.parent.mkdir(parents=True, exist_ok=True)
         tmp = listing.with_name(f".{listing.name}.{os.getpid()}.tmp")
         tmp.write_text("\n".join(complete) + "\n", encoding="utf-8")

@@ -14,7 +14,7 @@ PACKAGE = SRC / "llsmflow"
 
 BOTTOM = {"errors", "io", "progress", "parallel", "_lazy", ""}
 PROCESSING = {"ingest", "deskew", "geometry", "decon", "stitch", "track", "archive", "qc", "synth", "viewers"}
-UPPER = {"run", "provenance", "hpc", "fair"}
+UPPER = {"run", "provenance", "hpc", "fair", "watch"}
 CLI = {"cli"}
 # former module paths kept for older workflow snapshots, docs and bench; they re-export from the new homes
 SHIMS = {"container", "cluster", "crate", "report"}

@@ -248,7 +248,7 @@ def _subcommands(parser) -> dict:
     return {}
 
 
-UNITS = ("µm", " s", "s)", "GB", "degree", "unitless", "counts", "intensity units")
+UNITS = ("µm", " s", "s)", "GB", "degree", "unitless", "counts", "intensity units", "(nm)")
 
 
 def test_every_argument_has_help_with_its_default_and_unit():

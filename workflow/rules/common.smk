@@ -1,5 +1,6 @@
 """Sample table, paths, input functions and resource estimates shared by every rule."""
 
+import os
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -12,6 +13,10 @@ from llsmflow.ingest import read_acquisition
 
 validate(config, workflow.source_path("../../config/schema.yaml"))
 
+# `llsmflow watch` (docs/watch.md): an acquisition still being written; only its complete stacks, listed
+# in this file, are taken (unset: the whole acquisition, as always)
+_WATCH_FILES = os.environ.get("LLSMFLOW_WATCH_FILES")
+
 try:
     # file checks (headers, PSFs) run once per run, in `llsmflow run` and the ingest step, not at every parse
     ACQ = read_acquisition(
@@ -20,6 +25,9 @@ try:
         config.get("overrides") or {},
         check_files=False,
         allow_missing_timepoints=config["ingest"]["allow_missing_timepoints"],
+        only_files=(
+            Path(_WATCH_FILES).read_text().splitlines() if _WATCH_FILES else None
+        ),
     )
 except LlsmflowError as error:
     raise WorkflowError(f"llsmflow: {error}") from None

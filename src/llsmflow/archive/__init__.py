@@ -18,6 +18,11 @@ Submodules (each name below is also importable from ``llsmflow.archive``, loaded
 ``dataset``
     The image + ``tables/`` + ``checksums.sha256`` directory (:func:`write_dataset_archive`,
     :func:`verify_archive`), built from the two above.
+``convert``
+    A copy in another NGFF version (:func:`convert_archive`: 0.4 for Fiji/MoBIE, 0.5), nothing re-run.
+``append``
+    One more timepoint appended to a live archive, readable throughout (:func:`append_timepoint`;
+    ``llsmflow watch``).
 
 The workflow's defaults (``ngff_version``, ``chunks``) are stated in ``config/schema.yaml`` (section
 ``archive``); :func:`write_ome_zarr`'s defaults agree with them (a test checks).
@@ -43,6 +48,8 @@ _EXPORTS = {
     "TABLES_DIR": "dataset",
     "RAW_PREFIX": "dataset",
     "WORKFLOW_MARKERS": "dataset",
+    "convert_archive": "convert",
+    "append_timepoint": "append",
 }
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

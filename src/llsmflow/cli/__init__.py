@@ -59,6 +59,7 @@ def build_parser():
     from llsmflow.cli.run import register_run_commands
     from llsmflow.cli.stages import register_stage_commands
     from llsmflow.cli.status import register_status_commands
+    from llsmflow.cli.watch import register_watch_commands
 
     parser = LlsmflowParser(
         prog="llsmflow",
@@ -84,6 +85,7 @@ def build_parser():
     register_reproduce_commands(sub)
     register_convert_commands(sub)
     register_export_commands(sub)
+    register_watch_commands(sub)
     return parser
 
 

@@ -111,7 +111,15 @@ def cmd_export_omero(args) -> int:
 
 def register_export_commands(subparsers) -> None:
     """Add ``llsmflow export bia`` and ``llsmflow export omero``."""
-    p = subparsers.add_parser("export", help="hand results to the BioImage Archive or an OMERO server")
+    from llsmflow.cli.help_format import example
+
+    p = subparsers.add_parser(
+        "export",
+        help="hand results to the BioImage Archive or an OMERO server",
+        epilog=example(
+            "llsmflow export bia results/cells -o cells-bia", "llsmflow export omero results/cells --dry-run"
+        ),
+    )
     sub = p.add_subparsers(dest="target", required=True, metavar="TARGET")
 
     def common(q) -> None:
@@ -122,7 +130,12 @@ def register_export_commands(subparsers) -> None:
             default=None,
             help="workflow config with the rembi/omero keys (default: RESULTS_DIR/provenance/config.yaml)",
         )
-        q.add_argument("--workflow-dir", default=None, help="llsmflow checkout holding the config schema")
+        q.add_argument(
+            "--workflow-dir",
+            default=None,
+            help="directory holding the Snakefile and config schema (default: the current directory if it has "
+            "one, else llsmflow's own)",
+        )
 
     bia = sub.add_parser(
         "bia",

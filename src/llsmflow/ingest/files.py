@@ -92,6 +92,17 @@ def match_stacks(raw_dir: Path, pattern: re.Pattern, psf_names: set[str]) -> pd.
     return samples
 
 
+def only_stacks(samples: pd.DataFrame, only_files, raw_dir: Path) -> pd.DataFrame:
+    """The samples whose stack file is among ``only_files`` (names relative to ``raw_dir``; an acquisition
+    still being written, ``llsmflow watch``); all of them when ``only_files`` is None."""
+    if only_files is None:
+        return samples
+    kept = samples[samples["path"].isin(set(only_files))].reset_index(drop=True)
+    if kept.empty:
+        raise LlsmflowError("no complete stack yet; expected at least one to process", raw_dir)
+    return kept
+
+
 def _ranges(values) -> str:
     """``[1, 2, 3, 7]`` → ``'1–3, 7'``."""
     values = sorted(values)
@@ -113,6 +124,7 @@ def check_declared_vs_found(
     raw_dir: Path,
     metadata_path: Path,
     allow_missing_timepoints: bool = False,
+    partial: bool = False,
 ) -> int:
     """Check that the stacks found are exactly the declared tiles × channels × timepoints.
 
@@ -125,6 +137,8 @@ def check_declared_vs_found(
     With ``allow_missing_timepoints`` (config ``ingest.allow_missing_timepoints``) a timepoint missing from
     every tile and channel is accepted (:func:`missing_timepoints` lists them; the workflow records them and
     keeps each frame's real time); a stack missing from only some tiles or channels is still an error.
+    ``partial``: an acquisition still being written (``llsmflow watch``): stacks not written yet are not
+    missing.
     """
     meta_name = metadata_path.name
     unknown_tiles = sorted(set(samples["tile"]) - set(tiles))
@@ -154,6 +168,8 @@ def check_declared_vs_found(
     else:
         n_t = max(found_t) + 1
         source = f"(stacks found for timepoints {_ranges(found_t)}; {meta_name} declares no 'timepoints')"
+    if partial:
+        return n_t
     whole = []
     missing_t = sorted(set(range(n_t)) - found_t)
     if missing_t and not allow_missing_timepoints:

@@ -20,7 +20,13 @@ from llsmflow.ingest.acquisition_json import (
     describe_json,
     load_acquisition_json,
 )
-from llsmflow.ingest.files import check_declared_vs_found, check_psfs, inside_raw_dir, missing_timepoints
+from llsmflow.ingest.files import (
+    check_declared_vs_found,
+    check_psfs,
+    inside_raw_dir,
+    missing_timepoints,
+    only_stacks,
+)
 from llsmflow.ingest.model import Acquisition
 
 #: How a missing field is given: the config key (``llsmflow init`` flag) or acquisition.json entry.
@@ -174,6 +180,7 @@ def read_instrument_acquisition(
     check_files: bool,
     psf_geometry="auto",
     allow_missing_timepoints: bool = False,
+    only_files=None,
 ) -> Acquisition:
     """An instrument folder read into an :class:`Acquisition` (see the module docstring for precedence)."""
     from llsmflow.ingest.read import tile_table
@@ -201,10 +208,11 @@ def read_instrument_acquisition(
     channels = meta.get("channels") or []
     check_instrument_channels(channels, raw_dir, path)
     tiles = tile_table(meta, angle, path)
-    samples = reading.samples
+    samples = only_stacks(reading.samples, only_files, raw_dir)
     n_timepoints = check_declared_vs_found(
         samples, list(tiles["tile"]), len(channels), meta.get("timepoints"), raw_dir, path,
         allow_missing_timepoints,
+        partial=only_files is not None,
     )
     samples = samples.sort_values(["timepoint", "channel", "tile"]).reset_index(drop=True)
     if check_files:

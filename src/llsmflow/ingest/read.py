@@ -25,6 +25,7 @@ from llsmflow.ingest.files import (
     inside_raw_dir,
     match_stacks,
     missing_timepoints,
+    only_stacks,
 )
 from llsmflow.ingest.model import Acquisition, tile_name
 
@@ -36,6 +37,7 @@ def read_acquisition(
     check_files: bool = True,
     psf_geometry: str = "auto",
     allow_missing_timepoints: bool = False,
+    only_files=None,
 ) -> Acquisition:
     """Read an acquisition directory into an :class:`Acquisition`.
 
@@ -60,6 +62,9 @@ def read_acquisition(
         The config's ``ingest.allow_missing_timepoints``: accept timepoints missing from every tile and
         channel (listed in ``Acquisition.missing_timepoints``; each frame keeps its real time, ``time_s``)
         instead of refusing them.
+    only_files:
+        An acquisition still being written (``llsmflow watch``): only the stack files named here (relative to
+        ``raw_dir``) are taken, and the stacks not written yet are not missing.
 
     Raises
     ------
@@ -82,7 +87,7 @@ def read_acquisition(
 
         return read_instrument_acquisition(
             raw_dir, fmt, found_path, metadata_path, overrides, check_files, psf_geometry,
-            allow_missing_timepoints=allow_missing_timepoints,
+            allow_missing_timepoints=allow_missing_timepoints, only_files=only_files,
         )
     metadata_path = found_path
     meta = load_acquisition_json(metadata_path)
@@ -125,10 +130,11 @@ def read_acquisition(
 
     tiles = tile_table(meta, angle, metadata_path)
     pattern = compile_file_regex(meta, metadata_path)
-    samples = match_stacks(raw_dir, pattern, {c["psf"] for c in channels})
+    samples = only_stacks(match_stacks(raw_dir, pattern, {c["psf"] for c in channels}), only_files, raw_dir)
     n_timepoints = check_declared_vs_found(
         samples, list(tiles["tile"]), len(channels), meta.get("timepoints"), raw_dir, metadata_path,
         allow_missing_timepoints,
+        partial=only_files is not None,
     )
     samples = samples.sort_values(["timepoint", "channel", "tile"]).reset_index(drop=True)
     samples["time_s"] = samples["timepoint"] * interval

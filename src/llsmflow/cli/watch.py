@@ -1,0 +1,137 @@
+"""``llsmflow watch RAW_DIR``: process an acquisition while it is written (:mod:`llsmflow.watch`)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from llsmflow.errors import LlsmflowError
+from llsmflow.run.launch import DEFAULT_PROFILE
+
+
+def cmd_watch(args) -> int:
+    from llsmflow.cli.run import cluster_cores
+    from llsmflow.hpc.profiles import profile_options
+    from llsmflow.run.config import check_config, effective_config, find_workflow_root
+    from llsmflow.run.launch import failure_reason, launch, profile_dir, snakemake_command
+    from llsmflow.run.paths import check_output_paths, run_paths
+    from llsmflow.run.status import print_run_summary
+    from llsmflow.watch.session import StatusLine, Watch
+
+    root = find_workflow_root(args.workflow_dir)
+    configfile = Path(args.configfile or root / "config" / "config.yaml")
+    overrides: dict = {}  # no extra Snakemake arguments: every setting is in the config file
+    config = effective_config(configfile, root, overrides)
+    raw_dir = Path(args.raw_dir)
+    if not raw_dir.is_dir():
+        raise LlsmflowError("raw folder not found; expected the folder the instrument writes", raw_dir)
+    if raw_dir.resolve() != Path(config["raw_dir"]).resolve():
+        raise LlsmflowError(
+            f"raw_dir is {config['raw_dir']}, not the watched folder {raw_dir}; expected the config of this "
+            "acquisition (llsmflow init, or set raw_dir)",
+            configfile,
+        )
+    check_output_paths(config)
+    profile = profile_dir(root, args.profile)
+    slurm = profile_options(profile).get("executor") == "slurm"
+    options = config["watch"]
+    settle = args.settle if args.settle is not None else options["settle_s"]
+    idle = args.idle_timeout if args.idle_timeout is not None else options["idle_timeout_s"]
+    poll = {"auto": None, "inotify": False, "polling": True}[options["poll"]]
+    if args.poll:
+        poll = True
+    for name, value in (("--settle", settle), ("--idle-timeout", idle)):
+        if value <= 0:
+            raise LlsmflowError(f"{name} {value} is invalid; expected seconds > 0")
+    status = StatusLine()
+    results, work = run_paths(config)
+
+    def echo(line: str) -> None:
+        status.line(line if len(line) < 300 else line[:297] + "…")
+
+    def run_round(targets: list[str]) -> int:
+        command = snakemake_command(root, configfile, profile, args.cores, targets)
+        outcome = launch(command, config, configfile, root, False, echo=lambda line: None, slurm=slurm)
+        if outcome.status != 0:
+            reason = failure_reason(config, outcome)
+            if reason:
+                status.line(f"llsmflow watch: error: {reason}")
+        return outcome.status
+
+    def run_final() -> int:
+        full = check_config(configfile, root, overrides=overrides)  # every stack's header and PSF, as `run`
+        cores = cluster_cores(full, profile, args.cores)
+        command = snakemake_command(root, configfile, profile, cores, [])
+        outcome = launch(command, full, configfile, root, False, echo=echo, slurm=slurm)
+        if outcome.status != 0:
+            reason = failure_reason(full, outcome)
+            if reason:
+                print(f"llsmflow watch: error: {reason}", file=sys.stderr)
+            print(
+                f"llsmflow watch: final run failed after {outcome.elapsed:.0f} s (exit {outcome.status}); see "
+                f"the logs under {work / 'logs'}",
+                file=sys.stderr,
+            )
+            return 2 if outcome.stuck else outcome.status
+        print(f"llsmflow watch: done; final run in {outcome.elapsed:.0f} s. Results in {results}/")
+        print_run_summary(full, Path.cwd(), outcome.started_at, outcome.elapsed, outcome.status)
+        return 0
+
+    watch = Watch(
+        raw_dir, config, run_round, run_final, settle, idle, poll, options["poll_interval_s"], status
+    )
+    return watch.run()
+
+
+def register_watch_commands(sub) -> None:
+    """Add ``llsmflow watch``."""
+    from llsmflow.cli.help_format import example
+
+    p = sub.add_parser(
+        "watch",
+        help="process an acquisition while the instrument writes it, then finish it as `run` would",
+        description="Follow RAW_DIR while the instrument writes it: each volume is deskewed, deconvolved "
+        "and previewed once its file is complete (stopped growing AND holding the planes its metadata "
+        "declares), each timepoint fused once all its tiles are in; when the acquisition ends (every "
+        "declared stack processed, watch.idle_timeout_s without change, or Ctrl-C) the final run is "
+        "`llsmflow run`. Restartable: finished work is kept. See docs/watch.md.",
+        epilog=example(
+            "llsmflow watch /data/cell1 --configfile cell1.yaml",
+            "llsmflow watch /mnt/share/cell1 --configfile cell1.yaml --profile slurm --poll --idle-timeout 900",
+        ),
+    )
+    p.add_argument(
+        "raw_dir", metavar="RAW_DIR", help="the folder the instrument writes (the config's raw_dir)"
+    )
+    p.add_argument("--configfile", default=None, help="workflow config (default config/config.yaml)")
+    p.add_argument(
+        "--profile",
+        default=DEFAULT_PROFILE,
+        help="profile name under profiles/ or a directory (default %(default)s)",
+    )
+    p.add_argument("--cores", default=None, help="cores to use (default: the profile's)")
+    p.add_argument(
+        "--settle",
+        type=float,
+        default=None,
+        help="seconds a file must not change before it is checked (default: the config's watch.settle_s)",
+    )
+    p.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=None,
+        help="seconds without a new or growing file that end "
+        "the acquisition (default: the config's watch.idle_timeout_s)",
+    )
+    p.add_argument(
+        "--poll",
+        action="store_true",
+        help="poll the folder instead of file system events (network shares; "
+        "chosen automatically for NFS, SMB, Lustre, GPFS, BeeGFS, CephFS)",
+    )
+    p.add_argument(
+        "--workflow-dir",
+        default=None,
+        help="directory holding the Snakefile (default: the current directory if it has one, else llsmflow's own)",
+    )
+    p.set_defaults(func=cmd_watch)

@@ -113,7 +113,7 @@ def _check_extra_name(name: str, out_path: Path) -> str:
 
 
 def write_checksum_manifest(
-    root: str | Path, out_path: str | Path, extra_files: Mapping[str, str | Path] | None = None
+    root: str | Path, out_path: str | Path, extra_files: Mapping[str, str | Path] | None = None, digest=None
 ) -> Path:
     """Write a ``sha256sum``-compatible manifest of every file under ``root``, atomically.
 
@@ -126,6 +126,9 @@ def write_checksum_manifest(
         The manifest to write: ``<sha256 hex>  <relative path>`` per line, sorted by path.
     extra_files : dict of str to path, optional
         Files outside ``root`` (e.g. raw inputs) listed under the given relative names.
+    digest : callable, optional
+        ``digest(path) -> sha256 hex`` (default: hash the file), e.g. a digest cache's, so that a file is
+        hashed once per run.
 
     Returns
     -------
@@ -146,7 +149,8 @@ def write_checksum_manifest(
         if key in files:
             raise LlsmflowError(f"extra file name {key!r} collides with a file under {root}", out_path)
         files[key] = Path(file_path)
-    lines = [_manifest_line(sha256_file(files[name]), name) for name in sorted(files)]
+    digest = digest or sha256_file
+    lines = [_manifest_line(digest(files[name]), name) for name in sorted(files)]
     with atomic_output(out_path) as tmp:
         tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     return out_path

@@ -53,12 +53,16 @@ def now_iso() -> str:
     return _dt.datetime.now(_dt.UTC).astimezone().isoformat(timespec="seconds")
 
 
-def file_entries(paths, root: str | Path | None = None) -> list[dict]:
+def file_entries(paths, root: str | Path | None = None, digests=None) -> list[dict]:
     """``[{path, bytes, sha256}]`` for every file in ``paths`` (directories are walked), sorted by path.
 
-    Paths are given relative to ``root`` when they lie under it.
+    Paths are given relative to ``root`` when they lie under it. ``digests`` (a
+    :class:`llsmflow.provenance.digests.DigestCache`) gives digests already known, so that each file is hashed
+    once per run.
     """
     from llsmflow.io import sha256_file
+
+    digest = sha256_file if digests is None else digests.digest
 
     entries = []
     for path in paths:
@@ -71,7 +75,7 @@ def file_entries(paths, root: str | Path | None = None) -> list[dict]:
                     shown = file.resolve().relative_to(Path(root).resolve())
                 except ValueError:
                     shown = file
-            entries.append({"path": str(shown), "bytes": file.stat().st_size, "sha256": sha256_file(file)})
+            entries.append({"path": str(shown), "bytes": file.stat().st_size, "sha256": digest(file)})
     return sorted(entries, key=lambda e: e["path"])
 
 
@@ -245,6 +249,7 @@ def write_run_record(
     outputs,
     acquisition: dict | None = None,
     run_dir=None,
+    digests=None,
 ) -> Path:
     """Write ``run-record.json``: config, workflow version, software, steps, input and output checksums.
 
@@ -253,12 +258,14 @@ def write_run_record(
     """
     from llsmflow.io import write_json
 
-    record = run_record(config, workflow_dir, step_records, inputs, outputs, acquisition, run_dir)
+    record = run_record(config, workflow_dir, step_records, inputs, outputs, acquisition, run_dir, digests)
     return write_json(out_path, record)
 
 
-def run_record(config, workflow_dir, step_records, inputs, outputs, acquisition=None, run_dir=None) -> dict:
-    """The run record as a dict (see :func:`write_run_record`)."""
+def run_record(
+    config, workflow_dir, step_records, inputs, outputs, acquisition=None, run_dir=None, digests=None
+) -> dict:
+    """The run record as a dict (see :func:`write_run_record`; ``digests``: :func:`file_entries`)."""
     run_dir = Path(run_dir or Path.cwd())
     steps = [json.loads(Path(p).read_text(encoding="utf-8")) for p in sorted(step_records, key=str)]
     record = {
@@ -276,8 +283,8 @@ def run_record(config, workflow_dir, step_records, inputs, outputs, acquisition=
         "run_dir": str(run_dir.resolve()),
         "environment": allowed_environment(),
         "steps": steps,
-        "inputs": file_entries(inputs, run_dir),
-        "outputs": file_entries(outputs, run_dir),
+        "inputs": file_entries(inputs, run_dir, digests),
+        "outputs": file_entries(outputs, run_dir, digests),
     }
     container = container_info()
     if container:

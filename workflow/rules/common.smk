@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import pandas as pd
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
@@ -67,8 +68,18 @@ def intermediate(path):
     return path if config["keep_intermediates"] else temp(path)
 
 
+# one row per sample, indexed once: input functions run for every job (40,000 calls at 20,000 volumes), and a
+# scan of the sample table per call made the DAG quadratic in the volumes
+_SAMPLE_ROWS = {row["sample_id"]: row for row in ACQ.samples.to_dict("records")}
+
+
 def sample_row(sample):
-    return ACQ.samples.loc[ACQ.samples["sample_id"] == sample].iloc[0]
+    try:
+        return _SAMPLE_ROWS[sample]
+    except KeyError:
+        raise WorkflowError(
+            f"llsmflow: no raw stack for sample {sample} in {ACQ.raw_dir}"
+        ) from None
 
 
 def raw_stack(wildcards):
@@ -79,8 +90,16 @@ def raw_selector(sample):
     """C and T index of a sample's volume inside a multi-volume raw file (CZI, hyperstack); None for a file
     holding one volume. Passed to the scripts as params, read by `llsmflow.io.read_volume`.
     """
-    selector = ACQ.sample_selector(sample)
-    return {"channel": selector["channel"], "timepoint": selector["timepoint"]}
+    # as ACQ.sample_selector(sample), without its scan of the table
+    row = sample_row(sample)
+
+    def index(value):
+        return None if value is None or pd.isna(value) else int(value)
+
+    return {
+        "channel": index(row.get("file_channel")),
+        "timepoint": index(row.get("file_timepoint")),
+    }
 
 
 def sample_channel(wildcards):
@@ -239,3 +258,31 @@ def result_files(wildcards):
             )
         ]
     return files
+
+
+# The job plan (llsmflow.run.jobplan): `llsmflow status` counts the jobs left from it instead of a dry run
+# (minutes at 20,000 volumes). Written by the main process at each parse (`llsmflow run`, and the dry run that
+# `llsmflow status` falls back on), never by the jobs.
+if workflow.is_main_process and (WORK.is_dir() or not workflow.dryrun):
+    from llsmflow.run.jobplan import fingerprint, plan_path, write_plan
+
+    _PLAN_RECORDS = {}
+    for _record in all_step_records(None):
+        _parts = Path(_record).relative_to(WORK / "steps").parts
+        _rule = _parts[0] if len(_parts) > 1 else Path(_parts[0]).stem
+        _PLAN_RECORDS.setdefault(_rule, []).append(_record)
+    write_plan(
+        plan_path(WORK),
+        fingerprint(config, workflow.basedir),
+        _PLAN_RECORDS,
+        {
+            "qc_report": [RESULTS / "qc" / "report.html"],
+            "provenance": [
+                RESULTS / "provenance" / "run-record.json",
+                RESULTS / "provenance" / "ro-crate-metadata.json",
+            ],
+        },
+        RAW_FILES,
+        ACQ.raw_dir,
+        final=["provenance"],
+    )

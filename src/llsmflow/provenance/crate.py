@@ -123,6 +123,8 @@ class _CrateBuilder:
         self.index: dict[str, ContextEntity] = {}
         self._tool_inputs: dict[str, set[str]] = {}
         self._uris: dict[str, tuple[str, dict]] | None = None
+        self._uri_cache: dict[str, str] = {}
+        self._dir_cache: dict[Path, Path] = {}
 
     def add(self, entity_id: str, types, **properties):
         existing = self.index.get(entity_id)
@@ -148,9 +150,24 @@ class _CrateBuilder:
         return self._uris.get(self.path_uri(path))
 
     def path_uri(self, path: str) -> str:
-        """Absolute ``file://`` URI of a path recorded relative to the run directory."""
-        p = Path(path)
-        return (p if p.is_absolute() else self.run_dir / p).resolve().as_uri()
+        """Absolute ``file://`` URI of a path recorded relative to the run directory (symbolic links resolved).
+
+        A directory is resolved once for all its files (``Path.resolve`` costs an ``lstat`` per path component:
+        most of the crate's build time at 20,000 volumes); a file that is itself a link is resolved whole."""
+        key = str(path)
+        uri = self._uri_cache.get(key)
+        if uri is None:
+            p = Path(path)
+            p = p if p.is_absolute() else self.run_dir / p
+            if p.name in ("", ".", "..") or p.is_symlink():
+                resolved = p.resolve()
+            else:
+                parent = self._dir_cache.get(p.parent)
+                if parent is None:
+                    parent = self._dir_cache[p.parent] = p.parent.resolve()
+                resolved = parent / p.name
+            uri = self._uri_cache[key] = resolved.as_uri()
+        return uri
 
     def data_entity(self, path: str, entry: dict | None = None, is_dir: bool | None = None):
         """File or Dataset entity for a path outside the crate (absolute URI), created once."""
@@ -478,5 +495,7 @@ def write_crate(
     metadata = crate.metadata.generate()
     out = crate_dir / METADATA
     with atomic_output(out) as tmp:
-        Path(tmp).write_text(json.dumps(metadata, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        # indented for reading while small; compact (and written by json's C encoder) for a large run
+        indent = 2 if len(record["steps"]) <= job_actions_max else None
+        Path(tmp).write_text(json.dumps(metadata, indent=indent, ensure_ascii=False) + "\n", encoding="utf-8")
     return out

@@ -65,6 +65,7 @@ def file_entries(paths, root: str | Path | None = None, digests=None) -> list[di
     digest = sha256_file if digests is None else digests.digest
 
     entries = []
+    root_resolved = Path(root).resolve() if root is not None else None
     for path in paths:
         path = Path(path)
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
@@ -72,7 +73,7 @@ def file_entries(paths, root: str | Path | None = None, digests=None) -> list[di
             shown = file
             if root is not None:
                 try:
-                    shown = file.resolve().relative_to(Path(root).resolve())
+                    shown = file.resolve().relative_to(root_resolved)
                 except ValueError:
                     shown = file
             entries.append({"path": str(shown), "bytes": file.stat().st_size, "sha256": digest(file)})
@@ -156,21 +157,29 @@ def scrub(value, key: str = ""):
     contains one of :data:`SECRET_MARKERS` is replaced by ``"[redacted]"``, as is the value of any
     ``NAME=VALUE`` inside a string whose NAME contains one (``--export=ALL,LAB_API_TOKEN=…``).
     """
-    if key and any(marker in key.upper() for marker in SECRET_MARKERS):
+    if key and _secret_name(key):
         return REDACTED
     if isinstance(value, dict):
         return {k: scrub(v, str(k)) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [scrub(v) for v in value]
     if isinstance(value, str):
-        value = _URL_CREDENTIALS.sub(lambda m: m.group("scheme"), value)
-        return _ASSIGNMENT.sub(_redact_secret_assignment, value)
+        # the patterns need "://" and "=": most strings (paths, names) skip both (a run record of 20,000
+        # volumes holds some 300,000 strings)
+        if "://" in value:
+            value = _URL_CREDENTIALS.sub(lambda m: m.group("scheme"), value)
+        return _ASSIGNMENT.sub(_redact_secret_assignment, value) if "=" in value else value
     return value
+
+
+@functools.lru_cache(maxsize=4096)
+def _secret_name(name: str) -> bool:
+    return any(marker in name.upper() for marker in SECRET_MARKERS)
 
 
 def _redact_secret_assignment(match: re.Match) -> str:
     name = match.group("name")
-    secret = any(marker in name.upper() for marker in SECRET_MARKERS)
+    secret = _secret_name(name)
     return f"{name}={REDACTED}" if secret else match.group(0)
 
 

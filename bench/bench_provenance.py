@@ -156,8 +156,8 @@ def main(argv=None) -> int:
             continue
         r = json.loads(out.strip().splitlines()[-1])
         print(
-            f"{r['volumes']:>8}{r['steps']:>8}{r.get('hash_s', 0):>12.2f}{r['record_s']:>14.2f}{r['crate_s']:>15.2f}{r['entities']:>10}"
-            f"{r['metadata_mb']:>7.1f}{r['peak_mb']:>10.0f}",
+            f"{r['volumes']:>8}{r['steps']:>8}{r.get('hash_s', 0):>12.2f}{r['record_s']:>14.2f}"
+            f"{r['crate_s']:>15.2f}{r['entities']:>10}{r['metadata_mb']:>7.1f}{r['peak_mb']:>10.0f}",
             flush=True,
         )
     return 0

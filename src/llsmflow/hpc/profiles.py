@@ -76,7 +76,7 @@ def render_profile(answers: SiteAnswers) -> str:
         "# round: seconds per round with thousands of jobs); at most 10 sbatch calls a second",
         "scheduler: greedy",
         "max-jobs-per-timespan: 10/1s",
-        "seconds-between-status-checks: 30",
+        "seconds-between-status-checks: 10",
         "# without slurmdbd `sacct` fails and Snakemake never learns that jobs ended: squeue works everywhere",
         f"slurm-status-command: {answers.status_command}",
         "default-resources:",

@@ -261,20 +261,32 @@ def result_files(wildcards):
 
 
 # The job plan (llsmflow.run.jobplan): `llsmflow status` counts the jobs left from it instead of a dry run
-# (minutes at 20,000 volumes). Written by the main process at each parse (`llsmflow run`, and the dry run that
-# `llsmflow status` falls back on), never by the jobs.
-if workflow.is_main_process and (WORK.is_dir() or not workflow.dryrun):
+# (minutes at 20,000 volumes). Written when a run starts (onstart: the main process, after Snakemake has
+# decided which jobs to run; never by a dry run or by the jobs).
+def write_job_plan():
     from llsmflow.run.jobplan import fingerprint, plan_path, write_plan
 
-    _PLAN_RECORDS = {}
-    for _record in all_step_records(None):
-        _parts = Path(_record).relative_to(WORK / "steps").parts
-        _rule = _parts[0] if len(_parts) > 1 else Path(_parts[0]).stem
-        _PLAN_RECORDS.setdefault(_rule, []).append(_record)
+    records = {}
+    for record in all_step_records(None):
+        parts = Path(record).relative_to(WORK / "steps").parts
+        step = parts[0] if len(parts) > 1 else Path(parts[0]).stem
+        records.setdefault(step, []).append(record)
+    try:
+        # the step records of the jobs this run will (re)run: older records of theirs are not "done"
+        expected = {str(r) for paths in records.values() for r in paths}
+        to_run = [
+            str(f)
+            for job in workflow.dag.needrun_jobs(exclude_finished=False)
+            for f in job.output
+            if str(f) in expected
+        ]
+    except AttributeError:
+        # another Snakemake's DAG: status then trusts only records newer than the plan
+        to_run = None
     write_plan(
         plan_path(WORK),
         fingerprint(config, workflow.basedir),
-        _PLAN_RECORDS,
+        records,
         {
             "qc_report": [RESULTS / "qc" / "report.html"],
             "provenance": [
@@ -285,4 +297,9 @@ if workflow.is_main_process and (WORK.is_dir() or not workflow.dryrun):
         RAW_FILES,
         ACQ.raw_dir,
         final=["provenance"],
+        to_run=to_run,
     )
+
+
+onstart:
+    write_job_plan()

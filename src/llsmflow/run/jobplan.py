@@ -2,14 +2,15 @@
 left without a Snakemake dry run.
 
 A dry run of 20,000 volumes (some 45,000 jobs) takes minutes and over a GB, almost all of it Snakemake's own
-per-job work. When the workflow is parsed by the main Snakemake process (``llsmflow run``, and the dry run of
-``llsmflow status`` itself), ``workflow/rules/common.smk`` writes ``work/<dataset>/.llsmflow-plan.json``: each
-rule's step records (one per job; the provenance rule needs all of them, so the list is complete), the outputs
-of the rules that write no step record, a fingerprint of what decides which jobs Snakemake would run (the
-resolved configuration, the workflow's files, the llsmflow version) and the size and modification time of
-every raw file. :func:`jobs_left_from_plan` answers, in about the time it takes to stat the files, the jobs per
-rule whose step record is missing, and ``None`` (the caller runs the dry run) as soon as anything differs from
-the plan: another configuration, changed workflow code, raw files added, removed or touched. What a dry run
+per-job work. When a run starts (Snakemake's ``onstart``: the main process, after it has decided which jobs
+to run), ``workflow/rules/common.smk`` writes ``work/<dataset>/.llsmflow-plan.json``: each rule's step records
+(one per job; the provenance rule needs all of them, so the list is complete), the step records of the jobs
+this run will (re)run, the outputs of the rules that write no step record, a fingerprint of what decides which
+jobs Snakemake would run (the resolved configuration, the workflow's files, the llsmflow version) and the size
+and modification time of every raw file. :func:`jobs_left_from_plan` answers, in about the time it takes to
+stat the files, the jobs per rule whose step record is missing or is one the run is to rewrite and has not yet,
+and ``None`` (the caller runs the dry run) as soon as anything differs from the plan: another configuration,
+changed workflow code, raw files added, removed or touched. What a dry run
 alone would see (an intermediate deleted by hand behind a finished job, Snakemake metadata removed) is not
 seen here; ``llsmflow status`` says which of the two answered.
 """
@@ -63,10 +64,14 @@ def write_plan(
     raw_files: Iterable[str | Path],
     raw_dir: str | Path,
     final: Iterable[str] = (),
+    to_run: Iterable[str | Path] | None = None,
 ) -> Path:
     """Write the plan (atomically). ``records``: rule → its jobs' step records; ``outputs``: rule (without
     step records) → its outputs; ``final``: those of these rules that read every step record (their outputs
-    must be newer than all of them); ``print_``: :func:`fingerprint`."""
+    must be newer than all of them); ``to_run``: the step records of the jobs the starting run will (re)run
+    (None: unknown); ``print_``: :func:`fingerprint`."""
+    import time
+
     from llsmflow.io import atomic_output
 
     path = Path(path)
@@ -76,13 +81,13 @@ def write_plan(
         "records": {rule: [str(p) for p in paths] for rule, paths in records.items()},
         "outputs": {rule: [str(p) for p in paths] for rule, paths in outputs.items()},
         "final": sorted(final),
+        "since_ns": time.time_ns(),
+        "to_run": None if to_run is None else sorted(str(p) for p in to_run),
         "raw_dir": str(raw_dir),
         "raw_entries": len(os.listdir(raw_dir)) if Path(raw_dir).is_dir() else None,
         "raw_files": {str(p): _stat(p) for p in raw_files},
     }
     text = json.dumps(plan)
-    if path.is_file() and path.read_text(encoding="utf-8") == text:
-        return path  # unchanged: every job's parse would otherwise rewrite it
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(path) as tmp:
         Path(tmp).write_text(text, encoding="utf-8")
@@ -106,13 +111,20 @@ def jobs_left_from_plan(path: str | Path, print_: str, run_dir: str | Path) -> d
     for raw, recorded in plan["raw_files"].items():
         if _stat(raw if Path(raw).is_absolute() else run_dir / raw) != recorded:
             return None
+    # a record the run was to (re)write counts only once rewritten (newer than the plan); with the list
+    # unknown, an older record leaves the answer to the dry run
+    since, to_run = plan.get("since_ns", 0), plan.get("to_run")
+    to_run = None if to_run is None else set(to_run)
     left: dict[str, int] = {}
     newest = 0
     for rule, records in plan["records"].items():
         missing = 0
         for record in records:
             stat = _stat(run_dir / record)
-            if stat is None:
+            stale = stat is not None and stat[1] < since and (to_run is None or record in to_run)
+            if stale and to_run is None:
+                return None
+            if stat is None or stale:
                 missing += 1
             else:
                 newest = max(newest, stat[1])

@@ -5,6 +5,8 @@
     PYTHONPATH=/work/main/src .venv/bin/python bench/bench_dag.py --repo /work/main --volumes 104 1000  # baseline
 
 Each command runs in a fresh process; peak memory is its largest process's resident set (``ru_maxrss``).
+``start`` is a real run limited to the ingest job (``--until ingest``): what a run costs before its first job,
+and it leaves the job plan that ``status`` then reads (without it, status falls back on a dry run).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ def main(argv=None) -> int:
     parser.add_argument("--volumes", type=int, nargs="+", default=[104, 1000, 5000, 20000])
     parser.add_argument("--repo", type=Path, default=Path(__file__).resolve().parents[1])
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "llsmflow-bench-scale")
-    parser.add_argument("--what", nargs="+", default=["dryrun", "status", "estimate"])
+    parser.add_argument("--what", nargs="+", default=["dryrun", "start", "status", "estimate"])
     parser.add_argument("--timeout", type=float, default=1800)
     args = parser.parse_args(argv)
     repo = args.repo.resolve()
@@ -50,6 +52,20 @@ def main(argv=None) -> int:
                 "--cores",
                 "1",
             ],
+            # a real run that starts (DAG, onstart writes the job plan) and runs only the ingest job
+            "start": [
+                str(bindir / "snakemake"),
+                "--snakefile",
+                str(repo / "Snakefile"),
+                "--configfile",
+                str(config),
+                "--until",
+                "ingest",
+                "--quiet",
+                "rules",
+                "--cores",
+                "1",
+            ],
             "status": [str(bindir / "llsmflow"), "status", "--configfile", str(config), "--workflow-dir", str(repo)],
             "estimate": [str(bindir / "llsmflow"), "estimate", "--configfile", str(config)],
         }
@@ -68,6 +84,9 @@ def _summary(what: str, lines: list[str]) -> str:
     if what == "dryrun":
         total = [line for line in lines if line.split()[:1] == ["total"]]
         return f"jobs: {total[-1].split()[-1]}" if total else ""
+    if what == "start":
+        done = [line for line in lines if "steps (" in line and "done" in line]
+        return done[-1] if done else ""
     if what == "status":
         left = [line for line in lines if line.startswith("left:")]
         return left[-1] if left else ""

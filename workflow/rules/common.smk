@@ -305,5 +305,6 @@ def write_job_plan():
 onstart:
     try:
         write_job_plan()
-    except OSError as error:  # only `llsmflow status` needs it (it falls back on a dry run): never fail a run
+    except OSError as error:
+        # only `llsmflow status` reads it (and falls back on a dry run): never fail a run for it
         print(f"llsmflow: job plan not written ({error})", file=sys.stderr)

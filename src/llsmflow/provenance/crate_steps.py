@@ -9,7 +9,7 @@ the summed and the largest wall time, the largest peak memory and the backends t
 (wildcards, parameters, times, host, SLURM job, resources) stays in ``run-record.json``, which the action names
 as ``subjectOf`` and whose ``sha256`` the crate records. Both shapes validate as Provenance Run Crates 0.5
 (``rocrate-validator``, tests/test_scale_crate.py); the per-rule one departs from the profile's "one action per
-tool execution" to keep the crate (44 MB at 20,000 volumes) and its build time proportional to the files, not
+tool execution" to keep the crate (37 MB at 20,000 volumes) and its build time proportional to the files, not
 to jobs × properties.
 
 Every entity is made once, looked up in the builder's own index (rocrate's ``crate.get`` scans every entity

@@ -83,3 +83,19 @@ def test_status_of_the_tiny_run_comes_from_its_plan_and_equals_the_dry_run(tiny_
     dry = jobs_left(REPO, tiny_run.config_path, tiny_run.run_dir)
     dry.pop("all", None)
     assert dry == status.left
+
+
+def test_the_run_keeps_each_raw_digest_once(tiny_run):
+    """The provenance job's digests (seeded from the archive's manifest) persist in work/<dataset>/.cache: every
+    raw file with its size, mtime and the sha256 the run record gives it."""
+    import json
+
+    cache = json.loads((tiny_run.run_dir / "work/tiny/.cache/sha256.json").read_text())["files"]
+    record = json.loads((tiny_run.run_dir / "results/tiny/provenance/run-record.json").read_text())
+    assert record["inputs"]
+    for entry in record["inputs"]:
+        path = Path(entry["path"])
+        path = path if path.is_absolute() else tiny_run.run_dir / path
+        size, mtime_ns, digest = cache[os.path.abspath(path)]
+        assert digest == entry["sha256"] and size == entry["bytes"] == path.stat().st_size
+        assert mtime_ns == path.stat().st_mtime_ns

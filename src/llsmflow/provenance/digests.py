@@ -79,10 +79,12 @@ class DigestCache:
                 taken += 1
         return taken
 
-    def seed_from_manifest(self, manifest: str | Path, root: str | Path, names: Mapping[str, str | Path] = {}):
+    def seed_from_manifest(
+        self, manifest: str | Path, root: str | Path, names: Mapping[str, str | Path] | None = None
+    ) -> int:
         """Seed from a ``sha256sum`` manifest of ``root`` (``names`` maps its other names, such as
         ``raw/<file>``, to the files they stand for); an absent or unreadable manifest seeds nothing."""
-        manifest, root = Path(manifest), Path(root)
+        manifest, root, names = Path(manifest), Path(root), dict(names or {})
         try:
             written = manifest.stat().st_mtime_ns
             lines = manifest.read_text(encoding="utf-8").splitlines()

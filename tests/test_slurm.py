@@ -158,7 +158,7 @@ def test_jobs_went_through_sbatch(slurm_and_local_runs):
     for job_id in ids:
         assert new_jobs[job_id]["JobState"] == "COMPLETED", new_jobs[job_id]
         assert list((slurm_dir / ".snakemake" / "slurm_logs").rglob(f"{job_id}.log")), job_id
-    # grouping: 21 jobs on the cluster in 7 submissions (profiles/slurm: volumes=20, fusion=10, qc=50)
+    # grouping: 21 jobs on the cluster in 7 submissions (profiles/slurm: volumes=100, fusion=100, qc=50)
     profile = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
     groups = dict(entry.split("=") for entry in profile["group-components"])
     sizes = hpc.volume_sizes(read_acquisition(config["raw_dir"]))

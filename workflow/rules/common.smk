@@ -1,8 +1,10 @@
 """Sample table, paths, input functions and resource estimates shared by every rule."""
 
 import os
+import sys
 from pathlib import Path
 
+import pandas as pd
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
@@ -76,8 +78,18 @@ def intermediate(path):
     return path if config["keep_intermediates"] else temp(path)
 
 
+# one row per sample, indexed once: input functions run for every job (40,000 calls at 20,000 volumes), and a
+# scan of the sample table per call made the DAG quadratic in the volumes
+_SAMPLE_ROWS = {row["sample_id"]: row for row in ACQ.samples.to_dict("records")}
+
+
 def sample_row(sample):
-    return ACQ.samples.loc[ACQ.samples["sample_id"] == sample].iloc[0]
+    try:
+        return _SAMPLE_ROWS[sample]
+    except KeyError:
+        raise WorkflowError(
+            f"llsmflow: no raw stack for sample {sample} in {ACQ.raw_dir}"
+        ) from None
 
 
 def raw_stack(wildcards):
@@ -88,8 +100,16 @@ def raw_selector(sample):
     """C and T index of a sample's volume inside a multi-volume raw file (CZI, hyperstack); None for a file
     holding one volume. Passed to the scripts as params, read by `llsmflow.io.read_volume`.
     """
-    selector = ACQ.sample_selector(sample)
-    return {"channel": selector["channel"], "timepoint": selector["timepoint"]}
+    # as ACQ.sample_selector(sample), without its scan of the table
+    row = sample_row(sample)
+
+    def index(value):
+        return None if value is None or pd.isna(value) else int(value)
+
+    return {
+        "channel": index(row.get("file_channel")),
+        "timepoint": index(row.get("file_timepoint")),
+    }
 
 
 def sample_channel(wildcards):
@@ -248,3 +268,52 @@ def result_files(wildcards):
             )
         ]
     return files
+
+
+# The job plan (llsmflow.run.jobplan): `llsmflow status` counts the jobs left from it instead of a dry run
+# (minutes at 20,000 volumes). Written when a run starts (onstart: the main process, after Snakemake has
+# decided which jobs to run; never by a dry run or by the jobs).
+def write_job_plan():
+    from llsmflow.run.jobplan import fingerprint, plan_path, write_plan
+
+    records = {}
+    for record in all_step_records(None):
+        parts = Path(record).relative_to(WORK / "steps").parts
+        step = parts[0] if len(parts) > 1 else Path(parts[0]).stem
+        records.setdefault(step, []).append(record)
+    try:
+        # the step records of the jobs this run will (re)run: older records of theirs are not "done"
+        expected = {str(r) for paths in records.values() for r in paths}
+        to_run = [
+            str(f)
+            for job in workflow.dag.needrun_jobs(exclude_finished=False)
+            for f in job.output
+            if str(f) in expected
+        ]
+    except AttributeError:
+        # another Snakemake's DAG: status then trusts only records newer than the plan
+        to_run = None
+    write_plan(
+        plan_path(WORK),
+        fingerprint(config, workflow.basedir),
+        records,
+        {
+            "qc_report": [RESULTS / "qc" / "report.html"],
+            "provenance": [
+                RESULTS / "provenance" / "run-record.json",
+                RESULTS / "provenance" / "ro-crate-metadata.json",
+            ],
+        },
+        RAW_FILES,
+        ACQ.raw_dir,
+        final=["provenance"],
+        to_run=to_run,
+    )
+
+
+onstart:
+    try:
+        write_job_plan()
+    except OSError as error:
+        # only `llsmflow status` reads it (and falls back on a dry run): never fail a run for it
+        print(f"llsmflow: job plan not written ({error})", file=sys.stderr)

@@ -21,5 +21,8 @@ rule provenance:
         raw_files=RAW_FILES,
         results_dir=lambda wildcards, output: str(Path(output.record).parent.parent),
         fftw_wisdom=str(WORK / ".cache" / "fftw-wisdom"),
+        # sha256 of files already hashed in this run (llsmflow.provenance.digests)
+        digest_cache=str(WORK / ".cache" / "sha256.json"),
+        archive=str(RESULTS / f"{DATASET}.ome.zarr"),
     script:
         "../scripts/provenance.py"

@@ -9,6 +9,7 @@ import yaml
 from llsmflow.archive.manifest import write_checksum_manifest
 from llsmflow.io import atomic_output, write_json
 from llsmflow.provenance.crate import write_crate
+from llsmflow.provenance.digests import DigestCache
 from llsmflow.provenance.record import run_record, scrub
 from llsmflow.run.steps import configure_logging
 
@@ -30,6 +31,11 @@ if Path(p.fftw_wisdom).is_file():
 else:
     wisdom.unlink(missing_ok=True)
 acquisition = json.loads(Path(snakemake.input.acquisition).read_text(encoding="utf-8"))
+# each file hashed once per run: the archive job's manifest already holds the raw stacks' and the archive's
+# digests (reused for files not modified since it was written), and the run record's are reused by the manifest
+digests = DigestCache(p.digest_cache)
+raw_names = {f"raw/{Path(f).name}": f for f in p.raw_files}
+digests.seed_from_manifest(Path(p.archive) / "checksums.sha256", p.archive, raw_names)
 record = run_record(
     config,
     workflow_dir=workflow_dir,
@@ -37,6 +43,7 @@ record = run_record(
     inputs=p.raw_files,
     outputs=snakemake.input.results,
     acquisition=acquisition,
+    digests=digests,
 )
 write_json(snakemake.output.record, record)
 with atomic_output(snakemake.output.config) as tmp:
@@ -44,8 +51,10 @@ with atomic_output(snakemake.output.config) as tmp:
 write_checksum_manifest(
     results,
     snakemake.output.manifest,
-    extra_files={f"raw/{Path(f).name}": f for f in p.raw_files},
+    extra_files=raw_names,
+    digest=digests.digest,
 )
+digests.save()
 write_crate(
     Path(snakemake.output.crate).parent,
     record,

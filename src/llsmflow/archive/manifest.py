@@ -117,6 +117,7 @@ def write_checksum_manifest(
     out_path: str | Path,
     extra_files: Mapping[str, str | Path] | None = None,
     known_digests: Mapping[str, str] | None = None,
+    digest=None,
 ) -> Path:
     """Write a ``sha256sum``-compatible manifest of every file under ``root``, atomically.
 
@@ -132,6 +133,9 @@ def write_checksum_manifest(
     known_digests : dict of str to str, optional
         Lines taken as they are, ``{name: sha256 hex}``: the raw inputs' lines of an archive being copied
         (:func:`llsmflow.archive.convert.convert_archive`), whose files may no longer be at hand.
+    digest : callable, optional
+        ``digest(path) -> sha256 hex`` (default: hash the file), e.g. a digest cache's, so that a file is
+        hashed once per run.
 
     Returns
     -------
@@ -152,12 +156,13 @@ def write_checksum_manifest(
         if key in files:
             raise LlsmflowError(f"extra file name {key!r} collides with a file under {root}", out_path)
         files[key] = Path(file_path)
-    digests = {name: sha256_file(path) for name, path in files.items()}
-    for name, digest in (known_digests or {}).items():
+    hash_file = digest or sha256_file
+    digests = {name: hash_file(path) for name, path in files.items()}
+    for name, known in (known_digests or {}).items():
         key = _check_extra_name(name, out_path)
-        if key in digests or len(digest) != 64 or any(ch not in "0123456789abcdef" for ch in digest.lower()):
-            raise LlsmflowError(f"known digest {key!r}: {digest!r} collides or is not a sha256 hex", out_path)
-        digests[key] = digest.lower()
+        if key in digests or len(known) != 64 or any(ch not in "0123456789abcdef" for ch in known.lower()):
+            raise LlsmflowError(f"known digest {key!r}: {known!r} collides or is not a sha256 hex", out_path)
+        digests[key] = known.lower()
     lines = [_manifest_line(digests[name], name) for name in sorted(digests)]
     with atomic_output(out_path) as tmp:
         tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")

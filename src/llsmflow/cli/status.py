@@ -17,7 +17,7 @@ def cmd_status(args) -> int:
     else:
         print("done: nothing yet (no step records)")
     if status.left:
-        print(f"left: {sum(status.left.values())} jobs (Snakemake dry run)")
+        print(f"left: {sum(status.left.values())} jobs ({status.left_source})")
         for rule, jobs in status.left.items():
             print(f"  {rule:<14}{jobs:>6}")
         print("run `llsmflow run` with the same config to finish.")

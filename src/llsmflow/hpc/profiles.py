@@ -26,8 +26,10 @@ class SiteAnswers:
     qos: str | None = None
     cores: int = 8
     jobs: int = 100
-    volumes_group: int = 20
-    fusion_group: int = 10
+    # at most 20 submissions per 1,000 volumes (4 tiles × 2 channels): 10 volume groups, 3 fusion groups and
+    # 6 single jobs (register, archive, track per channel, qc_mosaic, qc groups); docs/hpc.md gives the sizing
+    volumes_group: int = 100
+    fusion_group: int = 100
     qc_group: int = 50
     status_command: str = "squeue"
 
@@ -70,7 +72,11 @@ def render_profile(answers: SiteAnswers) -> str:
         "keep-going: true",
         "printshellcmds: true",
         "show-failed-logs: true",
-        "max-jobs-per-second: 5",
+        "# dispatch: the greedy scheduler (Snakemake's default ILP solves a problem over every ready job at each",
+        "# round: seconds per round with thousands of jobs); at most 10 sbatch calls a second",
+        "scheduler: greedy",
+        "max-jobs-per-timespan: 10/1s",
+        "seconds-between-status-checks: 10",
         "# without slurmdbd `sacct` fails and Snakemake never learns that jobs ended: squeue works everywhere",
         f"slurm-status-command: {answers.status_command}",
         "default-resources:",

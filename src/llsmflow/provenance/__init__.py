@@ -8,6 +8,10 @@ Submodules, one per product:
     (:func:`provenance_summary`). Standard library only, so every workflow job may import it.
 ``crate``
     The Workflow Run RO-Crate built from the run record (imports ``rocrate``, hence its own module).
+``crate_steps``
+    The steps of a run in its crate: one ``CreateAction`` per job, or per rule for a large run.
+``digests``
+    Each file hashed once per run: sha256 digests kept by path, size and modification time.
 ``snapshot``
     Before anything runs: every file of a crate's workflow snapshot against the checksums the crate records,
     the snapshot against the installed llsmflow's own workflow, and the raw inputs (``--raw-dir``) by sha256.
@@ -49,6 +53,7 @@ _HERE = {
     ),
     "write_crate": "crate",
     "build_crate": "crate",
+    "DigestCache": "digests",
 }
 # names that older code imports from here but that live in another package now
 _ELSEWHERE = {

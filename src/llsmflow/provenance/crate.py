@@ -34,12 +34,15 @@ that only the RO-Crate context itself must be resolvable when the crate is valid
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from llsmflow.errors import LlsmflowError
+from llsmflow.provenance.crate_steps import JOB_ACTIONS_MAX, add_step_actions, container, environment
+from llsmflow.provenance.crate_steps import additional_type as _additional_type
+from llsmflow.provenance.crate_steps import literal as _value
+from llsmflow.provenance.crate_steps import slug as _slug
 
 if TYPE_CHECKING:
     from rocrate.model.contextentity import ContextEntity
@@ -71,31 +74,6 @@ WORKFLOW_FILES = (
 )
 CRATE_FILES = ("run-record.json", "checksums.sha256", "transforms.json", "config.yaml", "fftw-wisdom")
 METADATA = "ro-crate-metadata.json"
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", str(text)).strip("-")
-
-
-def _additional_type(value) -> str:
-    if isinstance(value, bool):
-        return "Boolean"
-    if isinstance(value, int):
-        return "Integer"
-    if isinstance(value, float):
-        return "Float"
-    if value is None or isinstance(value, str):
-        return "Text"
-    return "StructuredValue"
-
-
-def _value(value):
-    """JSON-LD literal for a parameter value: scalars as is, None as "null", the rest as JSON text."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool | int | float | str):
-        return value
-    return json.dumps(value, sort_keys=True)
 
 
 def flatten_config(config: dict, prefix: str = "") -> dict:
@@ -141,20 +119,55 @@ class _CrateBuilder:
         self.record = record
         self.run_dir = run_dir
         self.files: dict[str, ContextEntity] = {}
+        # every entity made here, by @id: rocrate's crate.get() scans every entity on a miss (quadratic)
+        self.index: dict[str, ContextEntity] = {}
+        self._tool_inputs: dict[str, set[str]] = {}
+        self._uris: dict[str, tuple[str, dict]] | None = None
+        self._uri_cache: dict[str, str] = {}
+        self._dir_cache: dict[Path, Path] = {}
 
     def add(self, entity_id: str, types, **properties):
-        existing = self.crate.get(entity_id)
+        existing = self.index.get(entity_id)
         if existing is not None:
             return existing
         from rocrate.model.contextentity import ContextEntity
 
         entity = ContextEntity(self.crate, entity_id, properties={"@type": types, **properties})
+        self.index[entity_id] = entity
         return self.crate.add(entity)
 
+    def tool_input(self, tool, parameter) -> None:
+        """``parameter`` (a FormalParameter) among the ``input`` of ``tool``, once."""
+        seen = self._tool_inputs.setdefault(tool.id, set())
+        if parameter.id not in seen:
+            seen.add(parameter.id)
+            tool.append_to("input", parameter)
+
+    def recorded_by_uri(self, path: str, inputs: dict, outputs: dict):
+        """``(recorded path, entry)`` of the input or output that is the same file as ``path``, or None."""
+        if self._uris is None:
+            self._uris = {self.path_uri(p): (p, e) for p, e in {**inputs, **outputs}.items()}
+        return self._uris.get(self.path_uri(path))
+
     def path_uri(self, path: str) -> str:
-        """Absolute ``file://`` URI of a path recorded relative to the run directory."""
-        p = Path(path)
-        return (p if p.is_absolute() else self.run_dir / p).resolve().as_uri()
+        """Absolute ``file://`` URI of a path recorded relative to the run directory (symbolic links resolved).
+
+        A directory is resolved once for all its files (``Path.resolve`` costs an ``lstat`` per path component:
+        most of the crate's build time at 20,000 volumes); a file that is itself a link is resolved whole."""
+        key = str(path)
+        uri = self._uri_cache.get(key)
+        if uri is None:
+            p = Path(path)
+            p = p if p.is_absolute() else self.run_dir / p
+            if p.name in ("", ".", "..") or p.is_symlink():
+                resolved = p.resolve()
+            else:
+                parent = self._dir_cache.get(p.parent)
+                if parent is None:
+                    parent = self._dir_cache[p.parent] = p.parent.resolve()
+                resolved = parent / p.name
+            uri = self._uri_cache[key] = resolved.as_uri()
+        return uri
 
     def data_entity(self, path: str, entry: dict | None = None, is_dir: bool | None = None):
         """File or Dataset entity for a path outside the crate (absolute URI), created once."""
@@ -202,54 +215,9 @@ class _CrateBuilder:
         return entities
 
 
-def _resource_usage(builder: _CrateBuilder, action_id: str, step: dict) -> list:
-    usage = {
-        "wall_time_s": (step.get("seconds"), "s"),
-        "peak_memory_mb": (step.get("peak_memory_mb"), "MiB"),
-        "threads": (step.get("threads"), None),
-    }
-    for key, value in (step.get("notes") or {}).items():
-        usage[key] = (value, None)
-    for key, value in (step.get("gpu") or {}).items():
-        usage[f"gpu_{key}"] = (value, None)
-    entities = []
-    for key, (value, unit) in usage.items():
-        if value is None:
-            continue
-        extra = {"propertyID": key}
-        if unit:
-            extra["unitText"] = unit
-        entities.append(builder.property_value(f"{action_id}-usage-{_slug(key)}", key, value, **extra))
-    return entities
-
-
-def _environment(builder: _CrateBuilder, action_id: str, step: dict) -> list:
-    env = dict(step.get("environment") or {})
-    if step.get("host"):
-        env["HOSTNAME"] = step["host"]
-    return [builder.property_value(f"{action_id}-env-{_slug(k)}", k, v) for k, v in sorted(env.items())]
-
-
-def _container(builder: _CrateBuilder, container: dict | None):
-    """ContainerImage entity for ``{"image": path or reference, "reference": ..., "digest": ...}``."""
-    if not container:
-        return None
-    reference = container.get("reference") or container.get("image")
-    props = {"name": reference}
-    image = container.get("image") or ""
-    props["additionalType"] = {
-        "@id": "https://apptainer.org/docs/user/latest/definition_files.html"
-        if image.endswith(".sif") or "APPTAINER" in json.dumps(container) or image.startswith("oras://")
-        else "https://w3id.org/ro/terms/workflow-run#DockerImage"
-    }
-    if container.get("digest"):
-        props["sha256"] = container["digest"].removeprefix("sha256:")
-    if image and image != reference:
-        props["description"] = f"image file {image}"
-    return builder.add(f"#container-{_slug(reference)}", "ContainerImage", **props)
-
-
-def build_crate(crate_dir, record: dict, workflow_dir, run_dir, record_outputs=None) -> ROCrate:
+def build_crate(
+    crate_dir, record: dict, workflow_dir, run_dir, record_outputs=None, job_actions_max: int = JOB_ACTIONS_MAX
+) -> ROCrate:
     """Build the Provenance Run Crate of a run from its run record.
 
     Parameters
@@ -266,6 +234,9 @@ def build_crate(crate_dir, record: dict, workflow_dir, run_dir, record_outputs=N
     record_outputs : list of str, optional
         Top-level result paths (files or directories, relative to ``run_dir``) to describe as the run's
         outputs; default: every file of ``record["outputs"]``.
+    job_actions_max : int
+        Up to this many step records, one ``CreateAction`` per job; beyond, one per rule
+        (:mod:`llsmflow.provenance.crate_steps`).
     """
     crate_dir, run_dir = Path(crate_dir), Path(run_dir)
     b = _CrateBuilder(crate_dir, record, run_dir)
@@ -289,7 +260,11 @@ def build_crate(crate_dir, record: dict, workflow_dir, run_dir, record_outputs=N
     # --- files inside the crate
     for name in CRATE_FILES:
         if (crate_dir / name).is_file():
-            crate.add_file(crate_dir / name, name, properties={"name": name, **_file_description(name)})
+            # the run record holds every job's record: its sha256 here (the per-rule actions point to it)
+            extra = _checksum(crate_dir / name) if name == "run-record.json" else {}
+            b.index[name] = crate.add_file(
+                crate_dir / name, name, properties={"name": name, **_file_description(name), **extra}
+            )
     copy_workflow(workflow_dir, crate_dir / "workflow")
     snapshot = sorted(p for p in (crate_dir / "workflow").rglob("*") if p.is_file())
     for path in snapshot:
@@ -392,53 +367,15 @@ def build_crate(crate_dir, record: dict, workflow_dir, run_dir, record_outputs=N
     workflow["hasPart"] = list(tools.values())
     workflow["step"] = list(howtos.values())
 
-    control_actions, containers = [], []
-    for step in steps:
-        tag = _slug("-".join(str(v) for v in (step.get("wildcards") or {}).values())) or "run"
-        action_id = f"#exec-{_slug(step['step'])}-{tag}"
-        tool = tools[step["step"]]
-        objects = []
-        for name, value in list((step.get("wildcards") or {}).items()) + list(
-            (step.get("params") or {}).items()
-        ):
-            kind = "wildcard" if name in (step.get("wildcards") or {}) else "param"
-            fp, pv = b.parameter(
-                f"#tool-{_slug(step['step'])}-{kind}-{_slug(name)}",
-                f"{action_id}-{kind}-{_slug(name)}",
-                name,
-                value,
-            )
-            tool.append_to("input", fp)
-            objects.append(pv)
-        objects += [_step_file(b, p, inputs_entries, output_entries) for p in step.get("inputs", [])]
-        results = [_step_file(b, p, inputs_entries, output_entries) for p in step.get("outputs", [])]
-        props = {
-            "name": f"{step['step']} {tag}",
-            "instrument": tool,
-            "object": objects,
-            "result": results,
-            "startTime": step.get("start"),
-            "endTime": step.get("end"),
-            "actionStatus": {"@id": "http://schema.org/CompletedActionStatus"},
-            "resourceUsage": _resource_usage(b, action_id, step),
-            "environment": _environment(b, action_id, step),
-        }
-        if step.get("slurm_job_id"):
-            props["identifier"] = f"slurm-job-{step['slurm_job_id']}"
-        container = _container(b, step.get("container"))
-        if container is not None:
-            props["containerImage"] = container
-            containers.append(container)
-        action = b.add(action_id, "CreateAction", **{k: v for k, v in props.items() if v not in (None, [])})
-        control_actions.append(
-            b.add(
-                f"#control-{action_id[1:]}",
-                "ControlAction",
-                name=f"orchestrate {step['step']} {tag}",
-                instrument=howtos[step["step"]],
-                object=action,
-            )
-        )
+    control_actions = add_step_actions(
+        b,
+        steps,
+        tools,
+        howtos,
+        lambda path: _step_file(b, path, inputs_entries, output_entries),
+        run_record=b.index.get("run-record.json"),
+        job_actions_max=job_actions_max,
+    )
 
     starts = [s["start"] for s in steps if s.get("start")]
     ends = [s["end"] for s in steps if s.get("end")]
@@ -452,12 +389,12 @@ def build_crate(crate_dir, record: dict, workflow_dir, run_dir, record_outputs=N
         startTime=min(starts) if starts else record["created"],
         endTime=max(ends + [record["created"]]),
         actionStatus={"@id": "http://schema.org/CompletedActionStatus"},
-        environment=_environment(
+        environment=environment(
             b, "#run", {"environment": record.get("environment"), "host": record.get("host")}
         ),
     )
     if record.get("container"):
-        run_action["containerImage"] = _container(b, record["container"])
+        run_action["containerImage"] = container(b, record["container"])
     b.add(
         "#organize",
         "OrganizeAction",
@@ -523,16 +460,22 @@ def _step_file(b: _CrateBuilder, path: str, inputs: dict, outputs: dict):
     entry = inputs.get(path) or outputs.get(path)
     if entry is None:
         # results recorded relative to the run dir may be given absolute by the step, and vice versa
-        for p, e in {**inputs, **outputs}.items():
-            if b.path_uri(p) == b.path_uri(path):
-                return b.data_entity(p, e, is_dir=False)
+        same = b.recorded_by_uri(path, inputs, outputs)
+        if same is not None:
+            return b.data_entity(same[0], same[1], is_dir=False)
     absolute = Path(path) if Path(path).is_absolute() else b.run_dir / path
     is_dir = absolute.is_dir() or path.endswith((".zarr", ".zarr/"))
     return b.data_entity(path, entry, is_dir=is_dir)
 
 
 def write_crate(
-    crate_dir, record: dict, workflow_dir, run_dir, record_outputs=None, manifest_root=None
+    crate_dir,
+    record: dict,
+    workflow_dir,
+    run_dir,
+    record_outputs=None,
+    manifest_root=None,
+    job_actions_max: int = JOB_ACTIONS_MAX,
 ) -> Path:
     """Build the crate (see :func:`build_crate`) and write ``ro-crate-metadata.json`` in ``crate_dir``.
 
@@ -544,7 +487,7 @@ def write_crate(
     from llsmflow.io import atomic_output
 
     crate_dir = Path(crate_dir)
-    crate = build_crate(crate_dir, record, workflow_dir, run_dir, record_outputs)
+    crate = build_crate(crate_dir, record, workflow_dir, run_dir, record_outputs, job_actions_max)
     manifest = crate_dir / "checksums.sha256"
     if manifest.is_file():
         snapshot = sorted(p for p in (crate_dir / "workflow").rglob("*") if p.is_file())
@@ -552,5 +495,7 @@ def write_crate(
     metadata = crate.metadata.generate()
     out = crate_dir / METADATA
     with atomic_output(out) as tmp:
-        Path(tmp).write_text(json.dumps(metadata, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        # indented for reading while small; compact (and written by json's C encoder) for a large run
+        indent = 2 if len(record["steps"]) <= job_actions_max else None
+        Path(tmp).write_text(json.dumps(metadata, indent=indent, ensure_ascii=False) + "\n", encoding="utf-8")
     return out

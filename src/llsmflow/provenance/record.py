@@ -53,14 +53,19 @@ def now_iso() -> str:
     return _dt.datetime.now(_dt.UTC).astimezone().isoformat(timespec="seconds")
 
 
-def file_entries(paths, root: str | Path | None = None) -> list[dict]:
+def file_entries(paths, root: str | Path | None = None, digests=None) -> list[dict]:
     """``[{path, bytes, sha256}]`` for every file in ``paths`` (directories are walked), sorted by path.
 
-    Paths are given relative to ``root`` when they lie under it.
+    Paths are given relative to ``root`` when they lie under it. ``digests`` (a
+    :class:`llsmflow.provenance.digests.DigestCache`) gives digests already known, so that each file is hashed
+    once per run.
     """
     from llsmflow.io import sha256_file
 
+    digest = sha256_file if digests is None else digests.digest
+
     entries = []
+    root_resolved = Path(root).resolve() if root is not None else None
     for path in paths:
         path = Path(path)
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
@@ -68,10 +73,10 @@ def file_entries(paths, root: str | Path | None = None) -> list[dict]:
             shown = file
             if root is not None:
                 try:
-                    shown = file.resolve().relative_to(Path(root).resolve())
+                    shown = file.resolve().relative_to(root_resolved)
                 except ValueError:
                     shown = file
-            entries.append({"path": str(shown), "bytes": file.stat().st_size, "sha256": sha256_file(file)})
+            entries.append({"path": str(shown), "bytes": file.stat().st_size, "sha256": digest(file)})
     return sorted(entries, key=lambda e: e["path"])
 
 
@@ -152,21 +157,29 @@ def scrub(value, key: str = ""):
     contains one of :data:`SECRET_MARKERS` is replaced by ``"[redacted]"``, as is the value of any
     ``NAME=VALUE`` inside a string whose NAME contains one (``--export=ALL,LAB_API_TOKEN=…``).
     """
-    if key and any(marker in key.upper() for marker in SECRET_MARKERS):
+    if key and _secret_name(key):
         return REDACTED
     if isinstance(value, dict):
         return {k: scrub(v, str(k)) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [scrub(v) for v in value]
     if isinstance(value, str):
-        value = _URL_CREDENTIALS.sub(lambda m: m.group("scheme"), value)
-        return _ASSIGNMENT.sub(_redact_secret_assignment, value)
+        # the patterns need "://" and "=": most strings (paths, names) skip both (a run record of 20,000
+        # volumes holds some 300,000 strings)
+        if "://" in value:
+            value = _URL_CREDENTIALS.sub(lambda m: m.group("scheme"), value)
+        return _ASSIGNMENT.sub(_redact_secret_assignment, value) if "=" in value else value
     return value
+
+
+@functools.lru_cache(maxsize=4096)
+def _secret_name(name: str) -> bool:
+    return any(marker in name.upper() for marker in SECRET_MARKERS)
 
 
 def _redact_secret_assignment(match: re.Match) -> str:
     name = match.group("name")
-    secret = any(marker in name.upper() for marker in SECRET_MARKERS)
+    secret = _secret_name(name)
     return f"{name}={REDACTED}" if secret else match.group(0)
 
 
@@ -245,6 +258,7 @@ def write_run_record(
     outputs,
     acquisition: dict | None = None,
     run_dir=None,
+    digests=None,
 ) -> Path:
     """Write ``run-record.json``: config, workflow version, software, steps, input and output checksums.
 
@@ -253,12 +267,14 @@ def write_run_record(
     """
     from llsmflow.io import write_json
 
-    record = run_record(config, workflow_dir, step_records, inputs, outputs, acquisition, run_dir)
+    record = run_record(config, workflow_dir, step_records, inputs, outputs, acquisition, run_dir, digests)
     return write_json(out_path, record)
 
 
-def run_record(config, workflow_dir, step_records, inputs, outputs, acquisition=None, run_dir=None) -> dict:
-    """The run record as a dict (see :func:`write_run_record`)."""
+def run_record(
+    config, workflow_dir, step_records, inputs, outputs, acquisition=None, run_dir=None, digests=None
+) -> dict:
+    """The run record as a dict (see :func:`write_run_record`; ``digests``: :func:`file_entries`)."""
     run_dir = Path(run_dir or Path.cwd())
     steps = [json.loads(Path(p).read_text(encoding="utf-8")) for p in sorted(step_records, key=str)]
     record = {
@@ -276,8 +292,8 @@ def run_record(config, workflow_dir, step_records, inputs, outputs, acquisition=
         "run_dir": str(run_dir.resolve()),
         "environment": allowed_environment(),
         "steps": steps,
-        "inputs": file_entries(inputs, run_dir),
-        "outputs": file_entries(outputs, run_dir),
+        "inputs": file_entries(inputs, run_dir, digests),
+        "outputs": file_entries(outputs, run_dir, digests),
     }
     container = container_info()
     if container:

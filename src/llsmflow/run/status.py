@@ -2,10 +2,13 @@
 
 *Done* comes from the step records under ``work/<dataset>/steps/`` (one per finished job, with its run time,
 peak memory and backend; see :class:`llsmflow.run.steps.StepRecorder`) and from Snakemake's log of the run
-(for rules that write no step record, such as ``provenance``). *Left* comes from a Snakemake dry run, the only
-authority on what Snakemake would (re)run: it knows about changed code, parameters and inputs, which a listing
-of expected files would not. Its "Job stats" table is parsed rather than calling Snakemake's Python API, whose
-shape changes between major versions while the table has stayed the same since Snakemake 5.
+(for rules that write no step record, such as ``provenance``). *Left* comes from the job plan the workflow
+wrote when it was parsed (:mod:`llsmflow.run.jobplan`: every job's step record, valid only while the
+configuration, the workflow's files and the raw files are as they were then), and otherwise from a Snakemake
+dry run, the authority on what Snakemake would (re)run: it knows about changed code, parameters and inputs,
+which a listing of expected files would not, but takes minutes at 20,000 volumes. The dry run's "Job stats"
+table is parsed rather than calling Snakemake's Python API, whose shape changes between major versions while
+the table has stayed the same since Snakemake 5.
 
 ``llsmflow status results/<dataset>`` finds the configuration of a results directory through the pointer
 that ``llsmflow run`` left (:mod:`llsmflow.run.paths`).
@@ -23,6 +26,7 @@ from pathlib import Path
 
 from llsmflow.errors import LlsmflowError
 from llsmflow.run.config import check_config, find_workflow_root, snakemake_base_command
+from llsmflow.run.jobplan import fingerprint, jobs_left_from_plan, plan_path
 from llsmflow.run.paths import find_run_pointer, run_paths
 from llsmflow.run.steps import step_records_under, summarise_steps
 
@@ -196,6 +200,7 @@ class RunStatus:
     report: Path
     done: list[dict]
     left: dict[str, int]
+    left_source: str = "Snakemake dry run"
 
 
 def run_status(results_dir: str | None, configfile: str | None, workflow_dir: str | None) -> RunStatus:
@@ -203,7 +208,11 @@ def run_status(results_dir: str | None, configfile: str | None, workflow_dir: st
     config, configfile, root, run_dir = resolve_status_target(results_dir, configfile, workflow_dir)
     results, work = run_paths(config)
     done = summarise_steps(step_records_under(run_dir / work / "steps"))
-    left = jobs_left(root, configfile, run_dir)
+    # the job plan answers in seconds where it describes this run as it is now; else the dry run
+    left = jobs_left_from_plan(run_dir / plan_path(work), fingerprint(config, root), run_dir)
+    source = "job plan"
+    if left is None:
+        left, source = jobs_left(root, configfile, run_dir), "Snakemake dry run"
     left.pop("all", None)
     return RunStatus(
         config,
@@ -213,4 +222,5 @@ def run_status(results_dir: str | None, configfile: str | None, workflow_dir: st
         run_dir / results / "qc" / "report.html",
         done,
         left,
+        source,
     )

@@ -21,6 +21,7 @@ from llsmflow.decon import backends as decon_backends
 from llsmflow.decon import engine as decon_engine
 from llsmflow.decon import fft as decon_fft
 from llsmflow.decon import padding as decon_padding
+from llsmflow.decon import wisdom as decon_wisdom
 from llsmflow.errors import LlsmflowError
 
 from .conftest import REAL_DATA
@@ -485,9 +486,9 @@ def test_fftw_measure_plans_and_keeps_wisdom(monkeypatch, tmp_path):
     parts = wisdom.read_bytes().split(b"\0")
     assert len(parts) == 3 and b"fftw" in parts[1]  # single-precision wisdom, FFTW's text format
     # a fresh process would import it: it does not raise and keeps planning correct
-    monkeypatch.setattr(decon_fft, "_wisdom_read_from", None)
+    monkeypatch.setattr(decon_wisdom, "_read", set())
     decon_fft._load_wisdom()
-    assert decon_fft._wisdom_read_from == str(wisdom)
+    assert decon_wisdom._read == {str(wisdom)}
 
 
 _WISDOM_CHILD = """

@@ -82,13 +82,18 @@ class _Engine:
         wb_alpha: float = _WB_ALPHA,
         wb_beta: float | None = None,
         wb_order: int = _WB_ORDER,
+        transforms: int | None = None,
     ):
+        """``transforms``: the FFTs the caller will run with this engine (4 per iteration and block), for the
+        choice of FFTW planning effort; None: unknown."""
         self.xp = xp
         self.method = method
         self.acceleration = bool(acceleration)
         if math.prod(padded_shape) < _MIN_VOXELS_FOR_THREADS:
             threads = 1  # thread start-up and barriers cost more than they save on tiny blocks
-        self.ws = _Workspace(padded_shape, xp, threads, 5 if acceleration else 3)
+        if transforms is not None:
+            transforms += 1 if method == "rl" else 2  # the OTF (and the WB back projector)
+        self.ws = _Workspace(padded_shape, xp, threads, 5 if acceleration else 3, transforms)
         self.run_blocks = _Runner(xp, self.ws.shape, threads)
         scale = np.float32(1.0 / math.prod(self.ws.shape))
         buffer = self.ws.reals[0]

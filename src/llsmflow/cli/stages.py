@@ -216,6 +216,7 @@ def cmd_deconvolve(args) -> int:
             "psf_geometry": {"used": geometry, "reason": reason},
             "source": str(args.input),
         },
+        compression=None if args.compression == "none" else args.compression,
     )
     print(
         f"{args.output}: {result.iterations} {result.method} iterations on backend {result.backend}"
@@ -482,6 +483,12 @@ def register_stage_commands(sub) -> None:
     )
     p.add_argument("--channel", type=int, default=None)
     p.add_argument("--timepoint", type=int, default=None)
+    p.add_argument(
+        "--compression",
+        choices=("none", "zlib"),
+        default="none",
+        help="output TIFF compression: zlib about halves the file but is single-threaded (seconds per volume)",
+    )
     p.set_defaults(func=cmd_deconvolve)
 
     p = sub.add_parser("stitch", help="register and fuse tiles into a Zarr volume")

@@ -10,9 +10,12 @@ Planning effort (``FFTW_PLANNER_EFFORT``, default ``"auto"``; or the environment
    ``LLSMFLOW_FFTW_WISDOM``, as the workflow does for its jobs) or when measuring pays for itself within this
    call (:func:`measuring_pays`: the transforms the call will run, against the planning cost), and the
    plans are saved to the wisdom file;
-3. else ``FFTW_ESTIMATE`` on one thread: no planning at all. One thread because FFTW_ESTIMATE cannot judge
-   threading: its threaded plans can be pathological (measured: one 56x75x75 real transform took 31 ms on 2
-   threads with 31,000 context switches, 2.1 ms on 1; for 128x288x280 2 threads were no faster than 1).
+3. else ``FFTW_ESTIMATE``: no planning at all. On one thread below ``_ESTIMATE_THREADS_MIN_VOXELS``
+   (2^20), because FFTW_ESTIMATE cannot judge threading and its threaded plans of small transforms can be
+   pathological (measured: one 56x75x75 real transform took 31 ms on 2 threads with 31,000 context switches,
+   2.1 ms on 1); larger transforms showed no such thing (1.1 M and 10 M voxels: 8 and 26 context switches
+   per transform), and there a measured plan's gain is only that of a better algorithm (``measuring_pays``
+   with one thread's gain).
 
 Measured on this project's 2-core machine (CPU time, one thread, ``bench/bench_cli_deconvolve.py``): a
 measured plan was 2–8 % faster than an estimated one for 84–128x288x280 volumes and 1.9x for 40x112x240; the
@@ -26,12 +29,14 @@ set them here (``llsmflow.decon.fft.USE_PYFFTW = False``), not on the package.""
 from __future__ import annotations
 
 import logging
+import math
 import os
+import sys
 import time
+import types
 from pathlib import Path
 
 import numpy as np
-import scipy.fft
 
 # FFTW_WISDOM_ENV is re-exported here: the workflow's scripts and older code import it from this module
 from llsmflow.decon.wisdom import FFTW_WISDOM_ENV, import_file, save, wisdom_file  # noqa: F401
@@ -49,10 +54,20 @@ def _import_pyfftw():
     ``OMP_WAIT_POLICY=PASSIVE`` it ran as fast as on 1 thread. libgomp reads the variable once, when it is
     loaded, so it is set just around this import (unless the user set it) and removed again: other libraries
     and child processes never see it.
+
+    pyFFTW's ``__init__`` also imports ``pyfftw.interfaces``, the NumPy/SciPy/dask look-alike interfaces,
+    which import ``scipy.fftpack`` and ``dask.array`` (measured: 0.3 s of a 0.35 s import on a quiet machine,
+    1.3 s of 1.7 s on a busy one). The engine uses only ``pyfftw.FFTW``, the wisdom functions and
+    ``empty_aligned``, so a placeholder stands in for ``pyfftw.interfaces`` during this import and is removed
+    after it: a later ``import pyfftw.interfaces`` (by anyone) imports the real module.
     """
+    if "pyfftw" in sys.modules:
+        return sys.modules["pyfftw"]
     added = "OMP_WAIT_POLICY" not in os.environ
     if added:
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    placeholder = types.ModuleType("pyfftw.interfaces")
+    sys.modules.setdefault("pyfftw.interfaces", placeholder)
     try:
         import pyfftw as module
     except ImportError:  # pragma: no cover - the scipy.fft path is tested by setting USE_PYFFTW = False
@@ -60,6 +75,11 @@ def _import_pyfftw():
     finally:
         if added:
             os.environ.pop("OMP_WAIT_POLICY", None)
+        if sys.modules.get("pyfftw.interfaces") is placeholder:
+            del sys.modules["pyfftw.interfaces"]
+            parent = sys.modules.get("pyfftw")
+            if parent is not None and getattr(parent, "interfaces", None) is placeholder:
+                del parent.interfaces
     return module
 
 
@@ -92,6 +112,11 @@ _MEASURED_GAIN_1_THREAD = 0.1
 # estimated plan (assumed: on 2 busy cores we measured no gain, on a quiet one FFTW's threads reach 0.6–0.8)
 _PARALLEL_EFFICIENCY = 0.7
 
+# FFTW_ESTIMATE plans use all threads from this many voxels on (measured on 2 cores: 40x112x240 = 1.1 M
+# voxels and 128x288x280 = 10 M ran on 2 threads with 8 and 26 context switches per transform, no slower than
+# on one; 56x75x75 = 0.3 M took 15x longer, with 31,000); below it, one thread
+_ESTIMATE_THREADS_MIN_VOXELS = 1 << 20
+
 _EFFORTS = {"estimate": "FFTW_ESTIMATE", "measure": "FFTW_MEASURE", "patient": "FFTW_PATIENT", "auto": "auto"}
 
 
@@ -113,16 +138,16 @@ def planner_effort() -> str:
     return effort
 
 
-def measuring_pays(transforms: int | None, threads: int) -> bool:
+def measuring_pays(transforms: int | None, threads: int, estimate_threads: int = 1) -> bool:
     """Whether ``FFTW_MEASURE`` planning on ``threads`` threads costs less than it saves over ``transforms``
-    transforms, against ``FFTW_ESTIMATE`` on one thread (``None``: unknown work, assumed large)."""
+    transforms, against ``FFTW_ESTIMATE`` plans on ``estimate_threads`` (1, or ``threads``) threads
+    (``transforms`` None: unknown work, assumed large)."""
     if transforms is None:
         return True
-    if threads <= 1:
-        gain, cost = _MEASURED_GAIN_1_THREAD, _PLAN_COST_TRANSFORMS
-    else:
-        gain = max(1.0 - 1.0 / (_PARALLEL_EFFICIENCY * threads), _MEASURED_GAIN_1_THREAD)
-        cost = _PLAN_COST_TRANSFORMS * _THREADED_PLAN_FACTOR
+    cost = _PLAN_COST_TRANSFORMS * (1.0 if threads <= 1 else _THREADED_PLAN_FACTOR)
+    gain = _MEASURED_GAIN_1_THREAD
+    if estimate_threads < threads:
+        gain = max(1.0 - estimate_threads / (_PARALLEL_EFFICIENCY * threads), gain)
     return transforms * gain >= cost
 
 
@@ -181,18 +206,20 @@ class _Workspace:
             if (self.shape, threads, "FFTW_MEASURE") in _PLANNED or self._from_wisdom("FFTW_MEASURE", threads):
                 self._plan("FFTW_MEASURE", threads)
                 return
-            measure = shared or measuring_pays(transforms, threads)
+            big = math.prod(self.shape) >= _ESTIMATE_THREADS_MIN_VOXELS
+            measure = shared or measuring_pays(transforms, threads, threads if big else 1)
             effort = "FFTW_MEASURE" if measure else "FFTW_ESTIMATE"
-        # threaded FFTW_ESTIMATE plans can be pathological (module docstring): one thread
-        fft_threads = 1 if effort == "FFTW_ESTIMATE" else threads
+        # threaded FFTW_ESTIMATE plans can be pathological on small transforms (module docstring): one thread
+        small = math.prod(self.shape) < _ESTIMATE_THREADS_MIN_VOXELS
+        fft_threads = 1 if effort == "FFTW_ESTIMATE" and small else threads
         key = (self.shape, fft_threads, effort)
         if key in _PLANNED or effort == "FFTW_ESTIMATE":  # in memory, or nothing to measure
             self._plan(effort, fft_threads)
             if key not in _PLANNED:
                 _PLANNED.add(key)
                 log.info(
-                    "FFTW planned %s with FFTW_ESTIMATE on 1 thread (%s transforms expected: measuring would "
-                    "cost more than it saves)", self.shape, "?" if transforms is None else transforms,
+                    "FFTW planned %s with FFTW_ESTIMATE on %d thread(s) (%s transforms expected: measuring "
+                    "would cost more than it saves)", self.shape, fft_threads, transforms or "?",
                 )  # fmt: skip
             return
         if self._from_wisdom(effort, fft_threads):
@@ -238,6 +265,8 @@ class _Workspace:
             self._forward.execute()
             return self.spec
         if _is_numpy(self.xp):
+            import scipy.fft  # only on this fallback path: importing it costs 0.1–0.5 s per process
+
             return scipy.fft.rfftn(real, workers=self.threads)
         return self.xp.fft.rfftn(real)
 
@@ -248,6 +277,8 @@ class _Workspace:
             self._inverse.execute()
             return out
         if _is_numpy(self.xp):
+            import scipy.fft
+
             return scipy.fft.irfftn(
                 spec, s=self.shape, norm="forward", workers=self.threads, overwrite_x=True
             )

@@ -93,7 +93,7 @@ def timed(command: list[str], env: dict) -> tuple[float, float, str]:
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return wall, cpu, done.stderr
+    return wall, cpu, done.stderr + done.stdout
 
 
 def main() -> None:
@@ -173,7 +173,8 @@ def main() -> None:
                 )
             )
     for key in [k for k in runs if k.startswith("llsmflow") and "before" not in k]:
-        rows.append((f"{key}: the command's own 'in … s' (deconvolution, last round)", deconvolution_seconds(logs[key])))
+        own = deconvolution_seconds(logs[key])
+        rows.append((f"{key}: the command's own 'in … s' (deconvolution, last round)", own))
         plan_line = next((x.split("INFO ", 1)[1] for x in logs[key].splitlines() if "FFTW" in x), "")
         rows.append((f"{key}: planning (-v log)", plan_line))
     rows += [

@@ -363,6 +363,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-quality", action="store_true")
     args = parser.parse_args()
+    # per-iteration speed of measured plans (a one-off call with the default 'auto' would estimate its plans)
+    decon_fft.FFTW_PLANNER_EFFORT = "FFTW_MEASURE"
     speed((64, 256, 256), gaussian_psf(), "64×256×256, Gaussian PSF", args.iterations, args.repeats)
     if REAL_PSF.is_file():
         import tifffile

@@ -21,6 +21,7 @@ from llsmflow.decon import backends as decon_backends
 from llsmflow.decon import engine as decon_engine
 from llsmflow.decon import fft as decon_fft
 from llsmflow.decon import padding as decon_padding
+from llsmflow.decon import wisdom as decon_wisdom
 from llsmflow.errors import LlsmflowError
 
 from .conftest import REAL_DATA
@@ -485,9 +486,9 @@ def test_fftw_measure_plans_and_keeps_wisdom(monkeypatch, tmp_path):
     parts = wisdom.read_bytes().split(b"\0")
     assert len(parts) == 3 and b"fftw" in parts[1]  # single-precision wisdom, FFTW's text format
     # a fresh process would import it: it does not raise and keeps planning correct
-    monkeypatch.setattr(decon_fft, "_wisdom_read_from", None)
+    monkeypatch.setattr(decon_wisdom, "_read", set())
     decon_fft._load_wisdom()
-    assert decon_fft._wisdom_read_from == str(wisdom)
+    assert decon_wisdom._read == {str(wisdom)}
 
 
 _WISDOM_CHILD = """
@@ -826,3 +827,18 @@ def test_cupy_matches_numpy(beads, real_psf):
     on_cpu = decon.deconvolve(*args, backend="cpu", max_memory_gb=budget)
     assert chunked.chunks > 1
     np.testing.assert_allclose(chunked.data, on_cpu.data, rtol=0, atol=tolerance * float(on_cpu.data.max()))
+
+
+@pytest.mark.parametrize("method", ["rl", "wb"])
+def test_flat_start_first_step_shortcut_equals_the_general_path(beads, monkeypatch, method):
+    """From a flat first estimate the first iteration skips the transforms of the constant (H c = c·sum of the
+    kernel): the same result as the general path to float32 round-off, after one and after three iterations."""
+    kernel = decon.prepare_psf(beads["psf"], VOXEL_UM, VOXEL_UM)
+    func = decon.richardson_lucy if method == "rl" else decon.wiener_butterworth
+    for iterations in (1, 3):
+        fast = func(beads["raw"], kernel, iterations=iterations, initial="flat")
+        monkeypatch.setattr(decon_engine, "_FLAT_FIRST_STEP", False)
+        general = func(beads["raw"], kernel, iterations=iterations, initial="flat")
+        monkeypatch.setattr(decon_engine, "_FLAT_FIRST_STEP", True)
+        np.testing.assert_allclose(fast, general, rtol=0, atol=2e-5 * float(general.max()))
+        assert not np.array_equal(fast, func(beads["raw"], kernel, iterations=iterations, initial="data"))

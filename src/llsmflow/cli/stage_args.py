@@ -214,6 +214,13 @@ def register_stage_arguments(sub) -> None:
         default=None,
         help="timepoint index, from 0, in a time-lapse input (default: the file's only timepoint)",
     )
+    p.add_argument(
+        "--compression",
+        choices=("none", "zlib"),
+        default="none",
+        help="output TIFF compression: zlib about halves the file but is single-threaded (seconds per volume; "
+        "default: none)",
+    )
     p.set_defaults(func=cmd_deconvolve)
 
     p = sub.add_parser(

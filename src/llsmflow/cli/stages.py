@@ -191,6 +191,7 @@ def cmd_deconvolve(args) -> int:
             "psf_geometry": {"used": geometry, "reason": reason},
             "source": str(args.input),
         },
+        compression=None if args.compression == "none" else args.compression,
     )
     print(
         f"{args.output}: {result.iterations} {result.method} iterations on backend {result.backend}"

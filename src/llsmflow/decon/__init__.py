@@ -16,13 +16,13 @@ What is here and why it is hand-written
   four here), and pycudadecon needs a shared library that pip cannot install (see the notes, "pycudadecon
   packaging").
 * The CPU engine is written for speed because deconvolution is the workflow's most expensive step:
-  real-to-complex FFTs in float32/complex64; the OTF and the back projector computed once per padded
-  shape; FFTW through pyFFTW when it is importable (planned transforms, ``FFTW_MEASURE``, multithreaded; a
-  shape's plan is re-created from FFTW's in-process wisdom in well under a millisecond, and one workspace
-  serves every chunk of a volume), ``scipy.fft`` otherwise (``llsmflow.decon.fft.USE_PYFFTW = False``
-  forces it); every buffer preallocated and every element-wise step done in place, slab by slab
-  (cache-sized blocks along z) on all threads. The 1/N of the inverse FFT is folded into the OTFs, so no
-  extra pass normalises.
+  real-to-complex FFTs in float32/complex64; the OTF and the back projector computed once per padded shape;
+  FFTW through pyFFTW when it is importable (planned transforms, multithreaded; ``FFTW_MEASURE`` where the
+  planning pays for itself, else ``FFTW_ESTIMATE``; measured plans are kept in a wisdom file, by default a
+  per-user cache; one workspace serves every chunk of a volume), ``scipy.fft`` otherwise
+  (``llsmflow.decon.fft.USE_PYFFTW = False`` forces it); every buffer preallocated and every element-wise step
+  done in place, slab by slab (cache-sized blocks along z) on all threads. The 1/N of the inverse FFT is
+  folded into the OTFs, so no extra pass normalises.
 * Volumes larger than a memory budget (``deconvolve(..., max_memory_gb=...)``) are deconvolved in
   overlapping chunks with a halo of real data around each (see ``plan_chunks``), read and written a few
   planes at a time (any array with slicing: zarr, h5py, memmap); away from the volume's border the result
@@ -47,8 +47,11 @@ imported on first use, so ``import llsmflow.decon.backends`` costs no NumPy)
 * ``psf``: PSF preparation and the data background (SciPy ``ndimage``).
 * ``otf``: OTF, radial OTF, Wiener–Butterworth back projector.
 * ``padding``: fast FFT lengths, padded shapes, reflection padding (NumPy only).
-* ``fft``: pyFFTW/``scipy.fft`` workspaces, FFTW wisdom files (``FFTW_WISDOM_ENV``) and the FFT settings
-  (``USE_PYFFTW``, ``FFTW_PLANNER_EFFORT``, ``FFTW_PLANNING_TIMELIMIT_S``: set them on this submodule).
+* ``fft``: pyFFTW/``scipy.fft`` workspaces, the planning effort (``auto``: measured plans only where they pay,
+  ``measuring_pays``) and the FFT settings (``USE_PYFFTW``, ``FFTW_PLANNER_EFFORT``,
+  ``FFTW_PLANNING_TIMELIMIT_S``: set them on this submodule; ``LLSMFLOW_FFTW_PLANNING``).
+* ``wisdom``: the FFTW wisdom file (``FFTW_WISDOM_ENV``; by default the per-user cache, keyed by machine),
+  read only when it is FFTW wisdom, written atomically and merged under a lock (standard library only).
 * ``engine``: the threaded RL/WB iteration on one padded block.
 * ``chunks``: chunk planning and memory estimates (the HPC layer sizes jobs with them).
 * ``execute``: running a chunk plan, in this process or on a dask client.
@@ -81,6 +84,7 @@ _EXPORTS = {
     "FFTW_PLANNER_EFFORT": "fft",
     "FFTW_PLANNING_TIMELIMIT_S": "fft",
     "FFTW_WISDOM_ENV": "fft",
+    "FFTW_PLANNING_ENV": "fft",
     "ChunkPlan": "chunks",
     "estimate_memory": "chunks",
     "plan_chunks": "chunks",

@@ -19,6 +19,9 @@ from llsmflow.errors import LlsmflowError
 _SLAB_BYTES = 1 << 18
 # Blocks with fewer voxels than this run on one thread.
 _MIN_VOXELS_FOR_THREADS = 1 << 16
+# From a flat first estimate, the first iteration skips the transforms of the (constant) estimate; False: the
+# general path (tests compare the two)
+_FLAT_FIRST_STEP = True
 
 
 def _resolve_threads(threads) -> int:
@@ -82,13 +85,18 @@ class _Engine:
         wb_alpha: float = _WB_ALPHA,
         wb_beta: float | None = None,
         wb_order: int = _WB_ORDER,
+        transforms: int | None = None,
     ):
+        """``transforms``: the FFTs the caller will run with this engine (4 per iteration and block), for the
+        choice of FFTW planning effort; None: unknown."""
         self.xp = xp
         self.method = method
         self.acceleration = bool(acceleration)
         if math.prod(padded_shape) < _MIN_VOXELS_FOR_THREADS:
             threads = 1  # thread start-up and barriers cost more than they save on tiny blocks
-        self.ws = _Workspace(padded_shape, xp, threads, 5 if acceleration else 3)
+        if transforms is not None:
+            transforms += 1 if method == "rl" else 2  # the OTF (and the WB back projector)
+        self.ws = _Workspace(padded_shape, xp, threads, 5 if acceleration else 3, transforms)
         self.run_blocks = _Runner(xp, self.ws.shape, threads)
         scale = np.float32(1.0 / math.prod(self.ws.shape))
         buffer = self.ws.reals[0]
@@ -166,12 +174,27 @@ class _Engine:
 
         x = ws.reals[1]
         if initial == "flat":
-            x.fill(float(data.mean(dtype=xp.float64)))
+            constant = float(data.mean(dtype=xp.float64))
+            x.fill(constant)
         else:
             x[...] = data
         if not self.acceleration:
             t = ws.reals[2]
-            for k in range(1, iterations + 1):
+            first = 1
+            if initial == "flat" and _FLAT_FIRST_STEP:
+                # H applied to a constant is that constant times the kernel's sum (N times the OTF at zero
+                # frequency, up to float32 round-off): the first iteration needs no transform of the estimate,
+                # two transforms instead of four
+                t.fill(constant * float(otf[0, 0, 0].real) * math.prod(ws.shape))
+                run(ratio, t, data)
+                spec = ws.forward(t)
+                run(multiply, spec, otf_bp)
+                t = ws.inverse(spec, t)
+                run(times_clamped, x, t)
+                if progress is not None:
+                    progress(1)
+                first = 2
+            for k in range(first, iterations + 1):
                 t = correction(x, t)
                 run(times_clamped, x, t)
                 if progress is not None:

@@ -61,7 +61,10 @@ def _run_plan(
         engine_args = (psf, plan.padded_shape, xp.__name__, None, method, acceleration, wb)
         run = (background, iterations, eps, initial)
         return _run_plan_on(client, volume, plan, engine_args, run, out, checked, progress)
-    engine = _Engine(psf, plan.padded_shape, xp, threads, method, acceleration, **(wb or {}))
+    transforms = 4 * iterations * plan.count
+    engine = _Engine(
+        psf, plan.padded_shape, xp, threads, method, acceleration, **(wb or {}), transforms=transforms
+    )
     try:
         for index, (window_start, region, core) in enumerate(plan.boxes()):
             offset = tuple(r.start - w for r, w in zip(region, window_start, strict=True))
@@ -91,7 +94,11 @@ def _deconvolve_chunk(block, offset, within, engine_args, run) -> np.ndarray:
     psf, padded_shape, xp_name, threads, method, acceleration, wb = engine_args
     background, iterations, eps, initial = run
     xp = importlib.import_module(xp_name)
-    engine = _Engine(psf, padded_shape, xp, _resolve_threads(threads), method, acceleration, **(wb or {}))
+    # the planning effort follows the work of one chunk: a worker that gets more reuses its plans in memory
+    engine = _Engine(
+        psf, padded_shape, xp, _resolve_threads(threads), method, acceleration, **(wb or {}),
+        transforms=4 * iterations,
+    )  # fmt: skip
     try:
         region = tuple(slice(0, n) for n in block.shape)
         engine.load(block, region, background, offset)

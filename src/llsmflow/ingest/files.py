@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
+if TYPE_CHECKING:  # imported where a table is made: `llsmflow deconvolve` uses only the PSF check here
+    import pandas as pd
 
 from llsmflow.errors import LlsmflowError
 from llsmflow.ingest.model import tile_name
@@ -77,6 +79,8 @@ def match_stacks(raw_dir: Path, pattern: re.Pattern, psf_names: set[str]) -> pd.
         raise LlsmflowError(
             "no raw stacks match the metadata's file_regex; expected TIFF stacks of the acquisition", raw_dir
         )
+    import pandas as pd
+
     samples = pd.DataFrame(rows)
     samples["sample_id"] = [
         f"{r.tile}-ch{r.channel}-t{r.timepoint:04d}" for r in samples.itertuples(index=False)
@@ -223,6 +227,8 @@ def check_stacks(raw_dir: Path, samples: pd.DataFrame, expected_shape, metadata_
     if expected_shape is not None:
         expected, source = tuple(int(n) for n in expected_shape), f"raw_shape_zyx in {metadata_path.name}"
     else:
+        import pandas as pd
+
         counts = pd.Series([str(s) for s in shapes.values()]).value_counts()
         expected = next(s for s in shapes.values() if str(s) == counts.index[0])
         source = "most stacks"

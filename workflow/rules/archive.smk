@@ -1,4 +1,13 @@
 # archive: workflow/scripts/archive.py → llsmflow.archive
+
+
+def rembi_input(wildcards):
+    """The dataset's REMBI YAML (config `rembi`, written by `llsmflow init`) when it exists: stored in the
+    archive's metadata once filled in; an edit re-writes the archive."""
+    path = config.get("rembi")
+    return [path] if path and Path(path).is_file() else []
+
+
 rule archive:
     """The dataset archive: OME-Zarr image (TCZYX, physical scales, channels), tracks as Parquet, checksums."""
     input:
@@ -10,6 +19,7 @@ rule archive:
         tables=lambda wildcards: list(track_tables().values()),
         acquisition=WORK / "acquisition.json",
         transforms=WORK / "stitch" / "transforms.json",
+        rembi=rembi_input,
     output:
         archive=directory(RESULTS / f"{DATASET}.ome.zarr"),
         step=step_record("archive.json"),

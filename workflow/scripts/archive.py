@@ -1,9 +1,11 @@
 """Assemble fused volumes, tracks and checksums into the dataset archive (thin wrapper over llsmflow.archive)."""
 
 import json
+import logging
 from pathlib import Path
 
 from llsmflow.archive.dataset import write_dataset_archive
+from llsmflow.fair.archive_rembi import rembi_for_archive
 from llsmflow.provenance.record import package_versions
 from llsmflow.run.steps import StepRecorder
 from llsmflow.stitch.fused import stack_fused
@@ -29,6 +31,12 @@ with StepRecorder.for_workflow_job(snakemake) as step:
         },
         "tracking": {"skipped": p.tracking_skipped} if p.tracking_skipped else {"tables": list(p.table_names)},
     }
+    rembi, not_stored = rembi_for_archive(snakemake.input.rembi[0] if snakemake.input.rembi else None)
+    if rembi is not None:
+        attributes["rembi"] = rembi
+    if not_stored:
+        logging.getLogger("llsmflow.archive").warning("%s", not_stored)
+        step.note(rembi=not_stored)
     write_dataset_archive(
         snakemake.output.archive,
         image,

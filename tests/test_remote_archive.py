@@ -119,6 +119,7 @@ def test_read_over_http_equals_local_and_fetches_only_the_chunks_needed(served):
     np.testing.assert_array_equal(one, local[1, 0].compute())
     total = _size(archive)
     # one of 6 (t, c) volumes of level 0, of a 2-level archive: well under a quarter of the archive
+    print(f"opened {opened} B, one (t, c) of level 0 {one_bytes} B, archive {total} B")
     assert 0 < one_bytes < 0.25 * total, (one_bytes, total)
     assert opened < 0.05 * total, (opened, total)  # opening reads metadata only
     np.testing.assert_array_equal(remote.compute(), image)

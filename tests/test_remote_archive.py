@@ -191,4 +191,4 @@ def test_missing_archive_and_missing_protocol_package(served, capsys):
     except ImportError:
         assert main(["verify", "s3://bucket/cell.ome.zarr"]) == 2
         err = capsys.readouterr().err
-        assert "needs s3fs" in err and len(err.strip().splitlines()) == 1
+        assert "s3fs" in err and "pip install" in err and len(err.strip().splitlines()) == 1

@@ -14,59 +14,18 @@ Optional dependencies: ``pip install 'llsmflow[remote]'`` (fsspec, aiohttp); ``s
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
 from llsmflow.errors import LlsmflowError
+from llsmflow.io import is_url, redact, url_filesystem
 
-_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-_URL_IN_TEXT = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)(?:[^/@\s]*@)?([^\s?#'\"]*)(\?[^\s#'\"]*)?")
-_PACKAGES = {
-    "http": "aiohttp",
-    "https": "aiohttp",
-    "s3": "s3fs",
-    "gs": "gcsfs",
-    "az": "adlfs",
-    "abfs": "adlfs",
-}
+__all__ = ["filesystem", "is_url", "join", "redact", "remote_digests", "sha256_url", "verify_remote"]
+
 _BLOCK = 1 << 20
-
-
-def is_url(value) -> bool:
-    """True when ``value`` is a string with a scheme (``http://``, ``s3://`` …); ``file://`` counts too."""
-    return isinstance(value, str) and bool(_URL.match(value))
-
-
-def redact(text) -> str:
-    """``text`` with every URL's credentials removed: ``user:password@`` dropped, a query string shown as
-    ``?…`` (pre-signed URLs carry their signature there)."""
-    return _URL_IN_TEXT.sub(lambda m: m.group(1) + m.group(2) + ("?…" if m.group(3) else ""), str(text))
-
-
-def filesystem(url: str):
-    """``(fsspec filesystem, path within it)`` for ``url``; one clear line when fsspec or the protocol's
-    package is not installed."""
-    scheme = urlsplit(url).scheme.lower()
-    try:
-        import fsspec
-        from fsspec.core import url_to_fs
-    except ImportError as exc:
-        raise LlsmflowError(
-            f"reading {scheme}:// URLs needs fsspec; expected it installed (pip install 'llsmflow[remote]')",
-            redact(url),
-        ) from exc
-    try:
-        return url_to_fs(url)
-    except (ImportError, ValueError) as exc:
-        package = _PACKAGES.get(scheme, f"the fsspec implementation of {scheme}://")
-        known = "" if scheme in fsspec.available_protocols() else " (unknown protocol)"
-        raise LlsmflowError(
-            f"reading {scheme}:// URLs needs {package}{known}; expected it installed "
-            f"(pip install 'llsmflow[remote]' {package if scheme not in ('http', 'https') else ''})".rstrip(),
-            redact(url),
-        ) from exc
+# the URL basics live in the bottom layer, where the TIFF reader uses them too
+filesystem = url_filesystem
 
 
 def join(url: str, name: str) -> str:

@@ -101,3 +101,21 @@ def test_tiff_url_errors_are_one_line_without_credentials(served):
     with pytest.raises(LlsmflowError, match="cannot read as TIFF") as info:
         read_volume(f"{base.replace('http://', 'http://bob:pw@')}/absent.ome.tif")
     assert "pw@" not in str(info.value) and len(str(info.value).splitlines()) == 1
+
+
+def test_a_server_without_range_requests_is_one_line_not_a_download(served, tmp_path):
+    _, path, _ = served
+
+    class Plain(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Plain, directory=str(path.parent)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(LlsmflowError, match="support range requests") as info:
+            read_volume(f"http://127.0.0.1:{server.server_port}/cell.ome.tif", channel=0, timepoint=0)
+        assert len(str(info.value).splitlines()) == 1
+    finally:
+        server.shutdown()
+        server.server_close()

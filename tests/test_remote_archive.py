@@ -75,6 +75,7 @@ def served(tmp_path_factory):
         attributes={"acquisition": {"instrument": "LLSM"}},
     )
     shutil.copytree(archive, root / "tampered.ome.zarr")
+    write_dataset_archive(root / "v04.ome.zarr", image[:1, :1], VOXEL, 2.0, ["ch488"], ngff_version="0.4")
     counter = _Counter()
 
     class Handler(http.server.SimpleHTTPRequestHandler):
@@ -192,3 +193,10 @@ def test_missing_archive_and_missing_protocol_package(served, capsys):
         assert main(["verify", "gs://bucket/cell.ome.zarr"]) == 2
         err = capsys.readouterr().err
         assert "gcsfs" in err and "pip install" in err and len(err.strip().splitlines()) == 1
+
+
+def test_ngff_04_archive_reads_over_http(served):
+    base, root, _, _, image, _ = served
+    data, meta = read_ome_zarr(f"{base}/v04.ome.zarr")
+    assert meta == read_ome_zarr(root / "v04.ome.zarr")[1] and meta["ngff_version"] == "0.4"
+    np.testing.assert_array_equal(data.compute(), image[:1, :1])

@@ -401,8 +401,11 @@ def _check_fits_float32(path: Path, data: np.ndarray) -> None:
 
 
 def _check_complete(path: Path, end: int) -> None:
-    size = url_filesystem(path)[0].size(url_filesystem(path)[1]) if is_url(path) else path.stat().st_size
-    path = redact(path) if is_url(path) else path
+    if is_url(path):
+        fs, remote = url_filesystem(path)
+        size, path = fs.size(remote), redact(path)
+    else:
+        size = path.stat().st_size
     if end > size:
         raise LlsmflowError(
             f"is truncated: {size} bytes on disk, its pixel data end at byte {end}; expected a readable TIFF "

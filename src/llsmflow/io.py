@@ -8,7 +8,9 @@ destination directory first, renamed only when complete, so an interrupted step 
 finished.
 
 TIFF parsing is tifffile's, CZI parsing czifile's (:mod:`llsmflow.ingest.czi` says why that library); this
-module only maps their metadata to voxel sizes and gives clear errors.
+module only maps their metadata to voxel sizes and gives clear errors. A TIFF may also be a URL (``https://…``,
+``s3://…``), opened through fsspec (the optional ``remote`` extra): only the pages of the chosen channel and
+timepoint are fetched, and no message shows the URL's credentials (:func:`redact`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -114,21 +117,28 @@ def file_voxel_size(tif: tifffile.TiffFile) -> tuple[float, float, float] | None
 @contextlib.contextmanager
 def open_tiff(path: Path, expected: str = "a readable TIFF") -> Iterator[tifffile.TiffFile]:
     """Open a TIFF for reading; any failure inside becomes one :class:`LlsmflowError` naming the file and,
-    for an unreadable one, ``expected`` (what the caller needed the file to be)."""
-    if not path.is_file():
+    for an unreadable one, ``expected`` (what the caller needed the file to be). ``path`` may be a URL."""
+    url = is_url(path)
+    if not url and not path.is_file():
         raise LlsmflowError("file not found; expected a TIFF volume", path)
     tifffile_log = logging.getLogger("tifffile")
     previous_level = tifffile_log.level
     # tifffile logs its own complaints about damaged files; the error raised here says it once, clearly.
     tifffile_log.setLevel(logging.CRITICAL)
     try:
-        with tifffile.TiffFile(path) as tif:
-            yield tif
+        if url:  # range requests through fsspec; small blocks: each page's IFD is read, its pixels only if asked
+            fs, remote = url_filesystem(path)
+            with fs.open(remote, "rb", block_size=1 << 12) as handle, tifffile.TiffFile(handle) as tif:
+                yield tif
+        else:
+            with tifffile.TiffFile(path) as tif:
+                yield tif
     except LlsmflowError:
         raise
     except Exception as exc:  # tifffile raises many types for truncated/corrupt files
         raise LlsmflowError(
-            f"cannot read as TIFF ({type(exc).__name__}: {exc}); expected {expected}", path
+            f"cannot read as TIFF ({type(exc).__name__}: {redact(exc)}); expected {expected}",
+            redact(path) if url else path,
         ) from exc
     finally:
         tifffile_log.setLevel(previous_level)
@@ -145,7 +155,7 @@ def read_volume(
     Parameters
     ----------
     path:
-        The TIFF file. It is opened read-only.
+        The TIFF file, or its URL (``https://…``; ``s3://…`` with s3fs). It is opened read-only.
     channel, timepoint:
         Index to select when the file has C or T axes. Required if those axes have more than one entry.
     voxel_size_um:
@@ -156,19 +166,24 @@ def read_volume(
     Volume
         ``data`` is ZYX in the file's dtype; ``voxel_size_um`` is the override, else the file's, else None.
     """
-    path = Path(path)
-    if is_czi(path):
+    source = path if is_url(path) else Path(path)
+    path = redact(source) if is_url(source) else source  # what messages name: a URL without credentials
+    if not is_url(source) and is_czi(path):
         data, file_voxel = read_czi(path, channel, timepoint)
         voxel = voxel_size_um if voxel_size_um is not None else file_voxel
         if voxel is not None:
             voxel = require_positive_voxel_size(voxel, path)
         return Volume(data=data, voxel_size_um=voxel, path=path)
-    with open_tiff(path) as tif:
+    with open_tiff(source) as tif:
         series = tif.series[0]
         axes = series.axes
         _check_not_empty(path, tuple(series.shape))
-        _check_complete(path, _tiff_data_end(series))
-        data = series.asarray()
+        _check_complete(source, _tiff_data_end(series))
+        data = _selected_pages(path, tif, series, channel, timepoint) if is_url(source) else None
+        if data is not None:
+            axes = "".join(a for a in axes.replace("Q", "Z").replace("I", "Z") if a not in "CT")
+        else:
+            data = series.asarray()
         file_voxel = file_voxel_size(tif)
 
     axes = axes.replace("Q", "Z").replace("I", "Z")  # plain stacks of pages read as "IYX"/"QYX"
@@ -386,7 +401,11 @@ def _check_fits_float32(path: Path, data: np.ndarray) -> None:
 
 
 def _check_complete(path: Path, end: int) -> None:
-    size = path.stat().st_size
+    if is_url(path):
+        fs, remote = url_filesystem(path)
+        size, path = fs.size(remote), redact(path)
+    else:
+        size = path.stat().st_size
     if end > size:
         raise LlsmflowError(
             f"is truncated: {size} bytes on disk, its pixel data end at byte {end}; expected a readable TIFF "
@@ -411,20 +430,21 @@ def read_header(
     Raises
     ------
     LlsmflowError
-        Unreadable, truncated, wrong dtype or wrong dimensionality; the message names the file.
+        Unreadable, truncated, wrong dtype or wrong dimensionality; the message names the file (or URL).
     """
-    path = Path(path)
-    if is_czi(path):
+    source = path if is_url(path) else Path(path)
+    path = redact(source) if is_url(source) else source
+    if not is_url(source) and is_czi(path):
         header = czi_header(path)
         _select_index(path, "C", header["sizes"].get("C", 1), channel)
         _select_index(path, "T", header["sizes"].get("T", 1), timepoint)
         return tuple(header["sizes"].get(a, 1) for a in "ZYX"), header["dtype"]
-    with open_tiff(path) as tif:
+    with open_tiff(source) as tif:
         series = tif.series[0]
         axes, shape, dtype = series.axes, tuple(series.shape), np.dtype(series.dtype)
         end = _tiff_data_end(series)
     _check_not_empty(path, shape)
-    _check_complete(path, end)
+    _check_complete(source, end)
     if dtype.kind not in "uif":
         raise LlsmflowError(f"has dtype {dtype}; expected an integer or floating point image", path)
     axes = axes.replace("Q", "Z").replace("I", "Z")
@@ -525,3 +545,52 @@ def sha256_file(path: str | Path) -> str:
             return hashlib.file_digest(fh, "sha256").hexdigest()
     except OSError as exc:
         raise LlsmflowError(f"cannot read ({exc.strerror})", path) from exc
+
+
+# ---- URLs: data where they live ---------------------------------------------------------------------------
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_URL_IN_TEXT = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)(?:[^/@\s]*@)?([^\s?#'\"]*)(\?[^\s#'\"]*)?")
+_URL_PACKAGES = {"http": "aiohttp", "https": "aiohttp", "s3": "s3fs", "gs": "gcsfs", "az": "adlfs"}
+
+
+def is_url(value) -> bool:
+    """True when ``value`` is a string with a scheme (``http://``, ``s3://`` …)."""
+    return isinstance(value, str) and bool(_URL.match(value))
+
+
+def redact(text) -> str:
+    """``text`` with every URL's credentials removed: ``user:password@`` dropped, a query string shown as
+    ``?…`` (pre-signed URLs carry their signature there)."""
+    return _URL_IN_TEXT.sub(lambda m: m.group(1) + m.group(2) + ("?…" if m.group(3) else ""), str(text))
+
+
+def url_filesystem(url: str):
+    """``(fsspec filesystem, path within it)``; one clear line when fsspec or the protocol's package is
+    missing."""
+    scheme = url.partition(":")[0].lower()
+    package = _URL_PACKAGES.get(scheme, f"an fsspec implementation of {scheme}://")
+    try:
+        from fsspec.core import url_to_fs
+
+        return url_to_fs(url)
+    except (ImportError, ValueError) as exc:
+        raise LlsmflowError(
+            f"reading {scheme}:// URLs needs fsspec and {package}; expected them installed "
+            "(pip install 'llsmflow[remote]'" + ("" if package == "aiohttp" else f" {package}") + ")",
+            redact(url),
+        ) from exc
+
+
+def _selected_pages(path, tif: tifffile.TiffFile, series, channel, timepoint) -> np.ndarray | None:
+    """Only the pages (YX planes) of the chosen channel and timepoint, for a file read over the network; None
+    where the series is not one page per plane (the caller then reads it whole)."""
+    axes, shape = series.axes.replace("Q", "Z").replace("I", "Z"), tuple(series.shape)
+    planes = int(np.prod(shape[:-2]))
+    if not axes.endswith("YX") or len(series.pages) != planes:
+        return None
+    index: list = [slice(None)] * (len(shape) - 2)
+    for name, chosen in (("C", channel), ("T", timepoint)):
+        if name in axes:
+            index[axes.index(name)] = _select_index(path, name, shape[axes.index(name)], chosen)
+    pages = np.arange(planes).reshape(shape[:-2])[tuple(index)]
+    return tif.asarray(key=pages.ravel().tolist(), series=0).reshape(pages.shape + shape[-2:])

@@ -10,11 +10,13 @@ import zarr
 
 from llsmflow.archive.manifest import (
     _parse_manifest,
+    parse_manifest_text,
     symlinks_under,
     verify_manifest,
     write_checksum_manifest,
 )
 from llsmflow.archive.ome_zarr import _image_name, _name_multiscales, write_ome_zarr
+from llsmflow.archive.remote import is_url
 from llsmflow.errors import LlsmflowError
 from llsmflow.io import atomic_output, sha256_file
 
@@ -115,8 +117,11 @@ def _root_attributes(archive: Path) -> dict:
         return {}
 
 
-def _table_mismatches(archive: Path, attrs: dict, expected: dict[str, str]) -> list[str]:
-    """Tables whose sha256 recorded in the root attributes disagrees with the manifest or the file."""
+def _table_mismatches(
+    archive: Path, attrs: dict, expected: dict[str, str], digests: dict[str, str | None] | None = None
+) -> list[str]:
+    """Tables whose sha256 recorded in the root attributes disagrees with the manifest or the file (its
+    digest taken from ``digests`` when given: a remote archive's, already fetched)."""
     found = []
     tables = attrs.get("tables")
     for name, entry in sorted((tables if isinstance(tables, dict) else {}).items()):
@@ -129,6 +134,9 @@ def _table_mismatches(archive: Path, attrs: dict, expected: dict[str, str]) -> l
         listed = expected.get(path)
         if listed is not None and listed != recorded:
             found.append(f"{path} (attributes record sha256 {recorded[:16]}…, the manifest {listed[:16]}…)")
+        elif digests is not None:
+            if digests.get(path) not in (None, recorded):
+                found.append(f"{path} (attributes record sha256 {recorded[:16]}…, the file differs)")
         elif file.is_file() and not file.is_symlink() and sha256_file(file) != recorded:
             found.append(f"{path} (attributes record sha256 {recorded[:16]}…, the file differs)")
     return found
@@ -150,7 +158,14 @@ def verify_archive(archive: str | Path, raw_dir: str | Path | None = None) -> di
         ``{"missing": [...], "extra": [...], "changed": [...], "symlinks": [...], "tables": [...]}``: paths
         relative to the archive (raw inputs as ``raw/<name>``); ``symlinks`` as ``path -> target``; ``tables``
         as ``path (what disagrees)``. All empty means the archive and its raw inputs are intact.
+
+        ``archive`` may be a URL (``https://…``, ``s3://…``: :mod:`llsmflow.archive.remote`): every file the
+        manifest lists is fetched and hashed; a remote report adds ``"unchecked"``, what could not be checked
+        (extra files where the store cannot list, as over HTTP; raw inputs not found in ``raw_dir`` or where
+        they were when archived).
     """
+    if is_url(archive):
+        return _verify_remote_archive(archive, raw_dir)
     archive = Path(archive)
     manifest = archive / MANIFEST_NAME
     if not archive.is_dir():
@@ -186,4 +201,58 @@ def verify_archive(archive: str | Path, raw_dir: str | Path | None = None) -> di
     ]
     report["symlinks"] = [f"{name} -> {target}" for name, target in sorted(links.items())]
     report["tables"] = _table_mismatches(archive, attrs, expected)
+    return report
+
+
+def _verify_remote_archive(url: str, raw_dir: str | Path | None) -> dict[str, list[str]]:
+    """:func:`verify_archive` for an archive at a URL (fetched file by file, as the manifest lists them)."""
+    from llsmflow.archive.remote import verify_remote
+
+    expected, digests, present = verify_remote(url, MANIFEST_NAME, parse_manifest_text, RAW_PREFIX)
+    try:
+        attrs = dict(dict(zarr.open_group(url, mode="r").attrs).get("llsmflow", {}))
+    except Exception:  # a damaged root metadata file is reported as changed by the manifest check
+        attrs = {}
+    report: dict[str, list[str]] = {
+        "missing": [],
+        "extra": [],
+        "changed": [],
+        "symlinks": [],
+        "unchecked": [],
+    }
+    for name, digest in digests.items():
+        if digest is None:
+            report["missing"].append(name)
+        elif digest != expected[name]:
+            report["changed"].append(name)
+    if present is None:
+        report["unchecked"].append(
+            "extra files (the server cannot list a directory: only the files the manifest lists were checked)"
+        )
+    else:
+        report["extra"] = [
+            name
+            for name in present
+            if name not in expected
+            and name != MANIFEST_NAME
+            and PurePosixPath(name).name not in WORKFLOW_MARKERS
+        ]
+    directories = [Path(raw_dir)] if raw_dir is not None else []
+    if raw_dir is None:
+        directories = [Path(d) for d in attrs.get("raw_inputs", {}).get("directories", []) if not is_url(d)]
+    for name in sorted(n for n in expected if n.startswith(RAW_PREFIX)):
+        found = next(
+            (d / name[len(RAW_PREFIX) :] for d in directories if (d / name[len(RAW_PREFIX) :]).is_file()),
+            None,
+        )
+        if found is not None:
+            if sha256_file(found) != expected[name]:
+                report["changed"].append(name)
+        elif raw_dir is not None:
+            report["missing"].append(name)
+        else:
+            report["unchecked"].append(f"{name} (raw input not at hand here; give --raw-dir)")
+    report["tables"] = _table_mismatches(Path("."), attrs, expected, digests)
+    for key in ("missing", "changed", "extra"):
+        report[key].sort()
     return report

@@ -29,11 +29,17 @@ def _manifest_line(digest: str, name: str) -> str:
 
 
 def _parse_manifest(manifest_path: Path) -> dict[str, str]:
-    entries: dict[str, str] = {}
     try:
         text = manifest_path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise LlsmflowError(f"cannot read manifest ({exc})", manifest_path) from exc
+    return parse_manifest_text(text, manifest_path)
+
+
+def parse_manifest_text(text: str, manifest_path: str | Path) -> dict[str, str]:
+    """``{relative path: sha256 hex}`` of a manifest's text (``manifest_path`` names it in errors: a path or
+    a URL, whose manifest was fetched over the network)."""
+    entries: dict[str, str] = {}
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue

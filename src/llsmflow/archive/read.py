@@ -14,6 +14,7 @@ import dask.array as da
 import zarr
 
 from llsmflow.archive.ome_zarr import AXES
+from llsmflow.archive.remote import is_url, redact, unreachable
 from llsmflow.errors import LlsmflowError
 
 with warnings.catch_warnings():
@@ -48,6 +49,17 @@ def _transforms(transforms: list[dict] | None, ndim: int) -> tuple[list[float], 
     return scale, translation
 
 
+def _is_connection_error(exc: BaseException) -> bool:
+    """True for a server that does not answer (aiohttp, botocore and the OS name theirs differently)."""
+    while exc is not None:
+        if isinstance(exc, (OSError, TimeoutError)) and not isinstance(exc, FileNotFoundError):
+            return True
+        if "Connect" in type(exc).__name__ or "Timeout" in type(exc).__name__:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def read_ome_zarr(path: str | Path) -> tuple[da.Array, dict]:
     """Open an OME-Zarr image: level 0 as a lazy TCZYX dask array, plus its physical metadata.
 
@@ -57,7 +69,8 @@ def read_ome_zarr(path: str | Path) -> tuple[da.Array, dict]:
     Parameters
     ----------
     path : str or Path
-        The OME-Zarr image group (NGFF 0.4 or 0.5).
+        The OME-Zarr image group (NGFF 0.4 or 0.5): a directory, or a URL (``https://…``; ``s3://…`` with
+        s3fs installed) read through fsspec, which fetches the metadata now and only the chunks computed later.
 
     Returns
     -------
@@ -73,11 +86,21 @@ def read_ome_zarr(path: str | Path) -> tuple[da.Array, dict]:
     LlsmflowError
         If the path is missing, not an OME-Zarr image, or lacks z, y and x axes.
     """
-    path = Path(path)
-    if not path.is_dir():
-        raise LlsmflowError("not found or not a directory; expected an OME-Zarr image", path)
+    remote = is_url(path)
+    if remote:
+        from llsmflow.archive.remote import filesystem
+
+        filesystem(path)  # one clear line when fsspec or the protocol's package is missing
+        path = str(path).rstrip("/")
+    else:
+        path = Path(path)
+        if not path.is_dir():
+            raise LlsmflowError("not found or not a directory; expected an OME-Zarr image", path)
     try:
-        root_attrs = zarr.open_group(str(path), mode="r").attrs.asdict()
+        try:
+            root_attrs = zarr.open_group(str(path), mode="r").attrs.asdict()
+        except FileNotFoundError:
+            raise LlsmflowError("no zarr group metadata; expected an OME-Zarr image", redact(path)) from None
         # NGFF 0.5 nests its metadata under "ome"; 0.4 keeps it at the top level.
         ome = root_attrs["ome"] if isinstance(root_attrs.get("ome"), dict) else root_attrs
         multiscale = (ome.get("multiscales") or [{}])[0]
@@ -90,7 +113,12 @@ def read_ome_zarr(path: str | Path) -> tuple[da.Array, dict]:
     except LlsmflowError:
         raise
     except Exception as exc:  # zarr/ome-zarr raise many types for corrupt or missing metadata
-        raise LlsmflowError(f"cannot read as OME-Zarr ({type(exc).__name__}: {exc})", path) from exc
+        if remote and _is_connection_error(exc):
+            raise unreachable(path, exc) from exc
+        where = redact(path) if remote else path
+        raise LlsmflowError(f"cannot read as OME-Zarr ({type(exc).__name__}: {redact(exc)})", where) from exc
+    if remote:
+        path = redact(path)  # names it in the errors below, without credentials
     if not nodes:
         raise LlsmflowError("has no multiscales metadata; expected an OME-Zarr image", path)
     node = nodes[0]

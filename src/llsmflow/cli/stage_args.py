@@ -271,7 +271,7 @@ def register_stage_arguments(sub) -> None:
             "llsmflow track cell.ome.zarr --output ch1.csv --channel 1 --diameter-um 0.9 0.5 0.5",
         ),
     )
-    p.add_argument("input", type=Path, help="OME-Zarr archive (TCZYX)")
+    p.add_argument("input", type=str, help="OME-Zarr archive (TCZYX): a directory or an http(s):// or s3:// URL")
     p.add_argument("--output", type=Path, required=True, help="tracks.csv (a .parquet is written beside it)")
     p.add_argument("--channel", type=int, default=0, help="channel index to track, from 0")
     p.add_argument(
@@ -359,7 +359,7 @@ def register_stage_arguments(sub) -> None:
             "llsmflow verify results/demo/demo.ome.zarr --raw-dir /archive/demo/raw",
         ),
     )
-    p.add_argument("archive", type=Path, help="the .ome.zarr archive")
+    p.add_argument("archive", type=str, help="the .ome.zarr archive: a directory or an http(s):// or s3:// URL")
     p.add_argument(
         "--raw-dir",
         type=Path,

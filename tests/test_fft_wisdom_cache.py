@@ -226,3 +226,18 @@ def test_cli_writes_uncompressed_unless_asked(clean, monkeypatch):
         assert plain.pages[0].compression == 1 and packed.pages[0].compression == 8  # none / deflate
         np.testing.assert_array_equal(plain.asarray(), packed.asarray())
     assert read_volume_description(clean / "plain.tif")["deconvolution"]["iterations"] == 2
+
+
+def test_pyfftw_interfaces_still_work_for_libraries_imported_after_the_engine():
+    """The engine imports pyFFTW without its interfaces (start-up time); a library that reads
+    ``pyfftw.interfaces`` right after ``import pyfftw`` (trackpy does, at import) must still get them: in one
+    process, deconvolution then tracking (a notebook, ``llsmflow watch``) once failed with AttributeError."""
+    pytest.importorskip("pyfftw")
+    code = (
+        "import llsmflow.decon.fft, sys\n"
+        "assert 'dask.array' not in sys.modules, 'the engine import pulled in pyfftw.interfaces'\n"
+        "import trackpy.preprocessing, pyfftw\n"
+        "assert pyfftw.interfaces.cache is not None\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]

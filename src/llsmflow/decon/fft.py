@@ -59,7 +59,8 @@ def _import_pyfftw():
     which import ``scipy.fftpack`` and ``dask.array`` (measured: 0.3 s of a 0.35 s import on a quiet machine,
     1.3 s of 1.7 s on a busy one). The engine uses only ``pyfftw.FFTW``, the wisdom functions and
     ``empty_aligned``, so a placeholder stands in for ``pyfftw.interfaces`` during this import and is removed
-    after it: a later ``import pyfftw.interfaces`` (by anyone) imports the real module.
+    after it: a later ``import pyfftw.interfaces`` (by anyone) imports the real module, and so does the first
+    use of the attribute ``pyfftw.interfaces`` (trackpy reads it right after ``import pyfftw``).
     """
     if "pyfftw" in sys.modules:
         return sys.modules["pyfftw"]
@@ -80,7 +81,18 @@ def _import_pyfftw():
             parent = sys.modules.get("pyfftw")
             if parent is not None and getattr(parent, "interfaces", None) is placeholder:
                 del parent.interfaces
+    if "interfaces" not in vars(module) and "__getattr__" not in vars(module):
+        module.__getattr__ = _import_interfaces_on_first_use
     return module
+
+
+def _import_interfaces_on_first_use(name: str):
+    """``pyfftw.__getattr__`` (PEP 562): ``pyfftw.interfaces`` imported when first read."""
+    if name == "interfaces":
+        import importlib
+
+        return importlib.import_module("pyfftw.interfaces")
+    raise AttributeError(f"module 'pyfftw' has no attribute {name!r}")
 
 
 pyfftw = _import_pyfftw()

@@ -51,6 +51,15 @@ def literal(value):
     return json.dumps(value, sort_keys=True)
 
 
+# a literal: the Process Run Crate shape lists the allowed statuses as strings
+ACTION_COMPLETED = "http://schema.org/CompletedActionStatus"
+UNIT_CODES = {
+    "s": "http://qudt.org/vocab/unit/SEC",
+    "MiB": "http://qudt.org/vocab/unit/MebiBYTE",
+    "count": "http://qudt.org/vocab/unit/NUM",
+}
+
+
 def resource_usage(builder, action_id: str, step: dict) -> list:
     usage = {
         "wall_time_s": (step.get("seconds"), "s"),
@@ -72,6 +81,10 @@ def _usage_entities(builder, action_id: str, usage: dict) -> list:
         extra = {"propertyID": key}
         if unit:
             extra["unitText"] = unit
+        # Provenance Run Crate: a unitCode (QUDT) on each; a count (int) is a number; text values have none
+        code = UNIT_CODES.get(unit) or (UNIT_CODES["count"] if type(value) is int else None)
+        if code:
+            extra["unitCode"] = code
         entities.append(builder.property_value(f"{action_id}-usage-{slug(key)}", key, value, **extra))
     return entities
 
@@ -151,7 +164,7 @@ def _job_action(builder, step: dict, tools: dict, howtos: dict, step_file):
         "result": results,
         "startTime": step.get("start"),
         "endTime": step.get("end"),
-        "actionStatus": {"@id": "http://schema.org/CompletedActionStatus"},
+        "actionStatus": ACTION_COMPLETED,
         "resourceUsage": resource_usage(builder, action_id, step),
         "environment": environment(builder, action_id, step),
     }
@@ -236,7 +249,7 @@ def _rule_action(builder, rule: str, jobs: list[dict], tools: dict, howtos: dict
         "result": results,
         "startTime": min(starts) if starts else None,
         "endTime": max(ends) if ends else None,
-        "actionStatus": {"@id": "http://schema.org/CompletedActionStatus"},
+        "actionStatus": ACTION_COMPLETED,
         "resourceUsage": _usage_entities(builder, action_id, usage),
         "environment": [builder.property_value(f"{action_id}-env-{slug(k)}", k, v) for k, v in env.items()],
         "identifier": [f"slurm-job-{i}" for i in slurm_jobs],

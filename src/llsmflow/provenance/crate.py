@@ -222,6 +222,7 @@ class _CrateBuilder:
                 "SoftwareApplication",
                 name="Python",
                 version=sw["python"],
+                url={"@id": "https://www.python.org"},
             )
         ]
         for name, version in sorted(sw["packages"].items()):
@@ -234,6 +235,7 @@ class _CrateBuilder:
                     "SoftwareApplication",
                     name=name,
                     version=version,
+                    **({} if name == "llsmflow" else {"url": {"@id": f"https://pypi.org/project/{name}/"}}),
                 )
             )
         return entities
@@ -346,6 +348,7 @@ def build_crate(
 
     config_values, wf_inputs = [], []
     for key, value in flatten_config(config).items():
+        value = crate_meta.portable(value, b.raw_dir, b.run_dir_resolved)
         fp, pv = b.parameter(f"#workflow-param-{_slug(key)}", f"#run-config-{_slug(key)}", key, value)
         config_values.append(pv)
         wf_inputs.append(fp)
@@ -391,6 +394,7 @@ def build_crate(
             "SoftwareApplication",
             name=f"rule {rule}",
             description=f"Snakemake rule {rule} (workflow/rules/*.smk) calling the llsmflow library",
+            version=wf_meta.get("version"),
             softwareRequirements=software,
         )
         howtos[rule] = b.add(
@@ -415,6 +419,7 @@ def build_crate(
         "#run",
         "CreateAction",
         name=f"llsmflow run of dataset {config.get('dataset')}",
+        description="the whole workflow run: raw files and configuration in, results out",
         instrument=workflow,
         object=raw_entities + config_values,
         result=list(outputs.values()),
@@ -437,7 +442,10 @@ def build_crate(
         startTime=run_action["startTime"],
         endTime=run_action["endTime"],
     )
-    crate.root_dataset["mentions"] = [run_action]
+    # every action is mentioned by the root (Process Run Crate); one per rule in a large run
+    crate.root_dataset["mentions"] = [run_action] + [
+        e for e in b.index.values() if e.type == "CreateAction" and e is not run_action
+    ]
     # RO-Crate 1.1: every data entity, in the crate or not, is reachable from the root through hasPart
     for entity in b.files.values():
         crate.root_dataset.append_to("hasPart", entity)

@@ -75,6 +75,21 @@ def local_id(resolved: Path, raw_dir: Path | None, run_dir: Path, is_dir: bool) 
     return "#" + relative.rstrip("/") + ("/" if is_dir else "")
 
 
+def portable(value, raw_dir: Path | None, run_dir: Path):
+    """A config value with an absolute path replaced by the same relative name as :func:`local_id` gives
+    (``raw``, ``raw/…``, a path relative to the run directory, ``external/<name>``); other values as they are.
+    The crate's ``config.yaml`` and ``run-record.json`` keep the paths as given (``llsmflow reproduce`` reads
+    them)."""
+    if not isinstance(value, str) or not value.startswith("/"):
+        return value
+    path = Path(value)
+    if raw_dir is not None and (path == raw_dir or path.is_relative_to(raw_dir)):
+        return ("raw/" + path.relative_to(raw_dir).as_posix()).rstrip("/.")
+    if path == run_dir or path.is_relative_to(run_dir):
+        return path.relative_to(run_dir).as_posix()
+    return "external/" + path.name
+
+
 def rembi_authors(config: dict, run_dir: Path) -> list[dict]:
     """Authors of the dataset's REMBI YAML (config key ``rembi``) as ``{name, orcid, affiliation}``; [] when
     there is none or it is not filled in (the REMBI file is validated by ``llsmflow export bia``)."""
@@ -140,6 +155,9 @@ def set_authors(metadata: dict, authors: list[dict]) -> dict:
     root["author"] = people[0] if len(people) == 1 else people
     if publisher is not None:
         root["publisher"] = {"@id": publisher["@id"]}
+    for entity in graph:  # the people who ran it (Process Run Crate: an Action's agent)
+        if "CreateAction" in _as_list(entity.get("@type")):
+            entity["agent"] = people[0]
     return metadata
 
 

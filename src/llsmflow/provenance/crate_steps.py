@@ -159,6 +159,8 @@ def _job_action(builder, step: dict, tools: dict, howtos: dict, step_file):
     results = [step_file(p) for p in step.get("outputs", [])]
     props: dict[str, Any] = {
         "name": f"{rule} {tag}",
+        "description": f"one job of Snakemake rule {rule}"
+        + (f" ({', '.join(f'{k}={v}' for k, v in wildcards.items())})" if wildcards else ""),
         "instrument": tool,
         "object": objects,
         "result": results,

@@ -208,7 +208,7 @@ class _CrateBuilder:
     def parameter(self, parameter_id: str, value_id: str, name: str, value):
         """A FormalParameter (``parameter_id``, shared by every run of its tool) and the PropertyValue
         (``value_id``) this run gave it, linked both ways (workExample / exampleOfWork); returns both."""
-        pv = self.property_value(value_id, name, value)
+        pv = self.property_value(value_id, name, crate_meta.portable(value, self.raw_dir, self.run_dir_resolved))
         fp = self.add(parameter_id, "FormalParameter", name=name, additionalType=_additional_type(value))
         fp.append_to("workExample", pv, compact=True)
         pv["exampleOfWork"] = fp
@@ -348,7 +348,6 @@ def build_crate(
 
     config_values, wf_inputs = [], []
     for key, value in flatten_config(config).items():
-        value = crate_meta.portable(value, b.raw_dir, b.run_dir_resolved)
         fp, pv = b.parameter(f"#workflow-param-{_slug(key)}", f"#run-config-{_slug(key)}", key, value)
         config_values.append(pv)
         wf_inputs.append(fp)

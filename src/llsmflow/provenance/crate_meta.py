@@ -76,13 +76,17 @@ def local_id(resolved: Path, raw_dir: Path | None, run_dir: Path, is_dir: bool) 
 
 
 def portable(value, raw_dir: Path | None, run_dir: Path):
-    """A config value with an absolute path replaced by the same relative name as :func:`local_id` gives
-    (``raw``, ``raw/…``, a path relative to the run directory, ``external/<name>``); other values as they are.
-    The crate's ``config.yaml`` and ``run-record.json`` keep the paths as given (``llsmflow reproduce`` reads
-    them)."""
+    """A parameter value (in lists and mappings too) with an absolute path replaced by the same relative name
+    as :func:`local_id` gives (``raw``, ``raw/…``, a path relative to the run directory, ``external/<name>``);
+    other values as they are. The crate's ``config.yaml`` and ``run-record.json`` keep the paths as given
+    (``llsmflow reproduce`` reads them)."""
+    if isinstance(value, list | tuple):
+        return [portable(v, raw_dir, run_dir) for v in value]
+    if isinstance(value, dict):
+        return {k: portable(v, raw_dir, run_dir) for k, v in value.items()}
     if not isinstance(value, str) or not value.startswith("/"):
         return value
-    path = Path(value)
+    path = Path(value).resolve()
     if raw_dir is not None and (path == raw_dir or path.is_relative_to(raw_dir)):
         return ("raw/" + path.relative_to(raw_dir).as_posix()).rstrip("/.")
     if path == run_dir or path.is_relative_to(run_dir):

@@ -25,6 +25,7 @@ def test_workflowhub_zip_validates_offline_at_recommended_level(tiny_run, tmp_pa
     done = _cli(
         "export", "workflowhub", str(results), "-o", str(out),
         "--author", "Ada Lovelace", "--orcid", ORCID, "--affiliation", "Analytical Engine Lab",
+        "--affiliation-url", "https://example.org/lab",
     )
     assert done.returncode == 0, done.stderr
     crate = tmp_path / "crate"

@@ -128,7 +128,8 @@ def cmd_export_workflowhub(args) -> int:
         raise LlsmflowError(f"{len(args.orcid)} --orcid for {len(args.author)} --author; expected one per author")
     authors = [
         {"name": name, "orcid": (args.orcid[i] if i < len(args.orcid) else None),
-         "affiliation": args.affiliation if i == 0 else None}
+         "affiliation": args.affiliation if i == 0 else None,
+         "affiliation_url": args.affiliation_url if i == 0 else None}
         for i, name in enumerate(args.author)
     ]
     result = export_workflowhub(args.results_dir, args.output, authors)
@@ -229,6 +230,9 @@ def register_export_commands(subparsers) -> None:
     )
     whub.add_argument(
         "--affiliation", default=None, help="the first author's institute, the crate's publisher (default: none)"
+    )
+    whub.add_argument(
+        "--affiliation-url", default=None, help="the web address of --affiliation (default: none)"
     )
     whub.set_defaults(func=cmd_export_workflowhub)
 

@@ -95,7 +95,8 @@ def portable(value, raw_dir: Path | None, run_dir: Path):
 
 
 def rembi_authors(config: dict, run_dir: Path) -> list[dict]:
-    """Authors of the dataset's REMBI YAML (config key ``rembi``) as ``{name, orcid, affiliation}``; [] when
+    """Authors of the dataset's REMBI YAML (config key ``rembi``) as ``{name, orcid, affiliation,
+    affiliation_url}`` (the affiliation's ``website``); [] when
     there is none or it is not filled in (the REMBI file is validated by ``llsmflow export bia``)."""
     import yaml
 
@@ -116,7 +117,10 @@ def rembi_authors(config: dict, run_dir: Path) -> list[dict]:
             continue
         place = entry.get("affiliation")
         affiliation = place.get("name") if isinstance(place, dict) else None
-        authors.append({"name": name, "orcid": entry.get("orcid"), "affiliation": affiliation})
+        website = place.get("website") if isinstance(place, dict) else None
+        authors.append(
+            {"name": name, "orcid": entry.get("orcid"), "affiliation": affiliation, "affiliation_url": website}
+        )
     return authors
 
 
@@ -131,7 +135,10 @@ def person_entities(authors: list[dict]) -> tuple[list[dict], dict | None]:
         person = {"@id": orcid or f"#author-{index + 1}", "@type": "Person", "name": author["name"]}
         if author.get("affiliation"):
             org_id = "#organization-" + _slug(author["affiliation"])
-            organizations.setdefault(org_id, {"@id": org_id, "@type": "Organization", "name": author["affiliation"]})
+            organization = {"@id": org_id, "@type": "Organization", "name": author["affiliation"]}
+            if author.get("affiliation_url"):
+                organization["url"] = author["affiliation_url"]
+            organizations.setdefault(org_id, organization)
             person["affiliation"] = {"@id": org_id}
         people.append(person)
     publisher = next(iter(organizations.values()), None)

@@ -66,3 +66,24 @@ def test_workflowhub_export_refuses_a_directory_without_crate(tmp_path):
     done = _cli("export", "workflowhub", str(tmp_path), "-o", str(tmp_path / "x.crate.zip"))
     assert done.returncode == 2 and "ro-crate-metadata.json" in done.stderr and len(done.stderr.splitlines()) == 1
     assert not (tmp_path / "x.crate.zip").exists()
+
+
+def test_parameter_paths_and_units_are_portable():
+    """Absolute paths in parameter values become the crate's relative names; numbers get the unit in their name."""
+    from pathlib import Path
+
+    from llsmflow.provenance.crate_meta import local_id, portable
+    from llsmflow.provenance.crate_steps import unit_code
+
+    raw, run = Path("/data/raw"), Path("/runs/x")
+    value = ["/data/raw/a/b.tif", "/runs/x/results/t.csv", {"psf": "/elsewhere/psf.tif"}, 3, "rel/p"]
+    assert portable(value, raw, run) == ["raw/a/b.tif", "results/t.csv", {"psf": "external/psf.tif"}, 3, "rel/p"]
+    assert portable("/data/raw", raw, run) == "raw"
+    assert local_id(Path("/runs/x/results/x/a.zarr"), raw, run, True) == "#results/x/a.zarr/"
+    assert local_id(Path("/data/raw/s.tif"), raw, run, False) == "#raw/s.tif"
+    qudt = "http://qudt.org/vocab/unit/"
+    assert unit_code("wall_time_s", 1.5, "s") == qudt + "SEC"
+    assert unit_code("offset_um2", 0.1, None) == qudt + "MicroM2"
+    assert unit_code("shape_raw", [4, 32, 32], None) == qudt + "NUM"
+    assert unit_code("min_quality", 0.5, None) == qudt + "UNITLESS"
+    assert unit_code("diffusion_um2_s", 0.1, None) is None and unit_code("backend", "cpu", None) is None

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 WORKFLOW_RO_CRATE = "https://w3id.org/workflowhub/workflow-ro-crate/1.0"
@@ -86,12 +87,13 @@ def portable(value, raw_dir: Path | None, run_dir: Path):
         return {k: portable(v, raw_dir, run_dir) for k, v in value.items()}
     if not isinstance(value, str) or not value.startswith("/"):
         return value
-    path = Path(value).resolve()
-    if raw_dir is not None and (path == raw_dir or path.is_relative_to(raw_dir)):
-        return ("raw/" + path.relative_to(raw_dir).as_posix()).rstrip("/.")
-    if path == run_dir or path.is_relative_to(run_dir):
-        return path.relative_to(run_dir).as_posix()
-    return "external/" + path.name
+    normal = Path(os.path.normpath(value))
+    for path in (normal, normal.resolve()):  # resolving (an lstat per component) only when needed
+        if raw_dir is not None and (path == raw_dir or path.is_relative_to(raw_dir)):
+            return ("raw/" + path.relative_to(raw_dir).as_posix()).rstrip("/.")
+        if path == run_dir or path.is_relative_to(run_dir):
+            return path.relative_to(run_dir).as_posix()
+    return "external/" + normal.name
 
 
 def rembi_authors(config: dict, run_dir: Path) -> list[dict]:

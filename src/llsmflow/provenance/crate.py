@@ -387,14 +387,17 @@ def build_crate(
     steps = sorted(record["steps"], key=lambda s: (s.get("start") or "", s["step"]))
     rules = sorted({s["step"] for s in steps}, key=lambda r: [s["step"] for s in steps].index(r))
     tools, howtos = {}, {}
+    sources = crate_meta.rule_sources(crate_dir, "workflow")
     for position, rule in enumerate(rules):
+        source = sources.get(rule)
         tools[rule] = b.add(
             f"#tool-{_slug(rule)}",
             "SoftwareApplication",
             name=f"rule {rule}",
-            description=f"Snakemake rule {rule} (workflow/rules/*.smk) calling the llsmflow library",
+            description=f"Snakemake rule {rule} ({source or 'workflow/rules/*.smk'}) calling the llsmflow library",
             version=wf_meta.get("version"),
             softwareRequirements=software,
+            **({"url": {"@id": source}} if source else {}),
         )
         howtos[rule] = b.add(
             f"#step-{_slug(rule)}", "HowToStep", name=rule, position=str(position), workExample=tools[rule]

@@ -96,6 +96,19 @@ def portable(value, raw_dir: Path | None, run_dir: Path):
     return "external/" + normal.name
 
 
+def rule_sources(crate_dir: Path, snapshot: str) -> dict[str, str]:
+    """``{rule: crate-relative path of the snapshot file that defines it}`` (a rule's ``url`` in the crate)."""
+    import re
+
+    sources = {}
+    for path in sorted((crate_dir / snapshot).rglob("*")):
+        if path.name == "Snakefile" or path.suffix == ".smk":
+            text = path.read_text(encoding="utf-8", errors="replace")
+            for rule in re.findall(r"^\s*rule\s+(\w+)\s*:", text, flags=re.MULTILINE):
+                sources.setdefault(rule, path.relative_to(crate_dir).as_posix())
+    return sources
+
+
 def rembi_authors(config: dict, run_dir: Path) -> list[dict]:
     """Authors of the dataset's REMBI YAML (config key ``rembi``) as ``{name, orcid, affiliation,
     affiliation_url}`` (the affiliation's ``website``); [] when

@@ -171,13 +171,14 @@ def test_crate_describes_steps_software_and_data(small_run):
     objects = [graph[i] for i in _ids(execution["object"])]
     params = {e["name"]: e["value"] for e in objects if e["@type"] == "PropertyValue"}
     assert params["iterations"] == 10 and params["sample"] == "s1"
-    # inputs and outputs: absolute URIs with the size and sha256 of the file
+    # inputs and outputs: local ids relative to raw_dir / the run directory, with the size and sha256 of the file
     raw = (run_dir / "raw" / "stack.tif").resolve()
-    entity = graph[raw.as_uri()]
+    entity = graph["#raw/stack.tif"]
     assert entity["sha256"] == provenance.sha256_file(raw) and entity["contentSize"] == str(
         raw.stat().st_size
     )
-    tracks = graph[(run_dir / "results/x/tracks.csv").resolve().as_uri()]
+    assert str(run_dir) not in (crate_dir / METADATA).read_text()  # never the machine's paths
+    tracks = graph["#results/x/tracks.csv"]
     assert tracks["sha256"] == provenance.sha256_file(run_dir / "results/x/tracks.csv")
     # software and container
     packages = {graph[i]["name"]: graph[i]["version"] for i in _ids(workflow["softwareRequirements"])}

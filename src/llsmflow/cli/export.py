@@ -109,15 +109,56 @@ def cmd_export_omero(args) -> int:
     return 0
 
 
+WORKFLOWHUB_EPILOG = """\
+example:
+  llsmflow export workflowhub results/cells -o cells.crate.zip --author "Ada Lovelace" --orcid 0000-0002-1825-0097
+  then upload cells.crate.zip at https://workflowhub.eu ("Contribute" > "Upload/Import Workflow RO-Crate").
+
+The zip holds the run's crate (results/<dataset>/provenance: metadata, README, workflow snapshot, config, run
+record), not the data: raw inputs and results are named #raw/... and #results/... with their sha256.
+Without --author the crate's authors (from the REMBI YAML of config key rembi) are kept.
+"""
+
+
+def cmd_export_workflowhub(args) -> int:
+    from llsmflow.errors import LlsmflowError
+    from llsmflow.fair.workflowhub import export_workflowhub
+
+    if len(args.orcid) > len(args.author):
+        raise LlsmflowError(f"{len(args.orcid)} --orcid for {len(args.author)} --author; expected one per author")
+    authors = [
+        {"name": name, "orcid": (args.orcid[i] if i < len(args.orcid) else None),
+         "affiliation": args.affiliation if i == 0 else None,
+         "affiliation_url": args.affiliation_url if i == 0 else None}
+        for i, name in enumerate(args.author)
+    ]
+    result = export_workflowhub(args.results_dir, args.output, authors)
+    print(f"wrote {result['output']}: {result['files']} files, {result['bytes'] / 1e3:.1f} kB")
+    return 0
+
+
+def cmd_export_validator_cache(args) -> int:
+    import os
+
+    from llsmflow.fair.workflowhub import seed_validator_cache
+
+    home = args.cache_home or os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    seed_validator_cache(home)
+    print(f"stored the RO-Crate 1.1 context in {home}/rocrate-validator; rocrate-validator --offline now runs here")
+    return 0
+
+
 def register_export_commands(subparsers) -> None:
-    """Add ``llsmflow export bia`` and ``llsmflow export omero``."""
+    """Add ``llsmflow export bia``, ``omero``, ``workflowhub`` and ``validator-cache``."""
     from llsmflow.cli.help_format import example
 
     p = subparsers.add_parser(
         "export",
-        help="hand results to the BioImage Archive or an OMERO server",
+        help="hand results to the BioImage Archive, an OMERO server or WorkflowHub",
         epilog=example(
-            "llsmflow export bia results/cells -o cells-bia", "llsmflow export omero results/cells --dry-run"
+            "llsmflow export bia results/cells -o cells-bia",
+            "llsmflow export omero results/cells --dry-run",
+            "llsmflow export workflowhub results/cells -o cells.crate.zip --author 'Ada Lovelace'",
         ),
     )
     sub = p.add_subparsers(dest="target", required=True, metavar="TARGET")
@@ -172,3 +213,41 @@ def register_export_commands(subparsers) -> None:
         "--timeout", type=float, default=10.0, help="seconds to wait for the server to answer (default 10 s)"
     )
     omero.set_defaults(func=cmd_export_omero)
+
+    whub = sub.add_parser(
+        "workflowhub",
+        help="write the run's Workflow RO-Crate as the .crate.zip WorkflowHub accepts",
+        epilog=WORKFLOWHUB_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    whub.add_argument("results_dir", help="results/<dataset> of a finished `llsmflow run`")
+    whub.add_argument("-o", "--output", required=True, help="the zip to write, NAME.crate.zip")
+    whub.add_argument(
+        "--author", action="append", default=[], help="an author's name; repeat for several (default: the crate's)"
+    )
+    whub.add_argument(
+        "--orcid", action="append", default=[], help="the ORCID of each --author, in order (default: none)"
+    )
+    whub.add_argument(
+        "--affiliation", default=None, help="the first author's institute, the crate's publisher (default: none)"
+    )
+    whub.add_argument(
+        "--affiliation-url", default=None, help="the web address of --affiliation (default: none)"
+    )
+    whub.set_defaults(func=cmd_export_workflowhub)
+
+    cache = sub.add_parser(
+        "validator-cache",
+        help="let `rocrate-validator --offline` run without network (stores the RO-Crate context it needs)",
+        epilog=example(
+            "llsmflow export validator-cache",
+            "rocrate-validator validate --offline -p provenance-run-crate-0.5 results/cells/provenance",
+        ),
+    )
+    cache.add_argument(
+        "cache_home",
+        nargs="?",
+        default=None,
+        help="the cache directory the validator reads (default: $XDG_CACHE_HOME, else ~/.cache)",
+    )
+    cache.set_defaults(func=cmd_export_validator_cache)

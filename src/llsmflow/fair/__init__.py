@@ -10,6 +10,8 @@ writes into them. Submodules:
     What a run's results directory holds (archive, tracks tables, QC report, provenance), with checksums.
 ``bia``
     ``llsmflow export bia``: a BioImage Archive RO-Crate submission folder (file list TSV with sha256).
+``workflowhub``
+    ``llsmflow export workflowhub``: the run's crate as a ``.crate.zip``; an offline ``rocrate-validator`` cache.
 ``omero``
     ``llsmflow export omero``: the import plan as data, and the import through ``ezomero`` (optional).
 
@@ -34,6 +36,7 @@ _EXPORTS = {
     ),
     **dict.fromkeys(("ResultsFile", "results_inventory"), "results"),
     **dict.fromkeys(("export_bia", "bia_crate"), "bia"),
+    **dict.fromkeys(("export_workflowhub", "seed_validator_cache"), "workflowhub"),
     **dict.fromkeys(("omero_plan", "omero_import", "omero_settings", "check_reachable"), "omero"),
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

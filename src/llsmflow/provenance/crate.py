@@ -10,9 +10,11 @@ The crate root is ``results/<dataset>/provenance/`` (``ro-crate-metadata.json`` 
 Inside the crate (relative ``@id``): the run record, the sha256 manifest, the registered tile transforms, the
 resolved configuration (``config.yaml``) and a snapshot of the workflow that ran (``workflow/Snakefile`` with
 its rules, scripts and config schema; the Workflow RO-Crate profile requires the main workflow file inside the
-crate, and ``llsmflow reproduce`` re-runs that snapshot). Raw inputs, results and intermediates lie outside the
-crate root, so they are data entities with absolute ``file://`` URIs; each carries ``name`` (its path relative
-to the run directory), ``contentSize`` and ``sha256``. Directories (the OME-Zarr archive) are ``Dataset``
+crate, and ``llsmflow reproduce`` re-runs that snapshot), and a ``README.md``. Raw inputs, results and
+intermediates lie outside the crate root, so they are data entities with local identifiers (``#raw/…`` relative
+to ``raw_dir``, ``#results/…`` and ``#work/…`` relative to the run directory; never the machine's absolute
+paths: :mod:`llsmflow.provenance.crate_meta`); each carries ``name`` (that relative path), ``contentSize`` and
+``sha256``. Directories (the OME-Zarr archive) are ``Dataset``
 entities; their files are listed with checksums in ``run-record.json`` and ``checksums.sha256``.
 
 How run facts map onto the profile
@@ -39,7 +41,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from llsmflow.errors import LlsmflowError
-from llsmflow.provenance.crate_steps import JOB_ACTIONS_MAX, add_step_actions, container, environment
+from llsmflow.provenance import crate_meta
+from llsmflow.provenance.crate_steps import (
+    ACTION_COMPLETED,
+    JOB_ACTIONS_MAX,
+    add_step_actions,
+    container,
+    environment,
+)
 from llsmflow.provenance.crate_steps import additional_type as _additional_type
 from llsmflow.provenance.crate_steps import literal as _value
 from llsmflow.provenance.crate_steps import slug as _slug
@@ -72,7 +81,9 @@ WORKFLOW_FILES = (
     "envs/*",
     "envs/apptainer/*.def",
 )
-CRATE_FILES = ("run-record.json", "checksums.sha256", "transforms.json", "config.yaml", "fftw-wisdom")
+CRATE_FILES = (
+    "run-record.json", "checksums.sha256", "transforms.json", "config.yaml", "fftw-wisdom", crate_meta.README
+)
 METADATA = "ro-crate-metadata.json"
 
 
@@ -125,6 +136,9 @@ class _CrateBuilder:
         self._uris: dict[str, tuple[str, dict]] | None = None
         self._uri_cache: dict[str, str] = {}
         self._dir_cache: dict[Path, Path] = {}
+        raw = (record.get("config") or {}).get("raw_dir")
+        self.raw_dir = None if not raw else self.resolved(raw)
+        self.run_dir_resolved = run_dir.resolve()
 
     def add(self, entity_id: str, types, **properties):
         existing = self.index.get(entity_id)
@@ -150,7 +164,11 @@ class _CrateBuilder:
         return self._uris.get(self.path_uri(path))
 
     def path_uri(self, path: str) -> str:
-        """Absolute ``file://`` URI of a path recorded relative to the run directory (symbolic links resolved).
+        """The resolved absolute path (text) of a recorded path: only to tell whether two paths are one file."""
+        return str(self.resolved(path))
+
+    def resolved(self, path: str) -> Path:
+        """Absolute path of a path recorded relative to the run directory (symbolic links resolved).
 
         A directory is resolved once for all its files (``Path.resolve`` costs an ``lstat`` per path component:
         most of the crate's build time at 20,000 volumes); a file that is itself a link is resolved whole."""
@@ -166,18 +184,18 @@ class _CrateBuilder:
                 if parent is None:
                     parent = self._dir_cache[p.parent] = p.parent.resolve()
                 resolved = parent / p.name
-            uri = self._uri_cache[key] = resolved.as_uri()
+            uri = self._uri_cache[key] = resolved
         return uri
 
     def data_entity(self, path: str, entry: dict | None = None, is_dir: bool | None = None):
-        """File or Dataset entity for a path outside the crate (absolute URI), created once."""
+        """File or Dataset entity for a path outside the crate (a local ``#…`` identifier), created once."""
         key = str(path)
         if key in self.files:
             return self.files[key]
         absolute = Path(path) if Path(path).is_absolute() else self.run_dir / path
         is_dir = absolute.is_dir() if is_dir is None else is_dir
-        uri = self.path_uri(path) + ("/" if is_dir else "")
-        props = {"name": key}
+        uri = crate_meta.local_id(self.resolved(path), self.raw_dir, self.run_dir_resolved, is_dir)
+        props = {"name": uri[1:].rstrip("/")}
         if entry:
             props.update(contentSize=str(entry["bytes"]), sha256=entry["sha256"])
         entity = self.add(uri, "Dataset" if is_dir else "File", **props)
@@ -190,7 +208,7 @@ class _CrateBuilder:
     def parameter(self, parameter_id: str, value_id: str, name: str, value):
         """A FormalParameter (``parameter_id``, shared by every run of its tool) and the PropertyValue
         (``value_id``) this run gave it, linked both ways (workExample / exampleOfWork); returns both."""
-        pv = self.property_value(value_id, name, value)
+        pv = self.property_value(value_id, name, crate_meta.portable(value, self.raw_dir, self.run_dir_resolved))
         fp = self.add(parameter_id, "FormalParameter", name=name, additionalType=_additional_type(value))
         fp.append_to("workExample", pv, compact=True)
         pv["exampleOfWork"] = fp
@@ -200,16 +218,24 @@ class _CrateBuilder:
         sw = self.record["software"]
         entities = [
             self.add(
-                f"#software-python-{sw['python']}", "SoftwareApplication", name="Python", version=sw["python"]
+                f"https://www.python.org/downloads/release/python-{sw['python'].replace('.', '')}/",
+                "SoftwareApplication",
+                name="Python",
+                version=sw["python"],
+                url={"@id": "https://www.python.org"},
             )
         ]
         for name, version in sorted(sw["packages"].items()):
             entities.append(
                 self.add(
-                    f"#software-{_slug(name)}-{_slug(version)}",
+                    # PyPI's page of the release (llsmflow itself is not on PyPI: a local id)
+                    f"#software-{_slug(name)}-{_slug(version)}"
+                    if name == "llsmflow"
+                    else f"https://pypi.org/project/{name}/{version}/",
                     "SoftwareApplication",
                     name=name,
                     version=version,
+                    **({} if name == "llsmflow" else {"url": {"@id": f"https://pypi.org/project/{name}/"}}),
                 )
             )
         return entities
@@ -251,17 +277,22 @@ def build_crate(
         "configuration, inputs and outputs with sha256, every step with its parameters, resources and software."
     )
     crate.datePublished = record["created"]
-    crate.license = b.add(LICENSE, "CreativeWork", name="BSD 3-Clause License")
+    crate.license = b.add(LICENSE, "CreativeWork", name="BSD 3-Clause License", identifier="BSD-3-Clause")
+    crate.root_dataset["keywords"] = crate_meta.KEYWORDS
     crate.root_dataset["conformsTo"] = [
         b.add(uri, "CreativeWork", name=name, version=uri.rsplit("/", 1)[-1])
         for uri, name in PROFILES.items()
     ]
 
     # --- files inside the crate
+    authors = crate_meta.rembi_authors(config, run_dir)
+    (crate_dir / crate_meta.README).write_text(crate_meta.readme(record, authors), encoding="utf-8")
     for name in CRATE_FILES:
         if (crate_dir / name).is_file():
             # the run record holds every job's record: its sha256 here (the per-rule actions point to it)
             extra = _checksum(crate_dir / name) if name == "run-record.json" else {}
+            if name == crate_meta.README:  # Workflow RO-Crate: the README is about the crate, in Markdown
+                extra = {"about": crate.root_dataset, "encodingFormat": "text/markdown"}
             b.index[name] = crate.add_file(
                 crate_dir / name, name, properties={"name": name, **_file_description(name), **extra}
             )
@@ -276,7 +307,7 @@ def build_crate(
     software = b.software()
     snakemake_version = record["software"]["packages"].get("snakemake", "unknown")
     language = b.add(
-        "#snakemake-language",
+        crate_meta.SNAKEMAKE_LANGUAGE,
         "ComputerLanguage",
         name="Snakemake",
         identifier={"@id": "https://snakemake.readthedocs.io"},
@@ -284,7 +315,7 @@ def build_crate(
         version=snakemake_version,
     )
     engine = b.add(
-        f"#snakemake-{_slug(snakemake_version)}",
+        f"https://pypi.org/project/snakemake/{snakemake_version}/",
         "SoftwareApplication",
         name="Snakemake",
         version=snakemake_version,
@@ -304,6 +335,7 @@ def build_crate(
             "name": wf_meta.get("name", "llsmflow"),
             "version": wf_meta.get("version"),
             "programmingLanguage": language,
+            "conformsTo": {"@id": crate_meta.COMPUTATIONAL_WORKFLOW_PROFILE},
             "softwareRequirements": software,
             "additionalProperty": git_props,
             **_checksum(crate_dir / "workflow" / "Snakefile"),
@@ -331,6 +363,8 @@ def build_crate(
         description="raw stacks, PSFs and the acquisition metadata file, read from raw_dir",
         workExample=raw_entities,
     )
+    for entity in raw_entities:
+        entity["exampleOfWork"] = raw_param
     wf_inputs.append(raw_param)
 
     outputs = _output_entities(b, record_outputs, output_entries)
@@ -353,13 +387,17 @@ def build_crate(
     steps = sorted(record["steps"], key=lambda s: (s.get("start") or "", s["step"]))
     rules = sorted({s["step"] for s in steps}, key=lambda r: [s["step"] for s in steps].index(r))
     tools, howtos = {}, {}
+    sources = crate_meta.rule_sources(crate_dir, "workflow")
     for position, rule in enumerate(rules):
+        source = sources.get(rule)
         tools[rule] = b.add(
             f"#tool-{_slug(rule)}",
             "SoftwareApplication",
             name=f"rule {rule}",
-            description=f"Snakemake rule {rule} (workflow/rules/*.smk) calling the llsmflow library",
+            description=f"Snakemake rule {rule} ({source or 'workflow/rules/*.smk'}) calling the llsmflow library",
+            version=wf_meta.get("version"),
             softwareRequirements=software,
+            **({"url": {"@id": source}} if source else {}),
         )
         howtos[rule] = b.add(
             f"#step-{_slug(rule)}", "HowToStep", name=rule, position=str(position), workExample=tools[rule]
@@ -383,12 +421,13 @@ def build_crate(
         "#run",
         "CreateAction",
         name=f"llsmflow run of dataset {config.get('dataset')}",
+        description="the whole workflow run: raw files and configuration in, results out",
         instrument=workflow,
         object=raw_entities + config_values,
         result=list(outputs.values()),
         startTime=min(starts) if starts else record["created"],
         endTime=max(ends + [record["created"]]),
-        actionStatus={"@id": "http://schema.org/CompletedActionStatus"},
+        actionStatus=ACTION_COMPLETED,
         environment=environment(
             b, "#run", {"environment": record.get("environment"), "host": record.get("host")}
         ),
@@ -405,7 +444,10 @@ def build_crate(
         startTime=run_action["startTime"],
         endTime=run_action["endTime"],
     )
-    crate.root_dataset["mentions"] = [run_action]
+    # every action is mentioned by the root (Process Run Crate); one per rule in a large run
+    crate.root_dataset["mentions"] = [run_action] + [
+        e for e in b.index.values() if e.type == "CreateAction" and e is not run_action
+    ]
     # RO-Crate 1.1: every data entity, in the crate or not, is reachable from the root through hasPart
     for entity in b.files.values():
         crate.root_dataset.append_to("hasPart", entity)
@@ -492,7 +534,8 @@ def write_crate(
     if manifest.is_file():
         snapshot = sorted(p for p in (crate_dir / "workflow").rglob("*") if p.is_file())
         add_to_manifest(manifest, Path(manifest_root) if manifest_root else crate_dir.parent, snapshot)
-    metadata = crate.metadata.generate()
+    metadata = crate_meta.finish(crate.metadata.generate())
+    crate_meta.set_authors(metadata, crate_meta.rembi_authors(record["config"], Path(run_dir)))
     out = crate_dir / METADATA
     with atomic_output(out) as tmp:
         # indented for reading while small; compact (and written by json's C encoder) for a large run

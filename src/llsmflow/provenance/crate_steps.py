@@ -37,9 +37,8 @@ def additional_type(value) -> str:
         return "Integer"
     if isinstance(value, float):
         return "Float"
-    if value is None or isinstance(value, str):
-        return "Text"
-    return "StructuredValue"
+    # a list or mapping is recorded as its JSON text (literal()); the Workflow Run Crate allows DataTypes only
+    return "Text"
 
 
 def literal(value):
@@ -49,6 +48,41 @@ def literal(value):
     if isinstance(value, bool | int | float | str):
         return value
     return json.dumps(value, sort_keys=True)
+
+
+# a literal: the Process Run Crate shape lists the allowed statuses as strings
+ACTION_COMPLETED = "http://schema.org/CompletedActionStatus"
+UNIT_CODES = {
+    "s": "http://qudt.org/vocab/unit/SEC",
+    "MiB": "http://qudt.org/vocab/unit/MebiBYTE",
+    "count": "http://qudt.org/vocab/unit/NUM",
+    "ratio": "http://qudt.org/vocab/unit/UNITLESS",
+}
+# the unit a value's name ends with (llsmflow's naming rule: units in names), checked in this order
+UNIT_SUFFIXES = {
+    "_um2_s": None,  # µm²/s: no QUDT unit checked here
+    "_um2": "http://qudt.org/vocab/unit/MicroM2",
+    "_um": "http://qudt.org/vocab/unit/MicroM",
+    "_nm": "http://qudt.org/vocab/unit/NanoM",
+    "_s": "http://qudt.org/vocab/unit/SEC",
+    "_mb": "http://qudt.org/vocab/unit/MebiBYTE",
+}
+
+
+def unit_code(key: str, value, unit: str | None) -> str | None:
+    """QUDT unit of a resource-usage value (Provenance Run Crate: a unitCode on each): the stated unit, else
+    the unit the name ends with (``_s``, ``_um``, ``_um2``, ``_nm``), else a number for an int (a count) or a
+    float without unit suffix (a ratio or score); None for text, booleans and unknown units (``_um2_s``)."""
+    if unit:
+        return UNIT_CODES.get(unit)
+    for suffix, code in UNIT_SUFFIXES.items():
+        if key.endswith(suffix):
+            return code
+    if type(value) is int or (isinstance(value, list) and value and all(type(v) is int for v in value)):
+        return UNIT_CODES["count"]  # a count, or counts per axis (a shape in voxels)
+    if type(value) is float:
+        return UNIT_CODES["ratio"]
+    return None
 
 
 def resource_usage(builder, action_id: str, step: dict) -> list:
@@ -72,6 +106,9 @@ def _usage_entities(builder, action_id: str, usage: dict) -> list:
         extra = {"propertyID": key}
         if unit:
             extra["unitText"] = unit
+        code = unit_code(key, value, unit)
+        if code:
+            extra["unitCode"] = code
         entities.append(builder.property_value(f"{action_id}-usage-{slug(key)}", key, value, **extra))
     return entities
 
@@ -146,12 +183,14 @@ def _job_action(builder, step: dict, tools: dict, howtos: dict, step_file):
     results = [step_file(p) for p in step.get("outputs", [])]
     props: dict[str, Any] = {
         "name": f"{rule} {tag}",
+        "description": f"one job of Snakemake rule {rule}"
+        + (f" ({', '.join(f'{k}={v}' for k, v in wildcards.items())})" if wildcards else ""),
         "instrument": tool,
         "object": objects,
         "result": results,
         "startTime": step.get("start"),
         "endTime": step.get("end"),
-        "actionStatus": {"@id": "http://schema.org/CompletedActionStatus"},
+        "actionStatus": ACTION_COMPLETED,
         "resourceUsage": resource_usage(builder, action_id, step),
         "environment": environment(builder, action_id, step),
     }
@@ -236,7 +275,7 @@ def _rule_action(builder, rule: str, jobs: list[dict], tools: dict, howtos: dict
         "result": results,
         "startTime": min(starts) if starts else None,
         "endTime": max(ends) if ends else None,
-        "actionStatus": {"@id": "http://schema.org/CompletedActionStatus"},
+        "actionStatus": ACTION_COMPLETED,
         "resourceUsage": _usage_entities(builder, action_id, usage),
         "environment": [builder.property_value(f"{action_id}-env-{slug(k)}", k, v) for k, v in env.items()],
         "identifier": [f"slurm-job-{i}" for i in slurm_jobs],

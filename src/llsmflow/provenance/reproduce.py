@@ -129,14 +129,24 @@ def _ids(value) -> list[str]:
     return [v["@id"] for v in values if isinstance(v, dict) and "@id" in v]
 
 
-def recorded_inputs(graph: dict) -> list[tuple[Path, str]]:
-    """``[(absolute path, sha256)]`` of the files the run read (the ``object`` of the run's CreateAction)."""
+def recorded_inputs(
+    graph: dict, raw_dir: Path | None = None, run_dir: Path | None = None
+) -> list[tuple[Path, str]]:
+    """``[(absolute path, sha256)]`` of the files the run read (the ``object`` of the run's CreateAction):
+    ``#raw/…`` ids under ``raw_dir``, other ``#…`` ids under the run directory, ``file://`` URIs (crates written
+    before local ids) as they are."""
     run = graph["#run"]
     inputs = []
     for entity_id in _ids(run.get("object")):
         entity = graph.get(entity_id, {})
-        if entity.get("@type") == "File" and entity_id.startswith("file://"):
+        if entity.get("@type") != "File":
+            continue
+        if entity_id.startswith("file://"):
             inputs.append((Path(unquote(urlparse(entity_id).path)), entity["sha256"]))
+        elif entity_id.startswith("#raw/") and raw_dir is not None:
+            inputs.append((Path(raw_dir) / unquote(entity_id.removeprefix("#raw/")), entity["sha256"]))
+        elif entity_id.startswith("#") and "/" in entity_id and not entity_id.startswith("#external/") and run_dir:
+            inputs.append((Path(run_dir) / unquote(entity_id[1:]), entity["sha256"]))
     return inputs
 
 
@@ -481,7 +491,7 @@ def reproduce(
     if schema is not None:  # the recorded config must satisfy its own workflow's schema (types included)
         validate_config(config, schema, crate_dir / "config.yaml")
     recorded_raw = snapshot.recorded_raw_dir(record, config, original_dir)
-    inputs = recorded_inputs(graph)
+    inputs = recorded_inputs(graph, recorded_raw, original_dir)
     new_raw = recorded_raw
     if raw_dir is not None:
         new_raw = Path(raw_dir).resolve()

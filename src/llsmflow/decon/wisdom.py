@@ -175,6 +175,12 @@ def _locked(path: Path):
         handle.close()  # releases the lock
 
 
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 def save(path: Path, pyfftw) -> None:
     """Write all FFTW wisdom of this process, merged with what ``path`` holds now, to ``path`` atomically.
     Failures (read-only file system, ...) cost only a new planning in the next process: one warning."""
@@ -186,6 +192,7 @@ def save(path: Path, pyfftw) -> None:
             handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
             with os.fdopen(handle, "wb") as out:
                 out.write(b"\0".join(pyfftw.export_wisdom()))
+            os.chmod(temporary, 0o666 & ~_umask())  # mkstemp's 0600 would hide it from the group's jobs
             os.replace(temporary, path)
             temporary = None
     except OSError as exc:

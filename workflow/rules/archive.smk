@@ -1,13 +1,6 @@
 # archive: workflow/scripts/archive.py → llsmflow.archive
 
 
-def rembi_input(wildcards):
-    """The dataset's REMBI YAML (config `rembi`, written by `llsmflow init`) when it exists: stored in the
-    archive's metadata once filled in; an edit re-writes the archive."""
-    path = config.get("rembi")
-    return [path] if path and Path(path).is_file() else []
-
-
 rule archive:
     """The dataset archive: OME-Zarr image (TCZYX, physical scales, channels), tracks as Parquet, checksums."""
     input:

@@ -317,3 +317,10 @@ onstart:
     except OSError as error:
         # only `llsmflow status` reads it (and falls back on a dry run): never fail a run for it
         print(f"llsmflow: job plan not written ({error})", file=sys.stderr)
+
+
+def rembi_input(wildcards):
+    """The dataset's REMBI YAML (config `rembi`, written by `llsmflow init`) when it exists: stored in the
+    archive's metadata once filled in; an edit re-writes the archive."""
+    path = config.get("rembi")
+    return [path] if path and Path(path).is_file() else []

@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Callable
 
-__all__ = ["progress_logger", "format_seconds"]
+__all__ = ["progress_logger", "format_seconds", "format_summary_seconds"]
 
 
 def format_seconds(seconds: float) -> str:
@@ -31,6 +31,19 @@ def format_seconds(seconds: float) -> str:
         return f"{minutes} min {secs:02d} s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours} h {minutes:02d} min"
+
+
+def format_summary_seconds(seconds: float | None) -> str:
+    """A duration in one unit, as ``llsmflow run``'s summary table and the QC report's header write it
+    (``"42.0 s"``, ``"2.7 min"``, ``"1.2 h"``; ``"–"`` when unknown)."""
+    if seconds is None:
+        return "–"
+    seconds = float(seconds)
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def progress_logger(

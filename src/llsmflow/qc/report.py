@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from llsmflow.errors import LlsmflowError
+from llsmflow.progress import format_summary_seconds
 
 _STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 1.5em auto;
@@ -395,16 +396,6 @@ def _provenance_section(provenance: Mapping) -> str:
     return "\n".join(parts)
 
 
-def _duration(seconds: float | None) -> str:
-    """A duration as ``llsmflow run``'s summary writes it (``42.0 s``, ``2.7 min``, ``1.2 h``)."""
-    if seconds is None:
-        return "–"
-    seconds = float(seconds)
-    if seconds < 120:
-        return f"{seconds:.1f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def run_figures(step_records: list[dict], step_summary: list[dict]) -> str:
@@ -422,7 +413,8 @@ def run_figures(step_records: list[dict], step_summary: list[dict]) -> str:
                 continue
             into.append(value if value.tzinfo else value.replace(tzinfo=_dt.UTC))
     wall = (max(ends) - min(starts)).total_seconds() if starts and ends else None
-    return f"{jobs} jobs recorded before this report, {_duration(wall)} wall, {_duration(compute)} of compute"
+    wall_text, compute_text = format_summary_seconds(wall), format_summary_seconds(compute)
+    return f"{jobs} jobs recorded before this report, {wall_text} wall, {compute_text} of compute"
 
 
 def render_report(

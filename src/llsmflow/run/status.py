@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llsmflow.errors import LlsmflowError
+from llsmflow.progress import format_summary_seconds
 from llsmflow.run.config import check_config, find_workflow_root, snakemake_base_command
 from llsmflow.run.jobplan import fingerprint, jobs_left_from_plan, plan_path
 from llsmflow.run.paths import find_run_pointer, run_paths
@@ -49,25 +50,14 @@ def snakemake_log_rules(run_dir: Path, since: float) -> Counter:
 # ---------------------------------------------------------------------------------------------- formatting
 
 
-def _seconds(value) -> str:
-    if value is None:
-        return "–"
-    value = float(value)
-    if value < 120:
-        return f"{value:.1f} s"
-    if value < 7200:
-        return f"{value / 60:.1f} min"
-    return f"{value / 3600:.1f} h"
-
-
 def format_steps(summary: list[dict], extra_jobs: Counter | None = None) -> list[str]:
     """Lines of a table: step, jobs, wall time, total run time, peak memory, backend."""
     lines = [f"  {'step':<14}{'jobs':>6}{'wall':>11}{'total':>11}{'peak mem':>11}  backend"]
     for row in summary:
         memory = f"{row['peak_memory_mb']:.0f} MiB" if row["peak_memory_mb"] is not None else "–"
         lines.append(
-            f"  {row['step']:<14}{row['jobs']:>6}{_seconds(row['wall_seconds']):>11}"
-            f"{_seconds(row['seconds']):>11}{memory:>11}  {', '.join(row['backends']) or '–'}"
+            f"  {row['step']:<14}{row['jobs']:>6}{format_summary_seconds(row['wall_seconds']):>11}"
+            f"{format_summary_seconds(row['seconds']):>11}{memory:>11}  {', '.join(row['backends']) or '–'}"
         )
     for rule, jobs in sorted((extra_jobs or {}).items()):
         lines.append(f"  {rule:<14}{jobs:>6}{'':>11}{'':>11}{'':>11}  (no step record)")
@@ -90,7 +80,7 @@ def print_run_summary(
     jobs = sum(row["jobs"] for row in summary) + sum(extra.values())
     print("", file=out)
     if jobs:
-        print(f"ran {jobs} jobs in {_seconds(elapsed)}:", file=out)
+        print(f"ran {jobs} jobs in {format_summary_seconds(elapsed)}:", file=out)
         for line in format_steps(summary, extra):
             print(line, file=out)
     else:

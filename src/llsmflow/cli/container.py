@@ -49,7 +49,7 @@ def cmd_container_info(args) -> int:
 
 def register_container_commands(subparsers) -> None:
     """Add ``llsmflow container recipe|build|pin|info``."""
-    from llsmflow.cli.help_format import example
+    from llsmflow.cli.help_format import add_workflow_dir_argument, example
 
     p = subparsers.add_parser(
         "container",
@@ -76,12 +76,7 @@ def register_container_commands(subparsers) -> None:
         default="def",
         help="def: the definition as written (default); docker: spython's Dockerfile conversion (to read)",
     )
-    q.add_argument(
-        "--workflow-dir",
-        default=None,
-        help="directory holding envs/apptainer/ (default: the current directory if it has a Snakefile, else "
-        "llsmflow's own)",
-    )
+    add_workflow_dir_argument(q, holding="envs/apptainer/")
     q.set_defaults(func=cmd_container_recipe)
 
     q = sub.add_parser(
@@ -98,12 +93,7 @@ def register_container_commands(subparsers) -> None:
         help="how the build gets root: auto (root if root, else --fakeroot), fakeroot, sudo, root",
     )
     q.add_argument("--force", action="store_true", help="replace an existing output")
-    q.add_argument(
-        "--workflow-dir",
-        default=None,
-        help="directory holding envs/apptainer/ (default: the current directory if it has a Snakefile, else "
-        "llsmflow's own)",
-    )
+    add_workflow_dir_argument(q, holding="envs/apptainer/")
     q.set_defaults(func=cmd_container_build)
 
     q = sub.add_parser(

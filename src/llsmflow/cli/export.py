@@ -150,7 +150,7 @@ def cmd_export_validator_cache(args) -> int:
 
 def register_export_commands(subparsers) -> None:
     """Add ``llsmflow export bia``, ``omero``, ``workflowhub`` and ``validator-cache``."""
-    from llsmflow.cli.help_format import example
+    from llsmflow.cli.help_format import add_workflow_dir_argument, example
 
     p = subparsers.add_parser(
         "export",
@@ -171,12 +171,7 @@ def register_export_commands(subparsers) -> None:
             default=None,
             help="workflow config with the rembi/omero keys (default: RESULTS_DIR/provenance/config.yaml)",
         )
-        q.add_argument(
-            "--workflow-dir",
-            default=None,
-            help="directory holding the Snakefile and config schema (default: the current directory if it has "
-            "one, else llsmflow's own)",
-        )
+        add_workflow_dir_argument(q, holding="the Snakefile and config schema")
 
     bia = sub.add_parser(
         "bia",

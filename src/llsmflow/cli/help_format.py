@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["HelpFormatter", "LlsmflowParser", "example"]
+__all__ = ["HelpFormatter", "LlsmflowParser", "add_workflow_dir_argument", "example"]
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -49,3 +49,20 @@ def example(*lines: str) -> str:
     """An epilog: ``example:`` (or ``examples:``) then each command line indented."""
     head = "example:" if len(lines) == 1 else "examples:"
     return head + "\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def add_workflow_dir_argument(
+    parser: argparse.ArgumentParser, holding: str = "the Snakefile", first: str | None = None
+) -> None:
+    """``--workflow-dir``, worded the same in every command that looks for the workflow.
+
+    ``holding`` names what the command needs from the directory; ``first`` is a place searched before the
+    current directory (``llsmflow status`` looks at the run's own workflow first).
+    """
+    searched = [first] if first else []
+    searched += ["the current directory if it has a Snakefile", "llsmflow's own"]
+    parser.add_argument(
+        "--workflow-dir",
+        default=None,
+        help=f"directory holding {holding} (default: " + ", else ".join(searched) + ")",
+    )

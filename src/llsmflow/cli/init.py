@@ -157,7 +157,7 @@ def _write_config(output: Path, config: dict, workflow_dir) -> None:
 
 def register_init_commands(subparsers) -> None:
     """Add ``llsmflow init``."""
-    from llsmflow.cli.help_format import example
+    from llsmflow.cli.help_format import add_workflow_dir_argument, example
 
     p = subparsers.add_parser(
         "init",
@@ -195,10 +195,5 @@ def register_init_commands(subparsers) -> None:
     )
     p.add_argument("--no-input", action="store_true", help="never ask on the terminal; fail instead")
     p.add_argument("--force", action="store_true", help="replace an existing config file")
-    p.add_argument(
-        "--workflow-dir",
-        default=None,
-        help="directory holding the Snakefile (default: the current directory if it has one, else "
-        "llsmflow's own)",
-    )
+    add_workflow_dir_argument(p)
     p.set_defaults(func=cmd_init)

@@ -94,7 +94,7 @@ def cluster_cores(config: dict, profile: Path, cores):
 
 def register_run_commands(sub) -> None:
     """Add ``llsmflow run``."""
-    from llsmflow.cli.help_format import example
+    from llsmflow.cli.help_format import add_workflow_dir_argument, example
 
     p = sub.add_parser(
         "run",
@@ -118,11 +118,7 @@ def register_run_commands(sub) -> None:
     p.add_argument(
         "--cores", default=None, help="CPU cores to use at once, or 'all' (default: the profile's)"
     )
-    p.add_argument(
-        "--workflow-dir",
-        default=None,
-        help="directory holding the Snakefile (default: the current directory if it has one, else llsmflow's own)",
-    )
+    add_workflow_dir_argument(p)
     p.add_argument(
         "--display",
         choices=DISPLAY_MODES,

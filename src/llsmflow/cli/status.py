@@ -29,7 +29,7 @@ def cmd_status(args) -> int:
 
 def register_status_commands(subparsers) -> None:
     """Add ``llsmflow status``."""
-    from llsmflow.cli.help_format import example
+    from llsmflow.cli.help_format import add_workflow_dir_argument, example
 
     p = subparsers.add_parser(
         "status",
@@ -45,10 +45,5 @@ def register_status_commands(subparsers) -> None:
         help="results/<dataset> written by `llsmflow run` (default: the dataset of --configfile)",
     )
     p.add_argument("--configfile", default=None, help="workflow config (default: config/config.yaml)")
-    p.add_argument(
-        "--workflow-dir",
-        default=None,
-        help="directory holding the Snakefile (default: the run's, else the current directory if it has one, "
-        "else llsmflow's own)",
-    )
+    add_workflow_dir_argument(p, first="the run's")
     p.set_defaults(func=cmd_status)

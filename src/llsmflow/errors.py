@@ -50,3 +50,32 @@ def located(path: str | Path | None):
         if error.path is not None or path is None:
             raise
         raise LlsmflowError(error.message, path) from error
+
+
+def select_axis_index(path: Path, axis: str, size: int, index: int | None) -> int:
+    """The index to take along axis ``C`` or ``T`` of size ``size``: ``index``, checked, or 0 if it has one."""
+    if index is None:
+        if size != 1:
+            raise LlsmflowError(
+                f"has {size} entries along {axis}; expected one (choose {axis.lower()}=0..{size - 1})", path
+            )
+        return 0
+    if isinstance(index, bool) or not 0 <= int(index) < size:
+        raise LlsmflowError(f"{axis} index {index} out of range; expected 0..{size - 1}", path)
+    return int(index)
+
+
+@contextlib.contextmanager
+def reading_errors(kind: str, expected: str, path, describe=str):
+    """Turn any failure of a file parser inside the block into one :class:`LlsmflowError`: ``cannot read as
+    {kind} (…); expected {expected}``, naming ``path``. Parsers (tifffile, czifile) raise many exception types
+    for truncated or corrupt files; ``describe`` renders the original error (e.g. without a URL's credentials).
+    """
+    try:
+        yield
+    except LlsmflowError:
+        raise
+    except Exception as exc:
+        raise LlsmflowError(
+            f"cannot read as {kind} ({type(exc).__name__}: {describe(exc)}); expected {expected}", path
+        ) from exc

@@ -7,7 +7,7 @@ Outputs are OME-TIFF files carrying ``PhysicalSize{X,Y,Z}`` in µm, written atom
 destination directory first, renamed only when complete, so an interrupted step never leaves a file that looks
 finished.
 
-TIFF parsing is tifffile's, CZI parsing czifile's (:mod:`llsmflow.ingest.czi` says why that library); this
+TIFF parsing is tifffile's, CZI reading :mod:`llsmflow.czi_io`'s (whose names are re-exported here); this
 module only maps their metadata to voxel sizes and gives clear errors. A TIFF may also be a URL (``https://…``,
 ``s3://…``), opened through fsspec (the optional ``remote`` extra): only the pages of the chosen channel and
 timepoint are fetched, and no message shows the URL's credentials (:func:`redact`).
@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from llsmflow.errors import LlsmflowError, require_positive_voxel_size
+from llsmflow.czi_io import CZI_SUFFIX, czi_header, czi_voxel_size, is_czi, read_czi  # noqa: F401 (re-exported)
+from llsmflow.errors import LlsmflowError, reading_errors, require_positive_voxel_size, select_axis_index
 
 
 @dataclass
@@ -126,20 +127,14 @@ def open_tiff(path: Path, expected: str = "a readable TIFF") -> Iterator[tifffil
     # tifffile logs its own complaints about damaged files; the error raised here says it once, clearly.
     tifffile_log.setLevel(logging.CRITICAL)
     try:
-        if url:  # range requests through fsspec; small blocks: each page's IFD is read, its pixels only if asked
-            fs, remote = url_filesystem(path)
-            with fs.open(remote, "rb", block_size=1 << 12) as handle, tifffile.TiffFile(handle) as tif:
-                yield tif
-        else:
-            with tifffile.TiffFile(path) as tif:
-                yield tif
-    except LlsmflowError:
-        raise
-    except Exception as exc:  # tifffile raises many types for truncated/corrupt files
-        raise LlsmflowError(
-            f"cannot read as TIFF ({type(exc).__name__}: {redact(exc)}); expected {expected}",
-            redact(path) if url else path,
-        ) from exc
+        with reading_errors("TIFF", expected, redact(path) if url else path, describe=redact):
+            if url:  # range requests through fsspec; small blocks: each page's IFD is read, pixels only if asked
+                fs, remote = url_filesystem(path)
+                with fs.open(remote, "rb", block_size=1 << 12) as handle, tifffile.TiffFile(handle) as tif:
+                    yield tif
+            else:
+                with tifffile.TiffFile(path) as tif:
+                    yield tif
     finally:
         tifffile_log.setLevel(previous_level)
 
@@ -191,7 +186,7 @@ def read_volume(
         if name in axes:
             pos = axes.index(name)
             size = data.shape[pos]
-            index = _select_index(path, name, size, index)
+            index = select_axis_index(path, name, size, index)
             data = np.take(data, index, axis=pos)
             axes = axes[:pos] + axes[pos + 1 :]
     for extra in [a for a in axes if a not in "ZYX"]:
@@ -217,148 +212,6 @@ def read_volume(
     if voxel is not None:
         voxel = require_positive_voxel_size(voxel, path)
     return Volume(data=data, voxel_size_um=voxel, path=path)
-
-
-def _select_index(path: Path, axis: str, size: int, index: int | None) -> int:
-    """The index to take along axis ``C`` or ``T`` of size ``size``: ``index``, checked, or 0 if it has one."""
-    if index is None:
-        if size != 1:
-            raise LlsmflowError(
-                f"has {size} entries along {axis}; expected one (choose {axis.lower()}=0..{size - 1})", path
-            )
-        return 0
-    if isinstance(index, bool) or not 0 <= int(index) < size:
-        raise LlsmflowError(f"{axis} index {index} out of range; expected 0..{size - 1}", path)
-    return int(index)
-
-
-# ---- Zeiss CZI --------------------------------------------------------------------------------------------
-CZI_SUFFIX = ".czi"
-# CZI subblock compressions czifile (2019) lacks and numcodecs decodes: 5 = Zstd0, 6 = Zstd1 (ZEN's default).
-_CZI_ZSTD = (5, 6)
-
-
-def is_czi(path: Path) -> bool:
-    """Whether ``path`` names a CZI file (by its suffix; its header is checked when it is read)."""
-    return Path(path).suffix.lower() == CZI_SUFFIX
-
-
-def _zstd_decode(compression: int, data: bytes, dtype, stored_shape) -> np.ndarray:
-    """Decode a Zstd0/Zstd1 subblock (Zeiss' CZI specification: Zstd1 has a small header whose chunk 1 says
-    whether the low and high bytes of 16-bit pixels were stored in two planes)."""
-    from numcodecs import Zstd
-
-    hilo = False
-    if compression == 6:
-        size = data[0]
-        if size == 3 and data[1] == 1:
-            hilo = bool(data[2] & 1)
-        data = data[size:]
-    raw = np.frombuffer(Zstd().decode(data), dtype=np.uint8)
-    if hilo:
-        half = raw.size // 2
-        raw = np.stack([raw[:half], raw[half:]], axis=-1).reshape(-1)
-    return raw.view(np.dtype(dtype)).reshape(stored_shape)
-
-
-@contextlib.contextmanager
-def _open_czi(path: Path) -> Iterator:
-    if not path.is_file():
-        raise LlsmflowError("file not found; expected a CZI file", path)
-    import czifile
-
-    try:
-        with czifile.CziFile(path) as czi:
-            yield czi
-    except LlsmflowError:
-        raise
-    except Exception as exc:  # czifile raises many types for truncated/corrupt files
-        raise LlsmflowError(
-            f"cannot read as CZI ({type(exc).__name__}: {exc}); expected a Zeiss CZI file", path
-        ) from exc
-
-
-def czi_header(path: str | Path) -> dict:
-    """Axes sizes (``{'T': 2, 'C': 3, 'Z': 81, 'Y': 11, 'X': 13}``), dtype and metadata XML of a CZI, without
-    its pixels. Axes other than T, C, Z, Y, X must have one entry (scenes, rotations, … are not read)."""
-    path = Path(path)
-    with _open_czi(path) as czi:
-        axes, shape, dtype = czi.axes, czi.shape, np.dtype(czi.dtype)
-        xml = czi.metadata(raw=True)
-        compressions = {int(e.compression) for e in czi.filtered_subblock_directory}
-    sizes = {a: int(n) for a, n in zip(axes, shape, strict=True) if a != "0"}
-    extra = {a: n for a, n in sizes.items() if a not in "TCZYX" and n != 1}
-    if extra:
-        raise LlsmflowError(
-            f"has axes {extra} besides T, C, Z, Y, X; expected one scene, rotation and view per file "
-            "(split the file in ZEN)",
-            path,
-        )
-    if shape[-1] != 1 or dtype.kind not in "uif":
-        raise LlsmflowError(f"has pixel type {dtype} × {shape[-1]}; expected grey pixels", path)
-    unknown = sorted(compressions - {0, *_CZI_ZSTD})
-    if unknown:
-        raise LlsmflowError(
-            f"uses subblock compression {unknown}; expected uncompressed or Zstd (export uncompressed in ZEN)",
-            path,
-        )
-    if sizes.get("Z", 1) < 1 or 0 in sizes.values():
-        raise LlsmflowError(f"has shape {sizes}; expected a volume with voxels", path)
-    return {"sizes": sizes, "dtype": dtype, "xml": xml}
-
-
-def czi_voxel_size(xml: str) -> tuple[float, float, float] | None:
-    """Voxel size (µm, ZYX) from a CZI's ``Scaling/Items/Distance`` (metres in the file); None if absent."""
-    import xml.etree.ElementTree as ET
-
-    root = ET.fromstring(xml)
-    sizes = {}
-    for distance in root.iterfind(".//Scaling/Items/Distance"):
-        value = distance.findtext("Value")
-        if value is not None:
-            sizes[distance.get("Id")] = float(value) * 1e6
-    if not all(a in sizes for a in "ZYX"):
-        return None
-    return (sizes["Z"], sizes["Y"], sizes["X"])
-
-
-def read_czi(
-    path: str | Path, channel: int | None = None, timepoint: int | None = None
-) -> tuple[np.ndarray, tuple[float, float, float] | None]:
-    """One ZYX volume (channel, timepoint) of a CZI and its voxel size (µm): only that volume's subblocks are
-    read and decoded."""
-    path = Path(path)
-    header = czi_header(path)
-    sizes = header["sizes"]
-    c = _select_index(path, "C", sizes.get("C", 1), channel)
-    t = _select_index(path, "T", sizes.get("T", 1), timepoint)
-    out = np.zeros(tuple(sizes.get(a, 1) for a in "ZYX"), header["dtype"])
-    filled = 0
-    with _open_czi(path) as czi:
-        start = dict(zip(czi.axes, czi.start, strict=True))
-        for entry in czi.filtered_subblock_directory:
-            at = {d.dimension: d.start - start.get(d.dimension, 0) for d in entry.dimension_entries}
-            if at.get("C", 0) != c or at.get("T", 0) != t:
-                continue
-            segment = entry.data_segment()
-            if entry.compression in _CZI_ZSTD:
-                tile = _zstd_decode(
-                    entry.compression, segment.data(raw=True), entry.dtype, entry.stored_shape
-                )
-            else:
-                tile = segment.data()
-            tile = tile.reshape([n for n in tile.shape if n != 1] or [1])
-            z0, y0, x0 = at.get("Z", 0), at.get("Y", 0), at.get("X", 0)
-            tile = tile.reshape((-1, *tile.shape[-2:]))
-            out[z0 : z0 + tile.shape[0], y0 : y0 + tile.shape[1], x0 : x0 + tile.shape[2]] = tile
-            filled += tile.shape[0]
-    if filled < out.shape[0]:
-        raise LlsmflowError(
-            f"holds {filled} of the {out.shape[0]} planes of channel {c}, timepoint {t}; expected a complete "
-            "CZI (copy it again from the instrument)",
-            path,
-        )
-    return out, czi_voxel_size(header["xml"])
 
 
 def _tiff_data_end(series) -> int:
@@ -436,8 +289,8 @@ def read_header(
     path = redact(source) if is_url(source) else source
     if not is_url(source) and is_czi(path):
         header = czi_header(path)
-        _select_index(path, "C", header["sizes"].get("C", 1), channel)
-        _select_index(path, "T", header["sizes"].get("T", 1), timepoint)
+        select_axis_index(path, "C", header["sizes"].get("C", 1), channel)
+        select_axis_index(path, "T", header["sizes"].get("T", 1), timepoint)
         return tuple(header["sizes"].get(a, 1) for a in "ZYX"), header["dtype"]
     with open_tiff(source) as tif:
         series = tif.series[0]
@@ -451,7 +304,7 @@ def read_header(
     for name, index in (("C", channel), ("T", timepoint)):
         if name in axes and index is not None:  # without a selector, a C or T axis must have one entry
             pos = axes.index(name)
-            _select_index(path, name, shape[pos], index)
+            select_axis_index(path, name, shape[pos], index)
             axes, shape = axes[:pos] + axes[pos + 1 :], shape[:pos] + shape[pos + 1 :]
     kept = [(a, n) for a, n in zip(axes, shape, strict=True) if n != 1 or a in "ZYX"]
     names = "".join(a for a, _ in kept)
@@ -591,6 +444,6 @@ def _selected_pages(path, tif: tifffile.TiffFile, series, channel, timepoint) ->
     index: list = [slice(None)] * (len(shape) - 2)
     for name, chosen in (("C", channel), ("T", timepoint)):
         if name in axes:
-            index[axes.index(name)] = _select_index(path, name, shape[axes.index(name)], chosen)
+            index[axes.index(name)] = select_axis_index(path, name, shape[axes.index(name)], chosen)
     pages = np.arange(planes).reshape(shape[:-2])[tuple(index)]
     return tif.asarray(key=pages.ravel().tolist(), series=0).reshape(pages.shape + shape[-2:])

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llsmflow.errors import LlsmflowError
-from llsmflow.io import czi_header, czi_voxel_size
+from llsmflow.czi_io import czi_header, czi_voxel_size
 
 INSTRUMENT = "Zeiss Lattice Lightsheet 7"
 #: The LLS7 scans the stage along the camera's Y axis (Zeiss' LLS7 documentation; not written in the CZI).

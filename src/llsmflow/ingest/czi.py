@@ -27,8 +27,8 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llsmflow.errors import LlsmflowError
 from llsmflow.czi_io import czi_header, czi_voxel_size
+from llsmflow.errors import LlsmflowError
 
 INSTRUMENT = "Zeiss Lattice Lightsheet 7"
 #: The LLS7 scans the stage along the camera's Y axis (Zeiss' LLS7 documentation; not written in the CZI).

@@ -266,43 +266,35 @@ def _attach_psfs(
         notes.append(f"PSF file(s) not matched to a channel: {', '.join(unused)}")
 
 
+def _read_multi_volume_file(fmt: str, module, info, raw_dir: Path, path: Path, **extra) -> InstrumentReading:
+    """The reading of one file holding every channel and timepoint (a CZI or an OME-TIFF/ImageJ hyperstack),
+    from its reader's info (``shape_tczyx``, ``channels``, voxel size, angle, scan axis, times, notes)."""
+    t, c, z, y, x = info.shape_tczyx
+    channels = [dict(ch) for ch in info.channels]
+    meta, missing = _common_meta(
+        fmt, module.INSTRUMENT, info.voxel_size_um, info.angle_deg, info.scan_axis, info.time_s, t, channels
+    )
+    meta.update(raw_shape_zyx=[z, y, x], **extra)
+    notes = list(info.notes)
+    _attach_psfs(raw_dir, channels, path, missing, notes)
+    samples = _multi_volume_samples(path.name, c, t, info.time_s, meta.get("time_interval_s", 1.0))
+    return InstrumentReading(fmt, module.INSTRUMENT, path, meta, samples, missing, notes)
+
+
 def _read_czi(raw_dir: Path, path: Path) -> InstrumentReading:
     from llsmflow.ingest import czi
 
     info = czi.read_czi_info(path)
-    t, c, z, y, x = info.shape_tczyx
-    channels = [dict(ch) for ch in info.channels]
-    meta, missing = _common_meta(
-        "czi", czi.INSTRUMENT, info.voxel_size_um, info.angle_deg, info.scan_axis, info.time_s, t, channels
+    return _read_multi_volume_file(
+        "czi", czi, info, raw_dir, path, z_axis_shear=info.z_axis_shear, start_time=info.start_time
     )
-    meta.update(raw_shape_zyx=[z, y, x], z_axis_shear=info.z_axis_shear, start_time=info.start_time)
-    notes = list(info.notes)
-    _attach_psfs(raw_dir, channels, path, missing, notes)
-    samples = _multi_volume_samples(path.name, c, t, info.time_s, meta.get("time_interval_s", 1.0))
-    return InstrumentReading("czi", czi.INSTRUMENT, path, meta, samples, missing, notes)
 
 
 def _read_hyperstack(raw_dir: Path, path: Path) -> InstrumentReading:
     from llsmflow.ingest import ome_tiff
 
     info = ome_tiff.read_hyperstack_info(path)
-    t, c, z, y, x = info.shape_tczyx
-    channels = [dict(ch) for ch in info.channels]
-    meta, missing = _common_meta(
-        "ome-tiff",
-        ome_tiff.INSTRUMENT,
-        info.voxel_size_um,
-        info.angle_deg,
-        info.scan_axis,
-        info.time_s,
-        t,
-        channels,
-    )
-    meta.update(raw_shape_zyx=[z, y, x], metadata_source=info.source)
-    notes = list(info.notes)
-    _attach_psfs(raw_dir, channels, path, missing, notes)
-    samples = _multi_volume_samples(path.name, c, t, info.time_s, meta.get("time_interval_s", 1.0))
-    return InstrumentReading("ome-tiff", ome_tiff.INSTRUMENT, path, meta, samples, missing, notes)
+    return _read_multi_volume_file("ome-tiff", ome_tiff, info, raw_dir, path, metadata_source=info.source)
 
 
 def _read_janelia(raw_dir: Path, settings_path: Path) -> InstrumentReading:

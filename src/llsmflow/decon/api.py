@@ -23,6 +23,7 @@ from llsmflow.decon.backends import (
 )
 from llsmflow.decon.chunks import _BUDGET_RESERVE, plan_chunks
 from llsmflow.decon.cudadecon import _deconvolve_pycudadecon
+from llsmflow.decon.engine import clear_engine_cache
 from llsmflow.decon.execute import _run_plan
 from llsmflow.decon.otf import _WB_ALPHA, _WB_ORDER, _check_wb
 from llsmflow.decon.psf import prepare_psf, resolve_background
@@ -381,6 +382,7 @@ def deconvolve(
         except Exception as error:
             if name == "cpu" or not _is_out_of_memory(error):
                 raise
+            clear_engine_cache()  # the kept engines hold GPU memory the retry needs
             _free_gpu_memory(name)
             what = f"{name} ran out of GPU memory in {plan.count} chunk(s) of ~{plan.bytes / 1e9:.3g} GB"
             first_line = (str(error).strip().splitlines() or [""])[0][:200]

@@ -161,7 +161,7 @@ def deskew_rotate_xp(
     (volume, voxel_size_um, origin_um)
         As :func:`llsmflow.deskew.deskew_rotate`; ``volume`` is a float32 array of ``xp``.
     """
-    from llsmflow.deskew.rotate import _deskew_rotate_geometry
+    from llsmflow.deskew.rotate import _deskew_rotate_geometry, rotated_valid_mask
 
     xp = _module_of(raw_zyx) if xp is None else xp
     if raw_zyx.ndim != 3:
@@ -173,6 +173,14 @@ def deskew_rotate_xp(
     out_um = float(output_voxel_um or dx_um)
     require_positive_voxel_size((out_um,), what="output voxel size")
     raw = xp.asarray(raw_zyx)
+    if scan_axis == "y":
+        # as the CPU kernel computes it: y and x swapped (a view), the scan axis x with pixel size dy; the
+        # same geometry to the last bit, so the same voxels count as inside the stack
+        out, voxel, origin = deskew_rotate_xp(
+            raw.transpose(0, 2, 1), dz_um, dy_um, angle_deg, dy_um=dx_um, output_voxel_um=out_um,
+            fill_value=fill_value, xp=xp,
+        )  # fmt: skip
+        return xp.ascontiguousarray(out.transpose(0, 2, 1)), voxel, (origin[0], origin[2], origin[1])
     if raw.dtype != xp.float32:
         raw = raw.astype(xp.float32)
     out_shape, origin, matrix, offset = _deskew_rotate_geometry(
@@ -202,16 +210,22 @@ def deskew_rotate_xp(
     matrix[across] = 0.0
     matrix[across, across] = 1.0
     offset[across] = 0.0
+    # mode "nearest", then the CPU kernel's own inside/outside rule (rotated_valid_mask, the same float64
+    # expressions as its plan): a position on the stack's edge, a hair outside after round-off, keeps its
+    # data as on the CPU instead of becoming fill_value; inside, "nearest" and "constant" interpolate alike
     out = _ndimage(xp).affine_transform(
         raw,
         xp.asarray(matrix),
         offset=tuple(float(v) for v in offset),
         output_shape=tuple(out_shape),
         order=1,
-        mode="constant",
-        cval=float(fill_value),
+        mode="nearest",
         prefilter=False,
     )
+    inside = rotated_valid_mask(
+        tuple(raw_zyx.shape), dz_um, dx_um, angle_deg, dy_um, out_um, scan_axis="x", margin_px=0
+    )
+    out = xp.where(xp.asarray(np.ascontiguousarray(inside[:, :1, :])), out, xp.float32(fill_value))
     if out.dtype != xp.float32:
         out = out.astype(xp.float32)
     return out, (out_um, out_um, out_um), tuple(float(v) for v in origin)

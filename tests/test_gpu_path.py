@@ -36,7 +36,9 @@ def _rel_l2(a, b) -> float:
 def test_xp_deskew_equals_cpu_deskew_bit_for_bit(dz, dx, dy, angle, axis):
     raw = _raw()
     cpu = deskew(raw, dz, dx, angle, dy_um=dy, scan_axis=axis, fill_value=7.0)
-    data, voxel, origin, shear = deskew_xp(raw, dz, dx, angle, dy_um=dy, scan_axis=axis, fill_value=7.0, xp=np)
+    data, voxel, origin, shear = deskew_xp(
+        raw, dz, dx, angle, dy_um=dy, scan_axis=axis, fill_value=7.0, xp=np
+    )
     assert data.dtype == np.float32 and data.shape == cpu.data.shape
     np.testing.assert_array_equal(data, cpu.data)
     assert (voxel, origin, shear) == (cpu.voxel_size_um, cpu.origin_offset_um, cpu.shear_px_per_plane)
@@ -162,4 +164,49 @@ def test_cached_engine_gives_the_fresh_engines_result():
     assert len(decon_engine._engines) == 1
     np.testing.assert_array_equal(first, fresh)
     np.testing.assert_allclose(second, 2 * fresh, rtol=1e-5, atol=1e-3)
+    decon_engine.clear_engine_cache()
+
+
+def _cupy_status() -> str:
+    from llsmflow.decon import available_backends
+
+    return available_backends()["cupy"]
+
+
+@pytest.mark.skipif(_cupy_status() != "available", reason=f"needs CuPy and a CUDA GPU: {_cupy_status()}")
+def test_cupy_path_equals_the_cpu():
+    """On a GPU: the CuPy deskew, transfers (staged and pinned) and device-resident deskew → deconvolution."""
+    import cupy
+
+    from llsmflow.decon import pinned_empty, transfer
+
+    raw, psf = _bead_stack_and_psf()
+    for dz, dx, dy, angle, axis in GEOMETRIES:
+        cpu = deskew(raw, dz, dx, angle, dy_um=dy, scan_axis=axis)
+        gpu = deskew_xp(cupy.asarray(raw), dz, dx, angle, dy_um=dy, scan_axis=axis)[0]
+        assert isinstance(gpu, cupy.ndarray)
+        np.testing.assert_allclose(gpu.get(), cpu.data, rtol=0, atol=1e-3)
+        rotated = deskew_rotate(raw, dz, dx, angle, dy_um=dy, scan_axis=axis)[0]
+        on_gpu = deskew_rotate_xp(cupy.asarray(raw), dz, dx, angle, dy_um=dy, scan_axis=axis)[0]
+        assert _rel_l2(on_gpu.get(), rotated) < 1e-6
+    # transfers: pageable in small pieces (several staging rounds), and a pinned buffer in one copy
+    big = np.random.default_rng(4).random((33, 65, 67), dtype=np.float32)
+    piece = transfer._PIECE_BYTES
+    transfer._PIECE_BYTES = 10_000
+    try:
+        device = transfer.to_device(big, cupy)
+        np.testing.assert_array_equal(device.get(), big)
+        np.testing.assert_array_equal(transfer.to_host(device * 2), big * 2)
+    finally:
+        transfer._PIECE_BYTES = piece
+    pinned = pinned_empty(big.shape, np.float32)
+    assert transfer._is_pinned(pinned)
+    pinned[...] = big
+    np.testing.assert_array_equal(transfer.to_host(transfer.to_device(pinned, cupy), out=pinned), big)
+    options = dict(**GEOMETRY, iterations=5, background=90.0)
+    reference = deskew_deconvolve(raw, psf, PSF_VOXEL, **options)
+    for _ in range(2):  # the second call takes the engine from the cache
+        gpu = deskew_deconvolve(raw, psf, PSF_VOXEL, **options, backend="cupy")
+        assert gpu.deconvolution.backend == "cupy" and isinstance(gpu.data, np.ndarray)
+        assert _rel_l2(gpu.data, reference.data) < 1e-5
     decon_engine.clear_engine_cache()

@@ -71,7 +71,9 @@ class _CudaCopies:
         import cupy
 
         self.cupy = cupy
-        self.stream = cupy.cuda.Stream(non_blocking=True)
+        # a blocking stream: ordered after the work queued on the legacy default stream (where CuPy runs
+        # unless told otherwise), and that work after it
+        self.stream = cupy.cuda.Stream(non_blocking=False)
         self._stages: dict[int, list[np.ndarray]] = {}
 
     def stages(self, nbytes: int) -> list[np.ndarray]:
@@ -168,11 +170,11 @@ def _is_pinned(array: np.ndarray) -> bool:
         return False
 
 
-def _staged_to_device(host: np.ndarray, device_bytes, copies, piece: int = _PIECE_BYTES) -> None:
+def _staged_to_device(host: np.ndarray, device_bytes, copies, piece: int | None = None) -> None:
     """Copy the C-contiguous ``host`` into ``device_bytes`` in pieces, overlapping host staging and DMA."""
     src = _flat_bytes(host)
     n = src.size
-    piece = min(piece, max(n, 1))
+    piece = min(piece or _PIECE_BYTES, max(n, 1))
     stages = copies.stages(piece)
     events = [None, None]
     for index, start in enumerate(range(0, n, piece)):
@@ -186,11 +188,11 @@ def _staged_to_device(host: np.ndarray, device_bytes, copies, piece: int = _PIEC
     copies.synchronize()
 
 
-def _staged_to_host(device_bytes, host: np.ndarray, copies, piece: int = _PIECE_BYTES) -> None:
+def _staged_to_host(device_bytes, host: np.ndarray, copies, piece: int | None = None) -> None:
     """Copy ``device_bytes`` into the C-contiguous ``host`` in pieces, overlapping DMA and host copies."""
     dst = _flat_bytes(host)
     n = dst.size
-    piece = min(piece, max(n, 1))
+    piece = min(piece or _PIECE_BYTES, max(n, 1))
     stages = copies.stages(piece)
     pending: list = []  # (event, staging buffer, start): at most two in flight
 
@@ -223,6 +225,7 @@ def to_device(host, xp, dtype=None):
         return device if dtype is None else device.astype(dtype, copy=False)
     host = np.ascontiguousarray(host)
     device = xp.empty(host.shape, dtype=host.dtype)
+    xp.cuda.get_current_stream().synchronize()  # the memory may have been freed by work still queued
     copies = _cuda_copies()
     if host.nbytes and _is_pinned(host):
         copies.to_device_async(device, 0, _flat_bytes(host))
@@ -243,6 +246,7 @@ def to_host(device, out: np.ndarray | None = None) -> np.ndarray:
     import cupy
 
     device = cupy.ascontiguousarray(device)
+    cupy.cuda.get_current_stream().synchronize()  # the kernels that computed it are done
     if out is None or not (
         out.flags.c_contiguous and out.dtype == device.dtype and out.shape == device.shape
     ):

@@ -181,8 +181,8 @@ def deskew_rotate_xp(
             fill_value=fill_value, xp=xp,
         )  # fmt: skip
         return xp.ascontiguousarray(out.transpose(0, 2, 1)), voxel, (origin[0], origin[2], origin[1])
-    if raw.dtype != xp.float32:
-        raw = raw.astype(xp.float32)
+    # float32 and C order (the y-swapped view of scan axis y is copied once, as the CPU kernel's layout does)
+    raw = xp.ascontiguousarray(raw.astype(xp.float32, copy=False))
     out_shape, origin, matrix, offset = _deskew_rotate_geometry(
         tuple(raw.shape), float(dz_um), float(dx_um), float(angle_deg), float(dy_um), out_um, scan_axis
     )

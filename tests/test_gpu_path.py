@@ -125,6 +125,13 @@ def test_deskew_deconvolve_rotated_and_into_out():
     # the affine resampler and the CPU kernel differ by float32 round-off, which the iterations carry along
     np.testing.assert_allclose(out, reference.data, rtol=0, atol=1e-5 * float(reference.data.max()))
     decon_engine.clear_engine_cache()
+    # with a memory budget: the host deskew and deconvolve()'s chunks
+    budget = dict(iterations=2, background=90.0, max_memory_gb=0.002)
+    chunked = deskew_deconvolve(raw, psf, PSF_VOXEL, **GEOMETRY, **budget, xp=np)
+    deskewed = deskew(raw, **GEOMETRY)
+    expected = deconvolve(deskewed.data, psf, deskewed.voxel_size_um, PSF_VOXEL, **budget)
+    assert chunked.deconvolution.chunks == expected.chunks > 1
+    np.testing.assert_array_equal(chunked.data, expected.data)
     with pytest.raises(LlsmflowError, match="expected float32 of the deskewed shape"):
         deskew_deconvolve(raw, psf, PSF_VOXEL, **GEOMETRY, **options, xp=np, out=out[:-1])
     with pytest.raises(LlsmflowError, match="sheet angle 95"):

@@ -122,6 +122,7 @@ def deskew_deconvolve(
     progress: Callable[[int, int], None] | None = None,
     out: np.ndarray | None = None,
     psf_path: str | Path | None = None,
+    max_memory_gb: float | None = None,
     xp=None,
 ) -> DeskewDeconResult:
     """Deskew (optionally rotate to the coverslip frame) and deconvolve one raw stage-scan stack.
@@ -148,6 +149,9 @@ def deskew_deconvolve(
     out : numpy.ndarray, optional
         C-contiguous float32 array of the deskewed shape to write the result into (e.g. reused across the
         volumes of a job; a :func:`~llsmflow.decon.transfer.pinned_empty` buffer receives it in one copy).
+    max_memory_gb : float, optional
+        A memory budget (GB) for the deconvolution, as :func:`deconvolve`: with one, the host deskew and
+        :func:`deconvolve`'s chunks (the volume then does not stay on the device). Default: the whole volume.
     xp : module, optional
         Array module of the device path; ``numpy`` runs the GPU code path on the host (tests, benchmarks).
         Default: CuPy for backend ``'cupy'``, else the host path.
@@ -168,10 +172,10 @@ def deskew_deconvolve(
     geometry = dict(dz_um=dz_um, dx_um=dx_um, angle_deg=angle_deg, dy_um=dy_um, scan_axis=scan_axis)
     start = time.perf_counter()
     name = backend if xp is not None else choose_backend(backend)
-    if xp is None and name == "cupy":
+    if xp is None and name == "cupy" and max_memory_gb is None:
         import cupy as xp
     fallbacks: list[str] = []
-    if xp is not None:
+    if xp is not None and max_memory_gb is None:
         try:
             return _on_device(
                 raw_zyx, psf, psf_voxel_um, geometry, rotate, output_voxel_um, fill_value, iterations,
@@ -196,7 +200,7 @@ def deskew_deconvolve(
     result = deconvolve(
         deskewed, psf, voxel, psf_voxel_um, iterations=iterations, background=background,
         psf_background=psf_background, backend=name, method=method, progress=progress, threads=threads,
-        acceleration=acceleration, out=out, psf_path=psf_path,
+        acceleration=acceleration, out=out, psf_path=psf_path, max_memory_gb=max_memory_gb,
     )  # fmt: skip
     result.fallbacks[:0] = fallbacks
     end = time.perf_counter()

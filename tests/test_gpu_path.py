@@ -217,3 +217,20 @@ def test_cupy_path_equals_the_cpu():
         assert gpu.deconvolution.backend == "cupy" and isinstance(gpu.data, np.ndarray)
         assert _rel_l2(gpu.data, reference.data) < 1e-5
     decon_engine.clear_engine_cache()
+
+
+def test_prepared_psf_is_kept_per_psf_and_arguments():
+    from llsmflow.decon import prepare_psf
+    from llsmflow.decon import psf as decon_psf
+
+    _, psf = _bead_stack_and_psf()
+    decon_psf._PREPARED.clear()
+    first = decon_psf._prepare_psf_cached(psf, PSF_VOXEL, (0.15, 0.104, 0.104), 10.0)
+    assert decon_psf._prepare_psf_cached(psf.copy(), PSF_VOXEL, (0.15, 0.104, 0.104), 10.0) is first
+    assert not first.flags.writeable
+    np.testing.assert_array_equal(first, prepare_psf(psf, PSF_VOXEL, (0.15, 0.104, 0.104), background=10.0))
+    other = psf.copy()
+    other[4, 7, 8] += 500  # same shape, other values: another kernel
+    assert not np.array_equal(decon_psf._prepare_psf_cached(other, PSF_VOXEL, (0.15, 0.104, 0.104), 10.0), first)
+    assert decon_psf._prepare_psf_cached(psf, PSF_VOXEL, (0.15, 0.104, 0.104), "auto") is not first
+    assert len(decon_psf._PREPARED) == 3

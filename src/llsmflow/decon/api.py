@@ -26,7 +26,7 @@ from llsmflow.decon.cudadecon import _deconvolve_pycudadecon
 from llsmflow.decon.engine import clear_engine_cache
 from llsmflow.decon.execute import _run_plan
 from llsmflow.decon.otf import _WB_ALPHA, _WB_ORDER, _check_wb
-from llsmflow.decon.psf import prepare_psf, resolve_background
+from llsmflow.decon.psf import _prepare_psf_cached, resolve_background
 from llsmflow.decon.volumes import _check_volume, _read_block, _volume_like
 from llsmflow.errors import LlsmflowError, located, require_positive_voxel_size
 
@@ -344,7 +344,7 @@ def deconvolve(
     data_voxel = require_positive_voxel_size(data_voxel_um, what="data voxel size")
     bg = resolve_background(volume, background)
     with located(psf_path):
-        kernel = prepare_psf(psf, psf_voxel_um, data_voxel, background=psf_background)
+        kernel = _prepare_psf_cached(psf, psf_voxel_um, data_voxel, background=psf_background)
 
     square = abs(data_voxel[1] - data_voxel[2]) <= 1e-3 * data_voxel[2]
     if backend == "auto" and (not square or method != "rl"):

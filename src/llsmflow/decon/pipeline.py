@@ -30,15 +30,11 @@ from llsmflow.decon.backends import (
     choose_backend,
 )
 from llsmflow.decon.chunks import plan_chunks
-from llsmflow.decon.engine import _digest, clear_engine_cache
+from llsmflow.decon.engine import clear_engine_cache
 from llsmflow.decon.execute import _run_plan
-from llsmflow.decon.psf import prepare_psf, resolve_background
+from llsmflow.decon.psf import _prepare_psf_cached, resolve_background
 from llsmflow.decon.transfer import to_device
 from llsmflow.errors import LlsmflowError, located
-
-# prepared PSFs kept per process: (psf digest, voxel sizes, background) -> kernel
-_KERNELS: dict = {}
-_KERNEL_CACHE_SIZE = 4
 
 
 @dataclass
@@ -80,18 +76,6 @@ class DeskewDeconResult:
             },
             "deconvolution": self.deconvolution.summary(),
         }
-
-
-def _kernel(psf, psf_voxel_um, data_voxel, psf_background, psf_path):
-    key = (_digest(psf), tuple(map(float, psf_voxel_um)), tuple(map(float, data_voxel)), str(psf_background))
-    kernel = _KERNELS.pop(key, None)
-    if kernel is None:
-        with located(psf_path):
-            kernel = prepare_psf(psf, psf_voxel_um, data_voxel, background=psf_background)
-        while len(_KERNELS) >= _KERNEL_CACHE_SIZE:
-            _KERNELS.pop(next(iter(_KERNELS)))
-    _KERNELS[key] = kernel
-    return kernel
 
 
 def _synchronize(xp) -> None:
@@ -266,7 +250,8 @@ def _on_device(
             f"out array is {out.dtype} {tuple(out.shape)}; expected float32 of the deskewed shape {deskewed.shape}"
         )
     bg = resolve_background(deskewed, background)
-    kernel = _kernel(psf, psf_voxel_um, voxel, psf_background, psf_path)
+    with located(psf_path):
+        kernel = _prepare_psf_cached(psf, psf_voxel_um, voxel, background=psf_background)
     plan = plan_chunks(deskewed.shape, kernel.shape, None, acceleration=acceleration, method=method)
     data = _run_plan(
         deskewed, kernel, plan, bg, iterations, xp=xp, threads=threads, method=method, acceleration=acceleration,

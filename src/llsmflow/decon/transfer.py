@@ -142,6 +142,11 @@ def _cuda_copies() -> _CudaCopies:
     return _copies
 
 
+# Address ranges (start, stop) of the pinned buffers made by pinned_empty in this process. A stale range (its
+# buffer freed, the addresses reused by ordinary memory) is harmless: CUDA copies from pageable memory too.
+_PINNED: dict[int, int] = {}
+
+
 def pinned_empty(shape, dtype) -> np.ndarray:
     """A NumPy array in pinned (page-locked) host memory when CuPy and a GPU are there, else ``numpy.empty``.
 
@@ -156,18 +161,25 @@ def pinned_empty(shape, dtype) -> np.ndarray:
         memory = cupy.cuda.alloc_pinned_memory(max(count * dtype.itemsize, 1))
     except Exception:  # no CuPy, no driver, no device: ordinary memory
         return np.empty(shape, dtype=dtype)
-    return np.frombuffer(memory, dtype, count).reshape(shape)
+    array = np.frombuffer(memory, dtype, count).reshape(shape)
+    _PINNED[array.ctypes.data] = array.ctypes.data + array.nbytes
+    return array
 
 
 def _is_pinned(array: np.ndarray) -> bool:
-    """Whether ``array``'s memory is page-locked (CUDA knows it as host memory)."""
+    """Whether ``array``'s memory lies in a buffer from :func:`pinned_empty` (or CUDA reports it page-locked)."""
+    start = array.ctypes.data
+    stop = start + array.nbytes
+    if any(a <= start and stop <= b for a, b in _PINNED.items()):
+        return True
     try:
         import cupy
 
-        attributes = cupy.cuda.runtime.pointerGetAttributes(array.ctypes.data)
-        return int(attributes.type) == 1  # cudaMemoryTypeHost
+        attributes = cupy.cuda.runtime.pointerGetAttributes(start)
     except Exception:
         return False
+    kind = getattr(attributes, "type", getattr(attributes, "memoryType", None))
+    return kind == 1  # cudaMemoryTypeHost
 
 
 def _staged_to_device(host: np.ndarray, device_bytes, copies, piece: int | None = None) -> None:

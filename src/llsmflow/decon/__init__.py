@@ -58,6 +58,10 @@ imported on first use, so ``import llsmflow.decon.backends`` costs no NumPy)
 * ``volumes``: validating volumes and array-likes, reading and writing blocks in slabs.
 * ``cudadecon``: the pycudadecon backend.
 * ``api``: ``deconvolve``, ``richardson_lucy``, ``wiener_butterworth``, ``DeconResult``.
+* ``transfer``: whole-array host ⇄ GPU transfers through pinned memory (``pinned_empty``).
+* ``pipeline``: ``deskew_deconvolve``, a raw stack deskewed and deconvolved in one call, kept on the GPU
+  between the steps with backend ``'cupy'`` (``docs/gpu.md``); engines kept per process
+  (``clear_engine_cache``).
 """
 
 from llsmflow._lazy import lazy_exports
@@ -93,6 +97,10 @@ _EXPORTS = {
     "deconvolve": "api",
     "richardson_lucy": "api",
     "wiener_butterworth": "api",
+    "clear_engine_cache": "engine",
+    "pinned_empty": "transfer",
+    "DeskewDeconResult": "pipeline",
+    "deskew_deconvolve": "pipeline",
 }
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

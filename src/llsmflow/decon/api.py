@@ -23,9 +23,10 @@ from llsmflow.decon.backends import (
 )
 from llsmflow.decon.chunks import _BUDGET_RESERVE, plan_chunks
 from llsmflow.decon.cudadecon import _deconvolve_pycudadecon
+from llsmflow.decon.engine import clear_engine_cache
 from llsmflow.decon.execute import _run_plan
 from llsmflow.decon.otf import _WB_ALPHA, _WB_ORDER, _check_wb
-from llsmflow.decon.psf import prepare_psf, resolve_background
+from llsmflow.decon.psf import _prepare_psf_cached, resolve_background
 from llsmflow.decon.volumes import _check_volume, _read_block, _volume_like
 from llsmflow.errors import LlsmflowError, located, require_positive_voxel_size
 
@@ -343,7 +344,7 @@ def deconvolve(
     data_voxel = require_positive_voxel_size(data_voxel_um, what="data voxel size")
     bg = resolve_background(volume, background)
     with located(psf_path):
-        kernel = prepare_psf(psf, psf_voxel_um, data_voxel, background=psf_background)
+        kernel = _prepare_psf_cached(psf, psf_voxel_um, data_voxel, background=psf_background)
 
     square = abs(data_voxel[1] - data_voxel[2]) <= 1e-3 * data_voxel[2]
     if backend == "auto" and (not square or method != "rl"):
@@ -381,6 +382,7 @@ def deconvolve(
         except Exception as error:
             if name == "cpu" or not _is_out_of_memory(error):
                 raise
+            clear_engine_cache()  # the kept engines hold GPU memory the retry needs
             _free_gpu_memory(name)
             what = f"{name} ran out of GPU memory in {plan.count} chunk(s) of ~{plan.bytes / 1e9:.3g} GB"
             first_line = (str(error).strip().splitlines() or [""])[0][:200]

@@ -127,13 +127,32 @@ class _Engine:
 
     # --------------------------------------------------------------------------------------------- blocks
 
-    def load(self, volume, region, background: float, offset, check: bool = False) -> None:
+    def load(self, volume, region, background: float, offset, check: bool = False, whole: bool = False) -> None:
         """Read ``volume[region]`` (a few planes at a time) into the data buffer at ``offset`` (ZYX voxels),
         background subtracted and clamped at 0, and fill the rest of the buffer with its reflection (numpy.pad
-        'reflect'). ``check``: raise on NaN or infinite values."""
+        'reflect'). ``check``: raise on NaN or infinite values. On a GPU, a volume already on the device is
+        copied there in one piece, and so is a host volume when ``whole`` (one transfer through pinned memory,
+        :mod:`llsmflow.decon.transfer`); otherwise slab by slab. The padding is done on the device."""
         xp = self.xp
         data = self.ws.reals[0]
         inner = tuple(slice(o, o + r.stop - r.start) for o, r in zip(offset, region, strict=True))
+        if not _is_numpy(xp) and (whole or hasattr(volume, "__cuda_array_interface__")):
+            # on the GPU: the block in one piece (already on the device, or one pinned transfer in its own
+            # dtype, cast on the device), then the same steps as below on the whole block
+            from llsmflow.decon.transfer import to_device
+
+            block = volume[region]
+            if not hasattr(block, "__cuda_array_interface__"):
+                block = to_device(_read_block(volume, region, check), xp)
+            elif check and block.dtype.kind == "f" and not bool(xp.isfinite(block).all()):
+                raise LlsmflowError("volume contains NaN or infinite values; expected finite intensities")
+            view = data[inner]
+            view[...] = block
+            if background:
+                view -= xp.float32(background)
+            xp.maximum(view, 0, out=view)
+            _reflect_fill(data, inner, xp)
+            return
         for a, b in _slabs(region, np.dtype(volume.dtype).itemsize):
             view = data[_sub_z(inner, a, b)]
             view[...] = xp.asarray(_read_block(volume, _sub_z(region, a, b), check))
@@ -236,3 +255,41 @@ class _Engine:
             if progress is not None:
                 progress(k)
         return x
+
+
+# ------------------------------------------------------------------------------------------ engine cache
+
+# Engines kept per process (OTF, back projector, workspace and, through CuPy's plan cache, the cuFFT plans):
+# a job that deconvolves many volumes of one shape with one PSF makes them once. Each holds a few padded
+# float32 volumes (on the GPU with CuPy), so only a few are kept.
+_ENGINE_CACHE_SIZE = 2
+_engines: dict = {}
+
+
+def _digest(array) -> str:
+    import hashlib
+
+    host = np.ascontiguousarray(array)
+    return hashlib.blake2b(host.view(np.uint8).reshape(-1), digest_size=16).hexdigest() + str(host.shape)
+
+
+def _cached_engine(psf, padded_shape, xp, threads: int, method: str, acceleration: bool, wb, transforms):
+    """An :class:`_Engine` for these arguments, made on first use and kept (see ``_ENGINE_CACHE_SIZE``);
+    ``clear_engine_cache`` closes and forgets them (after a GPU ran out of memory, or to free the memory)."""
+    key = (
+        xp.__name__, tuple(padded_shape), _digest(psf), str(np.asarray(psf).dtype), method, bool(acceleration),
+        tuple(sorted((wb or {}).items())), threads,
+    )  # fmt: skip
+    engine = _engines.pop(key, None)
+    if engine is None:
+        while len(_engines) >= _ENGINE_CACHE_SIZE:
+            _engines.pop(next(iter(_engines))).close()
+        engine = _Engine(psf, padded_shape, xp, threads, method, acceleration, **(wb or {}), transforms=transforms)
+    _engines[key] = engine  # most recently used last
+    return engine
+
+
+def clear_engine_cache() -> None:
+    """Close and forget the kept engines (their GPU or host memory goes back to the memory pool)."""
+    while _engines:
+        _engines.pop(next(iter(_engines))).close()

@@ -9,7 +9,9 @@ from collections.abc import Callable
 import numpy as np
 
 from llsmflow.decon.chunks import ChunkPlan
-from llsmflow.decon.engine import _Engine, _resolve_threads
+from llsmflow.decon.engine import _cached_engine, _Engine, _resolve_threads
+from llsmflow.decon.fft import _is_numpy
+from llsmflow.decon.transfer import to_host
 from llsmflow.decon.volumes import _read_block, _slabs, _sub_z, _to_host
 
 # Relative floor of the denominator in the RL ratio (times the largest data value).
@@ -33,12 +35,14 @@ def _run_plan(
     wb=None,
     checked: bool = True,
     client=None,
+    cache: bool | None = None,
 ):
     """Deconvolve ``volume`` chunk by chunk following ``plan``; write into ``out`` (default: a new array).
 
     ``checked``: the caller has already verified that every value is finite (``_check_volume``); otherwise
-    each block is checked as it is read. ``client``: a ``distributed.Client`` whose workers deconvolve the
-    chunks (:func:`_run_plan_on`) when there is more than one.
+    each block is checked as it is read. ``cache``: take the engine from (and leave it in) the per-process
+    engine cache; default: for a whole volume on a GPU. ``client``: a ``distributed.Client`` whose workers
+    deconvolve the chunks (:func:`_run_plan_on`) when there is more than one.
     """
     threads = _resolve_threads(threads)
     total = iterations * plan.count
@@ -62,13 +66,20 @@ def _run_plan(
         run = (background, iterations, eps, initial)
         return _run_plan_on(client, volume, plan, engine_args, run, out, checked, progress)
     transforms = 4 * iterations * plan.count
-    engine = _Engine(
-        psf, plan.padded_shape, xp, threads, method, acceleration, **(wb or {}), transforms=transforms
-    )
+    # on a GPU, a whole volume moves in one transfer each way and its engine is kept for the next volume
+    whole = plan.count == 1 and not _is_numpy(xp)
+    if cache is None:
+        cache = whole
+    if cache:
+        engine = _cached_engine(psf, plan.padded_shape, xp, threads, method, acceleration, wb, transforms)
+    else:
+        engine = _Engine(
+            psf, plan.padded_shape, xp, threads, method, acceleration, **(wb or {}), transforms=transforms
+        )
     try:
         for index, (window_start, region, core) in enumerate(plan.boxes()):
             offset = tuple(r.start - w for r, w in zip(region, window_start, strict=True))
-            engine.load(volume, region, background, offset, check=not checked)
+            engine.load(volume, region, background, offset, check=not checked, whole=whole)
             if plan.count == 1:
                 dmax = engine.data_max()
             eps = _RATIO_EPS * dmax if dmax > 0 else float(np.finfo(np.float32).tiny)
@@ -79,10 +90,16 @@ def _run_plan(
 
             estimate = engine.iterate(iterations, eps, initial, step)
             within = tuple(slice(c.start - w, c.stop - w) for c, w in zip(core, window_start, strict=True))
+            if whole:
+                host = to_host(estimate[within], out=out if isinstance(out, np.ndarray) else None)
+                if host is not out:
+                    out[core] = host
+                continue
             for a, b in _slabs(core, 4):
                 out[_sub_z(core, a, b)] = _to_host(estimate[_sub_z(within, a, b)])
     finally:
-        engine.close()
+        if not cache:
+            engine.close()
     return out
 
 

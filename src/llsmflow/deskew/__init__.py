@@ -37,6 +37,8 @@ Submodules (re-exported here, each imported on first use)
 * ``rotate``: :func:`deskew_rotate` (sparse bilinear map, SciPy) and its ``affine_transform`` reference;
   :func:`rotated_valid_mask`, where a rotated volume holds data (its empty wedges are not data).
 * ``workers``: the thread pool both kernels use (:func:`default_workers`).
+* ``device``: :func:`deskew_xp` and :func:`deskew_rotate_xp`, the same on an array module (NumPy or CuPy), so
+  that a volume deskewed on a GPU stays there for deconvolution (``docs/gpu.md``).
 
 ``llsmflow.geometry`` (the module this package was) re-exports the same names.
 """
@@ -56,6 +58,8 @@ _EXPORTS = {
     "rotated_valid_mask": "rotate",
     "frame_rotation_matrix": "frames",
     "default_workers": "workers",
+    "deskew_xp": "device",
+    "deskew_rotate_xp": "device",
 }
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

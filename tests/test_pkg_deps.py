@@ -23,7 +23,12 @@ from packaging.utils import canonicalize_name
 
 REPO = Path(__file__).resolve().parents[1]
 #: Optional modules that cannot be installed on a machine without CUDA, and the distribution declaring them.
-NOT_INSTALLED = {"cupy": "cupy-cuda12x", "pycudadecon": "pycudadecon", "ezomero": "ezomero"}
+NOT_INSTALLED = {
+    "cupy": "cupy-cuda12x",
+    "cupyx": "cupy-cuda12x",  # shipped inside the cupy distribution
+    "pycudadecon": "pycudadecon",
+    "ezomero": "ezomero",
+}
 #: conda-forge names that differ from PyPI's.
 CONDA_NAMES = {"matplotlib-base": "matplotlib"}
 

@@ -150,12 +150,12 @@ class _CrateBuilder:
         self.index[entity_id] = entity
         return self.crate.add(entity)
 
-    def tool_input(self, tool, parameter) -> None:
-        """``parameter`` (a FormalParameter) among the ``input`` of ``tool``, once."""
+    def tool_input(self, tool, parameter, key: str = "input") -> None:
+        """``parameter`` (a FormalParameter) among the ``input`` (or ``key``) of ``tool``, once."""
         seen = self._tool_inputs.setdefault(tool.id, set())
         if parameter.id not in seen:
             seen.add(parameter.id)
-            tool.append_to("input", parameter)
+            tool.append_to(key, parameter)
 
     def recorded_by_uri(self, path: str, inputs: dict, outputs: dict):
         """``(recorded path, entry)`` of the input or output that is the same file as ``path``, or None."""
@@ -235,7 +235,11 @@ class _CrateBuilder:
                     "SoftwareApplication",
                     name=name,
                     version=version,
-                    **({} if name == "llsmflow" else {"url": {"@id": f"https://pypi.org/project/{name}/"}}),
+                    **(
+                        _llsmflow_reference(self.record)
+                        if name == "llsmflow"
+                        else {"url": {"@id": f"https://pypi.org/project/{name}/"}}
+                    ),
                 )
             )
         return entities
@@ -335,6 +339,8 @@ def build_crate(
             "name": wf_meta.get("name", "llsmflow"),
             "version": wf_meta.get("version"),
             "programmingLanguage": language,
+            # its source: a declared homepage of llsmflow, else the file itself in the crate
+            "url": {"@id": crate_meta.project_url() or "workflow/Snakefile"},
             "conformsTo": {"@id": crate_meta.COMPUTATIONAL_WORKFLOW_PROFILE},
             "softwareRequirements": software,
             "additionalProperty": git_props,
@@ -452,6 +458,17 @@ def build_crate(
     for entity in b.files.values():
         crate.root_dataset.append_to("hasPart", entity)
     return crate
+
+
+def _llsmflow_reference(record: dict) -> dict:
+    """``url`` and ``description`` of llsmflow itself (not on PyPI): its declared homepage (the distribution's
+    ``Project-URL``), else the part of its source that ran, the workflow snapshot in the crate."""
+    commit = (record.get("workflow") or {}).get("commit")
+    return {
+        "url": {"@id": crate_meta.project_url() or "workflow/"},
+        "description": "llsmflow: the library the workflow's scripts call; its workflow (Snakefile, rules, scripts) "
+        "as it ran is in workflow/" + (f"; git commit {commit}" if commit else ""),
+    }
 
 
 def _checksum(path: Path) -> dict:

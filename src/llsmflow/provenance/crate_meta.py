@@ -96,6 +96,27 @@ def portable(value, raw_dir: Path | None, run_dir: Path):
     return "external/" + normal.name
 
 
+def project_url() -> str | None:
+    """llsmflow's public homepage or source, as its installed distribution declares it (``Project-URL``
+    Homepage/Source/Repository, or ``Home-page``); None when none is declared (then the crate points to the
+    workflow snapshot it holds)."""
+    from importlib import metadata
+
+    try:
+        meta = metadata.metadata("llsmflow")
+    except metadata.PackageNotFoundError:
+        return None
+    urls = {}
+    for entry in meta.get_all("Project-URL") or []:
+        label, _, url = entry.partition(",")
+        urls[label.strip().lower()] = url.strip()
+    for label in ("homepage", "source", "repository"):
+        if urls.get(label, "").startswith("http"):
+            return urls[label]
+    home = meta.get("Home-page") or ""
+    return home if home.startswith("http") else None
+
+
 def rule_sources(crate_dir: Path, snapshot: str) -> dict[str, str]:
     """``{rule: crate-relative path of the snapshot file that defines it}`` (a rule's ``url`` in the crate)."""
     import re

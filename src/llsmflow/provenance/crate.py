@@ -552,7 +552,14 @@ def write_crate(
         snapshot = sorted(p for p in (crate_dir / "workflow").rglob("*") if p.is_file())
         add_to_manifest(manifest, Path(manifest_root) if manifest_root else crate_dir.parent, snapshot)
     metadata = crate_meta.finish(crate.metadata.generate())
-    crate_meta.set_authors(metadata, crate_meta.rembi_authors(record["config"], Path(run_dir)))
+    authors = crate_meta.rembi_authors(record["config"], Path(run_dir))
+    crate_meta.set_authors(metadata, authors)
+    rembi = crate_meta.rembi_metadata(record["config"], Path(run_dir))
+    if rembi is not None:  # the study, biosamples, protocols and analysis, linked from the root's `about`
+        from llsmflow.fair.rembi_crate import add_rembi
+
+        people = [e["@id"] for e in crate_meta.person_entities(authors)[0] if e["@type"] == "Person"]
+        metadata = crate_meta.finish(add_rembi(metadata, rembi, people, record.get("acquisition")))
     out = crate_dir / METADATA
     with atomic_output(out) as tmp:
         # indented for reading while small; compact (and written by json's C encoder) for a large run

@@ -22,8 +22,15 @@ How run facts map onto the profile
 - parameters of a step → ``PropertyValue`` (``object`` of the step's ``CreateAction``), described by a
   ``FormalParameter`` (``input`` of the rule's ``SoftwareApplication``); config values of the run likewise on
   the ``ComputationalWorkflow``.
-- wall time, peak memory, threads, the deconvolution backend that ran and the GPU (model, driver, CUDA) →
-  ``resourceUsage`` (``PropertyValue`` with ``propertyID``).
+- wall time, peak memory, threads, the deconvolution backend that ran, the dask cluster, the chunk count, time
+  spent in a part of the job (``seconds_…``) and the GPU (model, driver, CUDA) → ``resourceUsage``
+  (``PropertyValue`` with ``propertyID`` and a QUDT ``unitCode``; a name such as the backend: ``UNITLESS``).
+- every other value a job noted about its data (the shape it wrote, the method, the PSF geometry, the
+  diffusion coefficient) → a ``result`` ``PropertyValue`` of the job, described by an output
+  ``FormalParameter`` of the rule's tool (:func:`llsmflow.provenance.crate_steps.reported_values`).
+- the dataset's REMBI (config key ``rembi``, when filled in and valid) → the study, biosamples, protocols and
+  analysis as schema.org/Bioschemas entities, the root dataset ``about`` the study
+  (:mod:`llsmflow.fair.rembi_crate`).
 - allow-listed environment variables and the host name → ``environment`` (``PropertyValue``).
 - container image and digest → ``containerImage`` (``ContainerImage``).
 - Python and package versions → ``SoftwareApplication`` entities in ``softwareRequirements``.

@@ -214,7 +214,8 @@ def set_authors(metadata: dict, authors: list[dict]) -> dict:
         ref["@id"]
         for e in graph
         if e["@id"] not in old and e is not root
-        for value in e.values()
+        for key, value in e.items()
+        if key != "agent"  # the actions' agent is set again below
         for ref in _as_list(value)
         if isinstance(ref, dict) and "@id" in ref
     }

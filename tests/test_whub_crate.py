@@ -166,6 +166,18 @@ def test_run_crate_carries_the_rembi_study_and_validates_offline(tiny_run, tmp_p
     cache = seed_validator_cache(tmp_path / "cache")
     validate_recommended(crate, cache, tmp_path, graph)
 
+    # other authors given at export replace the crate's; the study keeps its own, with their affiliation
+    from llsmflow.fair.workflowhub import export_workflowhub
+
+    (tmp_path / "results").mkdir()
+    shutil.copytree(crate, tmp_path / "results" / "provenance")
+    zipped = export_workflowhub(tmp_path / "results", tmp_path / "x.crate.zip", [{"name": "Grace Hopper"}])
+    with zipfile.ZipFile(zipped["output"]) as archive:
+        exported = {e["@id"]: e for e in json.loads(archive.read("ro-crate-metadata.json"))["@graph"]}
+    assert exported["./"]["author"] == {"@id": "#author-1"} and exported["#author-1"]["name"] == "Grace Hopper"
+    ada = exported[exported["#rembi-study"]["author"]["@id"]]
+    assert ada["name"] == "Ada Lovelace" and exported[ada["affiliation"]["@id"]]["name"] == "Example Institute"
+
     unfilled = _rebuilt_crate(tiny_run, tmp_path / "unfilled", template)
     assert "#rembi-study" not in unfilled and "about" not in unfilled["./"]
 

@@ -210,15 +210,12 @@ def set_authors(metadata: dict, authors: list[dict]) -> dict:
     old = {_id["@id"] for key in ("author", "publisher") for _id in _as_list(root.get(key))}
     new_ids = {e["@id"] for e in entities}
     # people and organizations that other entities name (the REMBI study's authors, their affiliations) stay
-    kept = {
-        ref["@id"]
-        for e in graph
-        if e["@id"] not in old and e is not root
-        for key, value in e.items()
-        if key != "agent"  # the actions' agent is set again below
-        for ref in _as_list(value)
-        if isinstance(ref, dict) and "@id" in ref
-    }
+    kept = _named_by(e for e in graph if e["@id"] not in old and e is not root)
+    while True:
+        more = _named_by(e for e in graph if e["@id"] in kept & old) - kept
+        if not more:
+            break
+        kept |= more
     graph[:] = [e for e in graph if e["@id"] not in old or e["@id"] in new_ids or e["@id"] in kept]
     known = {e["@id"] for e in graph}
     graph.extend(e for e in entities if e["@id"] not in known)
@@ -230,6 +227,18 @@ def set_authors(metadata: dict, authors: list[dict]) -> dict:
         if "CreateAction" in _as_list(entity.get("@type")):
             entity["agent"] = people[0]
     return metadata
+
+
+def _named_by(entities) -> set[str]:
+    """The ids that ``entities`` refer to (the actions' ``agent`` left out: :func:`set_authors` sets it)."""
+    return {
+        ref["@id"]
+        for e in entities
+        for key, value in e.items()
+        if key != "agent"
+        for ref in _as_list(value)
+        if isinstance(ref, dict) and "@id" in ref
+    }
 
 
 def _as_list(value) -> list:

@@ -200,3 +200,17 @@ def test_ngff_04_archive_reads_over_http(served):
     data, meta = read_ome_zarr(f"{base}/v04.ome.zarr")
     assert meta == read_ome_zarr(root / "v04.ome.zarr")[1] and meta["ngff_version"] == "0.4"
     np.testing.assert_array_equal(data.compute(), image[:1, :1])
+
+
+def test_convert_and_napari_reader_take_local_archives_only(served, tmp_path, capsys):
+    """docs/remote.md: `llsmflow convert` and the napari reader read a local archive; a URL is refused with one
+    line (convert) or declined (the reader's hook returns None), and the local copy of the same archive works."""
+    from llsmflow.viewers.napari_reader import get_reader
+
+    base, root, _, _, _, _ = served
+    assert main(["convert", f"{base}/cell.ome.zarr", "-o", str(tmp_path / "copy.ome.zarr")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "llsmflow convert: error:" in err
+    assert not (tmp_path / "copy.ome.zarr").exists()
+    assert get_reader(f"{base}/cell.ome.zarr") is None
+    assert get_reader(str(root / "cell.ome.zarr")) is not None

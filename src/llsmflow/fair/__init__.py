@@ -14,6 +14,8 @@ writes into them. Submodules:
     ``llsmflow export workflowhub``: the run's crate as a ``.crate.zip``; an offline ``rocrate-validator`` cache.
 ``omero``
     ``llsmflow export omero``: the import plan as data, and the import through ``ezomero`` (optional).
+``rembi_crate``
+    The validated REMBI as schema.org/Bioschemas entities of the run's RO-Crate (study, biosamples, protocols).
 
 Nothing is imported until a name is used.
 """
@@ -37,6 +39,7 @@ _EXPORTS = {
     **dict.fromkeys(("ResultsFile", "results_inventory"), "results"),
     **dict.fromkeys(("export_bia", "bia_crate"), "bia"),
     **dict.fromkeys(("export_workflowhub", "seed_validator_cache"), "workflowhub"),
+    **dict.fromkeys(("rembi_entities", "add_rembi"), "rembi_crate"),
     **dict.fromkeys(("omero_plan", "omero_import", "omero_settings", "check_reachable"), "omero"),
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

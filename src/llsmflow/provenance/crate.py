@@ -22,8 +22,15 @@ How run facts map onto the profile
 - parameters of a step → ``PropertyValue`` (``object`` of the step's ``CreateAction``), described by a
   ``FormalParameter`` (``input`` of the rule's ``SoftwareApplication``); config values of the run likewise on
   the ``ComputationalWorkflow``.
-- wall time, peak memory, threads, the deconvolution backend that ran and the GPU (model, driver, CUDA) →
-  ``resourceUsage`` (``PropertyValue`` with ``propertyID``).
+- wall time, peak memory, threads, the deconvolution backend that ran, the dask cluster, the chunk count, time
+  spent in a part of the job (``seconds_…``) and the GPU (model, driver, CUDA) → ``resourceUsage``
+  (``PropertyValue`` with ``propertyID`` and a QUDT ``unitCode``; a name such as the backend: ``UNITLESS``).
+- every other value a job noted about its data (the shape it wrote, the method, the PSF geometry, the
+  diffusion coefficient) → a ``result`` ``PropertyValue`` of the job, described by an output
+  ``FormalParameter`` of the rule's tool (:func:`llsmflow.provenance.crate_steps.reported_values`).
+- the dataset's REMBI (config key ``rembi``, when filled in and valid) → the study, biosamples, protocols and
+  analysis as schema.org/Bioschemas entities, the root dataset ``about`` the study
+  (:mod:`llsmflow.fair.rembi_crate`).
 - allow-listed environment variables and the host name → ``environment`` (``PropertyValue``).
 - container image and digest → ``containerImage`` (``ContainerImage``).
 - Python and package versions → ``SoftwareApplication`` entities in ``softwareRequirements``.
@@ -150,12 +157,12 @@ class _CrateBuilder:
         self.index[entity_id] = entity
         return self.crate.add(entity)
 
-    def tool_input(self, tool, parameter) -> None:
-        """``parameter`` (a FormalParameter) among the ``input`` of ``tool``, once."""
+    def tool_input(self, tool, parameter, key: str = "input") -> None:
+        """``parameter`` (a FormalParameter) among the ``input`` (or ``key``) of ``tool``, once."""
         seen = self._tool_inputs.setdefault(tool.id, set())
         if parameter.id not in seen:
             seen.add(parameter.id)
-            tool.append_to("input", parameter)
+            tool.append_to(key, parameter)
 
     def recorded_by_uri(self, path: str, inputs: dict, outputs: dict):
         """``(recorded path, entry)`` of the input or output that is the same file as ``path``, or None."""
@@ -235,7 +242,11 @@ class _CrateBuilder:
                     "SoftwareApplication",
                     name=name,
                     version=version,
-                    **({} if name == "llsmflow" else {"url": {"@id": f"https://pypi.org/project/{name}/"}}),
+                    **(
+                        _llsmflow_reference(self.record)
+                        if name == "llsmflow"
+                        else {"url": {"@id": f"https://pypi.org/project/{name}/"}}
+                    ),
                 )
             )
         return entities
@@ -335,6 +346,8 @@ def build_crate(
             "name": wf_meta.get("name", "llsmflow"),
             "version": wf_meta.get("version"),
             "programmingLanguage": language,
+            # its source: a declared homepage of llsmflow, else the file itself in the crate
+            "url": {"@id": crate_meta.project_url() or "workflow/Snakefile"},
             "conformsTo": {"@id": crate_meta.COMPUTATIONAL_WORKFLOW_PROFILE},
             "softwareRequirements": software,
             "additionalProperty": git_props,
@@ -454,6 +467,17 @@ def build_crate(
     return crate
 
 
+def _llsmflow_reference(record: dict) -> dict:
+    """``url`` and ``description`` of llsmflow itself (not on PyPI): its declared homepage (the distribution's
+    ``Project-URL``), else the part of its source that ran, the workflow snapshot in the crate."""
+    commit = (record.get("workflow") or {}).get("commit")
+    return {
+        "url": {"@id": crate_meta.project_url() or "workflow/"},
+        "description": "llsmflow: the library the workflow's scripts call; its workflow (Snakefile, rules, scripts) "
+        "as it ran is in workflow/" + (f"; git commit {commit}" if commit else ""),
+    }
+
+
 def _checksum(path: Path) -> dict:
     """``sha256`` and ``contentSize`` of a file of the crate (the workflow snapshot: ``llsmflow reproduce``
     verifies every snapshot file against them before it runs anything)."""
@@ -535,7 +559,14 @@ def write_crate(
         snapshot = sorted(p for p in (crate_dir / "workflow").rglob("*") if p.is_file())
         add_to_manifest(manifest, Path(manifest_root) if manifest_root else crate_dir.parent, snapshot)
     metadata = crate_meta.finish(crate.metadata.generate())
-    crate_meta.set_authors(metadata, crate_meta.rembi_authors(record["config"], Path(run_dir)))
+    authors = crate_meta.rembi_authors(record["config"], Path(run_dir))
+    crate_meta.set_authors(metadata, authors)
+    rembi = crate_meta.rembi_metadata(record["config"], Path(run_dir))
+    if rembi is not None:  # the study, biosamples, protocols and analysis, linked from the root's `about`
+        from llsmflow.fair.rembi_crate import add_rembi
+
+        people = [e["@id"] for e in crate_meta.person_entities(authors)[0] if e["@type"] == "Person"]
+        metadata = crate_meta.finish(add_rembi(metadata, rembi, people, record.get("acquisition")))
     out = crate_dir / METADATA
     with atomic_output(out) as tmp:
         # indented for reading while small; compact (and written by json's C encoder) for a large run

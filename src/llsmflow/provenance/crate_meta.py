@@ -96,6 +96,27 @@ def portable(value, raw_dir: Path | None, run_dir: Path):
     return "external/" + normal.name
 
 
+def project_url() -> str | None:
+    """llsmflow's public homepage or source, as its installed distribution declares it (``Project-URL``
+    Homepage/Source/Repository, or ``Home-page``); None when none is declared (then the crate points to the
+    workflow snapshot it holds)."""
+    from importlib import metadata
+
+    try:
+        meta = metadata.metadata("llsmflow")
+    except metadata.PackageNotFoundError:
+        return None
+    urls = {}
+    for entry in meta.get_all("Project-URL") or []:
+        label, _, url = entry.partition(",")
+        urls[label.strip().lower()] = url.strip()
+    for label in ("homepage", "source", "repository"):
+        if urls.get(label, "").startswith("http"):
+            return urls[label]
+    home = meta.get("Home-page") or ""
+    return home if home.startswith("http") else None
+
+
 def rule_sources(crate_dir: Path, snapshot: str) -> dict[str, str]:
     """``{rule: crate-relative path of the snapshot file that defines it}`` (a rule's ``url`` in the crate)."""
     import re
@@ -111,7 +132,7 @@ def rule_sources(crate_dir: Path, snapshot: str) -> dict[str, str]:
 
 def rembi_authors(config: dict, run_dir: Path) -> list[dict]:
     """Authors of the dataset's REMBI YAML (config key ``rembi``) as ``{name, orcid, affiliation,
-    affiliation_url}`` (the affiliation's ``website``); [] when
+    affiliation_url}`` (the affiliation's ``url``); [] when
     there is none or it is not filled in (the REMBI file is validated by ``llsmflow export bia``)."""
     import yaml
 
@@ -132,11 +153,25 @@ def rembi_authors(config: dict, run_dir: Path) -> list[dict]:
             continue
         place = entry.get("affiliation")
         affiliation = place.get("name") if isinstance(place, dict) else None
-        website = place.get("website") if isinstance(place, dict) else None
+        # REMBI's affiliation is {name, url} or {name, address} (rembi-mifa); "website" as earlier crates read it
+        website = (place.get("url") or place.get("website")) if isinstance(place, dict) else None
         authors.append(
             {"name": name, "orcid": entry.get("orcid"), "affiliation": affiliation, "affiliation_url": website}
         )
     return authors
+
+
+def rembi_metadata(config: dict, run_dir: Path) -> dict | None:
+    """The dataset's REMBI (config key ``rembi``, relative to the run directory) validated with rembi-mifa,
+    as JSON values; None when there is none, or it is not filled in or not valid (the archive step's log and
+    record say why; the crate still lists the file, with its sha256, among the run's inputs)."""
+    path = config.get("rembi")
+    if not path:
+        return None
+    from llsmflow.fair.archive_rembi import rembi_for_archive
+
+    path = Path(path) if Path(path).is_absolute() else run_dir / path
+    return rembi_for_archive(path)[0]
 
 
 def person_entities(authors: list[dict]) -> tuple[list[dict], dict | None]:
@@ -174,7 +209,14 @@ def set_authors(metadata: dict, authors: list[dict]) -> dict:
     entities, publisher = person_entities(authors)
     old = {_id["@id"] for key in ("author", "publisher") for _id in _as_list(root.get(key))}
     new_ids = {e["@id"] for e in entities}
-    graph[:] = [e for e in graph if e["@id"] not in old or e["@id"] in new_ids]
+    # people and organizations that other entities name (the REMBI study's authors, their affiliations) stay
+    kept = _named_by(e for e in graph if e["@id"] not in old and e is not root)
+    while True:
+        more = _named_by(e for e in graph if e["@id"] in kept & old) - kept
+        if not more:
+            break
+        kept |= more
+    graph[:] = [e for e in graph if e["@id"] not in old or e["@id"] in new_ids or e["@id"] in kept]
     known = {e["@id"] for e in graph}
     graph.extend(e for e in entities if e["@id"] not in known)
     people = [{"@id": e["@id"]} for e in entities if e["@type"] == "Person"]
@@ -185,6 +227,18 @@ def set_authors(metadata: dict, authors: list[dict]) -> dict:
         if "CreateAction" in _as_list(entity.get("@type")):
             entity["agent"] = people[0]
     return metadata
+
+
+def _named_by(entities) -> set[str]:
+    """The ids that ``entities`` refer to (the actions' ``agent`` left out: :func:`set_authors` sets it)."""
+    return {
+        ref["@id"]
+        for e in entities
+        for key, value in e.items()
+        if key != "agent"
+        for ref in _as_list(value)
+        if isinstance(ref, dict) and "@id" in ref
+    }
 
 
 def _as_list(value) -> list:

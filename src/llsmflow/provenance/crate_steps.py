@@ -69,20 +69,42 @@ UNIT_SUFFIXES = {
 }
 
 
-def unit_code(key: str, value, unit: str | None) -> str | None:
-    """QUDT unit of a resource-usage value (Provenance Run Crate: a unitCode on each): the stated unit, else
-    the unit the name ends with (``_s``, ``_um``, ``_um2``, ``_nm``), else a number for an int (a count) or a
-    float without unit suffix (a ratio or score); None for text, booleans and unknown units (``_um2_s``)."""
-    if unit:
-        return UNIT_CODES.get(unit)
+def stated_unit(key: str) -> str | None:
+    """QUDT unit that a value's name states: its suffix (``_s``, ``_um``, ``_um2``, ``_nm``, ``_mb``) or a
+    ``seconds_`` prefix; None otherwise (and for ``_um2_s``, which has no unit here)."""
+    if key.startswith("seconds_"):
+        return UNIT_CODES["s"]
     for suffix, code in UNIT_SUFFIXES.items():
         if key.endswith(suffix):
             return code
+    return None
+
+
+def unit_code(key: str, value, unit: str | None) -> str | None:
+    """QUDT unit of a resource-usage value (Provenance Run Crate: a unitCode on each): the stated unit, else
+    the unit the name ends with (``_s``, ``_um``, ``_um2``, ``_nm``) or starts with (``seconds_``), else a
+    number for an int (a count) or a float without unit suffix (a ratio or score); None for text, booleans
+    and unknown units (``_um2_s``)."""
+    if unit:
+        return UNIT_CODES.get(unit)
+    code = stated_unit(key)
+    if code or any(key.endswith(suffix) for suffix in UNIT_SUFFIXES):
+        return code
     if type(value) is int or (isinstance(value, list) and value and all(type(v) is int for v in value)):
         return UNIT_CODES["count"]  # a count, or counts per axis (a shape in voxels)
     if type(value) is float:
         return UNIT_CODES["ratio"]
     return None
+
+
+def is_resource_note(key: str) -> bool:
+    """Whether a step's note says what compute the job used (its ``resourceUsage``): the backend, the dask
+    cluster, the chunk count, the GPU, a time spent (``seconds_…``); every other note is a value the job
+    reported about its data (the shape it wrote, the method, the PSF geometry): a ``result`` of the job."""
+    return key in RESOURCE_NOTES or key.startswith(("seconds_", "gpu_"))
+
+
+RESOURCE_NOTES = {"backend", "dask_cluster", "chunks", "threads"}
 
 
 def resource_usage(builder, action_id: str, step: dict) -> list:
@@ -92,10 +114,36 @@ def resource_usage(builder, action_id: str, step: dict) -> list:
         "threads": (step.get("threads"), None),
     }
     for key, value in (step.get("notes") or {}).items():
-        usage[key] = (value, None)
+        if is_resource_note(key):
+            usage[key] = (value, None)
     for key, value in (step.get("gpu") or {}).items():
         usage[f"gpu_{key}"] = (value, None)
     return _usage_entities(builder, action_id, usage)
+
+
+def reported_values(builder, action_id: str, rule: str, tool, step: dict) -> list:
+    """The job's notes that are not resource usage, as ``result`` PropertyValues (the Process Run Crate's
+    numbers and strings not stored as files), each described by an output ``FormalParameter`` of the rule's
+    tool; a unit the name states (``_um``, ``_s``, …) as ``unitCode``."""
+    values = []
+    for key, value in (step.get("notes") or {}).items():
+        if value is None or is_resource_note(key):
+            continue
+        fp, pv = builder.parameter(
+            f"#tool-{slug(rule)}-output-{slug(key)}", f"{action_id}-output-{slug(key)}", key, value
+        )
+        code = stated_unit(key)
+        if code and not isinstance(value, bool | str):
+            pv["unitCode"] = code
+        pv["propertyID"] = key
+        builder.tool_input(tool, fp, "output")
+        values.append(pv)
+    return values
+
+
+# a name, not a quantity (the backend, the GPU model): QUDT's explicit "no unit" (the profile asks a unitCode
+# of every resource-usage value)
+NO_UNIT = "http://qudt.org/vocab/unit/UNITLESS"
 
 
 def _usage_entities(builder, action_id: str, usage: dict) -> list:
@@ -107,8 +155,7 @@ def _usage_entities(builder, action_id: str, usage: dict) -> list:
         if unit:
             extra["unitText"] = unit
         code = unit_code(key, value, unit)
-        if code:
-            extra["unitCode"] = code
+        extra["unitCode"] = code or NO_UNIT
         entities.append(builder.property_value(f"{action_id}-usage-{slug(key)}", key, value, **extra))
     return entities
 
@@ -181,6 +228,7 @@ def _job_action(builder, step: dict, tools: dict, howtos: dict, step_file):
         objects.append(pv)
     objects += [step_file(p) for p in step.get("inputs", [])]
     results = [step_file(p) for p in step.get("outputs", [])]
+    results += reported_values(builder, action_id, rule, tool, step)
     props: dict[str, Any] = {
         "name": f"{rule} {tag}",
         "description": f"one job of Snakemake rule {rule}"

@@ -202,15 +202,82 @@ def test_ngff_04_archive_reads_over_http(served):
     np.testing.assert_array_equal(data.compute(), image[:1, :1])
 
 
-def test_convert_and_napari_reader_take_local_archives_only(served, tmp_path, capsys):
-    """docs/remote.md: `llsmflow convert` and the napari reader read a local archive; a URL is refused with one
-    line (convert) or declined (the reader's hook returns None), and the local copy of the same archive works."""
+def test_convert_by_url_equals_convert_of_the_local_archive(served, tmp_path):
+    """`llsmflow convert URL` writes the same copy as from the local folder: image, attributes, tables and the
+    raw inputs' manifest lines (the raw files are not at hand on the reader's side)."""
+    base, _, archive, _, image, _ = served
+    from llsmflow.archive.manifest import _parse_manifest
+
+    assert main(["convert", f"{base}/cell.ome.zarr", "--ngff-version", "0.4", "-o", str(tmp_path / "url")]) == 0
+    assert main(["convert", str(archive), "--ngff-version", "0.4", "-o", str(tmp_path / "local")]) == 0
+    by_url, meta_url = read_ome_zarr(tmp_path / "url")
+    local, meta_local = read_ome_zarr(tmp_path / "local")
+    np.testing.assert_array_equal(by_url.compute(), image)
+    np.testing.assert_array_equal(local.compute(), image)
+    assert meta_url["ngff_version"] == "0.4"
+    assert meta_url["llsmflow"]["converted_from"]["path"] == f"{base}/cell.ome.zarr"
+    assert meta_url["llsmflow"]["converted_from"]["manifest_sha256"] == (
+        meta_local["llsmflow"]["converted_from"]["manifest_sha256"]
+    )
+    for meta in (meta_url, meta_local):
+        meta["llsmflow"].pop("converted_from")
+    assert meta_url == meta_local
+    # every file but the root attributes (which name the source) is byte-identical
+    by_url_files, local_files = (_parse_manifest(tmp_path / n / "checksums.sha256") for n in ("url", "local"))
+    assert by_url_files.pop(".zattrs") != local_files.pop(".zattrs")
+    assert by_url_files == local_files
+    report = verify_archive(tmp_path / "url", raw_dir=served[3].parent)
+    assert report["missing"] == report["changed"] == report["extra"] == report["tables"] == []
+
+
+def test_convert_by_url_refuses_a_tampered_table(served, tmp_path, capsys):
+    base, root, _, _, _, _ = served
+    table = next((root / "tampered.ome.zarr" / "tables").glob("tracks*"))
+    original = table.read_bytes()
+    try:
+        table.write_bytes(original[:-8] + b"tampered")
+        assert main(["convert", f"{base}/tampered.ome.zarr", "-o", str(tmp_path / "copy.ome.zarr")]) == 2
+    finally:
+        table.write_bytes(original)
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "differs from its recorded sha256" in err
+    assert not (tmp_path / "copy.ome.zarr").exists()
+
+
+def test_napari_reader_opens_an_archive_by_url_as_it_opens_the_local_one(served):
+    """The npe2 reader by URL: the same image layer (data, scale, translation, names, colours) and tracks layer
+    as from the local folder; a URL that is not an llsmflow archive is declined."""
     from llsmflow.viewers.napari_reader import get_reader
 
-    base, root, _, _, _, _ = served
-    assert main(["convert", f"{base}/cell.ome.zarr", "-o", str(tmp_path / "copy.ome.zarr")]) == 2
-    err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1 and "llsmflow convert: error:" in err
-    assert not (tmp_path / "copy.ome.zarr").exists()
-    assert get_reader(f"{base}/cell.ome.zarr") is None
-    assert get_reader(str(root / "cell.ome.zarr")) is not None
+    base, root, _, _, image, _ = served
+    tracks = pd.DataFrame(
+        {
+            "particle": [0, 0, 1],
+            "frame": [0, 1, 0],
+            "z_um": [1.0, 1.1, 2.0],
+            "y_um": [2.0, 2.2, 3.0],
+            "x_um": [1.5, 1.4, 4.0],
+        }
+    )
+    table = root.parent / "tracks_ch0.parquet"
+    tracks.to_parquet(table)
+    write_dataset_archive(
+        root / "tracked.ome.zarr", image[:2], VOXEL, 2.0, ["ch488", "ch560"], tables={"tracks_ch0": table}
+    )
+    assert get_reader(f"{base}/missing.ome.zarr") is None
+    reader = get_reader(f"{base}/tracked.ome.zarr")
+    assert reader is not None
+    remote_layers = reader(f"{base}/tracked.ome.zarr")
+    local_layers = get_reader(str(root / "tracked.ome.zarr"))(str(root / "tracked.ome.zarr"))
+    assert [kind for _, _, kind in remote_layers] == [kind for _, _, kind in local_layers] == ["image", "tracks"]
+    (r_data, r_kw, _), (l_data, l_kw, _) = remote_layers[0], local_layers[0]
+    assert len(r_data) == len(l_data) > 1  # the pyramid's levels
+    for r_level, l_level in zip(r_data, l_data, strict=True):
+        np.testing.assert_array_equal(np.asarray(r_level), np.asarray(l_level))
+    np.testing.assert_array_equal(np.asarray(r_data[0]), image[:2])
+    r_kw["metadata"].pop("llsmflow_archive"), l_kw["metadata"].pop("llsmflow_archive")
+    assert r_kw == l_kw
+    np.testing.assert_array_equal(remote_layers[1][0], local_layers[1][0])
+    np.testing.assert_array_equal(
+        remote_layers[1][0], tracks[["particle", "frame", "z_um", "y_um", "x_um"]].to_numpy(dtype=float)
+    )

@@ -21,7 +21,16 @@ from urllib.parse import urlsplit
 from llsmflow.errors import LlsmflowError
 from llsmflow.io import is_url, redact, url_filesystem
 
-__all__ = ["filesystem", "is_url", "join", "redact", "remote_digests", "sha256_url", "verify_remote"]
+__all__ = [
+    "filesystem",
+    "is_url",
+    "join",
+    "read_member",
+    "redact",
+    "remote_digests",
+    "sha256_url",
+    "verify_remote",
+]
 
 _BLOCK = 1 << 20
 # the URL basics live in the bottom layer, where the TIFF reader uses them too
@@ -53,6 +62,25 @@ def read_text(url: str, what: str) -> str | None:
         raise LlsmflowError(f"is not UTF-8 text ({exc}); expected {what}", redact(url)) from exc
     except Exception as exc:  # aiohttp/botocore raise many types for an unreachable server
         raise unreachable(url, exc) from exc
+
+
+def read_member(archive, relative: str) -> bytes | None:
+    """The bytes of the file ``relative`` inside ``archive`` (a local folder or a URL); None when it is absent.
+
+    For the small files beside the arrays (the checksum manifest, the tables) that zarr does not read."""
+    if is_url(archive):
+        url = join(str(archive), relative)
+        fs, path = filesystem(url)
+        try:
+            return fs.cat_file(path)
+        except FileNotFoundError:
+            return None
+        except Exception as exc:  # aiohttp/botocore raise many types for an unreachable server
+            raise unreachable(url, exc) from exc
+    from pathlib import Path
+
+    member = Path(archive) / relative
+    return member.read_bytes() if member.is_file() else None
 
 
 def sha256_url(url: str) -> str | None:

@@ -9,7 +9,9 @@ def cmd_convert(args) -> int:
     from llsmflow.archive.convert import convert_archive
 
     out = convert_archive(args.archive, args.output, args.ngff_version)
-    print(f"{out}: NGFF {args.ngff_version} copy of {args.archive} (check it with `llsmflow verify {out}`)")
+    from llsmflow.archive.remote import redact
+
+    print(f"{out}: NGFF {args.ngff_version} copy of {redact(args.archive)} (check it with `llsmflow verify {out}`)")
     return 0
 
 
@@ -26,9 +28,12 @@ def register_convert_commands(sub) -> None:
         epilog=example(
             "llsmflow convert results/demo/demo.ome.zarr --ngff-version 0.4 -o demo-v04.ome.zarr",
             "llsmflow convert demo-v04.ome.zarr --ngff-version 0.5 -o demo-v05.ome.zarr",
+            "llsmflow convert https://example.org/data/demo.ome.zarr --ngff-version 0.4 -o demo-v04.ome.zarr",
         ),
     )
-    p.add_argument("archive", type=Path, help="the llsmflow .ome.zarr archive (read only)")
+    p.add_argument(
+        "archive", type=str, help="the llsmflow .ome.zarr archive (read only): a folder or an http(s):// or s3:// URL"
+    )
     p.add_argument(
         "--ngff-version",
         choices=("0.4", "0.5"),

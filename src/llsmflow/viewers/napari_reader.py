@@ -13,27 +13,35 @@ without the ``llsmflow`` root attributes, so other OME-Zarr images go to other r
   with ``scale = (dt, 1, 1, 1)``, so that a track point lands where its particle is in the image layers.
 
 The layer data are plain napari layer-data tuples (no napari import here); ``napari.yaml`` in this package is
-the npe2 manifest that points napari at :func:`get_reader`.
+the npe2 manifest that points napari at :func:`get_reader`. An archive may be a URL (``https://…``,
+``s3://…``, e.g. typed into napari's "Open from URL"): the arrays are read lazily through zarr's fsspec store,
+the tracks tables fetched whole (:mod:`llsmflow.archive.remote`).
 """
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 #: Prefix of the archive's tracks tables (``tables/tracks_<channel>.parquet``).
 TRACKS_PREFIX = "tracks_"
 
 
-def _root_attrs(path: Path) -> dict | None:
-    """Root attributes of an llsmflow archive, or None for anything else (not a directory, not Zarr, not
-    written by llsmflow)."""
-    if not path.is_dir() or not any((path / n).is_file() for n in ("zarr.json", ".zattrs")):
-        return None
+def _root_attrs(path) -> dict | None:
+    """Root attributes of an llsmflow archive, or None for anything else (not a directory or URL of a Zarr
+    group, not written by llsmflow)."""
+    from llsmflow.io import is_url
+
+    remote = is_url(path)
+    if not remote:
+        path = Path(path)
+        if not path.is_dir() or not any((path / n).is_file() for n in ("zarr.json", ".zattrs")):
+            return None
     import zarr
 
     try:
         attrs = zarr.open_group(str(path), mode="r").attrs.asdict()
-    except Exception:  # not a readable Zarr group: another reader's business
+    except Exception:  # not a readable Zarr group (or no answer): another reader's business
         return None
     return attrs if isinstance(attrs.get("llsmflow"), dict) else None
 
@@ -44,7 +52,7 @@ def get_reader(path):
         if len(path) != 1:
             return None
         path = path[0]
-    if _root_attrs(Path(path)) is None:
+    if _root_attrs(path) is None:
         return None
     return lambda p: archive_layers(p[0] if isinstance(p, list | tuple) else p)
 
@@ -60,7 +68,7 @@ def archive_layers(path) -> list[tuple]:
     Parameters
     ----------
     path : str or Path
-        The ``.ome.zarr`` archive (NGFF 0.4 or 0.5).
+        The ``.ome.zarr`` archive (NGFF 0.4 or 0.5): a folder or a URL.
 
     Returns
     -------
@@ -73,12 +81,15 @@ def archive_layers(path) -> list[tuple]:
     import zarr
 
     from llsmflow.archive.read import read_ome_zarr
+    from llsmflow.archive.remote import is_url, read_member, redact
     from llsmflow.errors import LlsmflowError
 
-    path = Path(path)
+    path = str(path) if is_url(path) else Path(path)
     attrs = _root_attrs(path)
     if attrs is None:
-        raise LlsmflowError("is not an llsmflow archive (no llsmflow root attributes); expected one", path)
+        raise LlsmflowError(
+            "is not an llsmflow archive (no llsmflow root attributes); expected one", redact(str(path))
+        )
     _, meta = read_ome_zarr(path)
     ome = attrs["ome"] if isinstance(attrs.get("ome"), dict) else attrs
     group = zarr.open_group(str(path), mode="r")
@@ -106,7 +117,7 @@ def archive_layers(path) -> list[tuple]:
             "translate": translate,
             "blending": "additive",
             "multiscale": len(levels) > 1,
-            "metadata": {"llsmflow_archive": str(path), "voxel_size_um": meta["voxel_size_um"]},
+            "metadata": {"llsmflow_archive": redact(str(path)), "voxel_size_um": meta["voxel_size_um"]},
         },
         "image",
     )
@@ -115,7 +126,14 @@ def archive_layers(path) -> list[tuple]:
     for table, entry in sorted((attrs["llsmflow"].get("tables") or {}).items()):
         if not table.startswith(TRACKS_PREFIX):
             continue
-        tracks = pd.read_parquet(path / entry["path"])
+        table_bytes = read_member(path, entry["path"])
+        if table_bytes is None:
+            raise LlsmflowError(
+                f"lists table {table!r} at {entry['path']}, which is missing; expected an intact archive "
+                "(`llsmflow verify`)",
+                redact(str(path)),
+            )
+        tracks = pd.read_parquet(io.BytesIO(table_bytes))
         if tracks.empty:
             continue
         key = table[len(TRACKS_PREFIX) :]

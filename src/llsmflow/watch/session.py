@@ -160,6 +160,9 @@ class Watch:
         self.failed: set[str] = set()
         self.last_change = time.time()
         self._acq_error = None
+        self._acq_cache = None
+        self._planned: tuple | None = None  # the complete stacks the last plan was made for
+        self.processed: set[str] = set()  # samples whose deconvolved volume is done (never undone)
         self.lock = threading.Lock()  # the folder's states: the scanner thread writes them
 
     # ------------------------------------------------------------------ the acquisition as it is so far
@@ -169,6 +172,9 @@ class Watch:
 
         if not complete:
             return None
+        key = tuple(complete)
+        if self._acq_cache is not None and self._acq_cache[0] == key:
+            return self._acq_cache[1]  # the complete stacks are what they were: read once, not every tick
         try:
             acq = read_acquisition(
                 self.raw_dir, self.config.get("metadata"), self.config.get("overrides") or {},
@@ -183,6 +189,7 @@ class Watch:
         tiles, channels = len(acq.tiles), len(acq.channels)
         declared_t = acq.metadata.get("timepoints")
         self.counts.declared = int(declared_t) * tiles * channels if declared_t else None
+        self._acq_cache = (key, acq)
         return acq
 
     def _update(self, acq) -> None:
@@ -193,8 +200,11 @@ class Watch:
         self.counts.complete = len(stacks)
         processed = 0
         for row in stacks:
-            if self.layout.volume_done(row.sample_id):
+            if row.sample_id in self.processed:
                 processed += 1
+            elif self.layout.volume_done(row.sample_id):
+                processed += 1
+                self.processed.add(row.sample_id)
                 if row.sample_id not in self.counts.latencies and row.path in names:
                     record = self.layout.step(f"deconvolve/{row.sample_id}.json")
                     last_byte = self.folder.files[row.path].last_byte_at or 0.0
@@ -205,14 +215,18 @@ class Watch:
 
     # ------------------------------------------------------------------ one round
     def round(self) -> bool:
-        """Run the workflow on the targets of what is complete now; whether a round ran."""
+        """Run the workflow on the targets of what is complete now; whether a round ran. Nothing is planned
+        while the complete stacks are those of the last plan (its round made everything they allow)."""
         with self.lock:
             complete = self.folder.complete()
+            if tuple(complete) == self._planned:
+                return False
             acq = self.acquisition(complete)
             self._update(acq)
         if acq is None:
             return False
-        plan = plan_round(acq, set(complete), self.layout, self.failed)
+        self._planned = tuple(complete)
+        plan = plan_round(acq, set(complete), self.layout, self.failed, self.processed)
         if not plan:
             return False
         listing = self.layout.work / "watch" / "complete-stacks.txt"
@@ -227,7 +241,7 @@ class Watch:
         )
         self.status.show(self.counts)
         with _environment(WATCH_FILES_ENV, str(listing.resolve())):
-            status = self.launch_round(plan.targets)
+            status = self.launch_round(plan.targets, [str(self.layout.deconvolved(v)) for v in plan.volumes])
         if status != 0:
             self.failed |= set(plan.targets)
             self.status.line(

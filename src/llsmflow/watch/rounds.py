@@ -45,6 +45,8 @@ class Rounds:
         self.disk_full = False
         self.started_at = 0.0
         self._ready = None  # the worker whose imports are done
+        self.error: str | None = None  # why the last round failed, when the worker ended
+        self.log_path: Path | None = None  # the last round's Snakemake output
 
     # ------------------------------------------------------------------ the worker
     def start(self) -> None:
@@ -70,6 +72,9 @@ class Rounds:
                 if self._log is not None:
                     self._log.write(line)
                     self._log.flush()
+                else:  # outside a round (the worker's start, its end): passed through
+                    sys.stderr.write(line)
+                    sys.stderr.flush()
 
     def _reply(self) -> dict:
         line = self._results.readline()
@@ -106,8 +111,8 @@ class Rounds:
                 remove_partial_outputs([self.results, self.work])
                 write_run_pointer(Path.cwd(), self.configfile, self.workflow_root, self.config)
                 self._cleared = True
-            self.started_at, self.disk_full = time.time(), False
-            log_path = run_log_path(self.work, self.started_at)
+            self.started_at, self.disk_full, self.error = time.time(), False, None
+            self.log_path = log_path = run_log_path(self.work, self.started_at)
             log_path.parent.mkdir(parents=True, exist_ok=True)
             # the targets before --prioritize, whose list would take them
             argv = self.command[1:] + list(targets) + (["--prioritize", *prioritize] if prioritize else [])
@@ -117,7 +122,7 @@ class Rounds:
             try:
                 try:
                     if not self._wait_ready():
-                        return 1
+                        return self._ended()
                     self.process.stdin.write(json.dumps({"argv": argv, "env": env}) + "\n")
                     self.process.stdin.flush()
                     return int(self._reply()["status"])
@@ -128,13 +133,23 @@ class Rounds:
                     except (EOFError, ValueError, OSError):
                         pass
                     raise
-                except (EOFError, ValueError, OSError, BrokenPipeError):
-                    self.close(timeout=10)
-                    return 1
+                except (EOFError, ValueError, OSError):
+                    return self._ended()
             finally:
                 with self._log_lock:
                     self._log.close()
                     self._log = None
+
+    def _ended(self) -> int:
+        """The worker ended during a round: the round failed; the next round starts a new worker."""
+        process = self.process
+        self.close(timeout=10)
+        code = process.returncode if process is not None else None
+        self.error = (
+            f"the rounds' Snakemake process (llsmflow.watch.worker) ended with exit status {code}; its output "
+            f"is in {self.log_path}"
+        )
+        return 1
 
     def _wait_ready(self) -> bool:
         """Wait for the worker's imports (only the first round waits)."""
@@ -148,7 +163,10 @@ class Rounds:
         return ok
 
     def failure_reason(self) -> str | None:
-        """One line saying why the last round failed: a full disk, else the first failed step's message."""
+        """One line saying why the last round failed: the worker's end, a full disk, else the first failed
+        step's message."""
+        if self.error:
+            return self.error
         if self.disk_full:
             return (
                 f"no space left on the device; expected free space for the outputs under {self.work} and "

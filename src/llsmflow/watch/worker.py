@@ -49,9 +49,14 @@ def serve(result_fd: int, local: bool = False) -> int:
     with _no_scontrol() if local else nullcontext():
         import snakemake.cli  # the start-up paid once per watch session
 
+    # the requests come on a private descriptor: the jobs Snakemake starts inherit /dev/null as stdin
+    requests = os.fdopen(os.dup(0), "r", encoding="utf-8")
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
     out = os.fdopen(result_fd, "w", buffering=1, encoding="utf-8")
     out.write(json.dumps({"ready": True}) + "\n")
-    for line in sys.stdin:
+    for line in requests:
         if not line.strip():
             continue
         request = json.loads(line)

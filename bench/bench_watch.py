@@ -10,7 +10,10 @@ rate, ``llsmflow watch`` follows it, and when it has ended:
 * sustained throughput: volumes deconvolved per minute while the acquisition ran faster than processing
   (``--interval 0``: all stacks written at once, so the watcher always has a backlog);
 * the step's own compute (deskew + deconvolve wall time from their step records), so the latency's overhead
-  (settle time, Snakemake start, job start-up) is seen.
+  (settle time, waiting for the round in progress, Snakemake's parse and DAG, job start-up) is seen.
+
+The watch session is started together with the writer, so the first volume also waits for the rounds'
+Snakemake process to start (its imports, once per session): the max latency shows it.
 
     python bench/bench_watch.py [--timepoints 4] [--interval 6] [--settle 1] [--no-write]
 """
@@ -84,6 +87,7 @@ def main() -> None:
     run = base / "run"
     run.mkdir()
     (run / "config.yaml").write_text(yaml.safe_dump(config))
+    load_before = os.getloadavg()[0]
     writer = threading.Thread(target=write_stacks, args=(source, raw, stacks, args.interval, 0.02), daemon=True)
     started = time.time()
     writer.start()
@@ -113,6 +117,8 @@ def main() -> None:
             previews.append(preview.stat().st_mtime - last_byte)
     watch_phase = max(done_at) - min(done_at) if len(done_at) > 1 else float("nan")
     rate = 60 * (len(done_at) - 1) / watch_phase if watch_phase > 0 else float("nan")
+    overhead = [a - b for a, b in zip(latencies, compute, strict=True)]
+    load_after = os.getloadavg()[0]
     rows = [
         ("volumes (2 tiles × 2 channels × timepoints)", f"{len(stacks)}"),
         ("stack interval (s) / settle (s)", f"{args.interval:g} / {args.settle:g}"),
@@ -125,8 +131,13 @@ def main() -> None:
             f"{statistics.median(previews):.1f} s" if previews else "–",
         ),
         ("the step's own compute (deskew + deconvolve): median", f"{statistics.median(compute):.1f} s"),
+        (
+            "latency minus the step's own compute: median / max",
+            f"{statistics.median(overhead):.1f} s / {max(overhead):.1f} s",
+        ),
         ("sustained throughput while watching", f"{rate:.1f} volumes/min"),
         ("whole session incl. final run", f"{total:.0f} s"),
+        ("cores; load average (1 min) before / after", f"{os.cpu_count()}; {load_before:.1f} / {load_after:.1f}"),
     ]
     for key, value in rows:
         print(f"{key}: {value}")

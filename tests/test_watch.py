@@ -454,3 +454,33 @@ def test_live_archive_grew_to_the_batch_archive(watched, tiny_run):
     assert live.shape == batch.shape
     assert relative_difference(np.asarray(live), np.asarray(batch)) <= RTOL
     assert "live archive" in watched["logs"][1] and "3 timepoint(s)" in watched["logs"][1]
+
+
+def test_rounds_ran_in_one_snakemake_process_per_session(watched):
+    """Every round ran in its session's one persistent Snakemake process (`llsmflow.watch.worker`: Snakemake's
+    start-up paid once per session, not per round); the final run is `llsmflow run`'s own Snakemake command,
+    started after the rounds' process ended."""
+    commands = []
+    for log in sorted((watched["run_dir"] / ".snakemake" / "log").glob("*.snakemake.log")):
+        lines = log.read_text().splitlines()
+        commands += [line.split("Command:", 1)[1].strip() for line in lines if "Command:" in line]
+    rounds = [c for c in commands[:-1] if "llsmflow/watch/worker.py" in c]
+    assert len(rounds) == len(commands) - 1 >= 3, commands
+    assert "worker.py" not in commands[-1] and commands[-1].split()[0].endswith("snakemake")
+
+
+def test_provisional_tracks_end_equal_to_the_final_tracks(watched):
+    """While the acquisition ran, tracks over the fused timepoints so far were refreshed under
+    work/<dataset>/watch/, named provisional; the last refresh links every timepoint and equals the final
+    run's tracks (the results, compared with a batch run above); the status page calls them provisional."""
+    import pandas as pd
+
+    run_dir = watched["run_dir"]
+    assert "PROVISIONAL tracks" in watched["logs"][1] and "over timepoints 0–2" in watched["logs"][1]
+    for channel in (0, 1):
+        live = pd.read_csv(run_dir / "work" / "tiny" / "watch" / f"tracks-ch{channel}.provisional.csv")
+        final = pd.read_csv(run_dir / "results" / "tiny" / "tracks" / f"ch{channel}.csv")
+        assert len(final) > 0
+        pd.testing.assert_frame_equal(live, final)
+    page = (run_dir / "work" / "tiny" / "watch" / "status.html").read_text()
+    assert "PROVISIONAL tracks, channel 0" in page and "volumes processed (deconvolved)</th><td>12" in page

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -16,7 +17,8 @@ def cmd_watch(args) -> int:
     from llsmflow.run.launch import failure_reason, launch, profile_dir, snakemake_command
     from llsmflow.run.paths import check_output_paths, run_paths
     from llsmflow.run.status import print_run_summary
-    from llsmflow.watch.session import StatusLine, Watch
+    from llsmflow.watch.rounds import Rounds
+    from llsmflow.watch.session import WATCH_FILES_ENV, StatusLine, Watch
 
     root = find_workflow_root(args.workflow_dir)
     configfile = Path(args.configfile or root / "config" / "config.yaml")
@@ -49,16 +51,19 @@ def cmd_watch(args) -> int:
     def echo(line: str) -> None:
         status.line(line if len(line) < 300 else line[:297] + "…")
 
-    def run_round(targets: list[str]) -> int:
-        command = snakemake_command(root, configfile, profile, args.cores, targets)
-        outcome = launch(command, config, configfile, root, False, echo=lambda line: None, slurm=slurm)
-        if outcome.status != 0:
-            reason = failure_reason(config, outcome)
+    # the rounds run in one Snakemake process started now, while the first volume is being written
+    rounds = Rounds(snakemake_command(root, configfile, profile, args.cores, []), config, configfile, root, slurm)
+
+    def run_round(targets: list[str], prioritize: list[str]) -> int:
+        code = rounds(targets, {WATCH_FILES_ENV: os.environ.get(WATCH_FILES_ENV)}, prioritize)
+        if code != 0:
+            reason = rounds.failure_reason()
             if reason:
                 status.line(f"llsmflow watch: error: {reason}")
-        return outcome.status
+        return code
 
     def run_final() -> int:
+        rounds.close()  # one Snakemake process at a time
         full = check_config(configfile, root, overrides=overrides)  # every stack's header and PSF, as `run`
         cores = cluster_cores(full, profile, args.cores)
         command = snakemake_command(root, configfile, profile, cores, [])
@@ -80,7 +85,11 @@ def cmd_watch(args) -> int:
     watch = Watch(
         raw_dir, config, run_round, run_final, settle, idle, poll, options["poll_interval_s"], status
     )
-    return watch.run()
+    rounds.start()
+    try:
+        return watch.run()
+    finally:
+        rounds.close()
 
 
 def register_watch_commands(sub) -> None:

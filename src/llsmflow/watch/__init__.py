@@ -12,6 +12,10 @@ Submodules:
     The loop: rounds, the status line, the end of the acquisition and the final (batch) run.
 ``live``
     The live archive: fused timepoints appended to an OME-Zarr image as they come.
+``live_tracks``
+    Provisional tracks over the fused timepoints so far, and the live status page.
+``rounds``, ``worker``
+    The rounds' one persistent Snakemake process (Snakemake's start-up paid once per session).
 """
 
 from __future__ import annotations
@@ -33,6 +37,9 @@ _EXPORTS = {
     "WATCH_FILES_ENV": "session",
     "grow_live_archive": "live",
     "live_archive_path": "live",
+    "refresh_tracks": "live_tracks",
+    "write_status_page": "live_tracks",
+    "Rounds": "rounds",
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 __all__ = list(_EXPORTS)

@@ -74,11 +74,18 @@ class Layout:
         return self.step("register.json").is_file()
 
 
-def plan_round(acq, complete: set[str], layout: Layout, skip: set[str] = frozenset()) -> Plan:
+def plan_round(
+    acq, complete: set[str], layout: Layout, skip: set[str] = frozenset(), processed: set[str] = frozenset()
+) -> Plan:
     """The targets for the volumes of ``acq`` (an :class:`llsmflow.ingest.Acquisition` of the stacks complete
     so far) whose files are all in ``complete`` (names relative to the raw folder), PSFs included; ``skip``:
-    targets that failed in an earlier round (left to the final run, which names the error)."""
+    targets that failed in an earlier round (left to the final run, which names the error); ``processed``:
+    samples already known deconvolved (their step records are not looked at again)."""
     plan = Plan()
+
+    def volume_done(sample: str) -> bool:
+        return sample in processed or layout.volume_done(sample)
+
     psfs_ready = all(acq.psf_path(c).name in complete for c in range(len(acq.channels)))
     if not psfs_ready:
         return plan
@@ -96,7 +103,7 @@ def plan_round(acq, complete: set[str], layout: Layout, skip: set[str] = frozens
         return True
 
     for (tile, channel, timepoint), sample in sorted(ready.items(), key=lambda kv: kv[0][::-1]):
-        if not layout.volume_done(sample) and add(layout.deconvolved(sample)):
+        if not volume_done(sample) and add(layout.deconvolved(sample)):
             plan.volumes.append(sample)
         if timepoint == layout.ref_timepoint and not layout.preview_done(tile, channel):
             if add(layout.preview(tile, channel)) and sample not in plan.volumes:
@@ -116,7 +123,7 @@ def plan_round(acq, complete: set[str], layout: Layout, skip: set[str] = frozens
         plan.register = bool(plan.timepoints) and not layout.register_done()
     # deconvolved volumes that a later fusion reads: named so that this round does not delete them
     for (_, channel, timepoint), sample in ready.items():
-        if sample in plan.volumes or not layout.volume_done(sample):
+        if sample in plan.volumes or not volume_done(sample):
             continue
         if not layout.fused_done(channel, timepoint) and layout.deconvolved(sample).exists():
             plan.targets.append(str(layout.deconvolved(sample)))

@@ -6,10 +6,13 @@ each round is one Snakemake run submitting a batch of jobs, not one submission p
 1. the folder is followed (:mod:`llsmflow.watch.folder`) and each file checked complete
    (:mod:`llsmflow.watch.complete`): it stopped growing for ``watch.settle_s`` AND parses to the planes its
    metadata declares;
-2. every round, the volumes complete since the last round are processed together (:mod:`llsmflow.watch.plan`):
-   Snakemake runs on their targets with ``LLSMFLOW_WATCH_FILES`` naming the complete stacks, so the workflow
-   reads the acquisition as it is so far and never sees a file still being written; fused timepoints are
-   appended to the live archive (:mod:`llsmflow.watch.live`);
+2. as soon as a stack is found complete (the scanner thread wakes the loop), a round processes the volumes
+   complete since the last round together (:mod:`llsmflow.watch.plan`): Snakemake runs on their targets, in
+   one Snakemake process kept for the session (:mod:`llsmflow.watch.rounds`: its start-up is paid once),
+   with ``LLSMFLOW_WATCH_FILES`` naming the complete stacks, so the workflow reads the acquisition as it is
+   so far and never sees a file still being written; the new volumes' jobs go first; fused timepoints are
+   appended to the live archive (:mod:`llsmflow.watch.live`), provisional tracks over them are refreshed and
+   the status page rewritten (:mod:`llsmflow.watch.live_tracks`);
 3. when the acquisition ends (every declared stack complete and processed, no change for
    ``watch.idle_timeout_s``, or Ctrl-C once everything declared is complete) the final run is the batch run
    itself (``llsmflow run``'s Snakemake command, no targets), which adds tracking, the archive, the QC report
@@ -142,13 +145,17 @@ def declared_planes_of(raw_dir: Path, config: dict):
 
 
 class Watch:
-    """One ``llsmflow watch`` session (see the module docstring). ``launch_round(targets)`` and
+    """One ``llsmflow watch`` session (see the module docstring). ``launch_round(targets, prioritize)`` and
     ``launch_final()`` run Snakemake and return its exit status (given by the caller, :mod:`llsmflow.cli.watch`:
-    the Snakemake command, the profile and the run lock are ``llsmflow run``'s)."""
+    the Snakemake command, the profile and the run lock are ``llsmflow run``'s; the rounds run in one
+    persistent Snakemake process, :mod:`llsmflow.watch.rounds`); ``prioritize``: the targets whose jobs go
+    first (the new volumes' deconvolved files). ``live_tracks``: refresh the provisional tracks after each
+    fused timepoint (:mod:`llsmflow.watch.live_tracks`)."""
 
     def __init__(
         self, raw_dir, config: dict, launch_round, launch_final, settle_s: float, idle_timeout_s: float,
         poll: bool | None = None, poll_interval_s: float = 1.0, status: StatusLine | None = None,
+        live_tracks: bool = True,
     ):
         self.raw_dir, self.config = Path(raw_dir), config
         self.launch_round, self.launch_final = launch_round, launch_final
@@ -160,6 +167,12 @@ class Watch:
         self.failed: set[str] = set()
         self.last_change = time.time()
         self._acq_error = None
+        self._acq_cache = None
+        self.live_timepoints = 0  # timepoints in the live archive
+        self.tracks: dict[int, int] = {}  # channel -> provisional tracks
+        self.live_tracks_enabled = live_tracks
+        self._planned: tuple | None = None  # the complete stacks the last plan was made for
+        self.processed: set[str] = set()  # samples whose deconvolved volume is done (never undone)
         self.lock = threading.Lock()  # the folder's states: the scanner thread writes them
 
     # ------------------------------------------------------------------ the acquisition as it is so far
@@ -169,6 +182,9 @@ class Watch:
 
         if not complete:
             return None
+        key = tuple(complete)
+        if self._acq_cache is not None and self._acq_cache[0] == key:
+            return self._acq_cache[1]  # the complete stacks are what they were: read once, not every tick
         try:
             acq = read_acquisition(
                 self.raw_dir, self.config.get("metadata"), self.config.get("overrides") or {},
@@ -183,6 +199,7 @@ class Watch:
         tiles, channels = len(acq.tiles), len(acq.channels)
         declared_t = acq.metadata.get("timepoints")
         self.counts.declared = int(declared_t) * tiles * channels if declared_t else None
+        self._acq_cache = (key, acq)
         return acq
 
     def _update(self, acq) -> None:
@@ -193,8 +210,11 @@ class Watch:
         self.counts.complete = len(stacks)
         processed = 0
         for row in stacks:
-            if self.layout.volume_done(row.sample_id):
+            if row.sample_id in self.processed:
                 processed += 1
+            elif self.layout.volume_done(row.sample_id):
+                processed += 1
+                self.processed.add(row.sample_id)
                 if row.sample_id not in self.counts.latencies and row.path in names:
                     record = self.layout.step(f"deconvolve/{row.sample_id}.json")
                     last_byte = self.folder.files[row.path].last_byte_at or 0.0
@@ -205,14 +225,18 @@ class Watch:
 
     # ------------------------------------------------------------------ one round
     def round(self) -> bool:
-        """Run the workflow on the targets of what is complete now; whether a round ran."""
+        """Run the workflow on the targets of what is complete now; whether a round ran. Nothing is planned
+        while the complete stacks are those of the last plan (its round made everything they allow)."""
         with self.lock:
             complete = self.folder.complete()
+            if tuple(complete) == self._planned:
+                return False
             acq = self.acquisition(complete)
             self._update(acq)
         if acq is None:
             return False
-        plan = plan_round(acq, set(complete), self.layout, self.failed)
+        self._planned = tuple(complete)
+        plan = plan_round(acq, set(complete), self.layout, self.failed, self.processed)
         if not plan:
             return False
         listing = self.layout.work / "watch" / "complete-stacks.txt"
@@ -227,7 +251,7 @@ class Watch:
         )
         self.status.show(self.counts)
         with _environment(WATCH_FILES_ENV, str(listing.resolve())):
-            status = self.launch_round(plan.targets)
+            status = self.launch_round(plan.targets, [str(self.layout.deconvolved(v)) for v in plan.volumes])
         if status != 0:
             self.failed |= set(plan.targets)
             self.status.line(
@@ -237,22 +261,55 @@ class Watch:
         with self.lock:
             self._update(acq)
         if plan.timepoints:
-            self.grow_live(acq)
+            count = self.grow_live(acq)
+            if count > self.live_timepoints:
+                self.live_timepoints = count
+                self.refresh_tracks(acq, count)
         self.counts.state = "watching"
+        self.write_status()
         self.status.show(self.counts)
         return True
 
-    def grow_live(self, acq) -> None:
+    def grow_live(self, acq) -> int:
         """Append the newly fused timepoints to the live archive (:mod:`llsmflow.watch.live`); a failure there
-        is reported and leaves processing going (the final run writes the dataset archive anyway)."""
+        is reported and leaves processing going (the final run writes the dataset archive anyway). Returns
+        the live archive's timepoints."""
         from llsmflow.watch.live import grow_live_archive, live_archive_path
 
         try:
             count = grow_live_archive(self.layout, acq, self.config)
         except (LlsmflowError, OSError, ValueError) as error:
             self.status.line(f"llsmflow watch: live archive not grown: {error}")
-            return
+            return 0
         self.status.line(f"llsmflow watch: live archive {live_archive_path(self.layout)}: {count} timepoint(s)")
+        return count
+
+    def refresh_tracks(self, acq, count: int) -> None:
+        """Provisional tracks over the live archive's timepoints (:mod:`llsmflow.watch.live_tracks`); a
+        failure is reported and leaves processing going (the final run makes the tracks)."""
+        from llsmflow.watch.live_tracks import provisional_tracks_path, refresh_tracks
+
+        if not self.live_tracks_enabled:
+            return
+        try:
+            self.tracks = refresh_tracks(self.layout, acq, self.config, count)
+        except (LlsmflowError, OSError, ValueError) as error:
+            self.status.line(f"llsmflow watch: provisional tracks not refreshed: {error}")
+            return
+        for channel, n in sorted(self.tracks.items()):
+            self.status.line(
+                f"llsmflow watch: PROVISIONAL tracks {provisional_tracks_path(self.layout, channel)}: {n} "
+                f"track(s) over timepoints 0–{count - 1} (the final run makes the results' tracks)"
+            )
+
+    def write_status(self) -> None:
+        """The live status page (:func:`llsmflow.watch.live_tracks.write_status_page`)."""
+        from llsmflow.watch.live_tracks import write_status_page
+
+        try:
+            write_status_page(self.layout, self.counts, self.live_timepoints, self.tracks, self.config["dataset"])
+        except OSError as error:
+            self.status.line(f"llsmflow watch: status page not written: {error}")
 
     def finished(self) -> bool:
         """Every declared stack complete and processed."""

@@ -94,7 +94,7 @@ def cmd_watch(args) -> int:
 
 def register_watch_commands(sub) -> None:
     """Add ``llsmflow watch``."""
-    from llsmflow.cli.help_format import example
+    from llsmflow.cli.help_format import add_workflow_dir_argument, example
 
     p = sub.add_parser(
         "watch",
@@ -138,9 +138,5 @@ def register_watch_commands(sub) -> None:
         help="poll the folder instead of file system events (network shares; "
         "chosen automatically for NFS, SMB, Lustre, GPFS, BeeGFS, CephFS)",
     )
-    p.add_argument(
-        "--workflow-dir",
-        default=None,
-        help="directory holding the Snakefile (default: the current directory if it has one, else llsmflow's own)",
-    )
+    add_workflow_dir_argument(p)
     p.set_defaults(func=cmd_watch)

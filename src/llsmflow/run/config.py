@@ -236,12 +236,23 @@ def check_config(
 def snakemake_base_command(workflow_root: Path, configfile: Path) -> list[str]:
     """``snakemake --snakefile WORKFLOW/Snakefile --configfile CONFIG``: the start of every Snakemake call."""
     return [
-        snakemake_executable(),
+        *snakemake_program(),
         "--snakefile",
         str(workflow_root / "Snakefile"),
         "--configfile",
         str(configfile),
     ]
+
+
+def snakemake_program() -> list[str]:
+    """How to start Snakemake: through :mod:`llsmflow.run.snakemake_cli` with this Python when Snakemake is
+    installed beside llsmflow (it skips the SLURM plugin's slow import-time probe), else the ``snakemake``
+    command."""
+    import importlib.util
+
+    if importlib.util.find_spec("snakemake") is not None:
+        return [sys.executable, "-m", "llsmflow.run.snakemake_cli"]
+    return [snakemake_executable()]
 
 
 def snakemake_executable() -> str:

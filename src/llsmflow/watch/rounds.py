@@ -23,6 +23,7 @@ import threading
 import time
 from pathlib import Path
 
+from llsmflow.run.config import snakemake_program
 from llsmflow.run.launch import first_step_error, run_environment
 from llsmflow.run.lock import DatasetLock, clear_stale_snakemake_locks, remove_partial_outputs
 from llsmflow.run.paths import run_paths, write_run_pointer
@@ -115,10 +116,11 @@ class Rounds:
             self.log_path = log_path = run_log_path(self.work, self.started_at)
             log_path.parent.mkdir(parents=True, exist_ok=True)
             # the targets before --prioritize, whose list would take them
-            argv = self.command[1:] + list(targets) + (["--prioritize", *prioritize] if prioritize else [])
+            argv = self.command[len(snakemake_program()) :] + list(targets)
+            argv += ["--prioritize", *prioritize] if prioritize else []
             with self._log_lock:
                 self._log = open(log_path, "a", encoding="utf-8")
-                self._log.write("running: " + " ".join([self.command[0], *argv]) + "\n")
+                self._log.write("running: " + " ".join(["snakemake", *argv]) + "\n")
             try:
                 try:
                     if not self._wait_ready():

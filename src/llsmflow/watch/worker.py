@@ -20,33 +20,16 @@ from __future__ import annotations
 import json
 import os
 import sys
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 
-
-@contextmanager
-def _no_scontrol():
-    """``scontrol`` calls fail at once (as where SLURM is not installed), for the block only."""
-    import subprocess
-
-    real = subprocess.check_output
-
-    def check_output(command, *args, **kwargs):
-        if isinstance(command, (list, tuple)) and command and os.path.basename(str(command[0])) == "scontrol":
-            raise FileNotFoundError(command[0])
-        return real(command, *args, **kwargs)
-
-    subprocess.check_output = check_output
-    try:
-        yield
-    finally:
-        subprocess.check_output = real
+from llsmflow.run.snakemake_cli import without_scontrol_probe
 
 
 def serve(result_fd: int, local: bool = False) -> int:
     """Serve rounds until stdin closes. ``local``: no SLURM in this session, so Snakemake's SLURM executor
     plugin, imported with every plugin, is imported without asking ``scontrol`` (its import-time probe only
     words a help text, and waits ≈ 9 s where the SLURM client is installed but no controller answers)."""
-    with _no_scontrol() if local else nullcontext():
+    with without_scontrol_probe() if local else nullcontext():
         import snakemake.cli  # the start-up paid once per watch session
 
     # the requests come on a private descriptor: the jobs Snakemake starts inherit /dev/null as stdin

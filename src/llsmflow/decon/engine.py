@@ -192,7 +192,8 @@ class _Engine:
         x = ws.reals[1]
         if initial == "flat":
             constant = float(data.mean(dtype=xp.float64))
-            x.fill(constant)
+            if not flat_step:
+                x.fill(constant)
         else:
             x[...] = data
         if not self.acceleration:
@@ -201,13 +202,22 @@ class _Engine:
             if flat_step:
                 # H applied to a constant is that constant times the kernel's sum (N times the OTF at zero
                 # frequency): the first iteration needs no transform of the estimate, two transforms instead
-                # of four
-                t.fill(constant * self.kernel_sum)
-                run(ratio, t, data)
+                # of four; and x = max(c · B(d / max(H c, eps)), 0) takes one pass before and one after them
+                inverse_hc = xp.float32(1.0 / max(constant * self.kernel_sum, float(eps)))
+                c = xp.float32(constant)
+
+                def first_ratio(t, d):  # t <- d / max(H c, eps)
+                    xp.multiply(d, inverse_hc, out=t)
+
+                def first_estimate(x, t):  # x <- max(c · t, 0)
+                    xp.multiply(t, c, out=x)
+                    xp.maximum(x, 0, out=x)
+
+                run(first_ratio, t, data)
                 spec = ws.forward(t)
                 run(multiply, spec, otf_bp)
                 t = ws.inverse(spec, t)
-                run(times_clamped, x, t)
+                run(first_estimate, x, t)
                 if progress is not None:
                     progress(1)
                 first = 2

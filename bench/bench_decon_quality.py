@@ -162,7 +162,8 @@ def main() -> None:
                 (
                     f"{name}: time to skimage RL-10 quality, {label} ({key.split()[1]}); speed-up over skimage RL-10",
                     f"{best[key]:.2f} s vs {best['skimage RL-10']:.2f} s: **{ratio:.1f}×** (medians: "
-                    f"{ratio_median:.1f}×; first call, FFTW planning and set-up included: {ratio_first:.1f}×); CPU time "
+                    f"{ratio_median:.1f}×; first call, FFTW planning and set-up included: {ratio_first:.1f}×); "
+                    "CPU time "
                     f"{cpu[key]:.2f} s vs {cpu['skimage RL-10']:.2f} s: **{cpu['skimage RL-10'] / cpu[key]:.1f}×**",
                 )
             )

@@ -14,8 +14,8 @@ What is here and why it is hand-written
   Both are written once over an *array module* ``xp``: the same code runs with NumPy (CI, any CPU) and with
   CuPy (any CUDA GPU). No existing package offers that: ``skimage.restoration.richardson_lucy`` is
   NumPy-only and recomputes both convolutions, kernel FFT included, every iteration (six full-size FFTs per
-  iteration on one core, against four here), and pycudadecon needs a shared library that pip cannot install (see the notes, "pycudadecon
-  packaging").
+  iteration on one core, against four here), and pycudadecon needs a shared library that pip cannot install
+  (see the notes, "pycudadecon packaging").
 * The CPU engine is written for speed because deconvolution is the workflow's most expensive step:
   real-to-complex FFTs in float32/complex64; the OTF and the back projector computed once per padded shape;
   FFTW through pyFFTW when it is importable (planned transforms, multithreaded; ``FFTW_MEASURE`` where the

@@ -187,7 +187,7 @@ def register_stage_arguments(sub) -> None:
         "--method",
         choices=METHODS,
         default="rl",
-        help="rl: Richardson–Lucy; wb: Wiener–Butterworth back projector (converges in ~3 iterations)",
+        help="rl: Richardson–Lucy; wb: Wiener–Butterworth back projector (best after 1–3 iterations)",
     )
     p.add_argument(
         "--backend",

@@ -8,13 +8,14 @@ What is here and why it is hand-written
   background subtracted and clamped at 0, the raw data as first estimate, optional Biggs–Andrews
   acceleration with λ clamped to [0, 1]; see ``field-notes.md``, "Richardson–Lucy as the reference tools do
   it"). ``wiener_butterworth`` is the same multiplicative iteration with the Wiener–Butterworth back
-  projector of Guo et al. (Nat. Biotechnol. 2020): on bead-like data it reaches the quality of 10 RL
-  iterations in 2–3 (measured in the tests and ``bench/bench_decon.py``). Both are written once over an
-  *array module* ``xp``: the same code runs with NumPy (CI, any CPU) and with CuPy (any CUDA GPU). No
-  existing package offers that: ``skimage.restoration.richardson_lucy`` is NumPy-only and recomputes both
-  convolutions, kernel FFT included, every iteration (six full-size FFTs per iteration on one core, against
-  four here), and pycudadecon needs a shared library that pip cannot install (see the notes, "pycudadecon
-  packaging").
+  projector of Guo et al. (Nat. Biotechnol. 2020): on small bead sets it reaches the quality of 10 RL
+  iterations in 2–3 (measured in the tests and ``bench/bench_decon.py``); with a real LLSM PSF, in 1 from a
+  flat start on beads on a dense texture, and not at all on sparse beads (``bench/bench_decon_quality.py``).
+  Both are written once over an *array module* ``xp``: the same code runs with NumPy (CI, any CPU) and with
+  CuPy (any CUDA GPU). No existing package offers that: ``skimage.restoration.richardson_lucy`` is
+  NumPy-only and recomputes both convolutions, kernel FFT included, every iteration (six full-size FFTs per
+  iteration on one core, against four here), and pycudadecon needs a shared library that pip cannot install
+  (see the notes, "pycudadecon packaging").
 * The CPU engine is written for speed because deconvolution is the workflow's most expensive step:
   real-to-complex FFTs in float32/complex64; the OTF and the back projector computed once per padded shape;
   FFTW through pyFFTW when it is importable (planned transforms, multithreaded; ``FFTW_MEASURE`` where the

@@ -100,15 +100,13 @@ class _Engine:
         self.run_blocks = _Runner(xp, self.ws.shape, threads)
         scale = np.float32(1.0 / math.prod(self.ws.shape))
         buffer = self.ws.reals[0]
-        _place_kernel(buffer, psf, xp)
-        spec = self.ws.forward(buffer)
-        self.otf = xp.empty(self.ws.spec_shape, dtype=xp.complex64)
         self.otf_bp = xp.empty(self.ws.spec_shape, dtype=xp.complex64)
+        # H applied to a constant is that constant times the kernel's sum (the flat start's first step)
+        self._psf, self._otf, self.kernel_sum = psf, None, float(np.sum(psf, dtype=np.float64))
 
         def scaled(otf, s):
             xp.multiply(s, scale, out=otf)
 
-        self.run_blocks(scaled, self.otf, spec)
         if method == "rl":
 
             def adjoint(bp, otf):
@@ -121,6 +119,23 @@ class _Engine:
             _place_kernel(buffer, wb_back_projector(psf, wb_alpha, wb_beta, wb_order), xp)
             spec = self.ws.forward(buffer)
             self.run_blocks(scaled, self.otf_bp, spec)
+
+    @property
+    def otf(self):
+        """The OTF (times 1/N), made on first use with the last workspace array as scratch (free before the
+        iterations start): WB from a flat start needs it only from its second iteration on."""
+        if self._otf is None:
+            xp, buffer = self.xp, self.ws.reals[-1]
+            _place_kernel(buffer, self._psf, xp)
+            spec = self.ws.forward(buffer)
+            self._otf = xp.empty(self.ws.spec_shape, dtype=xp.complex64)
+            scale = np.float32(1.0 / math.prod(self.ws.shape))
+
+            def scaled(otf, s):
+                xp.multiply(s, scale, out=otf)
+
+            self.run_blocks(scaled, self._otf, spec)
+        return self._otf
 
     def close(self) -> None:
         self.run_blocks.close()
@@ -169,7 +184,9 @@ class _Engine:
         xp, ws, run = self.xp, self.ws, self.run_blocks
         data = ws.reals[0]
         eps = xp.float32(eps)
-        otf, otf_bp = self.otf, self.otf_bp
+        flat_step = initial == "flat" and _FLAT_FIRST_STEP and not self.acceleration
+        otf = None if flat_step and iterations == 1 else self.otf  # not needed for one step from flat
+        otf_bp = self.otf_bp
 
         def multiply(spec, h):
             xp.multiply(spec, h, out=spec)
@@ -194,22 +211,32 @@ class _Engine:
         x = ws.reals[1]
         if initial == "flat":
             constant = float(data.mean(dtype=xp.float64))
-            x.fill(constant)
+            if not flat_step:
+                x.fill(constant)
         else:
             x[...] = data
         if not self.acceleration:
             t = ws.reals[2]
             first = 1
-            if initial == "flat" and _FLAT_FIRST_STEP:
+            if flat_step:
                 # H applied to a constant is that constant times the kernel's sum (N times the OTF at zero
-                # frequency, up to float32 round-off): the first iteration needs no transform of the estimate,
-                # two transforms instead of four
-                t.fill(constant * float(otf[0, 0, 0].real) * math.prod(ws.shape))
-                run(ratio, t, data)
+                # frequency): the first iteration needs no transform of the estimate, two transforms instead
+                # of four; and x = max(c · B(d / max(H c, eps)), 0) takes one pass before and one after them
+                inverse_hc = xp.float32(1.0 / max(constant * self.kernel_sum, float(eps)))
+                c = xp.float32(constant)
+
+                def first_ratio(t, d):  # t <- d / max(H c, eps)
+                    xp.multiply(d, inverse_hc, out=t)
+
+                def first_estimate(x, t):  # x <- max(c · t, 0)
+                    xp.multiply(t, c, out=x)
+                    xp.maximum(x, 0, out=x)
+
+                run(first_ratio, t, data)
                 spec = ws.forward(t)
                 run(multiply, spec, otf_bp)
                 t = ws.inverse(spec, t)
-                run(times_clamped, x, t)
+                run(first_estimate, x, t)
                 if progress is not None:
                     progress(1)
                 first = 2

@@ -9,6 +9,7 @@ from collections.abc import Callable
 import numpy as np
 import scipy.fft
 
+from llsmflow.decon.chunks import wb_kernel_shape
 from llsmflow.decon.volumes import _check_volume
 from llsmflow.errors import LlsmflowError
 
@@ -188,8 +189,9 @@ def wb_back_projector(
 ) -> np.ndarray:
     """Wiener–Butterworth back projector of a prepared PSF, as a spatial kernel (Guo et al. 2020).
 
-    On a grid of ``2·n − 1`` voxels per axis (``n``: the PSF's size; ``BackProjector.m`` uses the PSF's own
-    grid), with the PSF's OTF ``H`` (1 at DC): ``B = conj(H) / (|H|² + α) · 1 / sqrt(1 + ee·w^order)``,
+    On a grid of ``n + 8`` voxels per axis (``n``: the PSF's size; ``BackProjector.m`` uses the PSF's own
+    grid, which is too tight for a tightly cropped PSF: see :func:`~llsmflow.decon.chunks.wb_kernel_shape`),
+    with the PSF's OTF ``H`` (1 at DC): ``B = conj(H) / (|H|² + α) · 1 / sqrt(1 + ee·w^order)``,
     ``w = Σ_i (k_i / kc_i)²``. The cutoffs ``kc_i = 1 / FWHM_i`` (cycles per voxel; FWHM of the PSF through
     its centre, at least 1 voxel; at most Nyquist); ``ee = g_W / β² − 1`` with ``g_W`` the Wiener filter's
     gain at the x cutoff in the kz = 0 plane, as in ``BackProjector.m``. Then ``B`` is transformed back and
@@ -210,11 +212,11 @@ def wb_back_projector(
     Returns
     -------
     ndarray
-        float32, odd-sized (``2·n − 1``), centred on ``shape // 2``; sum ≈ ``1 / (1 + α)``.
+        float32, odd-sized (``n + 8``), centred on ``shape // 2``; sum ≈ ``1 / (1 + α)``.
     """
     psf = _check_volume(psf_prepared, "prepared PSF")
     _check_wb(alpha, beta, order)
-    grid = tuple(2 * n - 1 for n in psf.shape)
+    grid = wb_kernel_shape(psf.shape)
     kernel = np.empty(grid, dtype=np.float64)
     _place_kernel(kernel, psf)
     otf = np.fft.rfftn(kernel)

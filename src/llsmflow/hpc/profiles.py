@@ -13,7 +13,7 @@ from pathlib import Path
 from llsmflow.errors import LlsmflowError
 
 #: Profile groups: rules whose many small jobs are batched (``groups`` in profiles/slurm/config.yaml).
-GROUPS = {"deskew": "volumes", "deconvolve": "volumes", "fuse": "fusion", "qc_tile": "qc"}
+GROUPS = {"deskew_deconvolve": "volumes", "fuse": "fusion", "qc_tile": "qc"}
 
 
 @dataclass
@@ -26,9 +26,10 @@ class SiteAnswers:
     qos: str | None = None
     cores: int = 8
     jobs: int = 100
-    # at most 20 submissions per 1,000 volumes (4 tiles × 2 channels): 10 volume groups, 3 fusion groups and
-    # 6 single jobs (register, archive, track per channel, qc_mosaic, qc groups); docs/hpc.md gives the sizing
-    volumes_group: int = 100
+    # at most 20 submissions per 1,000 volumes (4 tiles × 2 channels): 9 groups of 15 deskew_deconvolve jobs
+    # (a timepoint each: 120 volumes), 3 fusion groups and 6 single jobs (register, archive, track per channel,
+    # qc_mosaic, qc groups); docs/hpc.md gives the sizing
+    volumes_group: int = 15
     fusion_group: int = 100
     qc_group: int = 50
     status_command: str = "squeue"
@@ -91,7 +92,7 @@ def render_profile(answers: SiteAnswers) -> str:
     ]
     if answers.gpu_partition:
         lines += [
-            "# the deconvolve rule requests a GPU when deconvolution.backend is cupy or pycudadecon; it then",
+            "# the deskew_deconvolve rule requests a GPU when deconvolution.backend is cupy or pycudadecon; it then",
             "# goes to this partition (a CPU backend keeps it on the CPU partition)",
             "config:",
             f"  - {_yaml_scalar(f'hpc={{gpu_partition: {_yaml_scalar(answers.gpu_partition)}}}')}",

@@ -231,7 +231,7 @@ def run_job(
 def job_summary(entries: list[dict]) -> dict:
     """The job-level notes of a step record: what ran (one value, or the distinct values joined) and the
     seconds of each part summed over the job's volumes."""
-    notes: dict = {"volumes": len(entries)}
+    notes: dict = {"volume_count": len(entries)}
     for key in ("backend", "method", "iterations", "chunks"):
         values = list(dict.fromkeys(e[key] for e in entries if key in e))
         if values:

@@ -55,3 +55,19 @@ def test_timepoint_and_volume_jobs_give_identical_volumes(tiny_acquisition, tmp_
         name = f"{s}.ome.tif"
         assert (work / "deconvolved" / name).read_bytes() == (tmp_path / "by_timepoint" / name).read_bytes(), s
         assert (work / "deskewed" / name).read_bytes() == (tmp_path / "deskewed_by_timepoint" / name).read_bytes()
+
+
+def test_watch_config_is_passed_last_and_validates():
+    """`llsmflow watch` runs with WATCH_CONFIG (a job per volume): `--config` comes after the targets (it takes
+    every word after it), and the values pass the schema."""
+    from pathlib import Path
+
+    from llsmflow.run.config import effective_config
+    from llsmflow.run.launch import WATCH_CONFIG, snakemake_command
+    from tests.conftest import REPO
+
+    command = snakemake_command(REPO, REPO / "config/config.yaml", REPO / "profiles/local", 2, ["t.tif"], WATCH_CONFIG)
+    assert command[-3:] == ["t.tif", "--config", 'jobs={"unit": "volume"}']
+    assert yaml.safe_load(command[-1].split("=", 1)[1]) == WATCH_CONFIG["jobs"]
+    config = effective_config(Path(REPO / "config/config.yaml"), REPO, WATCH_CONFIG, ignore_required=True)
+    assert config["jobs"]["unit"] == "volume"

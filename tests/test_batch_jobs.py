@@ -71,3 +71,26 @@ def test_watch_config_is_passed_last_and_validates():
     assert yaml.safe_load(command[-1].split("=", 1)[1]) == WATCH_CONFIG["jobs"]
     config = effective_config(Path(REPO / "config/config.yaml"), REPO, WATCH_CONFIG, ignore_required=True)
     assert config["jobs"]["unit"] == "volume"
+
+
+def test_a_grouped_submission_must_fit_a_node():
+    """A job's memory is one volume's whatever the unit; a submission of the volumes group runs cores/threads
+    jobs side by side, and their memory together must fit the node (one clear line otherwise)."""
+    import pytest
+
+    from llsmflow import hpc
+    from llsmflow.errors import LlsmflowError
+    from llsmflow.hpc.profiles import PartitionLimits, check_fit
+    from llsmflow.run.config import read_config
+
+    sizes = hpc.VolumeSizes((201, 1024, 768), (201, 1024, 1280), (64, 64, 64), (201, 2048, 2560), 800, 4, 2, 100)
+    config = read_config(None)
+    resources = hpc.step_resources(sizes, config, 8)
+    job = resources["deskew_deconvolve"]
+    config["jobs"]["unit"] = "volume"
+    assert hpc.step_resources(sizes, config, 8)["deskew_deconvolve"].mem_mb == job.mem_mb
+    node = PartitionLimits("main", cpus=8, mem_mb=int(2.5 * job.mem_mb), gpus=0, time_min=None)
+    assert check_fit(resources, 8, node) == 8  # each job fits
+    with pytest.raises(LlsmflowError, match=r"runs 4 deskew_deconvolve jobs side by side .*at most 4:"):
+        check_fit(resources, 8, node, groups={"volumes": 15})
+    assert check_fit(resources, 4, node, groups={"volumes": 15}) == 4

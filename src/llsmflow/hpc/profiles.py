@@ -266,14 +266,20 @@ def partition_limits(partition: str | None = None, sinfo: str = "sinfo") -> Part
 
 
 def check_fit(
-    resources, cores: int | None, limits: PartitionLimits, gpu_limits: PartitionLimits | None = None
+    resources,
+    cores: int | None,
+    limits: PartitionLimits,
+    gpu_limits: PartitionLimits | None = None,
+    groups: dict[str, int] | None = None,
 ):
     """Compare what the jobs request (``resources``: step → :class:`llsmflow.hpc.resources.StepResources`, of
     the first attempt) with what the partition's largest node offers.
 
     Returns the cores of one submission to use: ``cores`` capped at the node's CPUs (a job's threads, and the
     jobs a grouped submission runs side by side, follow it). Raises :class:`LlsmflowError` naming the step,
-    its request and the limit for what cannot be capped: memory, GPUs, time.
+    its request and the limit for what cannot be capped: memory, GPUs, time. With the profile's ``groups``
+    (``group-components``), a grouped submission's memory is checked too: the jobs it runs side by side
+    (``cores // threads`` of them, at most the group size) each need their own.
     """
     capped = min(cores, limits.cpus) if cores else limits.cpus
     for step in resources.values():
@@ -292,6 +298,17 @@ def check_fit(
                 f"{where.partition} have {where.gpus}; expected hpc.gpu_partition naming a partition with GPUs, "
                 "or deconvolution.backend: cpu"
             )
+        group = GROUPS.get(step.step)
+        if groups and group in groups:
+            side_by_side = max(1, min(int(groups[group]), step.jobs, capped // max(1, step.threads)))
+            if side_by_side > 1 and side_by_side * step.mem_mb > where.mem_mb:
+                raise LlsmflowError(
+                    f"a submission of group {group} runs {side_by_side} {step.step} jobs side by side "
+                    f"({capped} cores, {step.threads} per job) needing {side_by_side * step.mem_mb} MB, but the "
+                    f"largest node of SLURM partition {where.partition} has {where.mem_mb} MB; expected fewer "
+                    f"cores per submission (at most {max(1, where.mem_mb // step.mem_mb) * step.threads}: "
+                    "--cores or the profile's cores)"
+                )
         if where.time_min is not None and step.runtime_min > where.time_min:
             raise LlsmflowError(
                 f"step {step.step} requests {step.runtime_min} min per job, but SLURM partition "

@@ -393,7 +393,7 @@ def fit_to_partition(
     LlsmflowError
         A step requests more memory, GPUs or time than the partition offers (one line naming both).
     """
-    from llsmflow.hpc.profiles import check_fit, partition_limits, profile_options
+    from llsmflow.hpc.profiles import check_fit, partition_limits, profile_options, profile_settings
 
     options = profile_options(Path(profile) if profile else None)
     if options.get("executor") != "slurm":
@@ -407,7 +407,8 @@ def fit_to_partition(
     if gpu_partition and config["deconvolution"]["backend"] in GPU_BACKENDS:
         gpu_limits = partition_limits(gpu_partition)
     capped = min(wanted, limits.cpus) if wanted else limits.cpus
-    capped = check_fit(step_resources(sizes, config, capped), capped, limits, gpu_limits)
+    groups = profile_settings(Path(profile))[1] if profile else {}
+    capped = check_fit(step_resources(sizes, config, capped), capped, limits, gpu_limits, groups)
     note = None
     if wanted and capped < wanted:
         note = (

@@ -56,7 +56,6 @@ report: "workflow/report/workflow.rst"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/ingest.smk"
-include: "workflow/rules/deskew.smk"
 include: "workflow/rules/deconvolve.smk"
 include: "workflow/rules/stitch.smk"
 include: "workflow/rules/archive.smk"

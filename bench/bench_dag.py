@@ -5,7 +5,8 @@
     PYTHONPATH=/work/main/src .venv/bin/python bench/bench_dag.py --repo /work/main --volumes 104 1000  # baseline
 
 Each command runs in a fresh process; peak memory is its largest process's resident set (``ru_maxrss``).
-``start`` is a real run limited to the ingest job (``--until ingest``): what a run costs before its first job,
+``sbatch`` is ``llsmflow estimate --profile profiles/slurm``: the SLURM submissions of the run with the profile's
+groups. ``start`` is a real run limited to the ingest job (``--until ingest``): what a run costs before its first job,
 and it leaves the job plan that ``status`` then reads (without it, status falls back on a dry run).
 """
 
@@ -26,7 +27,10 @@ def main(argv=None) -> int:
     parser.add_argument("--volumes", type=int, nargs="+", default=[104, 1000, 5000, 20000])
     parser.add_argument("--repo", type=Path, default=Path(__file__).resolve().parents[1])
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "llsmflow-bench-scale")
-    parser.add_argument("--what", nargs="+", default=["dryrun", "start", "status", "estimate"])
+    parser.add_argument("--what", nargs="+", default=["dryrun", "start", "status", "estimate", "sbatch"])
+    parser.add_argument(
+        "--profile", type=Path, default=None, help="profile of `sbatch` (default: the repository's profiles/slurm)"
+    )
     parser.add_argument("--timeout", type=float, default=1800)
     args = parser.parse_args(argv)
     repo = args.repo.resolve()
@@ -68,6 +72,15 @@ def main(argv=None) -> int:
             ],
             "status": [str(bindir / "llsmflow"), "status", "--configfile", str(config), "--workflow-dir", str(repo)],
             "estimate": [str(bindir / "llsmflow"), "estimate", "--configfile", str(config)],
+            # the SLURM submissions of the run with the profile's groups (`llsmflow estimate --profile`)
+            "sbatch": [
+                str(bindir / "llsmflow"),
+                "estimate",
+                "--configfile",
+                str(config),
+                "--profile",
+                str(args.profile or repo / "profiles" / "slurm"),
+            ],
         }
         for what in args.what:
             result = run_measured(commands[what], run_dir, env=env, timeout=args.timeout)

@@ -346,8 +346,8 @@ def test_rules_get_the_configured_images(tmp_path, base_config):
     gpu = f"oras://ghcr.io/lab/llsmflow-gpu@sha256:{DIGEST}"
     config = dict(base_config, containers={"cpu": cpu, "gpu": gpu}, deconvolution={"backend": "cupy"})
     images = _rule_images(tmp_path, config)
-    assert images.pop("deconvolve") == gpu
-    assert {"ingest", "deskew", "prepare_psf", "fuse", "track", "archive", "provenance"} <= set(images)
+    assert images.pop("deskew_deconvolve") == gpu
+    assert {"ingest", "prepare_psf", "fuse", "track", "archive", "provenance"} <= set(images)
     assert set(images.values()) == {cpu}
     assert set(_rule_images(tmp_path, dict(base_config)).values()) == {None}
 

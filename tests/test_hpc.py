@@ -68,6 +68,12 @@ def test_volume_sizes_match_the_real_volumes(acquisition, deskewed_tile, tiny_ac
     positions = {row.tile: (row.z_um, row.y_um, row.x_um) for row in acquisition.tiles.itertuples()}
     shapes = dict.fromkeys(positions, deskewed.shape)
     assert sizes.fused_shape == fused_extent(positions, shapes, acquisition.deskewed_voxel_size_um)[1]
+    # deskew.rotate: the coverslip-frame volume, larger than the objective-frame one, on a grid of dx
+    from llsmflow.deskew.rotate import deskew_rotate
+
+    rotated, voxel, _ = deskew_rotate(raw, acquisition.dz_um, acquisition.dx_um, acquisition.angle_deg)
+    assert hpc.volume_sizes(acquisition, rotate=True).deskewed_shape == rotated.shape
+    assert math.prod(rotated.shape) > math.prod(deskewed.shape) and voxel == (acquisition.dx_um,) * 3
     # without raw_shape_zyx in the metadata the first stack's header gives the same shape
     acquisition.metadata.pop("raw_shape_zyx")
     try:
@@ -77,12 +83,13 @@ def test_volume_sizes_match_the_real_volumes(acquisition, deskewed_tile, tiny_ac
 
 
 def test_deconvolution_requests_cover_the_measured_working_set(acquisition, deskewed_tile):
-    """The memory request of a CPU deconvolution covers what deconvolving a real tiny volume allocates."""
+    """The memory request of a CPU deskew_deconvolve job covers what deconvolving a real tiny volume
+    allocates; a job of a timepoint (4 volumes, one at a time) requests one volume's memory, not four."""
     from llsmflow.decon import deconvolve, estimate_memory
 
     raw, deskewed, psf_shape = deskewed_tile
     sizes = hpc.volume_sizes(acquisition)
-    cpu = hpc.step_resources(sizes, _config())["deconvolve"]
+    cpu = hpc.step_resources(sizes, _config())["deskew_deconvolve"]
     psf = read_volume(acquisition.psf_path(0))
     tracemalloc.start()
     try:
@@ -92,14 +99,16 @@ def test_deconvolution_requests_cover_the_measured_working_set(acquisition, desk
         tracemalloc.stop()
     assert cpu.mem_mb >= peak_mb + resource_model._BASE_MB, (cpu.mem_mb, peak_mb)
     assert (cpu.gpu, cpu.gpu_mem_mb) == (0, 0)
-    assert cpu.jobs == 20 and cpu.threads == 2
-    gpu = hpc.step_resources(sizes, _config(deconvolution={"backend": "cupy"}), cores=8)["deconvolve"]
+    assert cpu.jobs == 5 and cpu.threads == 2  # a job per timepoint
+    single = hpc.step_resources(sizes, _config(jobs={"unit": "volume"}))["deskew_deconvolve"]
+    assert single.jobs == 20 and single.mem_mb == cpu.mem_mb and single.runtime_min <= cpu.runtime_min
+    gpu = hpc.step_resources(sizes, _config(deconvolution={"backend": "cupy"}), cores=8)["deskew_deconvolve"]
     assert gpu.gpu == 1
     assert gpu.threads == 8  # a GPU job takes the whole submission: one GPU deconvolution at a time
     working_mb = estimate_memory(deskewed.shape, psf_shape) / 1e6
     assert working_mb <= gpu.gpu_mem_mb <= working_mb + 1
     budget = hpc.step_resources(sizes, _config(deconvolution={"backend": "cupy", "max_memory_gb": 0.001}))
-    assert budget["deconvolve"].gpu_mem_mb == 1
+    assert budget["deskew_deconvolve"].gpu_mem_mb == 1
 
 
 def test_runtime_and_memory_grow_on_retry():
@@ -113,7 +122,7 @@ def test_runtime_and_memory_grow_on_retry():
 def test_submissions_with_groups(acquisition):
     resources = hpc.step_resources(hpc.volume_sizes(acquisition), _config())
     ungrouped = hpc.submissions(resources, {})
-    assert sum(ungrouped.values()) == 20 + 20 + 1 + 10 + 1 + 2 + 4 + 1
+    assert sum(ungrouped.values()) == 5 + 1 + 10 + 1 + 2 + 4 + 1  # deskew_deconvolve: a job per timepoint
     grouped = hpc.submissions(resources, {"volumes": 20, "fusion": 10, "qc": 50})
     assert grouped == {
         "volumes": 1,
@@ -124,7 +133,7 @@ def test_submissions_with_groups(acquisition):
         "qc": 1,
         "qc_mosaic": 1,
     }
-    assert hpc.submissions(resources, {"volumes": 3})["volumes"] == 7
+    assert hpc.submissions(resources, {"volumes": 3})["volumes"] == 2
 
 
 def test_estimate_command(tiny_acquisition):
@@ -147,7 +156,7 @@ def test_estimate_command(tiny_acquisition):
     }
     sizes = hpc.volume_sizes(read_acquisition(tiny_acquisition / "raw"))
     expected = hpc.step_resources(sizes, _config(), cores=8)
-    for name in ("deskew", "deconvolve", "register", "fuse", "archive", "track", "qc_tile", "qc_mosaic"):
+    for name in ("deskew_deconvolve", "register", "fuse", "archive", "track", "qc_tile", "qc_mosaic"):
         jobs, cores, mem, gpu, gpu_mem, minutes = (int(v) for v in rows[name][1:7])
         step = expected[name]
         assert (jobs, cores, mem, gpu, gpu_mem, minutes) == (
@@ -158,14 +167,14 @@ def test_estimate_command(tiny_acquisition):
             step.gpu_mem_mb,
             step.runtime_min,
         )
-    assert "sbatch submissions: 8 (" in out  # the profile's groups: 61 jobs in 8 submissions
+    assert "sbatch submissions: 8 (" in out  # the profile's groups: 26 jobs in 8 submissions
     gpu = subprocess.run(
         [str(LLSMFLOW), "estimate", str(tiny_acquisition / "raw"), "--backend", "cupy", "--cores", "4"],
         capture_output=True,
         text=True,
     )
     assert gpu.returncode == 0, gpu.stderr
-    row = next(line.split() for line in gpu.stdout.splitlines() if line.startswith("deconvolve"))
+    row = next(line.split() for line in gpu.stdout.splitlines() if line.startswith("deskew_deconvolve"))
     assert row[2] == "4" and row[4] == "1" and int(row[5]) > 0
     missing = subprocess.run([str(LLSMFLOW), "estimate", "/nonexistent/raw"], capture_output=True, text=True)
     assert missing.returncode == 2 and "/nonexistent/raw" in missing.stderr
@@ -234,7 +243,7 @@ def test_profile_init_flags_and_snakemake_accepts_it(tmp_path, tiny_acquisition)
     assert profile["default-resources"]["slurm_partition"] == "cpu-short"
     assert profile["default-resources"]["slurm_account"] == "proj42"
     assert profile["default-resources"]["qos"] == "normal"
-    assert "volumes=5" in profile["group-components"] and "deconvolve=volumes" in profile["groups"]
+    assert "volumes=5" in profile["group-components"] and "deskew_deconvolve=volumes" in profile["groups"]
     again = subprocess.run(
         [str(LLSMFLOW), "profile", "init", str(outdir), "--no-input"], capture_output=True, text=True
     )
@@ -246,19 +255,16 @@ def test_profile_init_flags_and_snakemake_accepts_it(tmp_path, tiny_acquisition)
     run_dir.mkdir()
     base = _config(dataset="tiny", raw_dir=str(tiny_acquisition / "raw"))
     gpu_out = _dry_run(base | {"deconvolution": base["deconvolution"] | {"backend": "cupy"}}, run_dir, outdir)
-    decon = _rule_resources(gpu_out, "deconvolve")
-    assert len(decon) == 20
+    decon = _rule_resources(gpu_out, "deskew_deconvolve")
+    assert len(decon) == 5  # a job per timepoint
     assert all("gpu=1" in r and "slurm_partition=gpu" in r for r in decon), decon[0]
-    # deskews share a submission with their deconvolution (profile group "volumes"): same partition, no GPU
-    deskew = _rule_resources(gpu_out, "deskew")
-    assert all("slurm_partition=gpu" in r and "gpu=" not in r for r in deskew), deskew[0]
     qc = _rule_resources(gpu_out, "qc_tile")
     assert all("slurm_partition=cpu-short" in r and "gpu=" not in r for r in qc), qc[0]
     cpu_out = _dry_run(base, run_dir, outdir)
-    decon = _rule_resources(cpu_out, "deconvolve")
+    decon = _rule_resources(cpu_out, "deskew_deconvolve")
     assert all("gpu=" not in r and "slurm_partition=cpu-short" in r for r in decon), decon[0]
     sizes = hpc.volume_sizes(read_acquisition(tiny_acquisition / "raw"))
-    expected = hpc.step_resources(sizes, base, cores=4)["deconvolve"]
+    expected = hpc.step_resources(sizes, base, cores=4)["deskew_deconvolve"]
     assert all(
         f"mem_mb={max(expected.mem_mb, 500)}," in r and f"runtime={expected.runtime_min}" in r for r in decon
     )

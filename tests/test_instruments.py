@@ -330,7 +330,9 @@ def test_init_asks_by_flag_for_what_no_file_says(tmp_path):
 # ---- the workflow on a CZI folder ----------------------------------------------------------------------
 
 
-def _run_until_deskew(raw: Path, tmp_path: Path, until: str | None = "deskew") -> subprocess.CompletedProcess:
+def _run_until_deskew(
+    raw: Path, tmp_path: Path, until: str | None = "deskew_deconvolve"
+) -> subprocess.CompletedProcess:
     config_path = tmp_path / "config.yaml"
     result = _init(raw, config_path)
     assert result.returncode == 0, result.stderr
@@ -376,8 +378,9 @@ def test_run_on_a_janelia_folder(tmp_path):
 
 
 def test_run_until_deskew_reads_czi_sub_stacks(tmp_path):
-    """`llsmflow init` + `llsmflow run -- --until deskew` on a Zeiss folder: every (channel, timepoint) of
-    the CZI is deskewed from its own volume, with the CZI's voxel sizes and angle."""
+    """`llsmflow init` + `llsmflow run -- --until deskew_deconvolve` on a Zeiss folder: every (channel,
+    timepoint) of the CZI is deskewed from its own volume, with the CZI's voxel sizes and angle (the deskewed
+    volumes are written because the test keeps intermediates)."""
     raw = _copy(["LLS7_t2_ch3.czi", "488_PSF.czi", "561_PSF.czi"], tmp_path / "raw")
     result = _run_until_deskew(raw, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]

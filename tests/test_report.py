@@ -96,7 +96,7 @@ def test_report_tables_match_the_run(report, tiny_run):
         assert f"{pair['a']} {pair['b']} {pair['quality']:.3f}" in page.text
     steps = run_dir / "work/tiny/steps"
     for step, jobs in (
-        ("deskew", TILES * CHANNELS * TIMEPOINTS),
+        ("deskew_deconvolve", TIMEPOINTS),  # a job per timepoint
         ("fuse", CHANNELS * TIMEPOINTS),
         ("track", 2),
     ):
@@ -208,7 +208,7 @@ def test_snakemake_report_builds(tiny_run, tmp_path):
 
 def test_progress_of_long_steps_is_logged(tiny_run):
     logs = tiny_run.run_dir / "work/tiny/logs"
-    decon = (logs / "deconvolve" / "000x_000y_000z-ch0-t0000.log").read_text()
+    decon = (logs / "deskew_deconvolve" / "t0000.log").read_text()
     assert all(f"iteration {k}/3 ({round(100 * k / 3)} %" in decon for k in (1, 2, 3))
     fuse = (logs / "fuse" / "ch0-t0000.log").read_text()
     # throttled: the first chunk and the last one are always logged, with the share done

@@ -51,7 +51,7 @@ def test_reproduce_gives_identical_or_tolerated_outputs(full_run, tmp_path):
     # each FFT shape was measured once and every other deconvolution job took those plans from the run's wisdom
     # (jobs ran one at a time: 2 threads on 2 cores), and reproduce starts from the same wisdom: the re-run
     # computes every FFT the same way, so on this machine nothing may differ, not even by round-off
-    logs = (full_run.run_dir / "work" / "tiny" / "logs" / "deconvolve").glob("*.log")
+    logs = (full_run.run_dir / "work" / "tiny" / "logs" / "deskew_deconvolve").glob("*.log")
     measured = re.findall(r"FFTW planned (\(.*?\))", "\n".join(log.read_text() for log in logs))
     if measured and len(measured) == len(set(measured)):
         assert all(line.startswith("IDENTICAL") for line in lines), result.stdout

@@ -158,7 +158,8 @@ def test_jobs_went_through_sbatch(slurm_and_local_runs):
     for job_id in ids:
         assert new_jobs[job_id]["JobState"] == "COMPLETED", new_jobs[job_id]
         assert list((slurm_dir / ".snakemake" / "slurm_logs").rglob(f"{job_id}.log")), job_id
-    # grouping: 21 jobs on the cluster in 7 submissions (profiles/slurm: volumes=100, fusion=100, qc=50)
+    # grouping: 12 jobs on the cluster (deskew_deconvolve: one per timepoint) in 7 submissions (profiles/slurm:
+    # volumes=15, fusion=100, qc=50)
     profile = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
     groups = dict(entry.split("=") for entry in profile["group-components"])
     sizes = hpc.volume_sizes(read_acquisition(config["raw_dir"]))
@@ -166,7 +167,7 @@ def test_jobs_went_through_sbatch(slurm_and_local_runs):
     expected = hpc.submissions(resources, {k: int(v) for k, v in groups.items()})
     cluster_jobs = sum(1 for s in steps if s["step"] not in local_steps)
     assert len(ids) == sum(expected.values()) == 7
-    assert cluster_jobs == 21 and len(ids) < cluster_jobs
+    assert cluster_jobs == 12 and len(ids) < cluster_jobs
     our_submissions = [j for j in new_jobs.values() if j.get("Name") != "llsmflow-dask"]
     assert len(our_submissions) == len(ids), sorted(new_jobs)
     print(f"workflow through SLURM: {seconds:.0f} s, {cluster_jobs} jobs in {len(ids)} sbatch submissions")
@@ -389,7 +390,7 @@ def test_job_pending_forever_stops_the_run(slurm_cluster, small_acquisition, tmp
     """A job that SLURM keeps PENDING for a reason that cannot clear (here a site's `set-resources` asking more
     CPUs than a node has: PartitionConfig) stops the run with that reason instead of waiting forever, and
     the run's jobs are cancelled."""
-    profile = _profile_copy(tmp_path, **{"set-resources": {"deskew": {"cpus_per_task": _node_cpus() + 6}}})
+    profile = _profile_copy(tmp_path, **{"set-resources": {"deskew_deconvolve": {"cpus_per_task": _node_cpus() + 6}}})
     config = _small_config(tmp_path / "run", small_acquisition / "raw")
     env = dict(os.environ, LLSMFLOW_PENDING_POLL_S="2")
     start = time.monotonic()

@@ -10,9 +10,8 @@ from tests.conftest import LLSMFLOW, REPO, run_workflow
 
 TILES, CHANNELS, TIMEPOINTS = 2, 2, 3  # the tiny_run fixture
 JOBS = {
-    "deskew": TILES * CHANNELS * TIMEPOINTS,
     "prepare_psf": CHANNELS,
-    "deconvolve": TILES * CHANNELS * TIMEPOINTS,
+    "deskew_deconvolve": TIMEPOINTS,  # jobs.unit: timepoint, every tile and channel of a timepoint per job
     "qc_tile": TILES * CHANNELS,
     "register": 1,
     "fuse": CHANNELS * TIMEPOINTS,
@@ -44,7 +43,7 @@ def test_run_summary_lists_every_stage(tiny_run):
     expected = {**JOBS, "ingest": 1, "provenance": 1}
     assert f"ran {sum(expected.values())} jobs" in summary
     assert _table(summary) == expected
-    deconvolve = next(line for line in summary.splitlines() if line.strip().startswith("deconvolve"))
+    deconvolve = next(line for line in summary.splitlines() if line.strip().startswith("deskew_deconvolve"))
     assert deconvolve.rstrip().endswith("cpu") and "MiB" in deconvolve
     assert "provenance" in summary and "(no step record)" in summary
     assert "report: results/tiny/qc/report.html" in summary
@@ -82,7 +81,7 @@ def test_status_lists_what_is_left(tiny_run, tmp_path):
     result = _llsmflow("status", "--configfile", str(path), "--workflow-dir", str(REPO), cwd=tiny_run.run_dir)
     assert result.returncode == 0, result.stderr
     done, _, left = result.stdout.partition("left:")
-    assert _table(done)["deskew"] == JOBS["deskew"]
+    assert _table(done)["deskew_deconvolve"] == JOBS["deskew_deconvolve"]
     # the PSFs and the sample table are kept, everything else between the raw stacks and the tracks is temporary
     assert _table(left) == {**{k: n for k, n in JOBS.items() if k != "prepare_psf"}, "provenance": 1}
 

@@ -64,12 +64,14 @@ def _snakemake_log(run_dir: Path, dataset: str) -> str:
 
 @pytest.fixture(scope="module")
 def pty_run(small_raw, tmp_path_factory):
-    """`llsmflow run -- --until deconvolve` on a pseudo-terminal: ingest, PSF, deskew and deconvolve jobs."""
+    """`llsmflow run -- --until qc_tile` on a pseudo-terminal, a job per volume (`jobs.unit: volume`, as
+    `llsmflow watch` runs): PSF, deskew_deconvolve and qc_tile jobs."""
     run_dir = tmp_path_factory.mktemp("term_pty_run")
     config = workflow_config("term", small_raw)
     config["deconvolution"]["iterations"] = 4
+    config["jobs"] = {"unit": "volume"}
     config_path = write_workflow_config(run_dir, config)
-    status, screen = _run_on_pty(workflow_command(config_path, "--", "--until", "deconvolve"), run_dir)
+    status, screen = _run_on_pty(workflow_command(config_path, "--", "--until", "qc_tile"), run_dir)
     assert status == 0, screen[-4000:]
     return run_dir, screen
 
@@ -96,8 +98,8 @@ def test_terminal_shows_a_live_view_that_ends_with_every_job_done(pty_run):
     assert len(frame) == len(counts), frame
     for rule, n in counts.items():
         assert any(re.match(rf"^\s+{rule}\s+{n}/{n}\s+\[#+\] done", line) for line in frame), (rule, frame)
-    # while it ran, the view counted up: some frame showed deconvolve with jobs still to do
-    assert re.search(r"deconvolve\s+[01]/2\s+\[", plain)
+    # while it ran, the view counted up: some frame showed deskew_deconvolve with jobs still to do
+    assert re.search(r"deskew_deconvolve\s+[01]/2\s+\[", plain)
     # Snakemake's job blocks are in the log file, not on the screen
     assert "Shell command: None" not in screen and "jobid:" not in screen
     assert log.count("Shell command: None") == len(jobs)
@@ -123,14 +125,14 @@ def test_running_job_progress_is_read_from_its_log(pty_run, tmp_path):
     """The view's "iteration k/n (p %, ~… left)" comes from the job's own log file; a log cut after an
     iteration line (as it is while the job runs) gives that line."""
     run_dir, _ = pty_run
-    log = sorted((run_dir / "work/term/logs/deconvolve").glob("*.log"))[0]
+    log = sorted((run_dir / "work/term/logs/deskew_deconvolve").glob("*.log"))[0]
     lines = log.read_text(encoding="utf-8").splitlines()
     cut = max(i for i, line in enumerate(lines) if " iteration 2/4 " in line)
     partial = tmp_path / "running.log"
     partial.write_text("\n".join(lines[: cut + 1]) + "\n", encoding="utf-8")
     progress = job_progress(partial, tmp_path)
     assert progress is not None and progress.startswith("iteration 2/4 (50 %")
-    assert job_progress(log, run_dir) is None  # finished: "step deconvolve done" follows
+    assert job_progress(log, run_dir) is None  # finished: "step deskew_deconvolve done" follows
 
 
 def test_plain_output_in_a_pipe_is_short(tiny_run):
@@ -152,7 +154,7 @@ def test_plain_output_in_a_pipe_is_short(tiny_run):
 
 
 def test_failed_job_names_its_error_and_log(small_raw, tmp_path):
-    """A raw stack with a NaN voxel: its deskew job fails; the plain output names the step, its sample and
+    """A raw stack with a NaN voxel: its deskew_deconvolve job fails; the plain output names the step, its job and
     its log file, the error line says why, and the Snakemake log keeps Snakemake's error report."""
     import numpy as np
     import tifffile
@@ -168,26 +170,28 @@ def test_failed_job_names_its_error_and_log(small_raw, tmp_path):
     run_dir = tmp_path / "run"
     config_path = write_workflow_config(run_dir, workflow_config("broken", raw))
     result = subprocess.run(
-        workflow_command(config_path, "--", "--until", "deskew"),
+        workflow_command(config_path, "--", "--until", "deskew_deconvolve"),
         cwd=run_dir,
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
-    step = next(line for line in result.stderr.splitlines() if line.startswith("llsmflow run: step deskew"))
+    step = next(
+        line for line in result.stderr.splitlines() if line.startswith("llsmflow run: step deskew_deconvolve")
+    )
     log_file = re.search(r"log: (\S+)$", step).group(1)
-    assert "(sample=000x_001y_000z-ch0-t0000) failed" in step
+    assert "(timepoint=0000) failed" in step  # the job of the timepoint; the error line names the stack
     assert (run_dir / log_file).is_file() and "NaN or infinite" in (run_dir / log_file).read_text()
     errors = [line for line in result.stderr.splitlines() if line.startswith("llsmflow run: error:")]
     assert len(errors) == 1 and stack.name in errors[0] and "NaN or infinite" in errors[0]
     assert "Snakemake's full output: work/broken/logs/snakemake/" in result.stderr
     assert "Traceback" not in result.stderr and "Shell command" not in result.stdout + result.stderr
-    assert "Error in rule deskew:" in _snakemake_log(run_dir, "broken")
+    assert "Error in rule deskew_deconvolve:" in _snakemake_log(run_dir, "broken")
     import io
 
     followed = RunDisplay("plain", None, out=io.StringIO(), err=io.StringIO(), run_dir=run_dir)
     assert follow(latest_run_log(run_dir / "work/broken"), followed, timeout_s=5)
     (failure,) = followed.state.failures
-    assert failure.rule == "deskew" and failure.log == log_file
+    assert failure.rule == "deskew_deconvolve" and failure.log == log_file
     assert len((result.stdout + result.stderr).splitlines()) < 20, result.stdout + result.stderr

@@ -139,10 +139,10 @@ def test_provenance_record(full_run):
     track_csv = "results/tiny/tracks/ch0.csv"
     assert outputs[track_csv]["sha256"] == _sha256(run_dir / track_csv)
     steps = {s["step"] for s in record["steps"]}
-    assert {"deskew", "deconvolve", "register", "fuse", "archive", "track"} <= steps
-    backends = {s["notes"]["backend"] for s in record["steps"] if s["step"] == "deconvolve"}
+    assert {"deskew_deconvolve", "register", "fuse", "archive", "track"} <= steps
+    backends = {s["notes"]["backend"] for s in record["steps"] if s["step"] == "deskew_deconvolve"}
     assert backends == {"cpu"}
-    assert {s["notes"]["iterations"] for s in record["steps"] if s["step"] == "deconvolve"} == {10}
+    assert {s["notes"]["iterations"] for s in record["steps"] if s["step"] == "deskew_deconvolve"} == {10}
     assert SECRET_TOKEN not in (provenance / "run-record.json").read_text()
     manifest = (provenance / "checksums.sha256").read_text().splitlines()
     assert any(line.endswith("tiny.ome.zarr/zarr.json") for line in manifest)

@@ -321,15 +321,15 @@ def test_deskew_reports_float64_overflow_on_the_raw_file(small_acquisition, tmp_
 
 
 def test_workflow_reports_float64_overflow_on_the_raw_file(small_acquisition, tmp_path):
-    """The header check passes (float64 is a real dtype); the deskew job then names the RAW stack, not the
-    deskewed intermediate it would have written with infinite voxels."""
+    """The header check passes (float64 is a real dtype); the deskew_deconvolve job then names the RAW stack,
+    not a deskewed volume with infinite voxels."""
     raw = copy_acquisition(small_acquisition, tmp_path / "raw")
     stack = _stacks(raw)[4]
     _overflowing(stack, stack)
     before = _raw_state(raw)
     run_dir = tmp_path / "run"
     write_config(run_dir, raw)
-    result = run_workflow(run_dir, "--", "--until", "deskew", timeout=600)
+    result = run_workflow(run_dir, "--", "--until", "deskew_deconvolve", timeout=600)
     line = assert_one_clear_error(result, "llsmflow run: error:", stack.name, "beyond float32's largest")
     assert "deskewed" not in line.split(":")[1]
     assert_nothing_complete(run_dir)

@@ -258,8 +258,9 @@ def test_channels_with_inconsistent_shapes(tiny_acquisition, tmp_path):
 
 
 def test_nan_voxels_stop_the_workflow(small_acquisition, tmp_path):
-    """A raw stack with NaN voxels passes the header checks; its deskew step fails, and `llsmflow run` ends
-    with one line naming the stack, no archive and no run record."""
+    """A raw stack with NaN voxels passes the header checks; its deskew_deconvolve job fails, and `llsmflow
+    run` ends with one line naming the stack, no archive, no run record and no volume of the failed job (the
+    volumes of its timepoint written before the bad one are removed with it)."""
     raw = copy_acquisition(small_acquisition, tmp_path / "raw")
     stack = _stacks(raw)[4]
     data = tifffile.imread(stack).astype(np.float32)
@@ -267,14 +268,15 @@ def test_nan_voxels_stop_the_workflow(small_acquisition, tmp_path):
     tifffile.imwrite(stack, data)
     run_dir = tmp_path / "run"
     write_config(run_dir, raw)
-    result = run_workflow(run_dir, "--", "--until", "deskew", timeout=600)
+    result = run_workflow(run_dir, "--", "--until", "deskew_deconvolve", timeout=600)
     assert_one_clear_error(result, "llsmflow run: error:", stack.name, "NaN or infinite")
     assert_nothing_complete(run_dir)
     match = re.search(r"_ch(\d+)_.*stack(\d+)_.*_(\d+)x_(\d+)y_(\d+)z_", stack.name)
     channel, timepoint, ix, iy, iz = (int(g) for g in match.groups())
     sample = f"{ix:03d}x_{iy:03d}y_{iz:03d}z-ch{channel}-t{timepoint:04d}"
-    deskewed = run_dir / "work" / DATASET / "deskewed"
-    assert not list(deskewed.glob(f"*{sample}*")), "the failed step left an output"
+    deconvolved = run_dir / "work" / DATASET / "deconvolved"
+    assert not list(deconvolved.glob(f"*{sample}*")), "the failed step left an output"
+    assert not list(deconvolved.glob(f"*-t{timepoint:04d}.*")), "the failed job left a volume of its timepoint"
 
 
 # ------------------------------------------------------------------------------- step subcommands

@@ -123,14 +123,15 @@ def _while_archiving(results: Path, log: Path, grace_s: float = 0.3):
 
 
 def test_killed_three_times_then_resumed(reference_run, small_acquisition, tmp_path):
-    """SIGKILL the whole process group (llsmflow, Snakemake, its jobs) after the first deskewed volume
-    appears, while fusing, while archiving; after each kill the same `llsmflow run` command goes on without
+    """SIGKILL the whole process group (llsmflow, Snakemake, its jobs) after the first deconvolved volume
+    appears (its timepoint's job has more to write: a job with some of its outputs), while fusing, while
+    archiving; after each kill the same `llsmflow run` command goes on without
     any manual step, and the final outputs equal those of an uninterrupted run."""
     run_dir = tmp_path / "run"
     write_config(run_dir, small_acquisition)
     work, results = run_dir / "work" / DATASET, run_dir / "results" / DATASET
     kill_points = {
-        "after the first deskewed volume": _exists(work / "deskewed", "*.ome.tif"),
+        "after the first deconvolved volume": _exists(work / "deconvolved", "*.ome.tif"),
         "while fusing": _exists(work / "fused", "*"),
         "while archiving": _while_archiving(results, work / "logs" / "archive.log"),
     }

@@ -120,6 +120,71 @@ def sample_id(tile, channel, timepoint):
     return f"{tile}-ch{int(channel)}-t{int(timepoint):04d}"
 
 
+# deskew_deconvolve jobs (config jobs.unit; docs/hpc.md, "How many volumes a job takes"): every
+# tile and channel of one timepoint per job (batch runs), or one volume per job (llsmflow watch). Outputs are
+# static per rule, so the rule's outputs follow the unit: a {timepoint} wildcard or a {sample} wildcard.
+JOB_UNIT = config["jobs"]["unit"]
+JOB = "{sample}" if JOB_UNIT == "volume" else "t{timepoint}"
+JOB_IDS = SAMPLES if JOB_UNIT == "volume" else [f"t{t:04d}" for t in TIMEPOINTS]
+
+
+def job_volumes(directory):
+    """A job's volume files under WORK/directory, in the order of job_samples."""
+    if JOB_UNIT == "volume":
+        return [WORK / directory / "{sample}.ome.tif"]
+    return expand(
+        str(WORK / directory / "{tile}-ch{channel}-t{{timepoint}}.ome.tif"),
+        tile=TILES,
+        channel=[int(c) for c in CHANNELS],
+    )
+
+
+def job_outputs():
+    """Named outputs of a deskew_deconvolve job: its deconvolved volumes (scratch: deleted once fused unless
+    keep_intermediates) and, with keep_intermediates, its deskewed volumes."""
+    outputs = {"volumes": [intermediate(p) for p in job_volumes("deconvolved")]}
+    if config["keep_intermediates"]:
+        outputs["deskewed"] = job_volumes("deskewed")
+    return outputs
+
+
+def job_samples(wildcards):
+    """Sample ids of a job, in the order of its outputs."""
+    if JOB_UNIT == "volume":
+        return [wildcards.sample]
+    return [sample_id(t, c, wildcards.timepoint) for t in TILES for c in CHANNELS]
+
+
+def job_raw_stacks(wildcards):
+    return list(
+        dict.fromkeys(
+            str(ACQ.raw_dir / sample_row(s)["path"]) for s in job_samples(wildcards)
+        )
+    )
+
+
+def job_psfs(wildcards):
+    channels = dict.fromkeys(
+        int(sample_row(s)["channel"]) for s in job_samples(wildcards)
+    )
+    return [WORK / "psf" / f"ch{c}.ome.tif" for c in channels]
+
+
+def job_params(wildcards):
+    """Per sample of a job: raw file, the volume inside it (selector), channel, prepared PSF."""
+    samples = job_samples(wildcards)
+    return {
+        "samples": samples,
+        "raw": {s: str(ACQ.raw_dir / sample_row(s)["path"]) for s in samples},
+        "selector": {s: raw_selector(s) for s in samples},
+        "channel": {s: int(sample_row(s)["channel"]) for s in samples},
+        "psf": {
+            s: str(WORK / "psf" / f"ch{int(sample_row(s)['channel'])}.ome.tif")
+            for s in samples
+        },
+    }
+
+
 # Volume sizes and per-step resources: one model (llsmflow.hpc) for the jobs and `llsmflow estimate`.
 try:
     SIZES = volume_sizes(ACQ)
@@ -169,8 +234,8 @@ def step_runtime(step):
 
 
 def gpu_partition():
-    """`slurm_partition` of the GPU deconvolutions, and of the deskews that the profile groups with them (one
-    submission, one partition), when the backend is a GPU one and `hpc.gpu_partition` is set.
+    """`slurm_partition` of the GPU deskew_deconvolve jobs, when the backend is a GPU one and
+    `hpc.gpu_partition` is set.
     """
     if GPU_DECONVOLUTION and config["hpc"]["gpu_partition"]:
         return {"slurm_partition": config["hpc"]["gpu_partition"]}
@@ -178,13 +243,13 @@ def gpu_partition():
 
 
 def gpu_resources():
-    """Extra resources of the deconvolve rule: a GPU (on `hpc.gpu_partition`) only for a GPU backend, so
+    """Extra resources of the deskew_deconvolve rule: a GPU (on `hpc.gpu_partition`) only for a GPU backend, so
     CPU runs stay schedulable on CPU-only partitions."""
     if not GPU_DECONVOLUTION:
         return {}
     return {
         "gpu": 1,
-        "gpu_mem_mb": RESOURCES["deconvolve"].gpu_mem_mb,
+        "gpu_mem_mb": RESOURCES["deskew_deconvolve"].gpu_mem_mb,
         **gpu_partition(),
     }
 
@@ -237,8 +302,7 @@ def tiles_of(wildcards):
 
 def all_step_records(wildcards):
     records = [step_record("ingest.json"), step_record("register.json")]
-    records += [step_record(f"deskew/{s}.json") for s in SAMPLES]
-    records += [step_record(f"deconvolve/{s}.json") for s in SAMPLES]
+    records += [step_record(f"deskew_deconvolve/{job}.json") for job in JOB_IDS]
     records += [step_record(f"prepare_psf/ch{c}.json") for c in CHANNELS]
     records += [
         step_record(f"fuse/ch{c}-t{t:04d}.json") for c in CHANNELS for t in TIMEPOINTS

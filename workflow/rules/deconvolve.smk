@@ -1,4 +1,5 @@
-# deconvolve: workflow/scripts/prepare_psf.py, deconvolve.py → llsmflow.decon
+# deconvolve: workflow/scripts/prepare_psf.py, deskew_deconvolve.py → llsmflow.run.batch → llsmflow.deskew,
+# llsmflow.decon (deskew and deconvolution of a job's volumes in one process; deskew has no rule of its own)
 rule prepare_psf:
     """Deskew a skewed PSF (deconvolution.psf_geometry), then background-subtract, centre, normalise and
     resample a channel's PSF to the deskewed voxel size (deskew.rotate: rotated to the coverslip frame).
@@ -35,32 +36,42 @@ rule prepare_psf:
         "../scripts/prepare_psf.py"
 
 
-rule deconvolve:
-    """Richardson–Lucy deconvolution of one deskewed volume with its channel's PSF."""
+rule deskew_deconvolve:
+    """Deskew (deskew.rotate: and rotate) and deconvolve the volumes of one job in one process, the deskewed
+    volume kept in memory: every tile and channel of a timepoint, or one volume (config jobs.unit).
+    """
     input:
-        volume=WORK / "deskewed" / "{sample}.ome.tif",
-        psf=lambda wildcards: WORK / "psf" / f"ch{sample_channel(wildcards)}.ome.tif",
+        raw=job_raw_stacks,
+        psf=job_psfs,
     output:
-        volume=intermediate(WORK / "deconvolved" / "{sample}.ome.tif"),
-        step=step_record("deconvolve/{sample}.json"),
+        **job_outputs(),
+        step=step_record(f"deskew_deconvolve/{JOB}.json"),
     log:
-        log_file("deconvolve/{sample}.log"),
+        log_file(f"deskew_deconvolve/{JOB}.log"),
     conda:
         "../../envs/llsmflow.yaml"
     container:
         CONTAINERS["deconvolve"]  # the GPU image for a GPU backend (Snakefile)
-    threads: RESOURCES["deconvolve"].threads
+    threads: RESOURCES["deskew_deconvolve"].threads
     resources:
         **gpu_resources(),
-        mem_mb=step_mem_mb("deconvolve"),
-        runtime=step_runtime("deconvolve"),
+        mem_mb=step_mem_mb("deskew_deconvolve"),
+        runtime=step_runtime("deskew_deconvolve"),
     params:
+        job=job_params,
+        dz_um=ACQ.dz_um,
+        dx_um=ACQ.dx_um,
+        dy_um=ACQ.dy_um,
+        angle_deg=ACQ.angle_deg,
+        scan_axis=ACQ.scan_axis,
+        fill_value=config["deskew"]["fill_value"],
+        rotate=config["deskew"]["rotate"],
         iterations=config["deconvolution"]["iterations"],
         background=config["deconvolution"]["background"],
         backend=config["deconvolution"]["backend"],
         method=config["deconvolution"]["method"],
         max_memory_gb=config["deconvolution"]["max_memory_gb"],
-        # FFTW plans measured by one job are reused by the next (see the deconvolve script)
+        # FFTW plans measured by one job are reused by the next (see the script)
         fftw_wisdom=str(WORK / ".cache" / "fftw-wisdom"),
     script:
-        "../scripts/deconvolve.py"
+        "../scripts/deskew_deconvolve.py"

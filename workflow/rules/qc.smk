@@ -1,4 +1,5 @@
-# qc: workflow/scripts/qc_tile.py, qc_mosaic.py, qc_report.py → llsmflow.qc
+# qc: workflow/scripts/qc_tile.py, qc_mosaic.py, qc_report.py → llsmflow.qc (qc_tile deskews the reference
+# timepoint's raw stack again with llsmflow.run.batch.deskew_raw: no job writes deskewed volumes to disk)
 rule qc_tile:
     """Maximum projections of one tile and channel: raw, deskewed and deconvolved side by side."""
     input:
@@ -7,9 +8,6 @@ rule qc_tile:
                 wildcards.tile, int(wildcards.channel), STITCH["reference_timepoint"]
             )
         ),
-        deskewed=lambda wildcards: WORK
-        / "deskewed"
-        / f"{sample_id(wildcards.tile, wildcards.channel, STITCH['reference_timepoint'])}.ome.tif",
         deconvolved=lambda wildcards: WORK
         / "deconvolved"
         / f"{sample_id(wildcards.tile, wildcards.channel, STITCH['reference_timepoint'])}.ome.tif",
@@ -37,7 +35,14 @@ rule qc_tile:
         raw_timepoint=lambda wildcards: raw_selector(
             sample_id(wildcards.tile, wildcards.channel, STITCH["reference_timepoint"])
         )["timepoint"],
+        # the deskewed volume is made again here from the raw stack (tens of ms): no job writes it to disk
+        dz_um=ACQ.dz_um,
+        dx_um=ACQ.dx_um,
+        dy_um=ACQ.dy_um,
+        angle_deg=ACQ.angle_deg,
         scan_axis=ACQ.scan_axis,
+        fill_value=config["deskew"]["fill_value"],
+        rotate=config["deskew"]["rotate"],
         channels=ACQ.channels,
     script:
         "../scripts/qc_tile.py"

@@ -13,7 +13,7 @@ from pathlib import Path
 from llsmflow.errors import LlsmflowError
 
 #: Profile groups: rules whose many small jobs are batched (``groups`` in profiles/slurm/config.yaml).
-GROUPS = {"deskew": "volumes", "deconvolve": "volumes", "fuse": "fusion", "qc_tile": "qc"}
+GROUPS = {"deskew_deconvolve": "volumes", "fuse": "fusion", "qc_tile": "qc"}
 
 
 @dataclass
@@ -26,9 +26,10 @@ class SiteAnswers:
     qos: str | None = None
     cores: int = 8
     jobs: int = 100
-    # at most 20 submissions per 1,000 volumes (4 tiles × 2 channels): 10 volume groups, 3 fusion groups and
-    # 6 single jobs (register, archive, track per channel, qc_mosaic, qc groups); docs/hpc.md gives the sizing
-    volumes_group: int = 100
+    # at most 20 submissions per 1,000 volumes (4 tiles × 2 channels): 9 groups of 15 deskew_deconvolve jobs
+    # (a timepoint each: 120 volumes), 3 fusion groups and 6 single jobs (register, archive, track per channel,
+    # qc_mosaic, qc groups); docs/hpc.md gives the sizing
+    volumes_group: int = 15
     fusion_group: int = 100
     qc_group: int = 50
     status_command: str = "squeue"
@@ -91,7 +92,7 @@ def render_profile(answers: SiteAnswers) -> str:
     ]
     if answers.gpu_partition:
         lines += [
-            "# the deconvolve rule requests a GPU when deconvolution.backend is cupy or pycudadecon; it then",
+            "# the deskew_deconvolve rule requests a GPU when deconvolution.backend is cupy or pycudadecon; it then",
             "# goes to this partition (a CPU backend keeps it on the CPU partition)",
             "config:",
             f"  - {_yaml_scalar(f'hpc={{gpu_partition: {_yaml_scalar(answers.gpu_partition)}}}')}",
@@ -265,14 +266,20 @@ def partition_limits(partition: str | None = None, sinfo: str = "sinfo") -> Part
 
 
 def check_fit(
-    resources, cores: int | None, limits: PartitionLimits, gpu_limits: PartitionLimits | None = None
+    resources,
+    cores: int | None,
+    limits: PartitionLimits,
+    gpu_limits: PartitionLimits | None = None,
+    groups: dict[str, int] | None = None,
 ):
     """Compare what the jobs request (``resources``: step → :class:`llsmflow.hpc.resources.StepResources`, of
     the first attempt) with what the partition's largest node offers.
 
     Returns the cores of one submission to use: ``cores`` capped at the node's CPUs (a job's threads, and the
     jobs a grouped submission runs side by side, follow it). Raises :class:`LlsmflowError` naming the step,
-    its request and the limit for what cannot be capped: memory, GPUs, time.
+    its request and the limit for what cannot be capped: memory, GPUs, time. With the profile's ``groups``
+    (``group-components``), a grouped submission's memory is checked too: the jobs it runs side by side
+    (``cores // threads`` of them, at most the group size) each need their own.
     """
     capped = min(cores, limits.cpus) if cores else limits.cpus
     for step in resources.values():
@@ -291,6 +298,17 @@ def check_fit(
                 f"{where.partition} have {where.gpus}; expected hpc.gpu_partition naming a partition with GPUs, "
                 "or deconvolution.backend: cpu"
             )
+        group = GROUPS.get(step.step)
+        if groups and group in groups:
+            side_by_side = max(1, min(int(groups[group]), step.jobs, capped // max(1, step.threads)))
+            if side_by_side > 1 and side_by_side * step.mem_mb > where.mem_mb:
+                raise LlsmflowError(
+                    f"a submission of group {group} runs {side_by_side} {step.step} jobs side by side "
+                    f"({capped} cores, {step.threads} per job) needing {side_by_side * step.mem_mb} MB, but the "
+                    f"largest node of SLURM partition {where.partition} has {where.mem_mb} MB; expected fewer "
+                    f"cores per submission (at most {max(1, where.mem_mb // step.mem_mb) * step.threads}: "
+                    "--cores or the profile's cores)"
+                )
         if where.time_min is not None and step.runtime_min > where.time_min:
             raise LlsmflowError(
                 f"step {step.step} requests {step.runtime_min} min per job, but SLURM partition "

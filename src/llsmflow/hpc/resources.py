@@ -17,13 +17,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from llsmflow.decon.backends import GPU_BACKENDS  # the deconvolve rule requests a GPU only for these
+from llsmflow.decon.backends import GPU_BACKENDS  # deskew_deconvolve requests a GPU only for these
 from llsmflow.errors import LlsmflowError
 from llsmflow.hpc.profiles import GROUPS
 
 # Per-voxel costs, seconds, measured on the 2-core reference machine of bench/RESULTS.md (all cores):
 # deskew: 9.8 ms for a (100, 256, 501) float32 output, plus reading the raw stack and writing the float32
-# OME-TIFF, which dominate (taken as 50 MB/s of raw + deskewed bytes, a slow shared file system);
+# result, which dominate (taken as 50 MB/s of raw + result bytes, a slow shared file system);
 _DESKEW_S_PER_BYTE = 1 / 50e6
 # RL on the CPU: 112 ms per iteration for an (84, 280, 280) FFT window with 2 threads = 17 ns per padded voxel
 # per iteration with 2 cores, i.e. 34 ns core-seconds; FFTW planning adds a few seconds per shape;
@@ -150,11 +150,45 @@ def _prepared_psf_shape(acq, channel: int, voxel) -> tuple[int, int, int]:
         )
 
 
-def volume_sizes(acq) -> VolumeSizes:
+def rotated_shape(raw_shape, dz_um, dx_um, dy_um, angle_deg, scan_axis="x") -> tuple[int, int, int]:
+    """ZYX shape of a raw stack deskewed and rotated to the coverslip frame on an isotropic grid of ``dx_um``
+    (as :func:`llsmflow.deskew.deskew_rotate` makes it): the bounding box of the stack's corners. It is larger
+    than the objective-frame volume (the tilted stack's box holds empty wedges).
+
+    Written here, with NumPy only, because ``deskew.rotate`` holds it in a private helper and imports SciPy;
+    ``tests/test_hpc.py`` checks it against the real function.
+    """
+    import numpy as np
+
+    from llsmflow.deskew.frames import (
+        deskewed_plane_spacing_um,
+        objective_to_coverslip_matrix,
+        shear_px_per_plane,
+    )
+
+    dzp = deskewed_plane_spacing_um(dz_um, angle_deg)
+    rotation = objective_to_coverslip_matrix(angle_deg)
+    if scan_axis == "y":
+        shear = shear_px_per_plane(dz_um, dy_um, angle_deg)
+        raw_to_obj = np.array([[dzp, 0, 0], [shear * dy_um, dy_um, 0], [0, 0, dx_um]])
+        swap = np.array([[1.0, 0, 0], [0, 0, 1.0], [0, 1.0, 0]])
+        rotation = swap @ rotation @ swap
+    else:
+        shear = shear_px_per_plane(dz_um, dx_um, angle_deg)
+        raw_to_obj = np.array([[dzp, 0, 0], [0, dy_um, 0], [shear * dx_um, 0, dx_um]])
+    nz, ny, nx = raw_shape
+    corners = np.array([[k, j, i] for k in (0, nz - 1) for j in (0, ny - 1) for i in (0, nx - 1)], float)
+    cov = corners @ (rotation @ raw_to_obj).T
+    extent = cov.max(axis=0) - cov.min(axis=0)
+    return tuple(int(math.floor(e / dx_um)) + 1 for e in extent)
+
+
+def volume_sizes(acq, rotate: bool = False) -> VolumeSizes:
     """Sizes of the volumes of an acquisition (:class:`llsmflow.ingest.Acquisition`).
 
     The raw shape comes from the metadata's ``raw_shape_zyx`` or, without it, from the first raw stack's
-    header; the deskewed shape from the geometry; the PSF shape from the PSF stacks prepared as the
+    header; the deskewed shape from the geometry (``rotate``: config ``deskew.rotate``, the coverslip-frame
+    volume on its isotropic grid, :func:`rotated_shape`); the PSF shape from the PSF stacks prepared as the
     deconvolution prepares them (the largest over channels); the fused shape from the tiles' nominal positions.
     """
     from llsmflow.deskew.frames import deskewed_shape
@@ -164,8 +198,12 @@ def volume_sizes(acq) -> VolumeSizes:
     if raw is None:
         raw = _tiff_shape(acq.raw_dir / acq.samples["path"].iloc[0])[-3:]
     raw = tuple(int(n) for n in raw)
-    deskewed = deskewed_shape(raw, acq.dz_um, acq.dx_um, acq.angle_deg, acq.scan_axis)
-    voxel = acq.deskewed_voxel_size_um
+    if rotate:
+        deskewed = rotated_shape(raw, acq.dz_um, acq.dx_um, acq.dy_um, acq.angle_deg, acq.scan_axis)
+        voxel = (acq.dx_um,) * 3
+    else:
+        deskewed = deskewed_shape(raw, acq.dz_um, acq.dx_um, acq.angle_deg, acq.scan_axis)
+        voxel = acq.deskewed_voxel_size_um
     psf = (1, 1, 1)
     for c in range(len(acq.channels)):
         psf = tuple(max(a, b) for a, b in zip(psf, _prepared_psf_shape(acq, c, voxel), strict=True))
@@ -184,7 +222,15 @@ def volume_sizes(acq) -> VolumeSizes:
     )
 
 
-def _decon_resources(sizes: VolumeSizes, decon: Mapping, cores: int | None) -> StepResources:
+def volumes_per_job(sizes: VolumeSizes, config: Mapping) -> int:
+    """Volumes one ``deskew_deconvolve`` job takes (config ``jobs.unit``): a timepoint's tiles × channels, or 1."""
+    return sizes.tiles * sizes.channels if config["jobs"]["unit"] == "timepoint" else 1
+
+
+def _job_resources(sizes: VolumeSizes, config: Mapping, cores: int | None) -> StepResources:
+    """One ``deskew_deconvolve`` job: N volumes one after the other (read, deskew, deconvolve, write), each
+    freed before the next, so its memory is one volume's and its time N volumes' (FFTW planning once)."""
+    decon = config["deconvolution"]
     from llsmflow.decon.backends import DEFAULT_ITERATIONS
     from llsmflow.decon.chunks import estimate_memory, reach_shape
     from llsmflow.decon.padding import padded_shape
@@ -202,21 +248,27 @@ def _decon_resources(sizes: VolumeSizes, decon: Mapping, cores: int | None) -> S
     if budget:
         working = min(working, float(budget) * 1e9)
     padded = math.prod(padded_shape(sizes.deskewed_shape, reach_shape(sizes.psf_shape, method)))
-    io = 2 * sizes.deskewed_mb  # the volume read and the result, both whole in the job's memory
+    # the raw stack, the deskewed volume and the result, whole in the job's memory (one volume at a time)
+    io = sizes.raw_mb + 2 * sizes.deskewed_mb
+    # reading the raw stack, deskewing, writing the deconvolved float32 volume (uncompressed scratch)
+    io_seconds = (sizes.raw_mb + sizes.deskewed_mb) * 1e6 * _DESKEW_S_PER_BYTE
     if gpu:
         gpu_mem = _mb(working)
         host = _BASE_MB + io + sizes.deskewed_mb  # plus the host copy of the result on its way back
         seconds = iterations * padded * _DECON_GPU_S_PER_VOXEL_ITERATION + 4 * sizes.deskewed_mb / 1e3
+        planning = 0.0
     else:
         gpu_mem = 0
         host = _BASE_MB + io + _mb(working)
-        seconds = iterations * padded * _DECON_CPU_CORE_S_PER_VOXEL_ITERATION / threads + _DECON_PLANNING_S
+        seconds = iterations * padded * _DECON_CPU_CORE_S_PER_VOXEL_ITERATION / threads
+        planning = _DECON_PLANNING_S
+    n = volumes_per_job(sizes, config)
     return StepResources(
-        "deconvolve",
-        sizes.samples,
+        "deskew_deconvolve",
+        math.ceil(sizes.samples / n),
         threads,
         int(math.ceil(1.25 * host)),
-        _runtime_min(seconds),
+        _runtime_min(n * (seconds + io_seconds) + planning),
         gpu=1 if gpu else 0,
         gpu_mem_mb=int(math.ceil(gpu_mem)),
     )
@@ -234,7 +286,7 @@ def step_resources(sizes: VolumeSizes, config: Mapping, cores: int | None = None
         :func:`llsmflow.run.config.read_config` fill them).
     cores : int, optional
         Cores of one submission (Snakemake ``--cores`` with the SLURM executor); a GPU deconvolution takes
-        them all, see :func:`_decon_resources`.
+        them all, see :func:`_job_resources`.
 
     Returns
     -------
@@ -251,15 +303,8 @@ def step_resources(sizes: VolumeSizes, config: Mapping, cores: int | None = None
         fuse_mem = min(fuse_mem, _BASE_MB + 1e3 * float(stitch["max_memory_gb"]))
     steps = [
         StepResources("ingest", 1, 1, 0, 0, local=True),
-        StepResources(
-            "deskew",
-            sizes.samples,
-            1,
-            int(math.ceil(_BASE_MB + sizes.raw_mb + 3 * sizes.deskewed_mb)),
-            _runtime_min((sizes.raw_mb + sizes.deskewed_mb) * 1e6 * _DESKEW_S_PER_BYTE),
-        ),
         StepResources("prepare_psf", sizes.channels, 1, 0, 0, local=True),
-        _decon_resources(sizes, config["deconvolution"], cores),
+        _job_resources(sizes, config, cores),
         StepResources(
             "register",
             1,
@@ -313,8 +358,8 @@ def submissions(
     """Number of ``sbatch`` submissions per step (a group's submissions counted under its name).
 
     Grouped rules (:data:`GROUPS`) with a size ``n`` in ``group_sizes`` are submitted ``n`` connected
-    components at a time (Snakemake ``--group-components``); deskew and deconvolve of one volume form one
-    component.
+    components at a time (Snakemake ``--group-components``); each ``deskew_deconvolve`` job (a timepoint, or a
+    volume) is one component.
     """
     group_sizes = dict(group_sizes or {})
     counts: dict[str, int] = {}
@@ -348,7 +393,7 @@ def fit_to_partition(
     LlsmflowError
         A step requests more memory, GPUs or time than the partition offers (one line naming both).
     """
-    from llsmflow.hpc.profiles import check_fit, partition_limits, profile_options
+    from llsmflow.hpc.profiles import check_fit, partition_limits, profile_options, profile_settings
 
     options = profile_options(Path(profile) if profile else None)
     if options.get("executor") != "slurm":
@@ -362,7 +407,8 @@ def fit_to_partition(
     if gpu_partition and config["deconvolution"]["backend"] in GPU_BACKENDS:
         gpu_limits = partition_limits(gpu_partition)
     capped = min(wanted, limits.cpus) if wanted else limits.cpus
-    capped = check_fit(step_resources(sizes, config, capped), capped, limits, gpu_limits)
+    groups = profile_settings(Path(profile))[1] if profile else {}
+    capped = check_fit(step_resources(sizes, config, capped), capped, limits, gpu_limits, groups)
     note = None
     if wanted and capped < wanted:
         note = (
@@ -386,20 +432,20 @@ def format_estimate(
         f"  raw stack {sizes.raw_mb:.1f} MB (uint16), deskewed volume {sizes.deskewed_shape} "
         f"{sizes.deskewed_mb:.1f} MB (float32), fused volume {sizes.fused_shape} {sizes.fused_mb:.1f} MB",
         "",
-        f"{'step':<12}{'jobs':>7}{'cores':>7}{'memory MB':>11}{'GPU':>5}{'GPU mem MB':>12}{'time min':>10}"
+        f"{'step':<18}{'jobs':>7}{'cores':>7}{'memory MB':>11}{'GPU':>5}{'GPU mem MB':>12}{'time min':>10}"
         f"{'core-h':>9}",
     ]
     core_hours = 0.0
     gpu_hours = 0.0
     for step in resources.values():
         if step.local:
-            lines.append(f"{step.step:<12}{step.jobs:>7}   (runs on the submitting machine)")
+            lines.append(f"{step.step:<18}{step.jobs:>7}   (runs on the submitting machine)")
             continue
         hours = step.jobs * step.threads * step.runtime_min / 60
         core_hours += hours
         gpu_hours += step.jobs * step.gpu * step.runtime_min / 60
         lines.append(
-            f"{step.step:<12}{step.jobs:>7}{step.threads:>7}{step.mem_mb:>11}{step.gpu:>5}"
+            f"{step.step:<18}{step.jobs:>7}{step.threads:>7}{step.mem_mb:>11}{step.gpu:>5}"
             f"{step.gpu_mem_mb:>12}{step.runtime_min:>10}{hours:>9.1f}"
         )
     lines += [
@@ -455,7 +501,7 @@ def estimate(
     )
     profile_cores, groups = profile_settings(Path(profile) if profile else None)
     groups.update(group_sizes or {})
-    sizes = volume_sizes(acq)
+    sizes = volume_sizes(acq, rotate=config["deskew"]["rotate"])
     cores, note = fit_to_partition(sizes, config, profile, cores or profile_cores)
     resources = step_resources(sizes, config, cores or profile_cores)
     table = format_estimate(sizes, resources, submissions(resources, groups))

@@ -15,6 +15,9 @@ Submodules, one per concern:
     What a run did and what is left (``llsmflow run``'s summary, ``llsmflow status``).
 ``steps``
     Step records: :class:`StepRecorder` (every workflow job), reading and summarising them.
+``batch``
+    The work of one deskew-and-deconvolve job: each volume read, deskewed, deconvolved and written, one at
+    a time (:func:`~llsmflow.run.batch.process_volume`).
 ``display``
     What a run shows while it runs: the live view on a terminal, the plain log elsewhere (Snakemake's
     output read line by line and kept in the run's log file); ``display_follow``: the same view from that log
@@ -54,6 +57,7 @@ _EXPORTS = {
     "step_records_under": "steps",
     "parse_time": "steps",
     "summarise_steps": "steps",
+    "process_volume": "batch",
     "RunDisplay": "display",
     "RunState": "display",
     "choose_mode": "display",

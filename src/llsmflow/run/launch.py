@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,17 +43,34 @@ def profile_dir(workflow_root: Path, profile: str) -> Path:
     return path
 
 
+# What `llsmflow watch` runs with (its rounds and its final run alike, or the final run would redo every volume
+# in jobs of another unit): a job per volume, so that each volume is processed as soon as it is complete.
+WATCH_CONFIG = {"jobs": {"unit": "volume"}}
+
+
 def snakemake_command(
-    workflow_root: Path, configfile: Path, profile: Path, cores, snakemake_args: Sequence[str]
+    workflow_root: Path,
+    configfile: Path,
+    profile: Path,
+    cores,
+    snakemake_args: Sequence[str],
+    config: Mapping | None = None,
 ) -> list[str]:
     """The Snakemake command line of a run; ``--rerun-incomplete`` unless given: jobs a killed run left
-    unfinished are re-run, not trusted."""
+    unfinished are re-run, not trusted. ``config`` (sections of the config, e.g. :data:`WATCH_CONFIG`) is
+    passed as ``--config SECTION=<YAML>`` after everything else (``--config`` takes every word after it)."""
     command = [*snakemake_base_command(workflow_root, configfile), "--profile", str(profile)]
     if cores:
         command += ["--cores", str(cores)]
     if not {"--rerun-incomplete", "--ri"} & set(snakemake_args):
         command.append("--rerun-incomplete")
-    return command + list(snakemake_args)
+    command += list(snakemake_args)
+    if config:
+        import json
+
+        # JSON is YAML: Snakemake parses each value with YAML
+        command += ["--config", *(f"{key}={json.dumps(value)}" for key, value in config.items())]
+    return command
 
 
 def is_dry_run(snakemake_args: Sequence[str]) -> bool:

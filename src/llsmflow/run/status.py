@@ -52,15 +52,15 @@ def snakemake_log_rules(run_dir: Path, since: float) -> Counter:
 
 def format_steps(summary: list[dict], extra_jobs: Counter | None = None) -> list[str]:
     """Lines of a table: step, jobs, wall time, total run time, peak memory, backend."""
-    lines = [f"  {'step':<14}{'jobs':>6}{'wall':>11}{'total':>11}{'peak mem':>11}  backend"]
+    lines = [f"  {'step':<19}{'jobs':>6}{'wall':>11}{'total':>11}{'peak mem':>11}  backend"]
     for row in summary:
         memory = f"{row['peak_memory_mb']:.0f} MiB" if row["peak_memory_mb"] is not None else "–"
         lines.append(
-            f"  {row['step']:<14}{row['jobs']:>6}{format_summary_seconds(row['wall_seconds']):>11}"
+            f"  {row['step']:<19}{row['jobs']:>6}{format_summary_seconds(row['wall_seconds']):>11}"
             f"{format_summary_seconds(row['seconds']):>11}{memory:>11}  {', '.join(row['backends']) or '–'}"
         )
     for rule, jobs in sorted((extra_jobs or {}).items()):
-        lines.append(f"  {rule:<14}{jobs:>6}{'':>11}{'':>11}{'':>11}  (no step record)")
+        lines.append(f"  {rule:<19}{jobs:>6}{'':>11}{'':>11}{'':>11}  (no step record)")
     return lines
 
 

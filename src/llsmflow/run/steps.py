@@ -108,7 +108,8 @@ class StepRecorder:
         does not import Snakemake. The step record goes to the job's output named ``step``.
         """
         params = {k: v for k, v in job.params.items()}
-        outputs = [o for name, o in job.output.items() if name != "step"]
+        # every output but the record itself (a named output may be a list: a job's volumes)
+        outputs = [str(o) for o in job.output if str(o) != str(job.output.step)]
         return cls(
             job.output.step,
             job.rule,
@@ -123,6 +124,11 @@ class StepRecorder:
     def note(self, **facts) -> None:
         """Add facts to the record (JSON-serialisable)."""
         self.record.setdefault("notes", {}).update(facts)
+
+    def add_volume(self, entry: Mapping) -> None:
+        """Add one volume's entry (a job that processes several volumes: its seconds of read, deskew,
+        deconvolution and write, its shapes) to the record's ``volumes`` list."""
+        self.record.setdefault("volumes", []).append(dict(entry))
 
     def __enter__(self) -> StepRecorder:
         configure_logging(self.log_path)

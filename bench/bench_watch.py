@@ -108,7 +108,7 @@ def main() -> None:
     acq = read_acquisition(raw, check_files=False)
     for sample in acq.samples.itertuples(index=False):
         last_byte = (raw / sample.path).stat().st_mtime
-        deconvolved = steps / "deconvolve" / f"{sample.sample_id}.json"
+        deconvolved = steps / "deskew_deconvolve" / f"{sample.sample_id}.json"
         done_at.append(deconvolved.stat().st_mtime)
         latencies.append(deconvolved.stat().st_mtime - last_byte)
         compute.append(step_seconds(steps / "deskew" / f"{sample.sample_id}.json") + step_seconds(deconvolved))

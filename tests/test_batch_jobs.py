@@ -94,3 +94,33 @@ def test_a_grouped_submission_must_fit_a_node():
     with pytest.raises(LlsmflowError, match=r"runs 4 deskew_deconvolve jobs side by side .*at most 4:"):
         check_fit(resources, 8, node, groups={"volumes": 15})
     assert check_fit(resources, 4, node, groups={"volumes": 15}) == 4
+
+
+def test_the_device_branch_of_a_job_equals_its_cpu_branch():
+    """The job's GPU branch (raw stack deskewed and deconvolved without leaving the device), run with NumPy as
+    the array module, gives the CPU branch's volume, voxel size and origin; the deskewed placeholder has the
+    volume's shape (CuPy itself: docs/gpu.md, never run here)."""
+    from llsmflow.run.batch import (
+        DeconSettings,
+        Geometry,
+        Psf,
+        _deskew_and_deconvolve_on_device,
+        deskew_and_deconvolve,
+    )
+
+    rng = np.random.default_rng(3)
+    raw = (100 + rng.poisson(20, (24, 40, 48))).astype(np.uint16)
+    raw[10:13, 18:22, 20:26] += 900
+    z, y, x = np.indices((9, 9, 9)) - 4
+    psf = Psf(np.exp(-(z**2 / 4.0 + y**2 / 2.0 + x**2 / 2.0)).astype(np.float32), (0.2, 0.104, 0.104), "psf")
+    for rotate in (False, True):
+        geometry = Geometry(dz_um=0.3, dx_um=0.104, dy_um=0.104, angle_deg=31.8, rotate=rotate)
+        decon = DeconSettings(iterations=5, background=100.0, threads=1)
+        cpu_deskewed, cpu = deskew_and_deconvolve(raw, psf, geometry, decon)
+        dev_deskewed, dev = _deskew_and_deconvolve_on_device(raw, psf, geometry, decon, xp=np)
+        assert dev_deskewed.data.shape == cpu_deskewed.data.shape == dev.data.shape
+        assert dev_deskewed.voxel_size_um == cpu_deskewed.voxel_size_um
+        np.testing.assert_allclose(dev_deskewed.origin_offset_um, cpu_deskewed.origin_offset_um, atol=1e-9)
+        scale = float(np.abs(cpu.data).max())
+        assert float(np.abs(dev.data - cpu.data).max()) <= 1e-5 * scale, rotate
+        assert dev.summary()["iterations"] == cpu.summary()["iterations"] == 5

@@ -299,7 +299,7 @@ def watched(tmp_path_factory, tiny_run):
 
     first = start()
     deadline = time.time() + 300
-    steps = run_dir / "work" / "tiny" / "steps" / "deconvolve"
+    steps = run_dir / "work" / "tiny" / "steps" / "deskew_deconvolve"
     while len(list(steps.glob("*.json"))) < 2 and first.poll() is None and time.time() < deadline:
         time.sleep(0.2)
     if first.poll() is not None:
@@ -358,15 +358,15 @@ def test_every_volume_processed_once_during_the_acquisition(watched):
     counts = {}
     for job in jobs:
         counts[job] = counts.get(job, 0) + 1
-    for rule in ("deskew", "deconvolve", "fuse", "register", "prepare_psf", "qc_tile", "archive", "track"):
+    for rule in ("deskew_deconvolve", "fuse", "register", "prepare_psf", "qc_tile", "archive", "track"):
         ran = {k: n for k, n in counts.items() if k[0] == rule}
         assert ran, rule
         assert set(ran.values()) == {1}, (rule, ran)
-    assert len([k for k in counts if k[0] == "deconvolve"]) == 12
+    assert len([k for k in counts if k[0] == "deskew_deconvolve"]) == 12
     assert len([k for k in counts if k[0] == "fuse"]) == 6
     # processing happened while the acquisition was written: volumes were deconvolved before the instrument
     # wrote its last stack (how many depends on the machine's speed: at least those of watch #1)
-    work = watched["run_dir"] / "work" / "tiny" / "steps" / "deconvolve"
+    work = watched["run_dir"] / "work" / "tiny" / "steps" / "deskew_deconvolve"
     last_byte = max(watched["instrument"].done.values())
     early = [p for p in work.glob("*.json") if p.stat().st_mtime < last_byte]
     assert len(early) >= 1, watched["logs"][0][-3000:]

@@ -14,7 +14,7 @@ def cmd_watch(args) -> int:
     from llsmflow.cli.run import cluster_cores
     from llsmflow.hpc.profiles import profile_options
     from llsmflow.run.config import check_config, effective_config, find_workflow_root
-    from llsmflow.run.launch import failure_reason, launch, profile_dir, snakemake_command
+    from llsmflow.run.launch import WATCH_CONFIG, failure_reason, launch, profile_dir, snakemake_command
     from llsmflow.run.paths import check_output_paths, run_paths
     from llsmflow.run.status import print_run_summary
     from llsmflow.watch.rounds import Rounds
@@ -22,7 +22,9 @@ def cmd_watch(args) -> int:
 
     root = find_workflow_root(args.workflow_dir)
     configfile = Path(args.configfile or root / "config" / "config.yaml")
-    overrides: dict = {}  # no extra Snakemake arguments: every setting is in the config file
+    # every setting is in the config file, but one: a job per volume (jobs.unit), so that a volume is processed
+    # as soon as it is complete, not when its timepoint's other tiles are in
+    overrides: dict = dict(WATCH_CONFIG)
     config = effective_config(configfile, root, overrides)
     raw_dir = Path(args.raw_dir)
     if not raw_dir.is_dir():
@@ -52,7 +54,8 @@ def cmd_watch(args) -> int:
         status.line(line if len(line) < 300 else line[:297] + "…")
 
     # the rounds run in one Snakemake process started now, while the first volume is being written
-    rounds = Rounds(snakemake_command(root, configfile, profile, args.cores, []), config, configfile, root, slurm)
+    command = snakemake_command(root, configfile, profile, args.cores, [], config=WATCH_CONFIG)
+    rounds = Rounds(command, config, configfile, root, slurm)
 
     def run_round(targets: list[str], prioritize: list[str]) -> int:
         code = rounds(targets, {WATCH_FILES_ENV: os.environ.get(WATCH_FILES_ENV)}, prioritize)
@@ -66,7 +69,7 @@ def cmd_watch(args) -> int:
         rounds.close()  # one Snakemake process at a time
         full = check_config(configfile, root, overrides=overrides)  # every stack's header and PSF, as `run`
         cores = cluster_cores(full, profile, args.cores)
-        command = snakemake_command(root, configfile, profile, cores, [])
+        command = snakemake_command(root, configfile, profile, cores, [], config=WATCH_CONFIG)
         outcome = launch(command, full, configfile, root, False, echo=echo, slurm=slurm)
         if outcome.status != 0:
             reason = failure_reason(full, outcome)

@@ -11,9 +11,11 @@ deconvolved volume is written uncompressed: it is scratch that fusion reads once
 a single-threaded zlib write of float32 took most of a volume's time (issue 18: 85 % on a GPU node;
 ``bench/bench_pipeline.py`` measures the choice).
 
-:func:`deskew_and_deconvolve` is the one place that turns a raw array into the deconvolved array: a
-device-resident GPU path replaces it, nothing else. This module imports no Snakemake and nothing heavy at
-import time (``bench/bench_pipeline.py`` runs it on a GPU machine without the workflow's packages).
+:func:`deskew_and_deconvolve` is the one place that turns a raw array into the deconvolved array; with CuPy
+the raw stack goes to the GPU once and is deskewed and deconvolved there
+(:func:`llsmflow.decon.deskew_deconvolve`, never run on a GPU yet: docs/gpu.md). This module imports no
+Snakemake and nothing heavy at import time (``bench/bench_pipeline.py`` runs it on a GPU machine without the
+workflow's packages).
 """
 
 from __future__ import annotations
@@ -116,8 +118,27 @@ def deskew_raw(raw: np.ndarray, geometry: Geometry, workers: int | None = None) 
     return Deskewed(data, tuple(voxel), tuple(origin), time.perf_counter() - t0)
 
 
-def deskew_and_deconvolve(raw: np.ndarray, psf: Psf, geometry: Geometry, decon: DeconSettings):
-    """Raw ZYX stack → (deskewed, :class:`llsmflow.decon.api.DeconResult`): the swap point of a GPU path."""
+def _on_gpu(decon: DeconSettings) -> bool:
+    """Whether the job's deconvolution runs with CuPy (``cupy``, or ``auto`` on a machine with a CUDA GPU)."""
+    if decon.backend not in ("cupy", "auto"):
+        return False
+    from llsmflow.decon.backends import choose_backend
+
+    return choose_backend(decon.backend) == "cupy"
+
+
+def deskew_and_deconvolve(
+    raw: np.ndarray, psf: Psf, geometry: Geometry, decon: DeconSettings, keep_deskewed: bool = False
+):
+    """Raw ZYX stack → (deskewed, :class:`llsmflow.decon.api.DeconResult`).
+
+    With CuPy (and the whole volume at once, no deskewed volume to write) the raw stack goes to the GPU once
+    and the deskewed volume never leaves it (:func:`llsmflow.decon.deskew_deconvolve`); the ``Deskewed``
+    returned then holds a zero-stride placeholder of the volume's shape instead of its voxels. Otherwise the
+    deskew runs here on the CPU and the volume goes to :func:`llsmflow.decon.deconvolve`.
+    """
+    if not keep_deskewed and decon.max_memory_gb is None and _on_gpu(decon):
+        return _deskew_and_deconvolve_on_device(raw, psf, geometry, decon)
     from llsmflow.decon.api import deconvolve
 
     deskewed = deskew_raw(raw, geometry, workers=decon.threads)
@@ -138,6 +159,46 @@ def deskew_and_deconvolve(raw: np.ndarray, psf: Psf, geometry: Geometry, decon: 
         psf_path=psf.path,
     )
     return deskewed, result
+
+
+def _deskew_and_deconvolve_on_device(
+    raw: np.ndarray, psf: Psf, geometry: Geometry, decon: DeconSettings, xp=None
+):
+    """The CuPy branch of :func:`deskew_and_deconvolve` (``xp=numpy`` runs the same code on the host: tests)."""
+    import dataclasses
+
+    from llsmflow.decon.pipeline import deskew_deconvolve
+
+    g = geometry
+    both = deskew_deconvolve(
+        raw,
+        psf.data,
+        psf.voxel_size_um,
+        dz_um=g.dz_um,
+        dx_um=g.dx_um,
+        angle_deg=g.angle_deg,
+        dy_um=g.dy_um,
+        scan_axis=g.scan_axis,
+        rotate=g.rotate,
+        fill_value=g.fill_value,
+        iterations=decon.iterations,
+        background=decon.background,
+        psf_background=0.0,  # prepared by prepare_psf
+        method=decon.method,
+        backend="cupy",
+        threads=decon.threads,
+        progress=decon.progress,
+        psf_path=psf.path,
+        xp=xp,
+    )
+    seconds = both.seconds
+    deskewed = Deskewed(
+        np.broadcast_to(np.float32(0), both.data.shape),  # the deskewed voxels stayed on the GPU
+        tuple(both.voxel_size_um),
+        tuple(both.origin_offset_um),
+        seconds.get("upload", 0.0) + seconds.get("deskew", 0.0),
+    )
+    return deskewed, dataclasses.replace(both.deconvolution, seconds=seconds.get("deconvolution", 0.0))
 
 
 @dataclass
@@ -174,7 +235,8 @@ def process_volume(task: VolumeTask, psf: Psf, geometry: Geometry, decon: DeconS
     t0 = time.perf_counter()
     raw = read_volume(task.raw_path, channel=task.raw_channel, timepoint=task.raw_timepoint).data
     t_read = time.perf_counter() - t0
-    deskewed, result = deskew_and_deconvolve(raw, psf, geometry, decon)
+    keep = bool(task.deskewed_output)
+    deskewed, result = deskew_and_deconvolve(raw, psf, geometry, decon, keep_deskewed=keep)
     metadata = volume_metadata(task, raw.shape, deskewed, geometry)
     t1 = time.perf_counter()
     if task.deskewed_output:

@@ -4,8 +4,8 @@ The targets are the workflow's own files (``workflow/rules/*.smk``), so a round 
 on fewer targets, and the final run (no targets) is the batch run itself: outputs equal a batch run's by
 construction, and Snakemake's up-to-date logic makes a restart repeat nothing.
 
-* a complete volume (sample): its deconvolved volume (deskew → deconvolve); for the reference timepoint also
-  its QC preview (``qc/tile_<tile>_ch<c>.png``), which reads the deskewed volume before it is dropped;
+* a complete volume (sample): its deconvolved volume (one ``deskew_deconvolve`` job per volume: watch runs
+  with ``jobs.unit: volume``); for the reference timepoint also its QC preview (``qc/tile_<tile>_ch<c>.png``);
 * a timepoint whose tiles and channels are all complete, once the reference timepoint is: its fused volumes
   (registration first, once, from the reference timepoint's tiles);
 * tracking, the archive, the mosaic, the report and the provenance crate need every timepoint: the final run.
@@ -56,7 +56,7 @@ class Layout:
         return self.work / "deconvolved" / f"{sample}.ome.tif"
 
     def volume_done(self, sample: str) -> bool:
-        return self.step(f"deconvolve/{sample}.json").is_file()
+        return self.step(f"deskew_deconvolve/{sample}.json").is_file()
 
     def preview(self, tile: str, channel: int) -> Path:
         return self.results / "qc" / f"tile_{tile}_ch{int(channel)}.png"

@@ -115,9 +115,11 @@ class Rounds:
             self.started_at, self.disk_full, self.error = time.time(), False, None
             self.log_path = log_path = run_log_path(self.work, self.started_at)
             log_path.parent.mkdir(parents=True, exist_ok=True)
-            # the targets before --prioritize, whose list would take them
-            argv = self.command[len(snakemake_program()) :] + list(targets)
-            argv += ["--prioritize", *prioritize] if prioritize else []
+            # targets before --prioritize and --config, whose lists would take them (--config last of all)
+            command = self.command[len(snakemake_program()) :]
+            cut = command.index("--config") if "--config" in command else len(command)
+            argv = command[:cut] + list(targets) + (["--prioritize", *prioritize] if prioritize else [])
+            argv += command[cut:]
             with self._log_lock:
                 self._log = open(log_path, "a", encoding="utf-8")
                 self._log.write("running: " + " ".join(["snakemake", *argv]) + "\n")

@@ -216,7 +216,7 @@ class Watch:
                 processed += 1
                 self.processed.add(row.sample_id)
                 if row.sample_id not in self.counts.latencies and row.path in names:
-                    record = self.layout.step(f"deconvolve/{row.sample_id}.json")
+                    record = self.layout.step(f"deskew_deconvolve/{row.sample_id}.json")
                     last_byte = self.folder.files[row.path].last_byte_at or 0.0
                     self.counts.latencies[row.sample_id] = record.stat().st_mtime - last_byte
                     self.counts.latency_s = self.counts.latencies[row.sample_id]

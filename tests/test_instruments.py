@@ -409,6 +409,8 @@ def test_init_on_generic_acquisition_json_folder(tmp_path, tiny_acquisition):
     assert "instrument: generic (acquisition.json: acquisition.json)" in result.stdout
     config = _validate_against_schema(out)
     assert config["metadata"] is None and config["raw_dir"] == str(raw.resolve())
+    # a folder called "raw" names the dataset after the acquisition folder above it
+    assert config["dataset"] == tiny_acquisition.resolve().name
 
 
 def test_init_and_run_on_a_zeiss_folder_give_an_archive_with_the_czi_metadata(tmp_path):

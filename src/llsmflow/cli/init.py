@@ -80,8 +80,16 @@ def describe(acq, reading_notes=(), sources=None) -> list[str]:
     return lines
 
 
+# folder names that say what the files are, not which acquisition: the dataset is named after the parent
+GENERIC_RAW_FOLDER_NAMES = frozenset({"raw", "raw_data", "rawdata", "data", "images", "input", "tif", "tiff", "czi"})
+
+
 def _dataset_name(raw_dir: Path) -> str:
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", raw_dir.resolve().name).strip("_.-")
+    """A dataset name from the raw folder: ``2026-03-01_hela/raw`` gives ``2026-03-01_hela``, not ``raw``."""
+    folder = raw_dir.resolve()
+    if folder.name.lower().replace("-", "_") in GENERIC_RAW_FOLDER_NAMES and folder.parent.name:
+        folder = folder.parent
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", folder.name).strip("_.-")
     return name if name and name[0].isalnum() else f"dataset_{name}".rstrip("_")
 
 
@@ -173,7 +181,12 @@ def register_init_commands(subparsers) -> None:
     )
     p.add_argument("raw_dir", help="folder of raw data as the microscope wrote it (read-only)")
     p.add_argument("-o", "--output", default="config.yaml", help="config file to write")
-    p.add_argument("--dataset", default=None, help="dataset name (default: the raw folder's name)")
+    p.add_argument(
+        "--dataset",
+        default=None,
+        help="dataset name (default: the raw folder's name, or its parent's when the folder is called raw, "
+        "data, images, …)",
+    )
     p.add_argument(
         "--metadata",
         default=None,

@@ -330,6 +330,11 @@ def test_init_asks_by_flag_for_what_no_file_says(tmp_path):
 # ---- the workflow on a CZI folder ----------------------------------------------------------------------
 
 
+def _dataset(tmp_path: Path) -> str:
+    """The dataset `llsmflow init` named in tmp_path/config.yaml (after the folder holding raw/)."""
+    return yaml.safe_load((tmp_path / "config.yaml").read_text())["dataset"]
+
+
 def _run_until_deskew(
     raw: Path, tmp_path: Path, until: str | None = "deskew_deconvolve"
 ) -> subprocess.CompletedProcess:
@@ -363,14 +368,14 @@ def test_run_on_a_janelia_folder(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     from llsmflow.deskew.shear import deskew
 
-    deskewed = sorted((tmp_path / "work" / "raw" / "deskewed").glob("*.ome.tif"))
+    deskewed = sorted((tmp_path / "work" / _dataset(tmp_path) / "deskewed").glob("*.ome.tif"))
     assert len(deskewed) == 20
     name = "cell1_ch1_stack0003_642nm_0012060msec_0008112060msecAbs.tif"
     dx = 6.5 / 61.90476
     expected = deskew(read_volume(raw / name).data, 0.4, dx, 31.0, dy_um=dx, scan_axis="x")
-    ours = read_volume(tmp_path / "work" / "raw" / "deskewed" / "000x_000y_000z-ch1-t0003.ome.tif")
+    ours = read_volume(tmp_path / "work" / _dataset(tmp_path) / "deskewed" / "000x_000y_000z-ch1-t0003.ome.tif")
     np.testing.assert_allclose(ours.data, expected.data)
-    image, meta = read_ome_zarr(tmp_path / "results" / "raw" / "raw.ome.zarr")
+    image, meta = read_ome_zarr(tmp_path / "results" / _dataset(tmp_path) / f"{_dataset(tmp_path)}.ome.zarr")
     assert image.shape[:2] == (10, 2)
     assert meta["channel_names"] == read_acquisition(raw).channel_names
     assert meta["time_interval_s"] == pytest.approx(4.017, rel=1e-3)  # from the file names' msec fields
@@ -388,7 +393,7 @@ def test_run_until_deskew_reads_czi_sub_stacks(tmp_path):
     from llsmflow.deskew.shear import deskew
     from llsmflow.io import read_volume_description
 
-    deskewed_dir = tmp_path / "work" / "raw" / "deskewed"
+    deskewed_dir = tmp_path / "work" / _dataset(tmp_path) / "deskewed"
     assert len(list(deskewed_dir.glob("*.ome.tif"))) == 6
     for c, t in ((0, 0), (2, 1)):
         path = deskewed_dir / f"000x_000y_000z-ch{c}-t{t:04d}.ome.tif"

@@ -5,7 +5,7 @@ Workflow Run RO-Crate (`write_crate`) of a run of N volumes (4 tiles × 2 channe
     PYTHONPATH=/work/main/src .venv/bin/python bench/bench_provenance.py --volumes 24 48 104  # the code before
 
 The run is made of real files: raw stacks (hard links to one tiny stack, bench/scale_acquisition.py), the step
-records the workflow's jobs write (deskew and deconvolve per volume, fuse per channel and timepoint, the
+records the workflow's jobs write (deskew_deconvolve per timepoint, fuse per channel and timepoint, the
 per-run steps), an OME-Zarr-like archive with one chunk file per channel and timepoint. Each N runs in a fresh
 process (peak memory = its ``ru_maxrss``); ``run_record`` and ``write_crate`` are timed separately.
 """
@@ -40,20 +40,23 @@ def make_run(run_dir: Path, volumes: int, cache: Path) -> dict:
     common = {"start": t0, "end": t1, "seconds": 5.0, "peak_memory_mb": 300.0, "threads": 2, "host": "node1"}
     common.update(environment={"SLURM_JOB_ID": "123"}, python="3.12", llsmflow="0.9", slurm_job_id="123")
     if not marker.is_file():
-        for sub in ("deskew", "deconvolve", "fuse", "prepare_psf", "track", "qc_tile"):
+        for sub in ("deskew_deconvolve", "fuse", "prepare_psf", "track", "qc_tile"):
             (steps / sub).mkdir(parents=True, exist_ok=True)
+        jobs: dict[str, dict] = {}  # one deskew_deconvolve job per timepoint (jobs.unit: timepoint)
         for stack in stacks:
             tile, t = stack.name.split("msecAbs_")[1].removesuffix("t.tif").rsplit("_", 1)
             sample = f"{tile}-ch{stack.name.split('_ch')[1][0]}-t{t}"
-            deskewed = str(work / "deskewed" / f"{sample}.ome.tif")
-            deconvolved = str(work / "deconvolved" / f"{sample}.ome.tif")
-            rec = {"step": "deskew", "wildcards": {"sample": sample}, "params": {"fill_value": 0.0}}
-            rec.update(inputs=[str(stack)], outputs=[deskewed], **common)
-            (steps / "deskew" / f"{sample}.json").write_text(json.dumps(rec))
-            rec = {"step": "deconvolve", "wildcards": {"sample": sample}, "params": {"iterations": 10}}
-            rec.update(inputs=[deskewed, str(work / "psf" / "ch0.npy")], outputs=[deconvolved], **common)
-            rec["notes"] = {"backend": "cpu", "iterations": 10}
-            (steps / "deconvolve" / f"{sample}.json").write_text(json.dumps(rec))
+            job = jobs.setdefault(f"t{t}", {"inputs": [], "outputs": [], "volumes": []})
+            job["inputs"].append(str(stack))
+            job["outputs"].append(str(work / "deconvolved" / f"{sample}.ome.tif"))
+            job["volumes"].append({"sample": sample, "seconds_deconvolution": 4.0, "backend": "cpu"})
+        for name, job in jobs.items():
+            rec = {"step": "deskew_deconvolve", "wildcards": {"timepoint": name[1:]}, "params": {"iterations": 10}}
+            inputs = job["inputs"] + [str(work / "psf" / f"ch{c}.npy") for c in range(2)]
+            rec.update(inputs=inputs, outputs=job["outputs"], **common)
+            rec["notes"] = {"backend": "cpu", "iterations": 10, "volume_count": len(job["volumes"])}
+            rec["volumes"] = job["volumes"]
+            (steps / "deskew_deconvolve" / f"{name}.json").write_text(json.dumps(rec))
         zarr = run_dir / results / f"{dataset}.ome.zarr"
         for c in range(2):
             for t in range(timepoints):

@@ -133,7 +133,8 @@ def register_hpc_commands(sub) -> None:
         "--group-size",
         action="append",
         metavar="GROUP=N",
-        help=f"jobs batched per submission: volumes=N (deskew+deconvolve, default {_SITE.volumes_group}), "
+        help=f"jobs batched per submission: volumes=N (deskew_deconvolve jobs, each one timepoint's volumes, "
+        f"default {_SITE.volumes_group}), "
         f"fusion=N ({_SITE.fusion_group}), qc=N ({_SITE.qc_group})",
     )
     q.add_argument(

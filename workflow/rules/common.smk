@@ -291,11 +291,26 @@ def reference_tiles(wildcards):
     ]
 
 
-def tiles_of(wildcards):
+# fuse jobs: every channel of one timepoint per job (docs/hpc.md, "How many volumes a job takes"), in both
+# jobs.unit: a timepoint is fused once all its tiles and channels are deconvolved anyway. The outputs keep one
+# Zarr store per channel and timepoint (archive, track and `llsmflow watch` read those), static per rule.
+def fused_outputs():
+    """The fused stores of a fuse job, one per channel, in channel order ({timepoint} wildcard)."""
+    return [
+        intermediate(directory(path))
+        for path in expand(
+            str(WORK / "fused" / "ch{channel}-t{{timepoint}}.zarr"), channel=CHANNELS
+        )
+    ]
+
+
+def fuse_tiles(wildcards):
+    """The deconvolved tiles of a fuse job: channel by channel, TILES order within a channel."""
     return [
         WORK
         / "deconvolved"
-        / f"{sample_id(tile, wildcards.channel, wildcards.timepoint)}.ome.tif"
+        / f"{sample_id(tile, channel, wildcards.timepoint)}.ome.tif"
+        for channel in CHANNELS
         for tile in TILES
     ]
 
@@ -304,9 +319,7 @@ def all_step_records(wildcards):
     records = [step_record("ingest.json"), step_record("register.json")]
     records += [step_record(f"deskew_deconvolve/{job}.json") for job in JOB_IDS]
     records += [step_record(f"prepare_psf/ch{c}.json") for c in CHANNELS]
-    records += [
-        step_record(f"fuse/ch{c}-t{t:04d}.json") for c in CHANNELS for t in TIMEPOINTS
-    ]
+    records += [step_record(f"fuse/t{t:04d}.json") for t in TIMEPOINTS]
     records += [step_record("archive.json"), step_record("qc_mosaic.json")]
     records += [step_record(f"track/ch{c}.json") for c in TRACK_CHANNELS]
     records += [step_record(f"qc_tile/{t}-ch{c}.json") for t in TILES for c in CHANNELS]

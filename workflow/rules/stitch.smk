@@ -26,15 +26,17 @@ rule register:
 
 
 rule fuse:
-    """Fuse the tiles of one channel and timepoint at their registered positions, chunk by chunk, into Zarr."""
+    """Fuse the tiles of every channel of one timepoint at their registered positions, chunk by chunk, into one
+    Zarr store per channel: one channel after the other in one process (one channel's memory).
+    """
     input:
-        tiles=tiles_of,
+        tiles=fuse_tiles,
         transforms=WORK / "stitch" / "transforms.json",
     output:
-        fused=intermediate(directory(WORK / "fused" / "ch{channel}-t{timepoint}.zarr")),
-        step=step_record("fuse/ch{channel}-t{timepoint}.json"),
+        fused=fused_outputs(),
+        step=step_record("fuse/t{timepoint}.json"),
     log:
-        log_file("fuse/ch{channel}-t{timepoint}.log"),
+        log_file("fuse/t{timepoint}.log"),
     conda:
         "../../envs/llsmflow.yaml"
     threads: 2
@@ -42,6 +44,7 @@ rule fuse:
         mem_mb=step_mem_mb("fuse"),
         runtime=step_runtime("fuse"),
     params:
+        channels=CHANNELS,
         tile_names=TILES,
         nominal_origins_um=NOMINAL_ORIGINS_UM,
         blend_width_um=STITCH["blend_width_um"],

@@ -312,12 +312,13 @@ def step_resources(sizes: VolumeSizes, config: Mapping, cores: int | None = None
             int(math.ceil(_BASE_MB + 4 * tiles_mb)),
             _runtime_min(tiles_mb * 1e6 * _DESKEW_S_PER_BYTE + 10 * sizes.tiles),
         ),
+        # one job per timepoint: its channels one after the other (one channel's memory, N channels' time)
         StepResources(
             "fuse",
-            sizes.channels * sizes.timepoints,
+            sizes.timepoints,
             2,
             int(math.ceil(fuse_mem)),
-            _runtime_min(fused_voxels * _FUSE_S_PER_VOXEL),
+            _runtime_min(fused_voxels * sizes.channels * _FUSE_S_PER_VOXEL),
         ),
         StepResources(
             "archive",

@@ -68,7 +68,7 @@ class Layout:
         return self.work / "fused" / f"ch{int(channel)}-t{int(timepoint):04d}.zarr"
 
     def fused_done(self, channel: int, timepoint: int) -> bool:
-        return self.step(f"fuse/ch{int(channel)}-t{int(timepoint):04d}.json").is_file()
+        return self.step(f"fuse/t{int(timepoint):04d}.json").is_file()  # a fuse job: every channel
 
     def register_done(self) -> bool:
         return self.step("register.json").is_file()

@@ -122,7 +122,8 @@ def test_runtime_and_memory_grow_on_retry():
 def test_submissions_with_groups(acquisition):
     resources = hpc.step_resources(hpc.volume_sizes(acquisition), _config())
     ungrouped = hpc.submissions(resources, {})
-    assert sum(ungrouped.values()) == 5 + 1 + 10 + 1 + 2 + 4 + 1  # deskew_deconvolve: a job per timepoint
+    # deskew_deconvolve and fuse: a job per timepoint
+    assert sum(ungrouped.values()) == 5 + 1 + 5 + 1 + 2 + 4 + 1
     grouped = hpc.submissions(resources, {"volumes": 20, "fusion": 10, "qc": 50})
     assert grouped == {
         "volumes": 1,

@@ -97,11 +97,16 @@ def test_report_tables_match_the_run(report, tiny_run):
     steps = run_dir / "work/tiny/steps"
     for step, jobs in (
         ("deskew_deconvolve", TIMEPOINTS),  # a job per timepoint
-        ("fuse", CHANNELS * TIMEPOINTS),
+        ("fuse", TIMEPOINTS),  # a job per timepoint, its channels one after the other
         ("track", 2),
     ):
         assert len(list((steps / step).glob("*.json"))) == jobs
         assert f"{step} {jobs} " in page.text, step
+    # a fuse job's record: one entry per channel, each channel's own store, in channel order
+    fuse = json.loads((steps / "fuse" / "t0000.json").read_text())
+    stores = [f"ch{c}-t0000.zarr" for c in range(CHANNELS)]
+    assert [(v["channel"], Path(v["output"]).name) for v in fuse["volumes"]] == list(enumerate(stores))
+    assert [Path(o).name for o in fuse["outputs"]] == stores and fuse["notes"]["channels"] == CHANNELS
     assert "cpu" in page.text  # the deconvolution backend that ran
     # provenance: the same commit and versions as the run record, raw inputs with their true sha256
     record = json.loads((run_dir / "results/tiny/provenance/run-record.json").read_text())
@@ -210,7 +215,7 @@ def test_progress_of_long_steps_is_logged(tiny_run):
     logs = tiny_run.run_dir / "work/tiny/logs"
     decon = (logs / "deskew_deconvolve" / "t0000.log").read_text()
     assert all(f"iteration {k}/3 ({round(100 * k / 3)} %" in decon for k in (1, 2, 3))
-    fuse = (logs / "fuse" / "ch0-t0000.log").read_text()
+    fuse = (logs / "fuse" / "t0000.log").read_text()
     # throttled: the first chunk and the last one are always logged, with the share done
     assert "fused chunk 1/" in fuse
     total = int(fuse.split("fused chunk 1/")[1].split()[0])

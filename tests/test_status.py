@@ -14,7 +14,7 @@ JOBS = {
     "deskew_deconvolve": TIMEPOINTS,  # jobs.unit: timepoint, every tile and channel of a timepoint per job
     "qc_tile": TILES * CHANNELS,
     "register": 1,
-    "fuse": CHANNELS * TIMEPOINTS,
+    "fuse": TIMEPOINTS,  # every channel of a timepoint per job
     "track": CHANNELS,
     "archive": 1,
     "qc_mosaic": 1,

@@ -5,9 +5,9 @@ Workflow Run RO-Crate (`write_crate`) of a run of N volumes (4 tiles × 2 channe
     PYTHONPATH=/work/main/src .venv/bin/python bench/bench_provenance.py --volumes 24 48 104  # the code before
 
 The run is made of real files: raw stacks (hard links to one tiny stack, bench/scale_acquisition.py), the step
-records the workflow's jobs write (deskew_deconvolve per timepoint, fuse per channel and timepoint, the
-per-run steps), an OME-Zarr-like archive with one chunk file per channel and timepoint. Each N runs in a fresh
-process (peak memory = its ``ru_maxrss``); ``run_record`` and ``write_crate`` are timed separately.
+records the workflow's jobs write (deskew_deconvolve and fuse per timepoint, the per-run steps), an
+OME-Zarr-like archive with one chunk file per channel and timepoint. Each N runs in a fresh process (peak
+memory = its ``ru_maxrss``); ``run_record`` and ``write_crate`` are timed separately.
 """
 
 from __future__ import annotations
@@ -58,11 +58,15 @@ def make_run(run_dir: Path, volumes: int, cache: Path) -> dict:
             rec["volumes"] = job["volumes"]
             (steps / "deskew_deconvolve" / f"{name}.json").write_text(json.dumps(rec))
         zarr = run_dir / results / f"{dataset}.ome.zarr"
+        for t in range(timepoints):  # one fuse job per timepoint, its channels one after the other
+            fused = [str(work / "fused" / f"ch{c}-t{t:04d}.zarr") for c in range(2)]
+            rec = {"step": "fuse", "wildcards": {"timepoint": f"{t:04d}"}, "params": {"channels": [0, 1]}}
+            rec.update(inputs=[str(work / "stitch" / "transforms.json")], outputs=fused)
+            rec["notes"] = {"tiles": 4, "channels": 2, "dask_cluster": "local"}
+            rec["volumes"] = [{"channel": c, "output": fused[c], "seconds": 2.5, "tiles": 4} for c in range(2)]
+            (steps / "fuse" / f"t{t:04d}.json").write_text(json.dumps({**rec, **common}))
         for c in range(2):
             for t in range(timepoints):
-                rec = {"step": "fuse", "wildcards": {"channel": str(c), "timepoint": f"{t:04d}"}, "params": {}}
-                rec.update(inputs=[str(work / "stitch" / "transforms.json")], outputs=[str(work / "fused")])
-                (steps / "fuse" / f"ch{c}-t{t:04d}.json").write_text(json.dumps({**rec, **common}))
                 chunk = zarr / "0" / f"c{c}" / f"t{t}"
                 chunk.parent.mkdir(parents=True, exist_ok=True)
                 chunk.write_bytes(os.urandom(64))

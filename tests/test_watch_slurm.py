@@ -29,7 +29,7 @@ from tests.test_watch import SETTLE_S, start_acquisition, synthetic_stacks
 pytestmark = pytest.mark.e2e
 
 SRC = REPO / "src"
-SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+)")
+SUBMITTED = re.compile(r"Job (\S+) has been submitted with SLURM jobid (\d+)")
 
 
 def _profile(base: Path) -> Path:
@@ -91,14 +91,15 @@ def _round_logs(run_dir: Path) -> list[str]:
 
 
 def _volumes_run_in_slurm_jobs(run_dir: Path) -> dict[str, list[str]]:
-    """sample → SLURM job ids of the jobs whose log shows its deskew_deconvolve job (the executor plugin's
-    kept logs, .snakemake/slurm_logs/…/<jobid>.log: the Snakemake run inside each allocation)."""
+    """sample → SLURM job ids of the jobs whose log shows its deskew_deconvolve job run (the executor plugin's
+    kept logs, .snakemake/slurm_logs/…/<jobid>.log: the Snakemake run inside each allocation lists each job
+    as ``rule …`` and runs it as ``localrule …``, through the slurm-jobstep executor)."""
     ran: dict[str, list[str]] = {}
     for path in (run_dir / ".snakemake" / "slurm_logs").rglob("*.log"):
         rule = None
         for line in path.read_text(errors="replace").splitlines():
             text = line.strip()
-            match = re.match(r"^(?:local)?rule (\w+):$", text)
+            match = re.match(r"^localrule (\w+):$", text)
             if match:
                 rule = match.group(1)
             elif rule == "deskew_deconvolve" and text.startswith("wildcards:"):

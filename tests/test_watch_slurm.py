@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -153,3 +154,33 @@ def test_results_equal_a_batch_run(watched_on_slurm, tiny_run):
     results = compare_outputs(record, tiny_run.run_dir, w["run_dir"], moved)
     bad = [(r.path, r.status, r.detail) for r in results if r.status not in ("identical", "within tolerance")]
     assert len(results) > 10 and bad == []
+
+
+def test_round_with_a_job_pending_forever_stops(slurm_cluster, tiny_acquisition, tmp_path):
+    """A round whose job SLURM keeps PENDING for a reason that cannot clear (a site's `set-resources` asking
+    more CPUs than a node has: PartitionConfig) is stopped with that reason, as `llsmflow run` stops such a
+    run, instead of waiting forever; the final run stops the same way (exit 2), and no job is left queued."""
+    raw = tmp_path / "raw"
+    shutil.copytree(tiny_acquisition / "raw", raw)  # the acquisition already written: one round takes it all
+    profile = _profile(tmp_path)
+    settings = yaml.safe_load((profile / "config.yaml").read_text())
+    settings["set-resources"] = {"deskew_deconvolve": {"cpus_per_task": _node_cpus() + 6}}
+    (profile / "config.yaml").write_text(yaml.safe_dump(settings))
+    run_dir = tmp_path / "run"
+    config = workflow_config("tiny", raw)
+    config["deconvolution"]["iterations"] = 3
+    config_path = write_workflow_config(run_dir, config)
+    result = subprocess.run(
+        ["timeout", "-k", "15", "400", str(LLSMFLOW), "watch", str(raw), "--configfile", str(config_path),
+         "--workflow-dir", str(REPO), "--profile", str(profile), "--cores", str(_node_cpus()),
+         "--settle", str(SETTLE_S), "--idle-timeout", "30"],
+        cwd=run_dir, capture_output=True, text=True, timeout=420,
+        env=dict(os.environ, PYTHONPATH=str(SRC), LLSMFLOW_PENDING_POLL_S="2"),
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output[-5000:]
+    round_error = [line for line in output.splitlines() if line.startswith("llsmflow watch: error: SLURM job")]
+    assert round_error and "is pending for reason PartitionConfig" in round_error[0], output[-5000:]
+    assert "round 1 failed" in output
+    left = subprocess.run(["squeue", "-h", "-o", "%i|%Z"], capture_output=True, text=True).stdout
+    assert str(run_dir.resolve()) not in left

@@ -173,7 +173,7 @@ def test_round_with_a_job_pending_forever_stops(slurm_cluster, tiny_acquisition,
     result = subprocess.run(
         ["timeout", "-k", "15", "400", str(LLSMFLOW), "watch", str(raw), "--configfile", str(config_path),
          "--workflow-dir", str(REPO), "--profile", str(profile), "--cores", str(_node_cpus()),
-         "--settle", str(SETTLE_S), "--idle-timeout", "30"],
+         "--settle", str(SETTLE_S), "--idle-timeout", "5"],
         cwd=run_dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=420,
         env=dict(os.environ, PYTHONPATH=str(SRC), LLSMFLOW_PENDING_POLL_S="2"),
     )

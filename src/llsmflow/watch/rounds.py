@@ -10,7 +10,8 @@ Around each round, as ``llsmflow run`` does (:func:`llsmflow.run.launch.launch`)
 held, and Snakemake's output is kept in ``work/<dataset>/logs/snakemake/<time>.log``. What a killed run left
 behind (stale Snakemake locks, ``.partial`` outputs) is cleared once, before the first round: during the
 session only this worker writes there. A round's failure reason is the first failed step's own message, or a
-full disk, as for a run.
+full disk, as for a run. On SLURM a round's jobs pending for a reason that cannot clear stop the round, as
+they stop ``llsmflow run`` (:class:`llsmflow.run.launch.PendingWatch`).
 """
 
 from __future__ import annotations

@@ -235,3 +235,32 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_sep("-", "test artifacts kept")
         for path in kept:
             terminalreporter.write_line(str(path))
+
+
+# ------------------------------------------------------------------ a real SLURM on localhost (tests/slurm/)
+
+START_SLURM = REPO / "tests" / "slurm" / "start_slurm.sh"
+
+
+def _daemons_running() -> set[str]:
+    result = subprocess.run(["bash", str(START_SLURM), "started"], capture_output=True, text=True, timeout=60)
+    return set(result.stdout.split())
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A running single-node SLURM cluster (partition ``main``); stops the daemons this fixture started."""
+    if os.geteuid() != 0:
+        pytest.skip("a local SLURM needs root (apt-get install slurm-wlm munge, daemons)")
+    if shutil.which("slurmctld") is None and shutil.which("apt-get") is None:
+        pytest.skip("slurmctld is not installed and apt-get is not available to install it")
+    before = _daemons_running()
+    result = subprocess.run(["bash", str(START_SLURM)], capture_output=True, text=True, timeout=900)
+    ours = sorted(_daemons_running() - before)
+    try:
+        if result.returncode != 0:
+            pytest.fail(f"start_slurm.sh failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        yield
+    finally:
+        if ours:  # `stop` with no names would stop every daemon, including ones we did not start
+            subprocess.run(["bash", str(START_SLURM), "stop", *ours], capture_output=True, text=True, timeout=120)

@@ -7,7 +7,6 @@ that it started. Needs root (package installation, daemons); skipped otherwise.
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -26,34 +25,9 @@ from .conftest import tiny_params
 
 REPO = Path(__file__).resolve().parents[1]
 LLSMFLOW = Path(sys.executable).parent / "llsmflow"
-START = REPO / "tests" / "slurm" / "start_slurm.sh"
 JOBCOMP = Path("/var/log/slurm/jobcomp.log")
 
 pytestmark = pytest.mark.e2e
-
-
-def _daemons_running() -> set[str]:
-    result = subprocess.run(["bash", str(START), "started"], capture_output=True, text=True, timeout=60)
-    return set(result.stdout.split())
-
-
-@pytest.fixture(scope="session")
-def slurm_cluster():
-    """A running single-node SLURM cluster (partition ``main``); stops the daemons this fixture started."""
-    if os.geteuid() != 0:
-        pytest.skip("a local SLURM needs root (apt-get install slurm-wlm munge, daemons)")
-    if shutil.which("slurmctld") is None and shutil.which("apt-get") is None:
-        pytest.skip("slurmctld is not installed and apt-get is not available to install it")
-    before = _daemons_running()
-    result = subprocess.run(["bash", str(START)], capture_output=True, text=True, timeout=900)
-    ours = sorted(_daemons_running() - before)
-    try:
-        if result.returncode != 0:
-            pytest.fail(f"start_slurm.sh failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-        yield
-    finally:
-        if ours:  # `stop` with no names would stop every daemon, including ones we did not start
-            subprocess.run(["bash", str(START), "stop", *ours], capture_output=True, text=True, timeout=120)
 
 
 def _jobcomp_size() -> int:

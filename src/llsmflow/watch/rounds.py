@@ -10,7 +10,8 @@ Around each round, as ``llsmflow run`` does (:func:`llsmflow.run.launch.launch`)
 held, and Snakemake's output is kept in ``work/<dataset>/logs/snakemake/<time>.log``. What a killed run left
 behind (stale Snakemake locks, ``.partial`` outputs) is cleared once, before the first round: during the
 session only this worker writes there. A round's failure reason is the first failed step's own message, or a
-full disk, as for a run.
+full disk, as for a run. On SLURM a round's jobs pending for a reason that cannot clear stop the round, as
+they stop ``llsmflow run`` (:class:`llsmflow.run.launch.PendingWatch`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import time
 from pathlib import Path
 
 from llsmflow.run.config import snakemake_program
-from llsmflow.run.launch import first_step_error, run_environment
+from llsmflow.run.launch import PendingWatch, first_step_error, run_environment
 from llsmflow.run.lock import DatasetLock, clear_stale_snakemake_locks, remove_partial_outputs
 from llsmflow.run.paths import run_paths, write_run_pointer
 
@@ -129,7 +130,7 @@ class Rounds:
                         return self._ended()
                     self.process.stdin.write(json.dumps({"argv": argv, "env": env}) + "\n")
                     self.process.stdin.flush()
-                    return int(self._reply()["status"])
+                    return self._round_status()
                 except KeyboardInterrupt:
                     # Snakemake got the same Ctrl-C (one process group): let it stop its jobs and clean up
                     try:
@@ -143,6 +144,25 @@ class Rounds:
                 with self._log_lock:
                     self._log.close()
                     self._log = None
+
+    def _round_status(self) -> int:
+        """Wait for the round's exit status; on SLURM, as for `llsmflow run`, a job of the round pending for a
+        reason that waiting cannot clear interrupts the round (the worker gets SIGINT: Snakemake cancels its
+        jobs and the round fails) instead of leaving it waiting forever; the reason becomes the round's
+        failure reason."""
+        watch = None
+        if self.slurm:
+            watch = PendingWatch(Path.cwd(), float(os.environ.get("LLSMFLOW_PENDING_POLL_S", "15")))
+            watch.start(self.process)
+        try:
+            status = int(self._reply()["status"])
+        finally:
+            if watch is not None:
+                watch.stop()
+        if watch is not None and watch.reason:
+            self.error = watch.reason
+            return status or 1
+        return status
 
     def _ended(self) -> int:
         """The worker ended during a round: the round failed; the next round starts a new worker."""

@@ -90,13 +90,15 @@ def test_workflowhub_zip_validates_offline_at_recommended_level(tiny_run, tmp_pa
     # a result of the job, described by an output FormalParameter of its rule
     usage = [e for i, e in graph.items() if "-usage-" in i]
     assert usage and all(e.get("unitCode", "").startswith("http://qudt.org/vocab/unit/") for e in usage)
-    deconvolve = next(e for i, e in graph.items() if i.startswith("#exec-deconvolve-") and e["@type"] == "CreateAction")
+    deconvolve = next(
+        e for i, e in graph.items() if i.startswith("#exec-deskew_deconvolve-") and e["@type"] == "CreateAction"
+    )
     used = {graph[r["@id"]]["propertyID"]: graph[r["@id"]] for r in deconvolve["resourceUsage"]}
     assert used["backend"]["value"] == "cpu" and used["seconds_deconvolution"]["unitCode"].endswith("/SEC")
     reported = {graph[r["@id"]].get("propertyID"): graph[r["@id"]] for r in deconvolve["result"]}
     assert reported["method"]["value"] == "rl" and reported["iterations"]["value"] == 3
     assert graph[reported["method"]["exampleOfWork"]["@id"]]["@id"] in {
-        o["@id"] for o in graph["#tool-deconvolve"]["output"]
+        o["@id"] for o in graph["#tool-deskew_deconvolve"]["output"]
     }
 
 

@@ -16,6 +16,7 @@ timepoint are fetched, and no message shows the URL's credentials (:func:`redact
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -351,9 +352,16 @@ def write_volume(
     content.update(json.dumps(ome_meta, sort_keys=True, default=str).encode())
     ome_meta["UUID"] = str(uuid.uuid5(uuid.NAMESPACE_URL, f"llsmflow:{content.hexdigest()}"))
     with atomic_output(path) as tmp:
-        tifffile.imwrite(
-            tmp, data, ome=True, metadata=ome_meta, compression=compression, photometric="minisblack"
-        )
+        try:
+            tifffile.imwrite(
+                tmp, data, ome=True, metadata=ome_meta, compression=compression, photometric="minisblack"
+            )
+        except OSError as exc:
+            # an uncompressed volume goes out through numpy's tofile, whose short write (a full disk or
+            # quota) is an OSError without errno ("N requested and M written"): say what it is
+            if exc.errno is None and "requested and" in str(exc):
+                raise OSError(errno.ENOSPC, f"No space left on device (short write: {exc})", str(tmp)) from exc
+            raise
     return path
 
 

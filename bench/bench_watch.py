@@ -111,7 +111,7 @@ def main() -> None:
         deconvolved = steps / "deskew_deconvolve" / f"{sample.sample_id}.json"
         done_at.append(deconvolved.stat().st_mtime)
         latencies.append(deconvolved.stat().st_mtime - last_byte)
-        compute.append(step_seconds(steps / "deskew" / f"{sample.sample_id}.json") + step_seconds(deconvolved))
+        compute.append(step_seconds(deconvolved))  # one deskew_deconvolve job per volume in watch
         preview = steps / "qc_tile" / f"{sample.tile}-ch{sample.channel}.json"
         if int(sample.timepoint) == int(config["stitch"]["reference_timepoint"]):
             previews.append(preview.stat().st_mtime - last_byte)

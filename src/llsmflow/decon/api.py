@@ -255,6 +255,19 @@ def _deconvolve_on(name, volume, kernel, plan, bg, iterations, data_voxel, **kwa
     return _run_plan(volume, kernel, plan, bg, iterations, xp=xp, out=out, **kwargs)
 
 
+def checked_method_backend_iterations(method: str, backend: str, iterations: int | None) -> int:
+    """Check ``method`` and ``backend`` names; the iterations to run (the method's default for None)."""
+    if method not in METHODS:
+        raise LlsmflowError(
+            f"method {method!r} is not known; expected one of {', '.join(map(repr, METHODS))}"
+        )
+    if backend not in ("auto", *BACKENDS):
+        raise LlsmflowError(
+            f"backend {backend!r} is not known; expected one of 'auto', {', '.join(BACKENDS)}"
+        )
+    return _check_iterations(DEFAULT_ITERATIONS[method] if iterations is None else iterations)
+
+
 def deconvolve(
     volume,
     psf,
@@ -333,15 +346,7 @@ def deconvolve(
     LlsmflowError
         Bad volume, PSF, voxel sizes, iterations, method, backend, budget or ``out`` shape.
     """
-    if method not in METHODS:
-        raise LlsmflowError(
-            f"method {method!r} is not known; expected one of {', '.join(map(repr, METHODS))}"
-        )
-    if backend not in ("auto", *BACKENDS):
-        raise LlsmflowError(
-            f"backend {backend!r} is not known; expected one of 'auto', {', '.join(BACKENDS)}"
-        )
-    iterations = _check_iterations(DEFAULT_ITERATIONS[method] if iterations is None else iterations)
+    iterations = checked_method_backend_iterations(method, backend, iterations)
     start = time.perf_counter()
     lazy = max_memory_gb is not None or out is not None
     volume = _volume_like(volume) if lazy else _check_volume(volume)

@@ -20,11 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from llsmflow.decon.api import DeconResult, _check_iterations, deconvolve, log
+from llsmflow.decon.api import DeconResult, checked_method_backend_iterations, deconvolve, log
 from llsmflow.decon.backends import (
-    BACKENDS,
-    DEFAULT_ITERATIONS,
-    METHODS,
     _free_gpu_memory,
     _is_out_of_memory,
     choose_backend,
@@ -144,15 +141,7 @@ def deskew_deconvolve(
     -------
     DeskewDeconResult
     """
-    if method not in METHODS:
-        raise LlsmflowError(
-            f"method {method!r} is not known; expected one of {', '.join(map(repr, METHODS))}"
-        )
-    if backend not in ("auto", *BACKENDS):
-        raise LlsmflowError(
-            f"backend {backend!r} is not known; expected one of 'auto', {', '.join(BACKENDS)}"
-        )
-    iterations = _check_iterations(DEFAULT_ITERATIONS[method] if iterations is None else iterations)
+    iterations = checked_method_backend_iterations(method, backend, iterations)
     geometry = dict(dz_um=dz_um, dx_um=dx_um, angle_deg=angle_deg, dy_um=dy_um, scan_axis=scan_axis)
     start = time.perf_counter()
     name = backend if xp is not None else choose_backend(backend)

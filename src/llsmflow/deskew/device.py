@@ -25,9 +25,14 @@ import math
 
 import numpy as np
 
-from llsmflow.deskew.frames import deskewed_plane_spacing_um, deskewed_shape, shear_px_per_plane
+from llsmflow.deskew.frames import (
+    checked_stage_scan,
+    deskewed_plane_spacing_um,
+    deskewed_shape,
+    shear_px_per_plane,
+)
 from llsmflow.deskew.shear import _EXACT_SHIFT_PX
-from llsmflow.errors import LlsmflowError, require_positive_voxel_size
+from llsmflow.errors import require_positive_voxel_size
 
 # Planes per block of the gather: bounds the temporaries to a few float32 copies of this many output bytes.
 _BLOCK_BYTES = 64 << 20
@@ -78,14 +83,7 @@ def deskew_xp(
         Pixels per plane along the scan axis.
     """
     xp = _module_of(raw_zyx) if xp is None else xp
-    if raw_zyx.ndim != 3 or raw_zyx.shape[0] < 2:
-        raise LlsmflowError(
-            f"raw stack has shape {tuple(raw_zyx.shape)}; expected a stage-scan stack of at least 2 planes (ZYX)"
-        )
-    dy_um = dx_um if dy_um is None else dy_um
-    require_positive_voxel_size((dz_um, dy_um, dx_um), what="voxel size (dz, dy, dx)")
-    if scan_axis not in ("x", "y"):
-        raise LlsmflowError(f"scan axis {scan_axis!r} is invalid; expected 'x' or 'y'")
+    dy_um = checked_stage_scan(raw_zyx.shape, dz_um, dx_um, dy_um, scan_axis, min_planes=2)
     raw = xp.asarray(raw_zyx)
     scan_pixel_um = dx_um if scan_axis == "x" else dy_um
     shear = shear_px_per_plane(dz_um, scan_pixel_um, angle_deg)
@@ -164,12 +162,7 @@ def deskew_rotate_xp(
     from llsmflow.deskew.rotate import _deskew_rotate_geometry, rotated_valid_mask
 
     xp = _module_of(raw_zyx) if xp is None else xp
-    if raw_zyx.ndim != 3:
-        raise LlsmflowError(f"raw stack has shape {tuple(raw_zyx.shape)}; expected a 3-D ZYX stack")
-    if scan_axis not in ("x", "y"):
-        raise LlsmflowError(f"scan axis {scan_axis!r} is invalid; expected 'x' or 'y'")
-    dy_um = dx_um if dy_um is None else dy_um
-    require_positive_voxel_size((dz_um, dy_um, dx_um), what="voxel size (dz, dy, dx)")
+    dy_um = checked_stage_scan(raw_zyx.shape, dz_um, dx_um, dy_um, scan_axis)
     out_um = float(output_voxel_um or dx_um)
     require_positive_voxel_size((out_um,), what="output voxel size")
     raw = xp.asarray(raw_zyx)

@@ -85,3 +85,20 @@ def frame_rotation_matrix(angle_deg: float, scan_axis: str = "x") -> np.ndarray:
         return swap @ rotation @ swap
     raise LlsmflowError(f"scan axis {scan_axis!r} is invalid; expected 'x' or 'y'")
 
+
+def checked_stage_scan(shape, dz_um, dx_um, dy_um, scan_axis: str, min_planes: int = 1) -> float:
+    """Check a raw stage-scan stack's shape (ZYX, at least ``min_planes`` planes), voxel sizes (µm) and scan
+    axis the way every deskew does; returns ``dy_um`` (``dx_um`` when None)."""
+    shape = tuple(shape)
+    if len(shape) != 3:
+        raise LlsmflowError(f"raw stack has shape {shape}; expected a 3-D ZYX stack")
+    if shape[0] < min_planes:
+        # a single plane (e.g. a 2-D image) has nothing to shear against: almost surely the wrong file
+        raise LlsmflowError(
+            f"raw stack has shape {shape}; expected a stage-scan stack of at least {min_planes} planes (ZYX)"
+        )
+    dy_um = dx_um if dy_um is None else dy_um
+    require_positive_voxel_size((dz_um, dy_um, dx_um), what="voxel size (dz, dy, dx)")
+    if scan_axis not in ("x", "y"):
+        raise LlsmflowError(f"scan axis {scan_axis!r} is invalid; expected 'x' or 'y'")
+    return dy_um

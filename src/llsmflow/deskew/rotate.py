@@ -11,6 +11,7 @@ import numpy as np
 from scipy import ndimage, sparse
 
 from llsmflow.deskew.frames import (
+    checked_stage_scan,
     deskewed_plane_spacing_um,
     objective_to_coverslip_matrix,
     shear_px_per_plane,
@@ -80,12 +81,7 @@ def deskew_rotate(
     spacing) plus a few MiB per thread.
     """
     raw = np.asarray(raw_zyx)
-    if raw.ndim != 3:
-        raise LlsmflowError(f"raw stack has shape {raw.shape}; expected a 3-D ZYX stack")
-    if scan_axis not in ("x", "y"):
-        raise LlsmflowError(f"scan axis {scan_axis!r} is invalid; expected 'x' or 'y'")
-    dy_um = dx_um if dy_um is None else dy_um
-    require_positive_voxel_size((dz_um, dy_um, dx_um), what="voxel size (dz, dy, dx)")
+    dy_um = checked_stage_scan(raw.shape, dz_um, dx_um, dy_um, scan_axis)
     if scan_axis == "y":
         # y and x swapped: the scan axis becomes x (its pixel size dy), the output is swapped back
         out, voxel, origin = deskew_rotate(

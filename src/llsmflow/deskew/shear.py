@@ -8,9 +8,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from llsmflow.deskew.frames import deskewed_plane_spacing_um, deskewed_shape, shear_px_per_plane
+from llsmflow.deskew.frames import (
+    checked_stage_scan,
+    deskewed_plane_spacing_um,
+    deskewed_shape,
+    shear_px_per_plane,
+)
 from llsmflow.deskew.workers import _run_parallel, _split, default_workers
-from llsmflow.errors import LlsmflowError, require_positive_voxel_size
+from llsmflow.errors import LlsmflowError
 
 # A plane whose sub-pixel shift is below this fraction of a pixel is copied, not interpolated (and its first
 # column is then valid); deskewed_valid_mask mirrors this rule.
@@ -79,17 +84,7 @@ def deskew(
         data is :func:`deskewed_valid_mask` with ``margin_px=0``.
     """
     raw = np.asarray(raw_zyx)
-    if raw.ndim != 3:
-        raise LlsmflowError(f"raw stack has shape {raw.shape}; expected a 3-D ZYX stack")
-    if raw.shape[0] < 2:
-        # a single plane (e.g. a 2-D image) has nothing to shear against: almost surely the wrong file
-        raise LlsmflowError(
-            f"raw stack has shape {raw.shape}; expected a stage-scan stack of at least 2 planes (ZYX)"
-        )
-    dy_um = dx_um if dy_um is None else dy_um
-    require_positive_voxel_size((dz_um, dy_um, dx_um), what="voxel size (dz, dy, dx)")
-    if scan_axis not in ("x", "y"):
-        raise LlsmflowError(f"scan axis {scan_axis!r} is invalid; expected 'x' or 'y'")
+    dy_um = checked_stage_scan(raw.shape, dz_um, dx_um, dy_um, scan_axis, min_planes=2)
     scan_pixel_um = dx_um if scan_axis == "x" else dy_um
     shear = shear_px_per_plane(dz_um, scan_pixel_um, angle_deg)
     out_shape = deskewed_shape(raw.shape, dz_um, scan_pixel_um, angle_deg, scan_axis)

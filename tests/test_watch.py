@@ -261,18 +261,24 @@ def finished_jobs(run_dir: Path) -> list[tuple[str, str]]:
     return jobs
 
 
-@pytest.fixture(scope="module")
-def watched(tmp_path_factory, tiny_run):
-    """One acquisition written by the simulator and watched: watch #1 stopped with Ctrl-C mid-stream,
-    watch #2 started, which finishes it (final run). Same data and config as ``tiny_run``."""
-    base = tmp_path_factory.mktemp("watch")
+def watch_setup(base: Path, tiny_run):
+    """``(raw folder to watch, tiny_run's raw folder, its stacks, run dir, config, config path)``: the config of
+    ``tiny_run`` (same iterations) pointed at an empty raw folder under ``base``."""
     raw = base / "raw"
     source = tiny_run.acquisition / "raw"
     stacks = synthetic_stacks(source)
     config = workflow_config("tiny", raw)
     config["deconvolution"]["iterations"] = tiny_run.config["deconvolution"]["iterations"]
     run_dir = base / "run"
-    config_path = write_workflow_config(run_dir, config)
+    return raw, source, stacks, run_dir, config, write_workflow_config(run_dir, config)
+
+
+@pytest.fixture(scope="module")
+def watched(tmp_path_factory, tiny_run):
+    """One acquisition written by the simulator and watched: watch #1 stopped with Ctrl-C mid-stream,
+    watch #2 started, which finishes it (final run). Same data and config as ``tiny_run``."""
+    base = tmp_path_factory.mktemp("watch")
+    raw, source, stacks, run_dir, config, config_path = watch_setup(base, tiny_run)
     hook = base / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(AUDIT_HOOK)

@@ -25,7 +25,7 @@ import yaml
 
 from tests.conftest import LLSMFLOW, REPO, workflow_config, write_workflow_config
 from tests.test_slurm import _jobcomp, _jobcomp_size, _node_cpus
-from tests.test_watch import SETTLE_S, start_acquisition, synthetic_stacks
+from tests.test_watch import SETTLE_S, start_acquisition, watch_setup
 
 pytestmark = pytest.mark.e2e
 
@@ -54,13 +54,7 @@ def _profile(base: Path) -> Path:
 @pytest.fixture(scope="module")
 def watched_on_slurm(slurm_cluster, tiny_run, tmp_path_factory):
     base = tmp_path_factory.mktemp("watch-slurm")
-    raw = base / "raw"
-    source = tiny_run.acquisition / "raw"
-    stacks = synthetic_stacks(source)
-    config = workflow_config("tiny", raw)
-    config["deconvolution"]["iterations"] = tiny_run.config["deconvolution"]["iterations"]
-    run_dir = base / "run"
-    config_path = write_workflow_config(run_dir, config)
+    raw, source, stacks, run_dir, config, config_path = watch_setup(base, tiny_run)
     command = [
         "timeout", "-k", "15", "900",  # Snakemake ignores SIGTERM while jobs run
         str(LLSMFLOW), "watch", str(raw), "--configfile", str(config_path), "--workflow-dir", str(REPO),

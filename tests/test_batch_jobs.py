@@ -104,7 +104,6 @@ def test_the_device_branch_of_a_job_equals_its_cpu_branch():
         DeconSettings,
         Geometry,
         Psf,
-        _deskew_and_deconvolve_on_device,
         deskew_and_deconvolve,
     )
 
@@ -117,8 +116,12 @@ def test_the_device_branch_of_a_job_equals_its_cpu_branch():
         geometry = Geometry(dz_um=0.3, dx_um=0.104, dy_um=0.104, angle_deg=31.8, rotate=rotate)
         decon = DeconSettings(iterations=5, background=100.0, threads=1)
         cpu_deskewed, cpu = deskew_and_deconvolve(raw, psf, geometry, decon)
-        dev_deskewed, dev = _deskew_and_deconvolve_on_device(raw, psf, geometry, decon, xp=np)
+        dev_deskewed, dev = deskew_and_deconvolve(raw, psf, geometry, decon, xp=np)
         assert dev_deskewed.data.shape == cpu_deskewed.data.shape == dev.data.shape
+        assert dev_deskewed.data.strides == (0, 0, 0) and cpu_deskewed.data.strides != (0, 0, 0)
+        kept, kept_decon = deskew_and_deconvolve(raw, psf, geometry, decon, keep_deskewed=True, xp=np)
+        np.testing.assert_array_equal(kept.data, cpu_deskewed.data)
+        np.testing.assert_array_equal(kept_decon.data, cpu.data)
         assert dev_deskewed.voxel_size_um == cpu_deskewed.voxel_size_um
         np.testing.assert_allclose(dev_deskewed.origin_offset_um, cpu_deskewed.origin_offset_um, atol=1e-9)
         scale = float(np.abs(cpu.data).max())

@@ -301,3 +301,23 @@ def test_deskew_rotate_scan_axis_y_matches_affine_reference(angle, dy):
 def test_deskew_rotate_refuses_unknown_scan_axis():
     with pytest.raises(LlsmflowError, match="expected 'x' or 'y'"):
         deskew_rotate(np.zeros((3, 4, 5), np.float32), 0.3, 0.1, 30.0, scan_axis="z")
+
+
+@pytest.mark.parametrize("scan_axis", ["x", "y"])
+def test_deskew_stack_is_deskew_or_deskew_rotate_by_the_rotate_setting(scan_axis):
+    """The one frame choice (config deskew.rotate) gives exactly the objective-frame deskew or the coverslip-frame
+    deskew + rotation, with the deskew's own shear (pixels per plane along the scan axis) in both frames."""
+    from llsmflow.deskew import deskew_stack
+
+    rng = np.random.default_rng(5)
+    raw = rng.integers(90, 400, (12, 20, 24), dtype=np.uint16)
+    geometry = dict(dz_um=0.4, dx_um=0.104, angle_deg=-31.8, dy_um=0.11, scan_axis=scan_axis)
+    objective = deskew(raw, **geometry, workers=1)
+    chosen = deskew_stack(raw, **geometry, workers=1)
+    np.testing.assert_array_equal(chosen.data, objective.data)
+    assert (chosen.voxel_size_um, chosen.origin_offset_um) == (objective.voxel_size_um, objective.origin_offset_um)
+    data, voxel, origin = deskew_rotate(raw, **geometry, output_voxel_um=0.2, workers=1)
+    rotated = deskew_stack(raw, **geometry, rotate=True, output_voxel_um=0.2, workers=1)
+    np.testing.assert_array_equal(rotated.data, data)
+    assert (rotated.voxel_size_um, rotated.origin_offset_um) == (tuple(voxel), tuple(origin))
+    assert rotated.shear_px_per_plane == objective.shear_px_per_plane

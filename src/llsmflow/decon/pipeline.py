@@ -54,6 +54,9 @@ class DeskewDeconResult:
         What the deconvolution did (its ``data`` is ``data``; ``seconds`` is the whole call's).
     seconds : dict
         Wall time (s) of the steps: ``upload``, ``deskew``, ``deconvolution`` (download included) and ``total``.
+    deskewed : numpy.ndarray or None
+        The deskewed volume (float32) when the deskew ran on the host (always with ``keep_deskewed=True``);
+        None when it ran on the GPU and stayed there.
     """
 
     data: np.ndarray
@@ -62,6 +65,7 @@ class DeskewDeconResult:
     shear_px_per_plane: float
     deconvolution: DeconResult
     seconds: dict = field(default_factory=dict)
+    deskewed: np.ndarray | None = None
 
     def summary(self) -> dict:
         """For metadata and provenance: ``{"deskew": {...}, "deconvolution": DeconResult.summary()}``."""
@@ -104,6 +108,8 @@ def deskew_deconvolve(
     out: np.ndarray | None = None,
     psf_path: str | Path | None = None,
     max_memory_gb: float | None = None,
+    client=None,
+    keep_deskewed: bool = False,
     xp=None,
 ) -> DeskewDeconResult:
     """Deskew (optionally rotate to the coverslip frame) and deconvolve one raw stage-scan stack.
@@ -133,6 +139,11 @@ def deskew_deconvolve(
     max_memory_gb : float, optional
         A memory budget (GB) for the deconvolution, as :func:`deconvolve`: with one, the host deskew and
         :func:`deconvolve`'s chunks (the volume then does not stay on the device). Default: the whole volume.
+    client : dask.distributed.Client, optional
+        Run the deconvolution's chunks on this Dask cluster, as :func:`deconvolve` (after the host deskew).
+    keep_deskewed : bool
+        Also return the deskewed volume on the host (``DeskewDeconResult.deskewed``; e.g. to write it as an
+        intermediate). The deskew then runs on the host and only the deconvolution on the backend.
     xp : module, optional
         Array module of the device path; ``numpy`` runs the GPU code path on the host (tests, benchmarks).
         Default: CuPy for backend ``'cupy'``, else the host path.
@@ -148,7 +159,7 @@ def deskew_deconvolve(
     if xp is None and name == "cupy" and max_memory_gb is None:
         import cupy as xp
     fallbacks: list[str] = []
-    if xp is not None and max_memory_gb is None:
+    if xp is not None and max_memory_gb is None and client is None and not keep_deskewed:
         try:
             return _on_device(
                 raw_zyx, psf, psf_voxel_um, geometry, rotate, output_voxel_um, fill_value, iterations,
@@ -173,31 +184,22 @@ def deskew_deconvolve(
     result = deconvolve(
         deskewed, psf, voxel, psf_voxel_um, iterations=iterations, background=background,
         psf_background=psf_background, backend=name, method=method, progress=progress, threads=threads,
-        acceleration=acceleration, out=out, psf_path=psf_path, max_memory_gb=max_memory_gb,
+        acceleration=acceleration, out=out, psf_path=psf_path, max_memory_gb=max_memory_gb, client=client,
     )  # fmt: skip
     result.fallbacks[:0] = fallbacks
     end = time.perf_counter()
     result.seconds = end - start
     seconds = {"upload": 0.0, "deskew": t1 - t0, "deconvolution": end - t1, "total": end - start}
-    return DeskewDeconResult(result.data, voxel, origin, shear, result, seconds)
+    return DeskewDeconResult(result.data, voxel, origin, shear, result, seconds, deskewed)
 
 
 def _deskew_host(raw_zyx, geometry, rotate, output_voxel_um, fill_value, threads):
-    from llsmflow.deskew.frames import shear_px_per_plane
+    from llsmflow.deskew.stack import deskew_stack
 
-    scan_pixel = (
-        geometry["dx_um"] if geometry["scan_axis"] == "x" else (geometry["dy_um"] or geometry["dx_um"])
-    )
-    if rotate:
-        from llsmflow.deskew.rotate import deskew_rotate
-
-        data, voxel, origin = deskew_rotate(
-            raw_zyx, output_voxel_um=output_voxel_um, fill_value=fill_value, workers=threads, **geometry
-        )
-        return data, voxel, origin, shear_px_per_plane(geometry["dz_um"], scan_pixel, geometry["angle_deg"])
-    from llsmflow.deskew.shear import deskew
-
-    result = deskew(raw_zyx, fill_value=fill_value, workers=threads, **geometry)
+    result = deskew_stack(
+        raw_zyx, rotate=rotate, output_voxel_um=output_voxel_um, fill_value=fill_value, workers=threads,
+        **geometry,
+    )  # fmt: skip
     return result.data, result.voxel_size_um, result.origin_offset_um, result.shear_px_per_plane
 
 
@@ -206,7 +208,7 @@ def _on_device(
     psf_background, method, acceleration, threads, progress, out, psf_path, xp, start,
 ) -> DeskewDeconResult:  # fmt: skip
     from llsmflow.deskew.device import deskew_rotate_xp, deskew_xp
-    from llsmflow.deskew.frames import shear_px_per_plane
+    from llsmflow.deskew.stack import scan_shear_px_per_plane
 
     raw = np.asarray(raw_zyx) if not hasattr(raw_zyx, "__cuda_array_interface__") else raw_zyx
     if raw.ndim != 3:
@@ -225,10 +227,7 @@ def _on_device(
         deskewed, voxel, origin = deskew_rotate_xp(
             device_raw, output_voxel_um=output_voxel_um, fill_value=fill_value, xp=xp, **geometry
         )
-        scan_pixel = (
-            geometry["dx_um"] if geometry["scan_axis"] == "x" else (geometry["dy_um"] or geometry["dx_um"])
-        )
-        shear = shear_px_per_plane(geometry["dz_um"], scan_pixel, geometry["angle_deg"])
+        shear = scan_shear_px_per_plane(**geometry)
     else:
         deskewed, voxel, origin, shear = deskew_xp(device_raw, fill_value=fill_value, xp=xp, **geometry)
     del device_raw

@@ -36,6 +36,8 @@ Submodules (re-exported here, each imported on first use)
 * ``shear``: :func:`deskew` (the per-plane shift) and :func:`deskewed_valid_mask`, which mirrors its rule.
 * ``rotate``: :func:`deskew_rotate` (sparse bilinear map, SciPy) and its ``affine_transform`` reference;
   :func:`rotated_valid_mask`, where a rotated volume holds data (its empty wedges are not data).
+* ``stack``: :func:`deskew_stack`, the one choice between the two frames (config ``deskew.rotate``) that the
+  workflow's jobs, the QC previews and :func:`llsmflow.decon.deskew_deconvolve` make.
 * ``workers``: the thread pool both kernels use (:func:`default_workers`).
 * ``device``: :func:`deskew_xp` and :func:`deskew_rotate_xp`, the same on an array module (NumPy or CuPy), so
   that a volume deskewed on a GPU stays there for deconvolution (``docs/gpu.md``).
@@ -59,6 +61,8 @@ _EXPORTS = {
     "frame_rotation_matrix": "frames",
     "default_workers": "workers",
     "deskew_xp": "device",
+    "deskew_stack": "stack",
+    "scan_shear_px_per_plane": "stack",
     "deskew_rotate_xp": "device",
 }
 

@@ -24,7 +24,8 @@ _EXACT_SHIFT_PX = 1e-6
 
 @dataclass
 class DeskewResult:
-    """A deskewed volume in the objective frame.
+    """A deskewed volume in the objective frame (or, from :func:`llsmflow.deskew.deskew_stack` with
+    ``rotate=True``, in the coverslip frame).
 
     ``origin_offset_um`` is the objective-frame position (z, y, x, µm) of output voxel (0, 0, 0) relative to
     the position of raw voxel (0, 0, 0); it is non-zero along the scan axis for negative angles.

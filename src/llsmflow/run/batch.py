@@ -95,76 +95,33 @@ class Deskewed:
 
 
 def deskew_raw(raw: np.ndarray, geometry: Geometry, workers: int | None = None) -> Deskewed:
-    """Deskew one raw ZYX stack into the objective frame, or (``geometry.rotate``) into the coverslip frame."""
+    """Deskew one raw ZYX stack into the objective frame, or (``geometry.rotate``) into the coverslip frame
+    (isotropic voxels of dx, one interpolation: :func:`llsmflow.deskew.deskew_stack`)."""
+    from llsmflow.deskew.stack import deskew_stack
+
     t0 = time.perf_counter()
     g = geometry
-    if g.rotate:
-        from llsmflow.deskew.rotate import deskew_rotate
-
-        # coverslip frame, isotropic voxels of dx, one interpolation; origin: coverslip-frame position (µm)
-        # of voxel (0, 0, 0) relative to the raw stack's first voxel
-        data, voxel, origin = deskew_rotate(
-            raw, g.dz_um, g.dx_um, g.angle_deg, dy_um=g.dy_um, scan_axis=g.scan_axis,
-            fill_value=g.fill_value, workers=workers,
-        )
-    else:
-        from llsmflow.deskew.shear import deskew
-
-        result = deskew(
-            raw, g.dz_um, g.dx_um, g.angle_deg, dy_um=g.dy_um, scan_axis=g.scan_axis,
-            fill_value=g.fill_value, workers=workers,
-        )
-        data, voxel, origin = result.data, result.voxel_size_um, result.origin_offset_um
-    return Deskewed(data, tuple(voxel), tuple(origin), time.perf_counter() - t0)
-
-
-def _on_gpu(decon: DeconSettings) -> bool:
-    """Whether the job's deconvolution runs with CuPy (``cupy``, or ``auto`` on a machine with a CUDA GPU)."""
-    if decon.backend not in ("cupy", "auto"):
-        return False
-    from llsmflow.decon.backends import choose_backend
-
-    return choose_backend(decon.backend) == "cupy"
+    result = deskew_stack(
+        raw, g.dz_um, g.dx_um, g.angle_deg, dy_um=g.dy_um, scan_axis=g.scan_axis, fill_value=g.fill_value,
+        rotate=g.rotate, workers=workers,
+    )  # fmt: skip
+    return Deskewed(
+        result.data, tuple(result.voxel_size_um), tuple(result.origin_offset_um), time.perf_counter() - t0
+    )
 
 
 def deskew_and_deconvolve(
-    raw: np.ndarray, psf: Psf, geometry: Geometry, decon: DeconSettings, keep_deskewed: bool = False
+    raw: np.ndarray, psf: Psf, geometry: Geometry, decon: DeconSettings, keep_deskewed: bool = False, xp=None
 ):
-    """Raw ZYX stack → (deskewed, :class:`llsmflow.decon.api.DeconResult`).
+    """Raw ZYX stack → (deskewed, :class:`llsmflow.decon.api.DeconResult`), by
+    :func:`llsmflow.decon.deskew_deconvolve`.
 
-    With CuPy (and the whole volume at once, no deskewed volume to write) the raw stack goes to the GPU once
-    and the deskewed volume never leaves it (:func:`llsmflow.decon.deskew_deconvolve`); the ``Deskewed``
-    returned then holds a zero-stride placeholder of the volume's shape instead of its voxels. Otherwise the
-    deskew runs here on the CPU and the volume goes to :func:`llsmflow.decon.deconvolve`.
+    With CuPy (the whole volume at once, no Dask cluster, no deskewed volume to keep) the raw stack goes to the
+    GPU once and the deskewed volume never leaves it; the ``Deskewed`` returned then holds a zero-stride
+    placeholder of the volume's shape instead of its voxels. Otherwise the deskew runs on the host and the
+    volume goes to :func:`llsmflow.decon.deconvolve` on the configured backend. ``xp=numpy`` runs the GPU code
+    path on the host (tests).
     """
-    if not keep_deskewed and decon.max_memory_gb is None and _on_gpu(decon):
-        return _deskew_and_deconvolve_on_device(raw, psf, geometry, decon)
-    from llsmflow.decon.api import deconvolve
-
-    deskewed = deskew_raw(raw, geometry, workers=decon.threads)
-    result = deconvolve(
-        deskewed.data,
-        psf.data,
-        deskewed.voxel_size_um,
-        psf.voxel_size_um,
-        iterations=decon.iterations,
-        background=decon.background,
-        psf_background=0.0,  # prepared by prepare_psf
-        backend=decon.backend,
-        method=decon.method,
-        max_memory_gb=decon.max_memory_gb,
-        client=decon.client,
-        threads=decon.threads,
-        progress=decon.progress,
-        psf_path=psf.path,
-    )
-    return deskewed, result
-
-
-def _deskew_and_deconvolve_on_device(
-    raw: np.ndarray, psf: Psf, geometry: Geometry, decon: DeconSettings, xp=None
-):
-    """The CuPy branch of :func:`deskew_and_deconvolve` (``xp=numpy`` runs the same code on the host: tests)."""
     import dataclasses
 
     from llsmflow.decon.pipeline import deskew_deconvolve
@@ -185,15 +142,21 @@ def _deskew_and_deconvolve_on_device(
         background=decon.background,
         psf_background=0.0,  # prepared by prepare_psf
         method=decon.method,
-        backend="cupy",
+        backend=decon.backend,
+        max_memory_gb=decon.max_memory_gb,
+        client=decon.client,
         threads=decon.threads,
         progress=decon.progress,
         psf_path=psf.path,
+        keep_deskewed=keep_deskewed,
         xp=xp,
     )
     seconds = both.seconds
+    voxels = both.deskewed
+    if voxels is None:  # the deskewed voxels were not kept (on a GPU they never left it)
+        voxels = np.broadcast_to(np.float32(0), both.data.shape)
     deskewed = Deskewed(
-        np.broadcast_to(np.float32(0), both.data.shape),  # the deskewed voxels stayed on the GPU
+        voxels,
         tuple(both.voxel_size_um),
         tuple(both.origin_offset_um),
         seconds.get("upload", 0.0) + seconds.get("deskew", 0.0),

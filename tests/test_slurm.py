@@ -286,6 +286,12 @@ def test_shipped_profile_cores_capped_to_the_node(slurm_cluster, small_acquisiti
     )
     assert estimate.returncode == 0, estimate.stderr
     assert f"have {cpus} CPUs: capped at {cpus}" in estimate.stdout
+    # what `llsmflow watch` applies before the first stack exists: the node's CPUs only
+    from llsmflow.hpc.resources import cap_at_node_cpus
+
+    capped, note = cap_at_node_cpus(REPO / "profiles" / "slurm", None)
+    assert capped == cpus and "8 cores per submission requested, but the nodes" in note
+    assert cap_at_node_cpus(REPO / "profiles" / "slurm", 1) == (1, None)
     config = _small_config(tmp_path, raw)
     dry = subprocess.run(
         [

@@ -68,6 +68,14 @@ def cmd_run(args) -> int:
     return 0
 
 
+def whole_cores(cores) -> int | None:
+    """``--cores`` as a number (None when not given)."""
+    try:
+        return int(cores) if cores else None
+    except ValueError:
+        raise LlsmflowError(f"--cores {cores!r} is invalid; expected a whole number") from None
+
+
 def cluster_cores(config: dict, profile: Path, cores):
     """On SLURM, what the jobs will request is checked against the partition's nodes before anything is
     submitted; returns the cores to pass (capped at a node's CPUs, with a note), else ``cores`` unchanged."""
@@ -78,10 +86,7 @@ def cluster_cores(config: dict, profile: Path, cores):
     from llsmflow.hpc.resources import fit_to_partition, volume_sizes
     from llsmflow.ingest import read_acquisition
 
-    try:
-        wanted = int(cores) if cores else None
-    except ValueError:
-        raise LlsmflowError(f"--cores {cores!r} is invalid; expected a whole number") from None
+    wanted = whole_cores(cores)
     acq = read_acquisition(
         config["raw_dir"], config.get("metadata"), config["overrides"], check_files=False,
         allow_missing_timepoints=config["ingest"]["allow_missing_timepoints"],

@@ -11,8 +11,9 @@ from llsmflow.run.launch import DEFAULT_PROFILE
 
 
 def cmd_watch(args) -> int:
-    from llsmflow.cli.run import cluster_cores
+    from llsmflow.cli.run import cluster_cores, whole_cores
     from llsmflow.hpc.profiles import profile_options
+    from llsmflow.hpc.resources import cap_at_node_cpus
     from llsmflow.run.config import check_config, effective_config, find_workflow_root
     from llsmflow.run.launch import WATCH_CONFIG, failure_reason, launch, profile_dir, snakemake_command
     from llsmflow.run.paths import check_output_paths, run_paths
@@ -53,8 +54,15 @@ def cmd_watch(args) -> int:
     def echo(line: str) -> None:
         status.line(line if len(line) < 300 else line[:297] + "…")
 
-    # the rounds run in one Snakemake process started now, while the first volume is being written
-    command = snakemake_command(root, configfile, profile, args.cores, [], config=WATCH_CONFIG)
+    # the rounds run in one Snakemake process started now, while the first volume is being written; on SLURM
+    # its jobs must fit a node's CPUs before any stack exists to size them by (the final run checks it all)
+    cores = args.cores
+    if slurm:
+        capped, note = cap_at_node_cpus(profile, whole_cores(args.cores))
+        if note:
+            print(f"llsmflow watch: note: {note}", file=sys.stderr, flush=True)
+            cores = capped
+    command = snakemake_command(root, configfile, profile, cores, [], config=WATCH_CONFIG)
     rounds = Rounds(command, config, configfile, root, slurm)
 
     def run_round(targets: list[str], prioritize: list[str]) -> int:

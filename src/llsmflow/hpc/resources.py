@@ -410,14 +410,34 @@ def fit_to_partition(
     capped = min(wanted, limits.cpus) if wanted else limits.cpus
     groups = profile_settings(Path(profile))[1] if profile else {}
     capped = check_fit(step_resources(sizes, config, capped), capped, limits, gpu_limits, groups)
-    note = None
-    if wanted and capped < wanted:
-        note = (
-            f"{wanted} cores per submission requested, but the nodes of SLURM partition {limits.partition} "
-            f"have {limits.cpus} CPUs: capped at {capped} (a job's threads, and the jobs a grouped submission "
-            "runs side by side, follow)"
-        )
-    return capped, note
+    return capped, _capped_note(wanted, capped, limits)
+
+
+def cap_at_node_cpus(profile: str | Path | None, cores: int | None) -> tuple[int | None, str | None]:
+    """For a SLURM profile, the cores of one submission (``cores``, else the profile's) capped at the CPUs of
+    the partition's nodes, and a line saying so (None if nothing was capped); ``cores`` unchanged outside
+    SLURM. What :func:`fit_to_partition` does before it knows the volumes' sizes (``llsmflow watch`` starts
+    before the first stack is written): a job asking for more CPUs than a node has never starts."""
+    from llsmflow.hpc.profiles import partition_limits, profile_options
+
+    options = profile_options(Path(profile) if profile else None)
+    if options.get("executor") != "slurm":
+        return cores, None
+    wanted = cores or options.get("cores")
+    limits = partition_limits(options.get("partition"))
+    if limits is None or not wanted or wanted <= limits.cpus:
+        return cores, None
+    return limits.cpus, _capped_note(wanted, limits.cpus, limits)
+
+
+def _capped_note(wanted: int | None, capped: int, limits) -> str | None:
+    if not wanted or capped >= wanted:
+        return None
+    return (
+        f"{wanted} cores per submission requested, but the nodes of SLURM partition {limits.partition} "
+        f"have {limits.cpus} CPUs: capped at {capped} (a job's threads, and the jobs a grouped submission "
+        "runs side by side, follow)"
+    )
 
 
 # ------------------------------------------------------------------------------------------------- estimate

@@ -10,13 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from llsmflow.decon.fft import _is_numpy, _Workspace
-from llsmflow.decon.otf import (
-    _WB_ALPHA,
-    _WB_ORDER,
-    _folded,
-    _place_kernel,
-    wb_back_projector,
-)
+from llsmflow.decon.otf import _WB_ALPHA, _WB_ORDER, _folded, _place_kernel, wb_back_projector
 from llsmflow.decon.padding import _reflect_fill
 from llsmflow.decon.volumes import _read_block, _slabs, _sub_z
 from llsmflow.errors import LlsmflowError
@@ -185,7 +179,7 @@ class _Engine:
         for a, b in _slabs(region, np.dtype(volume.dtype).itemsize):
             view = data[_sub_z(inner, a, b)]
             block = xp.asarray(_read_block(volume, _sub_z(region, a, b), check))
-            if background and np.can_cast(block.dtype, np.float32):
+            if background and _is_numpy(xp) and np.can_cast(block.dtype, np.float32):
                 # exact in float32 (uint16 …): the float32 subtraction of the two steps below, in one pass
                 xp.subtract(block, xp.float32(background), out=view)
             else:

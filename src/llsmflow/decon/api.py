@@ -144,7 +144,8 @@ def wiener_butterworth(
     :func:`wb_back_projector`): a Wiener filter times a Butterworth window whose cutoffs ``kc_i`` are
     1 / FWHM of the PSF along each axis and whose ``ee`` sets the back projector's gain at the cutoff to
     ``β``. Each iteration costs the same four FFTs as an RL iteration (from a flat start, the first costs
-    two, and one WB iteration needs no OTF). Measured as correlation with the ground truth
+    two, and one WB iteration needs no OTF); with pyFFTW the back projector's spectrum is a pruned transform
+    of the small kernel, not an FFT of the padded volume. Measured as correlation with the ground truth
     (``bench/bench_decon_quality.py``, 64×256×256, real LLSM PSF, Poisson noise; ``bench/RESULTS.md``): from
     a flat first estimate, one WB iteration beats 10 iterations of ``skimage.restoration.richardson_lucy``
     on beads on a dense texture (0.913 against 0.865; 2 and 3 WB iterations: 0.869, 0.837), but on sparse

@@ -31,14 +31,21 @@ def _fold_indices(psf_shape, grid_shape) -> tuple[list[np.ndarray], list[np.ndar
     return targets, slots
 
 
+def _folded(psf: np.ndarray, grid_shape, dtype) -> tuple[list[np.ndarray], np.ndarray]:
+    """The centred ``psf`` folded (aliased) onto a cyclic grid: (per axis, the grid indices it covers; the
+    folded values there, of ``dtype``)."""
+    targets, slots = _fold_indices(psf.shape, grid_shape)
+    small = np.zeros(tuple(t.size for t in targets), dtype=dtype)
+    np.add.at(small, np.ix_(*slots), psf.astype(dtype))
+    return targets, small
+
+
 def _place_kernel(buffer, psf: np.ndarray, xp=np) -> None:
     """Zero ``buffer`` and put the centred ``psf`` in it with its central voxel at index 0 (cyclic wrap).
 
     A kernel longer than the buffer along an axis is folded (aliased) onto it, so that its sum is kept.
     """
-    targets, slots = _fold_indices(psf.shape, buffer.shape)
-    small = np.zeros(tuple(t.size for t in targets), dtype=buffer.dtype)
-    np.add.at(small, np.ix_(*slots), psf.astype(buffer.dtype))
+    targets, small = _folded(psf, buffer.shape, buffer.dtype)
     buffer.fill(0)
     index = np.ix_(*targets) if xp is np else xp.ix_(*[xp.asarray(t) for t in targets])
     buffer[index] = xp.asarray(small)

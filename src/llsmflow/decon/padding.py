@@ -84,8 +84,17 @@ def _reflect_fill(arr, inner: tuple[slice, ...], xp=np) -> None:
         for lo, hi in ((0, start), (stop, size)):
             if hi <= lo:
                 continue
-            src_index = _reflect_index(np.arange(lo - start, hi - start), n) + start
             dst, src = list(sel), list(sel)
             dst[axis] = slice(lo, hi)
+            width = hi - lo
+            if width < n:  # a mirror of the box's first or last planes: a reversed slice, no index array
+                src[axis] = slice(start + 1, start + 1 + width) if lo < start else slice(stop - 1 - width, stop - 1)
+                arr[tuple(dst)] = arr[tuple(src)][_reversed(axis)]
+                continue
+            src_index = _reflect_index(np.arange(lo - start, hi - start), n) + start
             src[axis] = src_index if xp is np else xp.asarray(src_index)
             arr[tuple(dst)] = arr[tuple(src)]
+
+
+def _reversed(axis: int) -> tuple[slice, ...]:
+    return (*(slice(None),) * axis, slice(None, None, -1))

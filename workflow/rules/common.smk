@@ -12,6 +12,7 @@ from llsmflow.errors import LlsmflowError
 from llsmflow.decon.backends import GPU_BACKENDS
 from llsmflow.hpc.resources import grow, step_resources, volume_sizes
 from llsmflow.ingest import read_acquisition
+from llsmflow.io import is_url
 
 validate(config, workflow.source_path("../../config/schema.yaml"))
 
@@ -33,6 +34,18 @@ try:
     )
 except LlsmflowError as error:
     raise WorkflowError(f"llsmflow: {error}") from None
+
+# raw data where they live (docs/remote.md): a raw_dir URL is read by the jobs through fsspec, only what each
+# needs; Snakemake's inputs are local files, so by URL the raw files are params only (raw_inputs)
+RAW_BY_URL = is_url(config["raw_dir"])
+
+
+def raw_inputs(files):
+    """Raw files (a list or an input function) as Snakemake inputs of a local raw folder; none by URL: the
+    jobs then read them by URL from their params (a download into .snakemake/storage would read them whole).
+    """
+    return [] if RAW_BY_URL else files
+
 
 DATASET = config["dataset"]
 WORK = Path(config["work_dir"]) / DATASET
@@ -382,7 +395,7 @@ def write_job_plan():
             ],
         },
         RAW_FILES,
-        ACQ.raw_dir,
+        str(ACQ.raw_dir),
         final=["provenance"],
         to_run=to_run,
     )

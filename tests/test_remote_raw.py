@@ -148,3 +148,37 @@ def test_records_name_raw_data_by_url_with_their_sha256(url_run):
     assert raw_entities == {f"#raw/{name}": digest for name, digest in sha.items()}
     # no local temporary copy is named anywhere
     assert "/tmp" not in json.dumps(record["inputs"]) and ".snakemake/storage" not in json.dumps(crate)
+
+
+@pytest.fixture
+def small_server(tmp_path):
+    """A server on localhost for a folder of a few files (no workflow run)."""
+    (tmp_path / "czi").mkdir()
+    (tmp_path / "czi" / "cell.czi").write_bytes(b"ZISRAWFILE" + bytes(100))
+    (tmp_path / "empty").mkdir()
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(RangeHandler, directory=str(tmp_path))
+    )
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("folder", "expected"),
+    [
+        ("missing/raw/", "cannot be listed as a raw data folder; expected a URL whose server lists"),
+        ("czi/", "is a Zeiss CZI, which cannot be read by URL"),
+        ("empty/", "acquisition metadata file not found"),
+    ],
+)
+def test_raw_dir_url_errors_are_one_line_without_credentials(small_server, folder, expected):
+    from llsmflow.errors import LlsmflowError
+    from llsmflow.ingest import read_acquisition
+
+    with pytest.raises(LlsmflowError) as caught:
+        read_acquisition(f"http://reader:s3cret@{small_server}/{folder}")
+    message = str(caught.value)
+    assert expected in message and "\n" not in message
+    assert "s3cret" not in message and small_server in message

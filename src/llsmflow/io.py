@@ -447,9 +447,6 @@ class UrlPath:
     def __str__(self) -> str:
         return self.url
 
-    def __repr__(self) -> str:
-        return f"UrlPath({redact(self.url)!r})"
-
     def __eq__(self, other) -> bool:
         return isinstance(other, UrlPath) and other.url == self.url
 
@@ -471,7 +468,8 @@ class UrlPath:
 
         return unquote(self.url.rsplit("/", 1)[-1].partition("?")[0])
 
-    suffix = property(lambda self: Path(self.name).suffix)
+    suffix, stem = property(lambda self: Path(self.name).suffix), property(lambda self: Path(self.name).stem)
+    shown = property(lambda self: redact(self.url))  # what messages name (LlsmflowError)
     parent = property(lambda self: UrlPath(self.url.rsplit("/", 1)[0]))
     is_absolute = lambda self: True  # noqa: E731
     resolve = lambda self: self  # noqa: E731
@@ -527,8 +525,7 @@ class UrlPath:
                 yield UrlPath(url, kind="directory" if entry.get("type") == "directory" else "file")
 
     def stat(self):
-        """``st_size``; ``st_mtime_ns`` the server's version of the file (Last-Modified, else a number made
-        from its ETag, else 0)."""
+        """``st_size``; ``st_mtime_ns`` the file's version (Last-Modified, else made from its ETag, else 0)."""
         from email.utils import parsedate_to_datetime
         from types import SimpleNamespace
 

@@ -99,7 +99,6 @@ def cmd_init(args) -> int:
     from llsmflow.ingest import read_acquisition
     from llsmflow.ingest.detect import detect_format
     from llsmflow.ingest.instrument import HOW_TO_GIVE, instrument_metadata
-
     from llsmflow.io import as_path
 
     raw_dir = as_path(args.raw_dir).resolve()  # a local folder, or a URL (docs/remote.md)

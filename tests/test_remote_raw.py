@@ -100,18 +100,25 @@ def test_run_by_url_equals_the_run_on_the_local_folder(url_run, tiny_run):
     b = zarr.open_group(str(remote / "tiny.ome.zarr"), mode="r")
     levels = sorted(a.array_keys())
     assert levels and sorted(b.array_keys()) == levels
+    # the same raw values in: equal up to float32 rounding (FFTW plans measured afresh by each run may sum in
+    # another order; two local runs differ as much)
     for level in levels:
-        np.testing.assert_array_equal(np.asarray(b[level][:]), np.asarray(a[level][:]))
-    for table in sorted((local / "tracks").glob("*.csv")):
-        pd.testing.assert_frame_equal(pd.read_csv(remote / "tracks" / table.name), pd.read_csv(table))
+        expected = np.asarray(a[level][:])
+        np.testing.assert_allclose(np.asarray(b[level][:]), expected, rtol=1e-3, atol=1e-4 * expected.max())
+    tables = sorted((local / "tracks").glob("*.csv"))
+    assert tables
+    for table in tables:
+        pd.testing.assert_frame_equal(pd.read_csv(remote / "tracks" / table.name), pd.read_csv(table), rtol=1e-3)
 
 
 def test_raw_bytes_sent_are_about_what_the_run_needs(url_run, tiny_run):
     """Each stack is sent about twice: one streaming pass for its sha256 (once per run: the provenance job
     reuses the archive's digests) and one for its pixels, plus its TIFF header (a 4 KiB block per IFD, read by
     the checks of `llsmflow run` and of the ingest step); the reference timepoint's stacks once more (the QC
-    tiles deskew them again). The PSFs and acquisition.json are small files read whole by every parse of the
-    workflow (the resource estimates prepare the PSFs): reported, bounded loosely."""
+    tiles deskew them again). A volume's pages are fetched with a 4 KiB read-ahead each: a third more than the
+    12 kB pages of these tiny stacks, nothing much for a camera's 8 MB pages. The PSFs and acquisition.json
+    are small files read whole several times (checks, PSF preparation, the volume sizes of the first parse):
+    reported, bounded loosely."""
     files = {f"/raw/{p.name}": p.stat().st_size for p in url_run.raw_dir.iterdir() if p.is_file()}
     stacks = {name: size for name, size in files.items() if "/Scan_" in name}
     reference = f"_{tiny_run.config['stitch']['reference_timepoint']:04d}t.tif"
@@ -125,7 +132,7 @@ def test_raw_bytes_sent_are_about_what_the_run_needs(url_run, tiny_run):
     )
     for name, size in stacks.items():
         expected = 3 if name.endswith(reference) else 2  # sha256 + pixels (+ the QC tile's pixels)
-        assert expected * size <= sent[name] <= (expected + 0.5) * size, (name, sent[name] / size)
+        assert expected * size <= sent[name] <= (expected + 1.25) * size, (name, sent[name] / size)
     for name, size in files.items():
         assert sent[name] >= size, name  # every raw file hashed: read once at least
     assert total_ratio < 5
@@ -160,7 +167,7 @@ def small_server(tmp_path):
         ("127.0.0.1", 0), functools.partial(RangeHandler, directory=str(tmp_path))
     )
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"127.0.0.1:{server.server_port}"
+    yield f"127.0.0.1:{server.server_port}", tmp_path
     server.shutdown()
     server.server_close()
 
@@ -177,8 +184,28 @@ def test_raw_dir_url_errors_are_one_line_without_credentials(small_server, folde
     from llsmflow.errors import LlsmflowError
     from llsmflow.ingest import read_acquisition
 
+    host, _ = small_server
     with pytest.raises(LlsmflowError) as caught:
-        read_acquisition(f"http://reader:s3cret@{small_server}/{folder}")
+        read_acquisition(f"http://reader:s3cret@{host}/{folder}")
     message = str(caught.value)
     assert expected in message and "\n" not in message
-    assert "s3cret" not in message and small_server in message
+    assert "s3cret" not in message and host in message
+
+
+def test_a_janelia_folder_reads_by_url_as_from_disk(small_server):
+    """Settings.txt, the stacks' names and the PSFs' Settings.txt by URL: the acquisition read from the disk."""
+    from llsmflow.ingest import read_acquisition
+    from tests.test_instruments import JANELIA, _janelia_folder
+
+    if not JANELIA.is_dir():
+        pytest.skip(f"real Janelia sample data not found at {JANELIA}")
+    host, root = small_server
+    raw = _janelia_folder(root / "janelia" / "raw")
+    local = read_acquisition(raw)
+    remote = read_acquisition(f"http://{host}/janelia/raw/")
+    assert remote.format == local.format == "janelia"
+    assert str(remote.metadata_path) == f"http://{host}/janelia/raw/cell1_Settings.txt"
+    for field in ("dz_um", "dx_um", "dy_um", "angle_deg", "scan_axis", "time_interval_s", "channels"):
+        assert getattr(remote, field) == getattr(local, field), field
+    columns = ["tile", "channel", "timepoint", "path", "time_s"]
+    assert remote.samples[columns].equals(local.samples[columns])

@@ -213,6 +213,7 @@ def _psf_entry(path: Path) -> dict:
 
     entry = {"psf": path.name}
     if path.suffix.lower() == ".czi":
+        _no_czi_by_url(path)
         from llsmflow.ingest.czi import read_czi_info
 
         info = read_czi_info(path)

@@ -129,9 +129,11 @@ def open_tiff(path: Path, expected: str = "a readable TIFF") -> Iterator[tifffil
     tifffile_log.setLevel(logging.CRITICAL)
     try:
         with reading_errors("TIFF", expected, redact(path) if url else path, describe=redact):
-            if url:  # range requests through fsspec; small blocks: each page's IFD is read, pixels only if asked
+            if url:  # range requests: small blocks (each page's IFD is read, pixels only if asked), each fetched
+                # once (tifffile seeks back and forth: a one-block read-ahead cache fetched blocks again and again)
                 fs, remote = url_filesystem(str(path))
-                with fs.open(remote, "rb", block_size=1 << 12) as handle, tifffile.TiffFile(handle) as tif:
+                opened = fs.open(remote, "rb", block_size=1 << 12, cache_type="mmap")
+                with opened as handle, tifffile.TiffFile(handle) as tif:
                     yield tif
             else:
                 with tifffile.TiffFile(path) as tif:

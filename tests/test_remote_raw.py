@@ -15,6 +15,7 @@ import hashlib
 import http.server
 import subprocess
 import threading
+import time
 from collections import Counter
 from types import SimpleNamespace
 
@@ -53,6 +54,7 @@ def url_run(tiny_run, tmp_path_factory):
     url = f"http://127.0.0.1:{server.server_port}/raw/"
     run_dir = tmp_path_factory.mktemp("url_run")
     CountingHandler.sent_by_path.clear()
+    started = time.perf_counter()
     init = subprocess.run(
         [str(LLSMFLOW), "init", url, "-o", "init.yaml", "--no-input", "--workflow-dir", str(REPO)],
         cwd=run_dir,
@@ -66,6 +68,7 @@ def url_run(tiny_run, tmp_path_factory):
     CountingHandler.sent_by_path.clear()
     config = dict(tiny_run.config, raw_dir=written["raw_dir"], metadata=written["metadata"])
     result = run_workflow(run_dir, write_workflow_config(run_dir, config))
+    print(f"\nllsmflow init + llsmflow run by URL: {time.perf_counter() - started:.1f} s")
     yield SimpleNamespace(
         url=url,
         run_dir=run_dir,

@@ -21,6 +21,7 @@ class LlsmflowError(Exception):
     """
 
     def __init__(self, message: str, path: str | Path | None = None):
+        path = getattr(path, "shown", path)  # a URL (llsmflow.io.UrlPath): named without its credentials
         self.path = Path(path) if path is not None else None
         self.message = message
         super().__init__(f"{path}: {message}" if path is not None else message)

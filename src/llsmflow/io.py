@@ -129,9 +129,11 @@ def open_tiff(path: Path, expected: str = "a readable TIFF") -> Iterator[tifffil
     tifffile_log.setLevel(logging.CRITICAL)
     try:
         with reading_errors("TIFF", expected, redact(path) if url else path, describe=redact):
-            if url:  # range requests through fsspec; small blocks: each page's IFD is read, pixels only if asked
-                fs, remote = url_filesystem(path)
-                with fs.open(remote, "rb", block_size=1 << 12) as handle, tifffile.TiffFile(handle) as tif:
+            if url:  # range requests: small blocks (each page's IFD is read, pixels only if asked), each fetched
+                # once (tifffile seeks back and forth: a one-block read-ahead cache fetched blocks again and again)
+                fs, remote = url_filesystem(str(path))
+                opened = fs.open(remote, "rb", block_size=1 << 12, cache_type="mmap")
+                with opened as handle, tifffile.TiffFile(handle) as tif:
                     yield tif
             else:
                 with tifffile.TiffFile(path) as tif:
@@ -162,8 +164,9 @@ def read_volume(
     Volume
         ``data`` is ZYX in the file's dtype; ``voxel_size_um`` is the override, else the file's, else None.
     """
-    source = path if is_url(path) else Path(path)
+    source = str(path) if is_url(path) else Path(path)
     path = redact(source) if is_url(source) else source  # what messages name: a URL without credentials
+    _no_czi_url(source)
     if not is_url(source) and is_czi(path):
         data, file_voxel = read_czi(path, channel, timepoint)
         voxel = voxel_size_um if voxel_size_um is not None else file_voxel
@@ -286,8 +289,9 @@ def read_header(
     LlsmflowError
         Unreadable, truncated, wrong dtype or wrong dimensionality; the message names the file (or URL).
     """
-    source = path if is_url(path) else Path(path)
+    source = str(path) if is_url(path) else Path(path)
     path = redact(source) if is_url(source) else source
+    _no_czi_url(source)
     if not is_url(source) and is_czi(path):
         header = czi_header(path)
         select_axis_index(path, "C", header["sizes"].get("C", 1), channel)
@@ -398,6 +402,11 @@ def sha256_file(path: str | Path) -> str:
     LlsmflowError
         If ``path`` is not a readable file.
     """
+    if is_url(path):  # streamed once through fsspec, in 4 MiB blocks (raw data by URL)
+        fs, remote = url_filesystem(str(path))
+        with reading_errors("file", "a file to checksum", redact(path), describe=redact):
+            with fs.open(remote, "rb", block_size=1 << 22) as fh:
+                return hashlib.file_digest(fh, "sha256").hexdigest()
     path = Path(path)
     if not path.is_file():
         raise LlsmflowError("not found or not a file; expected a file to checksum", path)
@@ -415,14 +424,146 @@ _URL_PACKAGES = {"http": "aiohttp", "https": "aiohttp", "s3": "s3fs", "gs": "gcs
 
 
 def is_url(value) -> bool:
-    """True when ``value`` is a string with a scheme (``http://``, ``s3://`` …)."""
-    return isinstance(value, str) and bool(_URL.match(value))
+    """True when ``value`` is a string with a scheme (``http://``, ``s3://`` …) or a :class:`UrlPath`."""
+    return isinstance(value, UrlPath) or (isinstance(value, str) and bool(_URL.match(value)))
+
+
+def as_path(value) -> Path | UrlPath:
+    """A local path as :class:`~pathlib.Path`, a URL as :class:`UrlPath` (``Path`` would fold its ``//``)."""
+    return value if isinstance(value, UrlPath) else UrlPath(value) if is_url(value) else Path(value)
+
+
+class UrlPath:
+    """A file or folder at a URL with the few :class:`~pathlib.Path` methods ingest and hashing use, through
+    fsspec; ``str()`` is the URL itself (what is read), messages use :func:`redact`.
+
+    Not universal-pathlib: llsmflow needs ten methods, with two choices of its own: over HTTP a URL is a folder
+    when it lists with a trailing ``/`` (a server's HTML listing, e.g. python's ``http.server``), so telling a
+    file from a folder never downloads the file; ``stat().st_mtime_ns`` is the server's version of the file
+    (``Last-Modified``, else its ``ETag``), which keeps cached digests honest (:mod:`llsmflow.provenance.digests`).
+    """
+
+    def __init__(self, url, kind: str | None = None):
+        self.url, self._kind, self._info = str(url).rstrip("/"), kind, None  # kind: from a listing
+
+    def __str__(self) -> str:
+        return self.url
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, UrlPath) and other.url == self.url
+
+    def __hash__(self) -> int:
+        return hash(self.url)
+
+    def __lt__(self, other) -> bool:
+        return self.url < str(other)
+
+    def __truediv__(self, name) -> UrlPath:
+        from urllib.parse import quote
+
+        name = str(name)
+        return UrlPath(name if is_url(name) else f"{self.url}/{quote(name) if self._http() else name}")
+
+    @property
+    def name(self) -> str:
+        from urllib.parse import unquote
+
+        return unquote(self.url.rsplit("/", 1)[-1].partition("?")[0])
+
+    suffix, stem = property(lambda self: Path(self.name).suffix), property(lambda self: Path(self.name).stem)
+    shown = property(lambda self: redact(self.url))  # what messages name (LlsmflowError)
+    parent = property(lambda self: UrlPath(self.url.rsplit("/", 1)[0]))
+    is_absolute = lambda self: True  # noqa: E731
+    resolve = lambda self: self  # noqa: E731
+    is_symlink = lambda self: False  # noqa: E731
+
+    def is_relative_to(self, other) -> bool:
+        return isinstance(other, UrlPath) and (self.url + "/").startswith(other.url + "/")
+
+    def relative_to(self, other) -> Path:
+        from urllib.parse import unquote
+
+        if not self.is_relative_to(other):
+            raise ValueError(f"{redact(self.url)} is not under {redact(str(other))}")
+        return Path(unquote(self.url[len(other.url) :].lstrip("/")) or ".")
+
+    def _http(self) -> bool:
+        return self.url.lower().startswith(("http://", "https://"))
+
+    def info(self) -> dict:
+        if self._info is None:
+            fs, remote = url_filesystem(self.url)
+            self._info = fs.info(remote)
+        return self._info
+
+    def is_dir(self) -> bool:
+        if self._kind is not None:
+            return self._kind == "directory"
+        fs, remote = url_filesystem(self.url)
+        try:  # over HTTP the folder's listing: a file's URL + "/" is not found (nothing downloaded)
+            return bool(fs.ls(remote + "/", detail=False) is not None) if self._http() else fs.isdir(remote)
+        except (OSError, ValueError):
+            return False
+
+    def is_file(self) -> bool:
+        if self._kind is not None:
+            return self._kind == "file"
+        try:
+            return self.info().get("type", "file") == "file"
+        except (OSError, ValueError):
+            return False
+
+    def exists(self) -> bool:
+        return self.is_file() or self.is_dir()
+
+    def iterdir(self):
+        """The folder's entries (a server's HTML listing over HTTP; the store's own over s3://)."""
+        fs, remote = url_filesystem(self.url)
+        base, scheme = self.url + "/", self.url.split("://")[0]
+        for entry in fs.ls(remote + "/" if self._http() else remote, detail=True):
+            url = str(entry["name"]).rstrip("/")
+            url = url if is_url(url) else f"{scheme}://{url}"
+            if url.startswith(base) and "/" not in url[len(base) :]:  # not a parent or sorting link
+                yield UrlPath(url, kind="directory" if entry.get("type") == "directory" else "file")
+
+    def stat(self):
+        """``st_size``; ``st_mtime_ns`` the file's version (Last-Modified, else made from its ETag, else 0)."""
+        from email.utils import parsedate_to_datetime
+        from types import SimpleNamespace
+
+        info, stamp = self.info(), 0
+        version = info.get("Last-Modified") or info.get("LastModified") or info.get("mtime")
+        with contextlib.suppress(TypeError, ValueError):
+            moment = version if hasattr(version, "timestamp") else parsedate_to_datetime(str(version))
+            stamp = int(moment.timestamp() * 1e9)
+        if not stamp and info.get("ETag"):
+            stamp = int(hashlib.sha256(str(info["ETag"]).encode()).hexdigest()[:15], 16)
+        return SimpleNamespace(st_size=int(info.get("size") or 0), st_mtime_ns=stamp)
+
+    def open(self, mode: str = "rb", **kwargs):
+        if mode != "rb":
+            raise LlsmflowError(f"opened with mode {mode!r}; expected 'rb' (raw data by URL)", redact(self.url))
+        fs, remote = url_filesystem(self.url)
+        return fs.open(remote, "rb", **kwargs)
+
+    def read_text(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        fs, remote = url_filesystem(self.url)
+        return fs.cat_file(remote).decode(encoding, errors)
 
 
 def redact(text) -> str:
     """``text`` with every URL's credentials removed: ``user:password@`` dropped, a query string shown as
     ``?…`` (pre-signed URLs carry their signature there)."""
     return _URL_IN_TEXT.sub(lambda m: m.group(1) + m.group(2) + ("?…" if m.group(3) else ""), str(text))
+
+
+def _no_czi_url(source) -> None:
+    if is_url(source) and str(source).partition("?")[0].lower().endswith(CZI_SUFFIX):
+        raise LlsmflowError(
+            "is a CZI by URL, which is not supported (the CZI reader needs a local file); expected a TIFF or "
+            "OME-TIFF by URL, or the CZI in a local folder",
+            redact(source),
+        )
 
 
 def url_filesystem(url: str):

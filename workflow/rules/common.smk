@@ -12,6 +12,7 @@ from llsmflow.errors import LlsmflowError
 from llsmflow.decon.backends import GPU_BACKENDS
 from llsmflow.hpc.resources import grow, step_resources, volume_sizes
 from llsmflow.ingest import read_acquisition
+from llsmflow.io import is_url
 
 validate(config, workflow.source_path("../../config/schema.yaml"))
 
@@ -33,6 +34,18 @@ try:
     )
 except LlsmflowError as error:
     raise WorkflowError(f"llsmflow: {error}") from None
+
+# raw data where they live (docs/remote.md): a raw_dir URL is read by the jobs through fsspec, only what each
+# needs; Snakemake's inputs are local files, so by URL the raw files are params only (raw_inputs)
+RAW_BY_URL = is_url(config["raw_dir"])
+
+
+def raw_inputs(files):
+    """Raw files (a list or an input function) as Snakemake inputs of a local raw folder; none by URL: the
+    jobs then read them by URL from their params (a download into .snakemake/storage would read them whole).
+    """
+    return [] if RAW_BY_URL else files
+
 
 DATASET = config["dataset"]
 WORK = Path(config["work_dir"]) / DATASET
@@ -185,9 +198,51 @@ def job_params(wildcards):
     }
 
 
+def url_volume_sizes():
+    """volume_sizes(ACQ) of raw data by URL, kept in WORK/.cache for the other parses of this workflow (each
+    job parses it again, and the sizes read every PSF whole): computed again when the acquisition or a PSF's
+    size or version (Last-Modified) on the server changed."""
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    from llsmflow.hpc.resources import VolumeSizes
+    from llsmflow.io import atomic_output
+
+    psfs = [ACQ.psf_path(c) for c in CHANNELS]
+    key = json.dumps(
+        [str(ACQ.raw_dir), ACQ.metadata, [vars(p.stat()) for p in psfs]],
+        sort_keys=True,
+        default=str,
+    )
+    cache = WORK / ".cache" / "volume-sizes.json"
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    try:
+        kept = json.loads(cache.read_text(encoding="utf-8"))
+        if kept.get("key") == digest:
+            return VolumeSizes(
+                **{
+                    k: tuple(v) if isinstance(v, list) else v
+                    for k, v in kept["sizes"].items()
+                }
+            )
+    except (OSError, ValueError, TypeError, AttributeError):
+        pass  # absent or damaged: computed again
+    sizes = volume_sizes(ACQ)
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_output(cache) as tmp:
+            tmp.write_text(
+                json.dumps({"key": digest, "sizes": asdict(sizes)}), encoding="utf-8"
+            )
+    except OSError:
+        pass  # only a cache
+    return sizes
+
+
 # Volume sizes and per-step resources: one model (llsmflow.hpc) for the jobs and `llsmflow estimate`.
 try:
-    SIZES = volume_sizes(ACQ)
+    SIZES = url_volume_sizes() if RAW_BY_URL else volume_sizes(ACQ)
 except LlsmflowError as error:
     raise WorkflowError(f"llsmflow: {error}") from None
 try:
@@ -382,7 +437,7 @@ def write_job_plan():
             ],
         },
         RAW_FILES,
-        ACQ.raw_dir,
+        str(ACQ.raw_dir),
         final=["provenance"],
         to_run=to_run,
     )

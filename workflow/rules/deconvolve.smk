@@ -5,7 +5,7 @@ rule prepare_psf:
     resample a channel's PSF to the deskewed voxel size (deskew.rotate: rotated to the coverslip frame).
     """
     input:
-        psf=lambda wildcards: str(ACQ.psf_path(int(wildcards.channel))),
+        psf=raw_inputs(lambda wildcards: str(ACQ.psf_path(int(wildcards.channel)))),
     output:
         psf=WORK / "psf" / "ch{channel}.ome.tif",
         step=step_record("prepare_psf/ch{channel}.json"),
@@ -19,6 +19,7 @@ rule prepare_psf:
         mem_mb=1000,
         runtime=10,
     params:
+        psf=lambda wildcards: str(ACQ.psf_path(int(wildcards.channel))),  # local or a URL
         psf_voxel_um=lambda wildcards: ACQ.channels[int(wildcards.channel)][
             "psf_voxel_size_um"
         ],
@@ -41,7 +42,7 @@ rule deskew_deconvolve:
     volume kept in memory: every tile and channel of a timepoint, or one volume (config jobs.unit).
     """
     input:
-        raw=job_raw_stacks,
+        raw=raw_inputs(job_raw_stacks),
         psf=job_psfs,
     output:
         **job_outputs(),

@@ -2,7 +2,7 @@
 rule ingest:
     """Record the sample table and the resolved acquisition metadata (overrides applied)."""
     input:
-        metadata=[str(p) for p in ACQ.metadata_files],
+        metadata=raw_inputs([str(p) for p in ACQ.metadata_files]),
     output:
         samples=WORK / "samples.tsv",
         acquisition=WORK / "acquisition.json",

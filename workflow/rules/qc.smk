@@ -3,9 +3,13 @@
 rule qc_tile:
     """Maximum projections of one tile and channel: raw, deskewed and deconvolved side by side."""
     input:
-        raw=lambda wildcards: str(
-            ACQ.sample_path(
-                wildcards.tile, int(wildcards.channel), STITCH["reference_timepoint"]
+        raw=raw_inputs(
+            lambda wildcards: str(
+                ACQ.sample_path(
+                    wildcards.tile,
+                    int(wildcards.channel),
+                    STITCH["reference_timepoint"],
+                )
             )
         ),
         deconvolved=lambda wildcards: WORK
@@ -29,6 +33,12 @@ rule qc_tile:
         mem_mb=step_mem_mb("qc_tile", floor_mb=1000),
         runtime=step_runtime("qc_tile"),
     params:
+        raw=lambda wildcards: str(
+            ACQ.sample_path(
+                wildcards.tile, int(wildcards.channel), STITCH["reference_timepoint"]
+            )
+        ),
+        # local or a URL
         raw_channel=lambda wildcards: raw_selector(
             sample_id(wildcards.tile, wildcards.channel, STITCH["reference_timepoint"])
         )["channel"],

@@ -7,7 +7,7 @@ from llsmflow.run.steps import StepRecorder
 
 with StepRecorder.for_workflow_job(snakemake) as step:
     p = snakemake.params
-    psf = read_volume(snakemake.input.psf)
+    psf = read_volume(snakemake.params.psf)  # a local file or a URL (raw_dir by URL)
     # which geometry the PSF was taken in (skewed: deskewed and cropped to the bead first), and why
     geometry, reason = resolve_psf_geometry(
         p.geometry, p.psf_voxel_um, p.angle_deg, p.stage_step_um, psf.data, p.scan_axis
@@ -33,7 +33,7 @@ with StepRecorder.for_workflow_job(snakemake) as step:
         prepared,
         voxel_um,
         {
-            "source": snakemake.input.psf,
+            "source": snakemake.params.psf,
             "psf_geometry": geometry,
             "psf_geometry_reason": reason,
             "frame": frame,

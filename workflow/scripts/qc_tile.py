@@ -12,7 +12,7 @@ from llsmflow.run.steps import StepRecorder
 
 with StepRecorder.for_workflow_job(snakemake) as step:
     p = snakemake.params
-    raw = read_volume(snakemake.input.raw, channel=p.raw_channel, timepoint=p.raw_timepoint).data
+    raw = read_volume(p.raw, channel=p.raw_channel, timepoint=p.raw_timepoint).data
     geometry = Geometry(p.dz_um, p.dx_um, p.dy_um, p.angle_deg, p.scan_axis, p.fill_value, bool(p.rotate))
     deskewed = deskew_raw(raw, geometry, workers=snakemake.threads)
     deconvolved = read_volume(snakemake.input.deconvolved)

@@ -18,7 +18,7 @@ from llsmflow.archive.manifest import (
 from llsmflow.archive.ome_zarr import _image_name, _name_multiscales, write_ome_zarr
 from llsmflow.archive.remote import is_url
 from llsmflow.errors import LlsmflowError
-from llsmflow.io import atomic_output, sha256_file
+from llsmflow.io import as_path, atomic_output, redact, sha256_file
 
 MANIFEST_NAME = "checksums.sha256"
 TABLES_DIR = "tables"
@@ -68,7 +68,7 @@ def write_dataset_archive(
     import shutil
 
     tables = dict(tables or {})
-    raw_files = [Path(p) for p in raw_files]
+    raw_files = [as_path(p) for p in raw_files]  # a URL too (raw_dir by URL: hashed through fsspec)
     for name, table in tables.items():
         if not Path(table).is_file():
             raise LlsmflowError(f"table {name!r} not found; expected a Parquet file", table)
@@ -86,7 +86,7 @@ def write_dataset_archive(
         for name, table in sorted(tables.items())
     }
     attrs["raw_inputs"] = {
-        "directories": sorted({str(p.resolve().parent) for p in raw_files}),
+        "directories": sorted({redact(p.resolve().parent) for p in raw_files}),
         "files": sorted(names),
         "manifest_prefix": RAW_PREFIX,
     }

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 
 from llsmflow.errors import LlsmflowError
-from llsmflow.io import atomic_output, sha256_file
+from llsmflow.io import as_path, atomic_output, sha256_file
 
 
 def _manifest_line(digest: str, name: str) -> str:
@@ -161,7 +161,7 @@ def write_checksum_manifest(
         key = _check_extra_name(name, out_path)
         if key in files:
             raise LlsmflowError(f"extra file name {key!r} collides with a file under {root}", out_path)
-        files[key] = Path(file_path)
+        files[key] = as_path(file_path)  # a raw file by URL is hashed through fsspec
     hash_file = digest or sha256_file
     digests = {name: hash_file(path) for name, path in files.items()}
     for name, known in (known_digests or {}).items():

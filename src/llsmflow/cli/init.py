@@ -99,12 +99,13 @@ def cmd_init(args) -> int:
     from llsmflow.ingest import read_acquisition
     from llsmflow.ingest.detect import detect_format
     from llsmflow.ingest.instrument import HOW_TO_GIVE, instrument_metadata
+    from llsmflow.io import as_path
 
-    raw_dir = Path(args.raw_dir).resolve()
+    raw_dir = as_path(args.raw_dir).resolve()  # a local folder, or a URL (docs/remote.md)
     output = Path(args.output)
     if output.exists() and not args.force:
         raise LlsmflowError("exists; expected a new config file name (or --force to replace it)", output)
-    metadata = Path(args.metadata) if args.metadata else None
+    metadata = as_path(args.metadata) if args.metadata else None
     if metadata is not None and not metadata.is_absolute() and not metadata.exists():
         metadata = raw_dir / metadata
     metadata = metadata.resolve() if metadata is not None else None
@@ -179,7 +180,11 @@ def register_init_commands(subparsers) -> None:
             "llsmflow init /data/cell1 -o cell1.yaml --angle 30 --interval 2.5 --no-input",
         ),
     )
-    p.add_argument("raw_dir", help="folder of raw data as the microscope wrote it (read-only)")
+    p.add_argument(
+        "raw_dir",
+        help="folder of raw data as the microscope wrote it (read-only), or its URL (https://…/raw/ that the "
+        "server lists, s3://…; needs llsmflow[remote], docs/remote.md)",
+    )
     p.add_argument("-o", "--output", default="config.yaml", help="config file to write")
     p.add_argument(
         "--dataset",

@@ -162,7 +162,9 @@ def load_acquisition_json(path: str | Path) -> dict:
         File missing, larger than :data:`MAX_METADATA_BYTES`, not UTF-8 JSON, or a field of the wrong type
         or out of its range: one line naming the file, the field, the value and the expectation.
     """
-    path = Path(path)
+    from llsmflow.io import as_path  # a URL too (raw data where they live)
+
+    path = as_path(path)
     if not path.is_file():
         raise LlsmflowError(
             "acquisition metadata file not found; expected a JSON file (see llsmflow synth)", path

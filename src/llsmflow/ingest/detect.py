@@ -18,7 +18,8 @@ import pandas as pd
 
 from llsmflow.errors import LlsmflowError
 from llsmflow.ingest.acquisition_json import METADATA_NAME
-from llsmflow.ingest.model import tile_name
+from llsmflow.ingest.model import raw_folder, tile_name
+from llsmflow.io import as_path, is_url, redact
 
 FORMATS = ("acquisition.json", "czi", "janelia", "ome-tiff")
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -56,12 +57,11 @@ def detect_format(raw_dir: str | Path, metadata_path: str | Path | None = None) 
     """
     from llsmflow.ingest import czi, janelia, ome_tiff
 
-    raw_dir = Path(raw_dir)
-    if not raw_dir.is_dir():
-        raise LlsmflowError("raw data directory not found; expected a directory of raw data", raw_dir)
+    raw_dir = raw_folder(raw_dir)
     if metadata_path is not None:
-        path = Path(metadata_path)
+        path = as_path(metadata_path)
         if path.suffix.lower() == ".czi":
+            _no_czi_by_url(raw_dir / path.name if is_url(raw_dir) else path)
             return "czi", path
         if path.name.endswith(janelia.SETTINGS_SUFFIX):
             return "janelia", path
@@ -74,6 +74,7 @@ def detect_format(raw_dir: str | Path, metadata_path: str | Path | None = None) 
     files = _visible(raw_dir)
     czis = [p for p in files if p.suffix.lower() == ".czi" and not czi.is_psf_name(p)]
     if len(czis) == 1:
+        _no_czi_by_url(czis[0])
         return "czi", czis[0]
     if len(czis) > 1:
         raise LlsmflowError(
@@ -108,7 +109,7 @@ def detect_format(raw_dir: str | Path, metadata_path: str | Path | None = None) 
             "folder (name it with the config's 'metadata'), or an acquisition.json with a file_regex",
             raw_dir,
         )
-    json_path = Path(metadata_path) if metadata_path is not None else raw_dir / METADATA_NAME
+    json_path = as_path(metadata_path) if metadata_path is not None else raw_dir / METADATA_NAME
     if json_path.is_file():  # read as the generic format: its reader names what is wrong with it
         return "acquisition.json", json_path
     raise LlsmflowError(
@@ -116,6 +117,16 @@ def detect_format(raw_dir: str | Path, metadata_path: str | Path | None = None) 
         "synth), a Zeiss CZI, a Janelia/3i *_Settings.txt with its stacks, or an OME-TIFF/ImageJ hyperstack",
         json_path,
     )
+
+
+def _no_czi_by_url(path) -> None:
+    """A Zeiss CZI is read by a reader that needs a local file (czi_io, whole subblocks): by URL, one line."""
+    if is_url(path):
+        raise LlsmflowError(
+            "is a Zeiss CZI, which cannot be read by URL (its reader needs a local file); expected a local raw "
+            "folder for CZI data (copy the .czi and its PSFs), or TIFF stacks / OME-TIFF by URL",
+            redact(path),
+        )
 
 
 def _has_file_regex(path: Path) -> bool:
@@ -128,7 +139,7 @@ def _has_file_regex(path: Path) -> bool:
 
 def read_instrument(raw_dir: str | Path, fmt: str, metadata_path: Path) -> InstrumentReading:
     """Read an instrument's folder (``fmt`` and ``metadata_path`` from :func:`detect_format`)."""
-    raw_dir = Path(raw_dir)
+    raw_dir = as_path(raw_dir)
     reader = {"czi": _read_czi, "janelia": _read_janelia, "ome-tiff": _read_hyperstack}.get(fmt)
     if reader is None:
         raise LlsmflowError(f"format {fmt!r} is not an instrument format; expected one of {FORMATS[1:]}")
@@ -202,6 +213,7 @@ def _psf_entry(path: Path) -> dict:
 
     entry = {"psf": path.name}
     if path.suffix.lower() == ".czi":
+        _no_czi_by_url(path)
         from llsmflow.ingest.czi import read_czi_info
 
         info = read_czi_info(path)

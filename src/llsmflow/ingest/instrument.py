@@ -28,6 +28,7 @@ from llsmflow.ingest.files import (
     only_stacks,
 )
 from llsmflow.ingest.model import Acquisition
+from llsmflow.io import as_path
 
 #: How a missing field is given: the config key (``llsmflow init`` flag) or acquisition.json entry.
 HOW_TO_GIVE = {
@@ -59,8 +60,8 @@ def merge_metadata(meta: dict, extra: dict) -> dict:
 
 def override_json(raw_dir: Path, metadata_path) -> Path | None:
     """The acquisition.json that overrides an instrument's fields, if any."""
-    if metadata_path is not None and Path(metadata_path).suffix.lower() == ".json":
-        return Path(metadata_path)
+    if metadata_path is not None and as_path(metadata_path).suffix.lower() == ".json":
+        return as_path(metadata_path)
     candidate = raw_dir / METADATA_NAME
     return candidate if candidate.is_file() else None
 

@@ -90,7 +90,9 @@ def parse_settings(path: str | Path) -> JaneliaSettings:
     LlsmflowError
         Unreadable, too large, or without ``Z motion`` and the scan intervals it needs.
     """
-    path = Path(path)
+    from llsmflow.io import as_path  # a URL too (raw data where they live)
+
+    path = as_path(path)
     if not path.is_file():
         raise LlsmflowError("file not found; expected a Janelia/3i Settings.txt", path)
     if path.stat().st_size > MAX_SETTINGS_BYTES:

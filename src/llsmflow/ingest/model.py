@@ -20,6 +20,29 @@ import pandas as pd
 
 from llsmflow.deskew.frames import deskewed_plane_spacing_um
 from llsmflow.errors import LlsmflowError
+from llsmflow.io import UrlPath, as_path, is_url, redact
+
+
+def raw_folder(raw_dir) -> Path | UrlPath:
+    """The raw folder as a path: a local directory, or a URL (:class:`llsmflow.io.UrlPath`) whose files are
+    listed by the server (an HTML directory listing over HTTP, e.g. python's ``http.server``; an object store
+    lists natively) and read with range requests, only what is needed.
+
+    Raises
+    ------
+    LlsmflowError
+        Not a directory; a URL that cannot be listed (named without credentials).
+    """
+    folder = as_path(raw_dir)
+    if folder.is_dir():
+        return folder
+    if is_url(raw_dir):
+        raise LlsmflowError(
+            "cannot be listed as a raw data folder; expected a URL whose server lists the folder's files (an "
+            "HTML directory listing, as python -m http.server gives, or an s3:// prefix), or a local folder",
+            redact(raw_dir),
+        )
+    raise LlsmflowError("raw data directory not found; expected a directory of raw data", folder)
 
 
 def tile_name(ix: int, iy: int, iz: int) -> str:
@@ -94,8 +117,8 @@ class Acquisition:
         """The files the acquisition's fields come from: the metadata file and an overriding acquisition.json."""
         files = [self.metadata_path]
         extra = self.metadata.get("overridden_by")
-        if extra and Path(extra) != self.metadata_path:
-            files.append(Path(extra))
+        if extra and as_path(extra) != self.metadata_path:
+            files.append(as_path(extra))
         return files
 
     def sample_selector(self, sample_id: str) -> dict:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from llsmflow.errors import LlsmflowError
 from llsmflow.ingest.czi import LLS7_SCAN_AXIS, shear_angle_deg
-from llsmflow.io import file_voxel_size, open_tiff
+from llsmflow.io import as_path, file_voxel_size, open_tiff
 
 INSTRUMENT = "OME-TIFF / ImageJ hyperstack"
 
@@ -117,7 +117,7 @@ def _from_ome(ome_xml: str, n_c: int) -> tuple[list[dict], list[float]]:
 
 def read_hyperstack_info(path: str | Path) -> HyperstackInfo:
     """Read an OME-TIFF's or ImageJ hyperstack's axes and metadata (no pixels)."""
-    path = Path(path)
+    path = as_path(path)
     with open_tiff(path, expected="an OME-TIFF or ImageJ hyperstack") as tif:
         series = tif.series[0]
         axes, shape, dtype = (

@@ -27,7 +27,8 @@ from llsmflow.ingest.files import (
     missing_timepoints,
     only_stacks,
 )
-from llsmflow.ingest.model import Acquisition, tile_name
+from llsmflow.ingest.model import Acquisition, raw_folder, tile_name
+from llsmflow.io import as_path
 
 
 def read_acquisition(
@@ -44,7 +45,8 @@ def read_acquisition(
     Parameters
     ----------
     raw_dir:
-        Directory with the raw TIFF stacks (opened read-only, never written).
+        Directory with the raw TIFF stacks (opened read-only, never written), or its URL (``https://…/raw/``
+        listed by the server, ``s3://…``; :func:`llsmflow.ingest.model.raw_folder`).
     metadata_path:
         The acquisition metadata file; defaults to ``raw_dir/acquisition.json``.
     overrides:
@@ -75,10 +77,8 @@ def read_acquisition(
     """
     from llsmflow.ingest.detect import detect_format
 
-    raw_dir = Path(raw_dir)
-    if not raw_dir.is_dir():
-        raise LlsmflowError("raw data directory not found; expected a directory of TIFF stacks", raw_dir)
-    if metadata_path and not Path(metadata_path).is_absolute() and not Path(metadata_path).exists():
+    raw_dir = raw_folder(raw_dir)
+    if metadata_path and not as_path(metadata_path).is_absolute() and not as_path(metadata_path).exists():
         if (raw_dir / metadata_path).exists():  # a config's metadata may name a file in the raw folder
             metadata_path = raw_dir / metadata_path
     fmt, found_path = detect_format(raw_dir, metadata_path)

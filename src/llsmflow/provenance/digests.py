@@ -10,6 +10,9 @@ recorded with; a seeded digest only for a file not modified since the manifest w
 back where the file changed since, with its size and mtime restored, is the one case this does not catch; raw
 data are never modified by the workflow, and ``llsmflow reproduce`` hashes the raw files it re-reads anew.
 
+A raw file by URL (``raw_dir`` by URL, docs/remote.md) is keyed by its URL, its size and version those the server
+gives (``Content-Length``, ``Last-Modified``), and hashed by streaming it once through fsspec.
+
 A cache of a few fields in JSON rather than a library: nothing standard keys digests by stat fields.
 """
 
@@ -46,14 +49,16 @@ class DigestCache:
                 self.entries = {k: v for k, v in data.get("files", {}).items() if _valid(v)}
 
     @staticmethod
-    def _key(path: Path) -> str:
-        return os.path.abspath(path)
+    def _key(path) -> str:
+        from llsmflow.io import is_url
+
+        return str(path) if is_url(path) else os.path.abspath(path)
 
     def digest(self, path: str | Path) -> str:
         """sha256 of ``path``: the known one while its size and mtime are unchanged, else computed (and kept)."""
-        from llsmflow.io import sha256_file
+        from llsmflow.io import as_path, sha256_file
 
-        path = Path(path)
+        path = as_path(path)  # a raw file by URL: stat from the server (size, Last-Modified), hashed streaming
         key = self._key(path)
         stat = path.stat()
         known = self.entries.get(key)
@@ -68,14 +73,16 @@ class DigestCache:
     def seed(self, digests: Mapping[str | Path, str], written_ns: int) -> int:
         """Take digests computed elsewhere (``{path: sha256}``, e.g. the archive's manifest written at
         ``written_ns``, epoch ns) for files not modified since; returns how many were taken."""
+        from llsmflow.io import as_path
+
         taken = 0
         for path, digest in digests.items():
             try:
-                stat = Path(path).stat()
-            except OSError:
+                stat = as_path(path).stat()
+            except (OSError, ValueError):
                 continue
             if stat.st_mtime_ns <= written_ns and len(str(digest)) == 64:
-                self.entries[self._key(Path(path))] = [stat.st_size, stat.st_mtime_ns, str(digest).lower()]
+                self.entries[self._key(as_path(path))] = [stat.st_size, stat.st_mtime_ns, str(digest).lower()]
                 taken += 1
         return taken
 

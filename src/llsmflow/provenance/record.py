@@ -60,18 +60,18 @@ def file_entries(paths, root: str | Path | None = None, digests=None) -> list[di
     :class:`llsmflow.provenance.digests.DigestCache`) gives digests already known, so that each file is hashed
     once per run.
     """
-    from llsmflow.io import sha256_file
+    from llsmflow.io import as_path, is_url, redact, sha256_file
 
     digest = sha256_file if digests is None else digests.digest
 
     entries = []
     root_resolved = Path(root).resolve() if root is not None else None
     for path in paths:
-        path = Path(path)
-        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        path = as_path(path)  # a raw file by URL: named by its URL without credentials (redact)
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if not is_url(path) and path.is_dir() else [path]
         for file in files:
-            shown = file
-            if root is not None:
+            shown = redact(file) if is_url(file) else file
+            if root is not None and not is_url(file):
                 try:
                     shown = file.resolve().relative_to(root_resolved)
                 except ValueError:
@@ -314,13 +314,15 @@ def provenance_summary(
     sha256 (e.g. from the archive manifest, :func:`llsmflow.report.read_manifest`, keys ``raw/<name>``) so raw
     data are not read a second time; files not in it are listed with their size only.
     """
+    from llsmflow.io import as_path, redact
+
     raw_checksums = dict(raw_checksums or {})
     inputs = []
     for file in raw_files:
-        file = Path(file)
+        file = as_path(file)
         inputs.append(
             {
-                "path": str(file),
+                "path": redact(file),
                 "bytes": file.stat().st_size if file.is_file() else None,
                 "sha256": raw_checksums.get(f"raw/{file.name}") or raw_checksums.get(file.name),
             }

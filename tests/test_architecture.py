@@ -12,7 +12,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "llsmflow"
 
-BOTTOM = {"errors", "io", "czi_io", "progress", "parallel", "_lazy", ""}
+BOTTOM = {"errors", "io", "czi_io", "urls", "progress", "parallel", "_lazy", ""}
 PROCESSING = {"ingest", "deskew", "geometry", "decon", "stitch", "track", "archive", "qc", "synth", "viewers"}
 UPPER = {"run", "provenance", "hpc", "fair", "watch"}
 CLI = {"cli"}

@@ -135,3 +135,17 @@ def test_light_jobs_import_only_what_their_step_needs(archives, tmp_path):
         if process.returncode != 0:
             failures[name] = err.strip().splitlines()[-1:] + [json.dumps(checks[name])[:300]]
     assert not failures, failures
+
+
+def test_step_record_states_the_start_up_before_the_step(tmp_path):
+    """startup_s: wall seconds from the process's start (here at least the 0.3 s slept before the step);
+    startup_cpu_s: CPU seconds used by then (the sleep uses none)."""
+    record = tmp_path / "step.json"
+    code = (
+        "import time\ntime.sleep(0.3)\nfrom llsmflow.run.steps import StepRecorder\n"
+        f"with StepRecorder({str(record)!r}, 'probe'):\n    pass\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=60)
+    data = json.loads(record.read_text(encoding="utf-8"))
+    assert 0.3 <= data["startup_s"] < 30
+    assert 0 < data["startup_cpu_s"] < data["startup_s"] - 0.25

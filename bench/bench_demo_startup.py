@@ -47,7 +47,11 @@ def run(checkout: Path, run_dir: Path, cores: int) -> dict:
     records = [json.loads(p.read_text(encoding="utf-8")) for p in sorted((run_dir / "work").rglob("steps/**/*.json"))]
     startups = [r["startup_s"] for r in records if r.get("startup_s") is not None]
     cpu = [r["startup_cpu_s"] for r in records if r.get("startup_cpu_s") is not None]
+    per_step: dict[str, float] = {}
+    for r in records:
+        per_step[r["step"]] = per_step.get(r["step"], 0.0) + float(r.get("seconds") or 0)
     return {
+        "per_step": per_step,
         "wall": wall,
         "jobs": len(records),
         "compute": sum(float(r.get("seconds") or 0) for r in records),
@@ -82,6 +86,8 @@ def main() -> None:
                 f"{r['wall'] / r['compute']:.2f}× | {startup} | {cpu} | {r['load'][0]:.1f} → {r['load'][1]:.1f} |",
                 flush=True,
             )
+            steps = ", ".join(f"{k} {v:.1f}" for k, v in sorted(r["per_step"].items(), key=lambda kv: -kv[1]))
+            print(f"|   compute per step ({label} {pair + 1}) | {steps} |||||||", flush=True)
     if args.run_dir is None:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -2,17 +2,17 @@
 
 from pathlib import Path
 
-from llsmflow.archive.read import read_ome_zarr
+from llsmflow.archive.read import max_projection_yx
 from llsmflow.qc.previews import save_mosaic
 from llsmflow.run.steps import StepRecorder
 from llsmflow.stitch.transforms import read_transforms
 
 with StepRecorder.for_workflow_job(snakemake) as step:
-    image, meta = read_ome_zarr(snakemake.input.archive)
+    # zarr alone, chunk by chunk: this job does not pay ome-zarr-py's and dask's import (issue 18)
+    projection, meta = max_projection_yx(snakemake.input.archive, t=0, c=0)
     transforms = read_transforms(snakemake.input.transforms)
     shapes = {name: entry.get("shape", [0, 0, 0]) for name, entry in transforms["tiles"].items()}
     tiles = {name: (entry["origin_um"], shapes[name]) for name, entry in transforms["tiles"].items()}
-    projection = image[0, 0].max(axis=0).compute()
     save_mosaic(
         projection,
         meta["origin_um"],

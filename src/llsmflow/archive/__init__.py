@@ -11,7 +11,8 @@ Submodules (each name below is also importable from ``llsmflow.archive``, loaded
     Writing the NGFF image with ome-zarr-py (:func:`write_ome_zarr`, :func:`pyramid_factors`,
     :func:`wavelength_color`, contrast windows).
 ``read``
-    Reading it back (:func:`read_ome_zarr`) with ome-zarr-py's reader: level 0, µm, s.
+    Reading it back (:func:`read_ome_zarr`) with ome-zarr-py's reader: level 0, µm, s; one z projection of a
+    local image with zarr alone (:func:`max_projection_yx`: the QC mosaic job, without ome-zarr-py or dask).
 ``manifest``
     The ``sha256sum`` line format (:func:`write_checksum_manifest`, :func:`verify_manifest`; ``sha256_file``
     from :mod:`llsmflow.io`). Light: no zarr, dask or ome-zarr, because the provenance job needs only this.
@@ -33,6 +34,7 @@ from llsmflow._lazy import lazy_exports
 _EXPORTS = {
     "write_ome_zarr": "ome_zarr",
     "read_ome_zarr": "read",
+    "max_projection_yx": "read",
     "pyramid_factors": "ome_zarr",
     "wavelength_color": "ome_zarr",
     "AXES": "ome_zarr",
@@ -55,6 +57,7 @@ _EXPORTS = {
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = [
+    "max_projection_yx",
     "read_ome_zarr",
     "sha256_file",
     "verify_manifest",

@@ -40,7 +40,9 @@ import dask
 import dask.array as da
 import numpy as np
 import zarr
+from dask.threaded import get as threaded_get
 
+from llsmflow.archive.read import AXES
 from llsmflow.errors import LlsmflowError, require_positive_voxel_size
 from llsmflow.io import atomic_output
 
@@ -54,7 +56,6 @@ with warnings.catch_warnings():
 from ome_zarr_models.common.omero import Omero
 from ome_zarr_models.v05.coordinate_transformations import VectorScale, VectorTranslation
 
-AXES = ("t", "c", "z", "y", "x")
 NGFF_VERSIONS = ("0.4", "0.5")
 #: Stop adding pyramid levels once the largest lateral size of the coarsest level is below this.
 MIN_LATERAL_PX = 64
@@ -264,7 +265,9 @@ def _compute_and_wait(tasks: list) -> None:
     workers = dask.config.get("num_workers", None) or os.cpu_count() or 1
     pool = ThreadPoolExecutor(max_workers=int(workers), thread_name_prefix="llsmflow-archive")
     try:
-        dask.compute(*tasks, scheduler="threads", pool=pool)
+        # the threaded scheduler's function, not its name: given a name, dask imports distributed only to look
+        # for a client (0.1-0.2 s per job), which this private pool does not use
+        dask.compute(*tasks, scheduler=threaded_get, pool=pool)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
@@ -416,7 +419,10 @@ def write_ome_zarr(
     factors = pyramid_factors((n_z, n_y, n_x), (dz, dy, dx), None if n_levels is None else int(n_levels))
     base_chunks = (1, 1, min(chunks[0], n_z), min(chunks[1], n_y), min(chunks[2], n_x))
     if isinstance(image, da.Array):
-        image = image.rechunk(base_chunks)
+        # "tasks": the chunks are computed on a private thread pool, never by a distributed client (whose "p2p"
+        # rechunk dask would otherwise pick, importing distributed to look for one)
+        with dask.config.set({"array.rechunk.method": "tasks"}):
+            image = image.rechunk(base_chunks)
     else:
         image = da.from_array(image, chunks=base_chunks)
 

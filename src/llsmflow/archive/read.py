@@ -1,27 +1,33 @@
 """Reading an OME-Zarr image back: level 0 as a dask array (TCZYX), voxel sizes in µm, times in s.
 
-Kept apart from the writer (:mod:`llsmflow.archive.ome_zarr`) so that each stays a readable size; both use
-ome-zarr-py, here :class:`ome_zarr.reader.Reader`, so that any NGFF 0.4/0.5 image written by another tool reads
-as the specification says, not as our writer happens to write it.
+Kept apart from the writer (:mod:`llsmflow.archive.ome_zarr`) so that each stays a readable size.
+:func:`read_ome_zarr` uses ome-zarr-py, :class:`ome_zarr.reader.Reader`, so that any NGFF 0.4/0.5 image written
+by another tool reads as the specification says, not as our writer happens to write it.
+
+:func:`max_projection_yx` is the light path for a job that needs one projection of a local image (the QC
+mosaic): it reads the multiscales and omero JSON with zarr alone and reduces the chunks itself, because
+importing ome-zarr-py (with scikit-image, pydantic models and dask) costs about 0.8 s of a job's start-up;
+its metadata comes from the same conversion as :func:`read_ome_zarr`'s (``tests/test_archive_light_read.py``
+checks both against each other). ome-zarr-py and dask are imported by :func:`read_ome_zarr` only.
 """
 
 from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import dask.array as da
+import numpy as np
 import zarr
 
-from llsmflow.archive.ome_zarr import AXES
 from llsmflow.archive.remote import is_url, redact, unreachable
 from llsmflow.errors import LlsmflowError
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", DeprecationWarning)  # as in the writer: ome_zarr 0.18 at import time
-    from ome_zarr.format import FormatV05, format_from_version
-    from ome_zarr.io import parse_url
-    from ome_zarr.reader import Multiscales, Reader
+if TYPE_CHECKING:
+    import dask.array as da
+
+#: axis order of the images written and read here (t and c optional when reading)
+AXES = ("t", "c", "z", "y", "x")
 
 _LENGTH_TO_UM = {
     "micrometer": 1.0,
@@ -86,6 +92,14 @@ def read_ome_zarr(path: str | Path) -> tuple[da.Array, dict]:
     LlsmflowError
         If the path is missing, not an OME-Zarr image, or lacks z, y and x axes.
     """
+    import dask.array as da
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # as in the writer: ome_zarr 0.18 at import time
+        from ome_zarr.format import FormatV05, format_from_version
+        from ome_zarr.io import parse_url
+        from ome_zarr.reader import Multiscales, Reader
+
     remote = is_url(path)
     if remote:
         from llsmflow.archive.remote import filesystem
@@ -122,7 +136,27 @@ def read_ome_zarr(path: str | Path) -> tuple[da.Array, dict]:
     if not nodes:
         raise LlsmflowError("has no multiscales metadata; expected an OME-Zarr image", path)
     node = nodes[0]
-    axes = node.metadata.get("axes") or []
+    names, metadata = _metadata(
+        root_attrs,
+        node.metadata.get("axes") or [],
+        node.metadata.get("coordinateTransformations"),
+        node.metadata.get("channel_names"),
+        [tuple(int(s) for s in d.shape) for d in node.data],
+        path,
+        location.version,
+    )
+    data = node.data[0]
+    for i, axis in enumerate(AXES[:2]):
+        if axis not in names:
+            data = da.expand_dims(data, axis=i)
+    return data, metadata
+
+
+def _metadata(
+    root_attrs: dict, axes, dataset_transforms, channel_names, level_shapes: list[tuple[int, ...]], path, version
+) -> tuple[list[str], dict]:
+    """The axis names and :func:`read_ome_zarr`'s metadata from the image's multiscales ``axes``, each
+    level's ``coordinateTransformations``, the omero channel names (None without) and the levels' shapes."""
     names = [a["name"] if isinstance(a, dict) else str(a) for a in axes]
     units = [a.get("unit") if isinstance(a, dict) else None for a in axes]
     if (
@@ -134,12 +168,10 @@ def read_ome_zarr(path: str | Path) -> tuple[da.Array, dict]:
             f"has axes {names}; expected t, c, z, y, x (t and c optional) in that order", path
         )
 
-    ome = (
-        root_attrs["ome"] if isinstance(root_attrs.get("ome"), dict) else root_attrs
-    )  # 0.5 nests under "ome"
+    ome = root_attrs["ome"] if isinstance(root_attrs.get("ome"), dict) else root_attrs  # 0.5 nests under "ome"
     multiscale = (ome.get("multiscales") or [{}])[0]
-    version = ome.get("version") or multiscale.get("version") or location.version
-    all_transforms = node.metadata.get("coordinateTransformations") or [None]
+    version = ome.get("version") or multiscale.get("version") or version
+    all_transforms = dataset_transforms or [None]
     scale, translation = _transforms(all_transforms[0], len(names))
     global_scale, global_translation = _transforms(multiscale.get("coordinateTransformations"), len(names))
     scale = [s * g for s, g in zip(scale, global_scale, strict=True)]
@@ -157,24 +189,84 @@ def read_ome_zarr(path: str | Path) -> tuple[da.Array, dict]:
     voxel = tuple(scale[names.index(a)] * factor(a) for a in "zyx")
     origin = tuple(translation[names.index(a)] * factor(a) for a in "zyx")
     dt = scale[names.index("t")] * factor("t") if "t" in names else None
-
-    data = node.data[0]
-    for i, axis in enumerate(AXES[:2]):
-        if axis not in names:
-            data = da.expand_dims(data, axis=i)
-    n_c = data.shape[1]
-    channel_names = list(node.metadata.get("channel_names") or [f"channel_{i}" for i in range(n_c)])
+    n_c = level_shapes[0][names.index("c")] if "c" in names else 1
     omero_channels = (ome.get("omero") or {}).get("channels") or []
     waves = [ch.get("emission_wavelength_nm") for ch in omero_channels]
     metadata = {
         "voxel_size_um": voxel,
         "time_interval_s": dt,
-        "channel_names": channel_names,
+        "channel_names": list(channel_names or [f"channel_{i}" for i in range(n_c)]),
         "wavelengths_nm": waves if waves and all(w is not None for w in waves) else None,
         "origin_um": origin,
         "ngff_version": str(version),
-        "n_levels": len(node.data),
-        "level_shapes": [tuple(int(s) for s in d.shape) for d in node.data],
+        "n_levels": len(level_shapes),
+        "level_shapes": level_shapes,
         "llsmflow": root_attrs.get("llsmflow", {}),
     }
-    return data, metadata
+    return names, metadata
+
+
+def max_projection_yx(path: str | Path, t: int = 0, c: int = 0) -> tuple[np.ndarray, dict]:
+    """Maximum projection along z of level 0 at timepoint ``t``, channel ``c`` of a local OME-Zarr image.
+
+    Reads with zarr alone (no ome-zarr-py, no dask: the light path of a QC job), one block of the stored chunks'
+    z × y size at a time, so memory stays at a block however large the image.
+
+    Returns
+    -------
+    projection : numpy.ndarray
+        (Y, X), the image's dtype.
+    metadata : dict
+        As :func:`read_ome_zarr` returns it.
+
+    Raises
+    ------
+    LlsmflowError
+        If the path is not a local OME-Zarr image (NGFF 0.4 or 0.5) with z, y and x axes, or ``t``/``c`` are
+        out of range.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise LlsmflowError("not found or not a directory; expected an OME-Zarr image", path)
+    try:
+        group = zarr.open_group(str(path), mode="r")
+        root_attrs = group.attrs.asdict()
+        ome = root_attrs["ome"] if isinstance(root_attrs.get("ome"), dict) else root_attrs
+        multiscale = ome["multiscales"][0]
+        datasets = multiscale["datasets"]
+        arrays = [group[d["path"]] for d in datasets]
+    except Exception as exc:  # zarr raises many types for missing or corrupt metadata
+        raise LlsmflowError(f"cannot read as OME-Zarr ({type(exc).__name__}: {exc})", path) from exc
+    channels = (ome.get("omero") or {}).get("channels")
+    labels = None
+    if isinstance(channels, list) and channels:  # as ome-zarr-py's OMERO spec: a label, else channel_<i>
+        labels = [f"channel_{i}" if ch.get("label") is None else ch["label"] for i, ch in enumerate(channels)]
+    transforms = [d.get("coordinateTransformations") for d in datasets]
+    names, metadata = _metadata(
+        root_attrs,
+        multiscale.get("axes") or [],
+        transforms if any(tr is not None for tr in transforms) else None,
+        labels,
+        [tuple(int(s) for s in a.shape) for a in arrays],
+        path,
+        "",
+    )
+    level = arrays[0]
+    index: list = []
+    for axis, value in (("t", t), ("c", c)):
+        if axis in names:
+            size = level.shape[names.index(axis)]
+            if not 0 <= value < size:
+                raise LlsmflowError(f"{axis} = {value} is out of range; expected 0 to {size - 1}", path)
+            index.append(value)
+        elif value != 0:
+            raise LlsmflowError(f"{axis} = {value} is out of range; the image has no {axis} axis", path)
+    n_z, n_y, n_x = level.shape[-3:]
+    step_z, step_y = level.chunks[-3], level.chunks[-2]
+    out = np.empty((n_y, n_x), dtype=level.dtype)
+    for y0 in range(0, n_y, step_y):
+        y1 = min(y0 + step_y, n_y)
+        for z0 in range(0, n_z, step_z):
+            block = np.asarray(level[(*index, slice(z0, min(z0 + step_z, n_z)), slice(y0, y1))]).max(axis=0)
+            out[y0:y1] = block if z0 == 0 else np.maximum(out[y0:y1], block)
+    return out, metadata

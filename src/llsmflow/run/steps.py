@@ -1,7 +1,9 @@
 """Step records: the JSON each workflow job writes when it finishes, and reading and summarising them.
 
 Each workflow step writes a *step record* (step name, wildcards, parameters, inputs, outputs, start and end
-time, host, SLURM job id, threads, peak memory, and anything the step notes, such as the deconvolution backend
+time, host, SLURM job id, threads, peak memory, the process's start-up before the step (``startup_s``: wall
+seconds from the process's start, Linux only, 0.01 s resolution; ``startup_cpu_s``: CPU seconds used by then:
+interpreter, Snakemake's preamble, the script's imports), and anything the step notes, such as the deconvolution backend
 that actually ran) through :class:`StepRecorder`. ``llsmflow run`` and ``llsmflow status`` summarise them per
 step (:func:`summarise_steps`), the QC report shows them, and the run record
 (:func:`llsmflow.provenance.run_record`) gathers them.
@@ -54,6 +56,18 @@ def _ran_on_gpu(backend) -> bool:
     from llsmflow.decon.backends import GPU_BACKENDS
 
     return str(backend).lower() in GPU_BACKENDS
+
+
+def _process_age_s() -> float | None:
+    """Seconds since this process started (``/proc``: 0.01 s resolution), or None where there is no ``/proc``."""
+    try:
+        # the fields after the command name, which may itself hold spaces or parentheses; starttime is field 22
+        fields = Path("/proc/self/stat").read_text(encoding="ascii").rsplit(")", 1)[1].split()
+        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")
+        uptime = float(Path("/proc/uptime").read_text(encoding="ascii").split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return round(max(0.0, uptime - started), 2)
 
 
 class StepRecorder:
@@ -131,6 +145,8 @@ class StepRecorder:
         self.record.setdefault("volumes", []).append(dict(entry))
 
     def __enter__(self) -> StepRecorder:
+        self.record["startup_cpu_s"] = round(time.process_time(), 3)
+        self.record["startup_s"] = _process_age_s()
         configure_logging(self.log_path)
         self._t0 = time.perf_counter()
         self.record["start"] = now_iso()

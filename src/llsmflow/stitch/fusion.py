@@ -16,6 +16,7 @@ from pathlib import Path
 import dask
 import numpy as np
 import zarr
+from dask.base import named_schedulers
 from dask.callbacks import Callback
 from dask.system import CPU_COUNT
 from scipy import ndimage as ndi
@@ -375,6 +376,9 @@ def fuse_to_zarr(
         # C order: neighbouring chunks read neighbouring tile windows; batches keep the task graph (and the
         # list of chunks) small however large the volume
         starts = iter(itertools.product(*grid))
+        # the scheduler's function rather than its name: given a name, dask imports distributed (0.1-0.2 s per
+        # job) only to look for a client, and there is none here (``client`` is None)
+        local_scheduler = named_schedulers.get(scheduler, scheduler)
         batch = max(64, 8 * workers)
         with contextlib.ExitStack() as stack:
             if progress is not None:
@@ -388,7 +392,7 @@ def fuse_to_zarr(
                     )
                     for i, lo in enumerate(itertools.islice(starts, batch))
                 ]
-                dask.compute(*tasks, scheduler=scheduler, num_workers=workers)
+                dask.compute(*tasks, scheduler=local_scheduler, num_workers=workers)
     return out_path
 
 

@@ -1,4 +1,4 @@
-"""Argument checks shared by the tracking modules, and the context that quietens trackpy.
+"""Argument checks shared by the tracking modules, the context that quietens trackpy, and its import.
 
 Every public function validates its inputs with these helpers so that a bad value gives one
 :class:`~llsmflow.errors.LlsmflowError` naming the value and the expectation, whichever seam it enters by.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import sys
 import warnings
 from collections.abc import Iterator
 
@@ -101,3 +102,32 @@ def _quiet_trackpy() -> Iterator[None]:
             yield
     finally:
         logger.setLevel(level)
+
+
+#: Optional modules ``import trackpy`` loads that the tracking here never uses: pyFFTW (with its interfaces:
+#: scipy.fftpack and dask.array, about 0.3 s of a job's start-up) serves only ``trackpy.legacy_bandpass_fftw``,
+#: IPython only chooses trackpy's log handler inside a running IPython (where it is already imported).
+_TRACKPY_SKIPPED = ("pyfftw", "IPython")
+
+
+def import_trackpy():
+    """trackpy, imported without :data:`_TRACKPY_SKIPPED` when this process has not imported them yet.
+
+    While trackpy is first imported, each skipped module not yet in ``sys.modules`` is marked absent there
+    (``None``: Python's documented way of making an import fail), so trackpy takes its fallbacks (NumPy's FFT
+    for its legacy FFTW band-pass; the plain log handler, its choice anyway outside IPython); the marks are
+    removed right after, so that later imports of pyfftw or IPython work as usual. ``trackpy.locate``'s
+    band-pass (scipy.ndimage) and everything else this package calls are unaffected.
+    """
+    if "trackpy" in sys.modules:
+        return sys.modules["trackpy"]
+    skipped = [name for name in _TRACKPY_SKIPPED if name not in sys.modules]
+    for name in skipped:
+        sys.modules[name] = None
+    try:
+        import trackpy
+    finally:
+        for name in skipped:
+            if name in sys.modules and sys.modules[name] is None:
+                del sys.modules[name]
+    return trackpy

@@ -16,7 +16,14 @@ import pandas as pd
 from scipy import special
 
 from llsmflow.errors import LlsmflowError
-from llsmflow.track._common import _check_volume, _origin3, _per_axis_um, _quiet_trackpy, _voxel3
+from llsmflow.track._common import (
+    _check_volume,
+    _origin3,
+    _per_axis_um,
+    _quiet_trackpy,
+    _voxel3,
+    import_trackpy,
+)
 from llsmflow.track.tables import POS_COLUMNS
 
 AUTO_MASS_FALSE_POSITIVES = 0.01
@@ -198,7 +205,7 @@ def _noise_reference(diam: tuple[int, int, int], percentile: float, separation) 
     Returns the masses and the number of candidate maxima per voxel of (interior) volume. Deterministic
     (fixed seed) and cached per parameter set; about 0.1 s for the default diameter.
     """
-    import trackpy
+    trackpy = import_trackpy()
 
     shape = tuple(int(np.clip(10 * d, 32, 128)) for d in diam)
     noise = np.random.default_rng(0).normal(1000.0, 10.0, shape)
@@ -317,7 +324,7 @@ def detect_particles(
         ``local_noise`` (noise SD of the band-passed volume around the feature, units of ``volume``).
         Sorted by decreasing mass. Empty, with the position columns, when nothing is found.
     """
-    import trackpy
+    trackpy = import_trackpy()
 
     arr = _check_volume(volume)
     voxel = _voxel3(voxel_size_um)

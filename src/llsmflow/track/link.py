@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from llsmflow.errors import LlsmflowError
-from llsmflow.track._common import _int_at_least, _origin3, _positive, _quiet_trackpy, _voxel3
+from llsmflow.track._common import _int_at_least, _origin3, _positive, _quiet_trackpy, _voxel3, import_trackpy
 from llsmflow.track.detect import detect_particles, diameter_px
 from llsmflow.track.tables import POS_COLUMNS, with_pixel_columns
 
@@ -121,7 +121,7 @@ def track_particles(
         ``particle`` (0, 1, ... in order of first appearance), ``frame``, ``t_s``, ``z_um``, ``y_um``,
         ``x_um``, then trackpy's per-feature columns; sorted by ``particle`` then ``frame``.
     """
-    import trackpy
+    trackpy = import_trackpy()
 
     voxel = _voxel3(voxel_size_um)
     dt = _positive(time_interval_s, "time interval", "s")

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from llsmflow.errors import LlsmflowError
-from llsmflow.track._common import _int_at_least, _positive, _quiet_trackpy
+from llsmflow.track._common import _int_at_least, _positive, _quiet_trackpy, import_trackpy
 from llsmflow.track.tables import POS_COLUMNS, _check_tracks
 
 
@@ -52,7 +52,7 @@ def _drift(tracks: pd.DataFrame) -> pd.DataFrame:
     only the frames that some particle reaches by a one-frame step; the drift holds (zero step) over the
     others, and is zero at the first frame, so every frame from the first to the last gets a row here.
     """
-    import trackpy
+    trackpy = import_trackpy()
 
     with _quiet_trackpy():
         # a fresh index: trackpy renames an index called "frame" of the table it is given

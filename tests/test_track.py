@@ -406,6 +406,25 @@ def test_callable_frames_match_list_and_emit_no_warnings(movie):
     assert from_list["particle"].nunique() >= 40
 
 
+def test_kept_detections_are_not_detected_again_and_change_no_track(movie):
+    """A growing series (watch's provisional tracks) keeps each frame's detections between calls: the second
+    call reads only the new frames and gives exactly the tracks of a call without the cache."""
+    frames = movie["frames"][:7]
+    read = []
+
+    def load(i):
+        read.append(i)
+        return frames[i]
+
+    kept: dict = {}
+    track.track_particles(load, VOXEL, DT, n_frames=4, detections=kept)
+    assert read == [0, 1, 2, 3] and sorted(kept) == [0, 1, 2, 3]
+    read.clear()
+    grown = track.track_particles(load, VOXEL, DT, n_frames=7, detections=kept)
+    assert read == [4, 5, 6]
+    pd.testing.assert_frame_equal(grown, track.track_particles(frames, VOXEL, DT))
+
+
 def test_linking_edge_cases(movie):
     frames = movie["frames"]
     none_long_enough = track.track_particles(frames[:2], VOXEL, DT, min_track_length=3)

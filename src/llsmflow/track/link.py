@@ -16,16 +16,19 @@ ADAPTIVE_STOP_FRACTION = 0.2
 """Linking may shrink the search range down to this fraction of it where candidates crowd."""
 
 
-def _frames(volumes, n_frames) -> tuple[Iterable, int | None]:
+def _frames(volumes, n_frames) -> tuple[Iterable[Callable], int | None]:
+    """``(loaders, n)``: one callable per frame giving its ZYX array (a frame is read only when it is asked
+    for), and the number of frames (None when unknown)."""
     if callable(volumes):
         if n_frames is None:
             raise LlsmflowError("volumes is a callable frame -> array but n_frames is missing; expected both")
         n = _int_at_least(n_frames, 1, "n_frames")
-        return (volumes(i) for i in range(n)), n
+        return ((lambda i=i: volumes(i)) for i in range(n)), n
     if isinstance(volumes, np.ndarray):
         if volumes.ndim != 4:
             raise LlsmflowError(f"volumes array has shape {volumes.shape}; expected 4-D TZYX")
-        return iter(volumes), volumes.shape[0] if n_frames is None else min(int(n_frames), volumes.shape[0])
+        n = volumes.shape[0] if n_frames is None else min(int(n_frames), volumes.shape[0])
+        return ((lambda v=v: v) for v in volumes), n
     try:
         iterator = iter(volumes)
     except TypeError:
@@ -37,7 +40,7 @@ def _frames(volumes, n_frames) -> tuple[Iterable, int | None]:
             n_frames = len(volumes)
         except TypeError:
             n_frames = None
-    return iterator, n_frames
+    return ((lambda v=v: v) for v in iterator), n_frames
 
 
 def _frame_axis(frame_numbers, times_s, total):
@@ -76,6 +79,7 @@ def track_particles(
     *,
     frame_numbers=None,
     times_s=None,
+    detections: dict | None = None,
 ) -> pd.DataFrame:
     """Detect particles in every frame and link them into tracks in physical units.
 
@@ -114,6 +118,11 @@ def track_particles(
     times_s : sequence of float, optional
         The real time (s) of each volume, strictly increasing: ``t_s`` is then taken from it instead of
         ``frame × time_interval_s`` (which stays the nominal interval, e.g. for the statistics).
+    detections : dict, optional
+        A cache of each frame's detections, ``frame number -> table``, that the caller keeps between calls
+        with the same volumes and settings (e.g. a live preview tracking a growing series): a frame found in it
+        is neither read nor detected again (its ``progress`` call still comes), a new one is added. Detection
+        is per frame, so the tracks equal those of a call without the cache.
 
     Returns
     -------
@@ -133,36 +142,40 @@ def track_particles(
     frames, total = _frames(volumes, n_frames)
     numbers, times = _frame_axis(frame_numbers, times_s, total)
 
-    detections = []
-    for index, vol in enumerate(frames):
+    found_per_frame = []
+    for index, load in enumerate(frames):
         if total is not None and index >= total:
             break
-        try:
-            found = detect_particles(
-                vol,
-                voxel,
-                diameter_um=diameter_um,
-                min_mass=min_mass,
-                percentile=percentile,
-                separation_um=separation_um,
-                origin_um=origin,
-            )
-        except LlsmflowError as exc:
-            raise LlsmflowError(f"frame {index}: {exc.message}", exc.path) from exc
         number = index if numbers is None or index >= len(numbers) else numbers[index]
-        found.insert(0, "frame", np.full(len(found), number, dtype=np.int64))
-        detections.append(found)
+        found = detections.get(number) if detections is not None else None
+        if found is None:
+            try:
+                found = detect_particles(
+                    load(),
+                    voxel,
+                    diameter_um=diameter_um,
+                    min_mass=min_mass,
+                    percentile=percentile,
+                    separation_um=separation_um,
+                    origin_um=origin,
+                )
+            except LlsmflowError as exc:
+                raise LlsmflowError(f"frame {index}: {exc.message}", exc.path) from exc
+            found.insert(0, "frame", np.full(len(found), number, dtype=np.int64))
+            if detections is not None:
+                detections[number] = found
+        found_per_frame.append(found)
         if progress is not None:
             progress(index + 1, total)
-    if not detections:
+    if not found_per_frame:
         raise LlsmflowError("no frames given; expected at least one ZYX volume")
     for given, what in ((numbers, "frame_numbers"), (times, "times_s")):
-        if given is not None and len(given) != len(detections):
+        if given is not None and len(given) != len(found_per_frame):
             raise LlsmflowError(
-                f"{what} has {len(given)} entries for {len(detections)} frames; expected one per frame"
+                f"{what} has {len(given)} entries for {len(found_per_frame)} frames; expected one per frame"
             )
 
-    features = pd.concat(detections, ignore_index=True)
+    features = pd.concat(found_per_frame, ignore_index=True)
     base = ["particle", "frame", "t_s", *POS_COLUMNS]
     extra = [c for c in features.columns if c not in base]
     if features.empty:

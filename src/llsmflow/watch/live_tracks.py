@@ -5,9 +5,10 @@ than the batch run, so the tracks of the results (``results/<dataset>/tracks/``)
 only. During the acquisition, after each round that fused timepoints, the fused timepoints 0 … n−1 that
 exist so far are tracked again with the workflow's settings (``track:`` in the config, the same
 :func:`llsmflow.track.track_particles` as the track step) into ``tracks-ch<c>.provisional.csv``: a preview,
-labelled provisional in its name and on the status page, replaced by the final run's tracks. Each refresh
-detects every timepoint so far again (the detections are not kept between refreshes: their cost grows with
-the series, a few seconds per timepoint of the tiny acquisition on 2 cores; docs/watch.md).
+labelled provisional in its name and on the status page, replaced by the final run's tracks. A refresh
+detects only the timepoints fused since the last one (each timepoint's detections are kept for the session:
+detection is per timepoint, so this changes nothing in the tracks) and links the whole series again, which is
+what changes as the series grows.
 
 ``status.html`` is rewritten (atomically) after every round: stacks seen / complete / processed, the
 backlog, the last volume's latency, the fused timepoints and the provisional tracks; it refreshes itself in
@@ -39,9 +40,12 @@ def track_channels(acq, config: dict) -> list[int]:
     return list(range(len(acq.channels))) if chosen == "all" else [int(c) for c in chosen]
 
 
-def refresh_tracks(layout, acq, config: dict, n_timepoints: int) -> dict[int, int]:
+def refresh_tracks(
+    layout, acq, config: dict, n_timepoints: int, detections: dict[int, dict] | None = None
+) -> dict[int, int]:
     """Track the fused timepoints ``0 … n_timepoints−1`` of each tracked channel; ``channel -> tracks``.
-    Nothing is written for fewer than two timepoints."""
+    Nothing is written for fewer than two timepoints. ``detections`` (``channel -> {timepoint: table}``, kept
+    by the caller between refreshes) saves detecting a timepoint again."""
     from llsmflow.stitch.fused import read_fused
     from llsmflow.track import track_particles
 
@@ -66,6 +70,7 @@ def refresh_tracks(layout, acq, config: dict, n_timepoints: int) -> dict[int, in
             min_mass=settings["min_mass"],
             percentile=settings["percentile"],
             origin_um=origin,
+            detections=None if detections is None else detections.setdefault(channel, {}),
         )
         path = provisional_tracks_path(layout, channel)
         path.parent.mkdir(parents=True, exist_ok=True)

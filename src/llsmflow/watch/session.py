@@ -170,6 +170,7 @@ class Watch:
         self._acq_cache = None
         self.live_timepoints = 0  # timepoints in the live archive
         self.tracks: dict[int, int] = {}  # channel -> provisional tracks
+        self.detections: dict[int, dict] = {}  # channel -> {timepoint: detections}, kept between refreshes
         self.live_tracks_enabled = live_tracks
         self._planned: tuple | None = None  # the complete stacks the last plan was made for
         self.processed: set[str] = set()  # samples whose deconvolved volume is done (never undone)
@@ -292,7 +293,7 @@ class Watch:
         if not self.live_tracks_enabled:
             return
         try:
-            self.tracks = refresh_tracks(self.layout, acq, self.config, count)
+            self.tracks = refresh_tracks(self.layout, acq, self.config, count, self.detections)
         except (LlsmflowError, OSError, ValueError) as error:
             self.status.line(f"llsmflow watch: provisional tracks not refreshed: {error}")
             return

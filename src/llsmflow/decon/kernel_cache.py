@@ -7,8 +7,8 @@ PSF file is deconvolved with again and again, so the kernel is kept like FFTW's 
 directory (:func:`llsmflow.decon.wisdom.cache_dir`; ``LLSMFLOW_PSF_CACHE=off`` turns it off).
 
 The key hashes everything the kernel depends on: the PSF's bytes, shape and dtype, the voxel sizes, the
-background, the geometry and its acquisition arguments, the source code of the modules that prepare it and
-the NumPy and SciPy versions; so a changed PSF, argument or preparation code never reads an old kernel.
+background, the geometry, the source code of the modules that prepare it, NumPy's version and SciPy's
+installation; so a changed PSF, argument or preparation code never reads an old kernel.
 Safety: a file is data, read with ``allow_pickle=False``, and used only if it is a finite, non-negative,
 odd-sized 3-D float32 array of sum 1 (to float32 round-off); anything else is ignored and replaced. Writes go
 to a temporary name in the same directory and are renamed (``os.replace``): a reader never sees half a file.
@@ -39,16 +39,26 @@ def _enabled() -> bool:
 
 
 def _code_version() -> str:
-    """Digest of the preparation code and of NumPy's and SciPy's versions (once per process)."""
+    """Digest of the preparation code, NumPy's version and SciPy's installation (once per process).
+
+    SciPy is not imported for its version (10–20 ms): its package's ``version.py`` (path, size and
+    modification time) stands for it; any reinstallation or upgrade changes them."""
     global _code_digest
     if _code_digest is None:
-        import scipy  # the package only (its submodules load on use): milliseconds
+        import importlib.util
 
         digest = hashlib.blake2b(digest_size=16)
         package = Path(__file__).resolve().parents[1]
         for name in _SOURCES:
             digest.update((package / name).read_bytes())
-        digest.update(f"numpy {np.__version__} scipy {scipy.__version__}".encode())
+        spec = importlib.util.find_spec("scipy")
+        scipy_version = Path(spec.origin).with_name("version.py") if spec and spec.origin else None
+        try:
+            stat = scipy_version.stat()
+            scipy_key = f"{scipy_version} {stat.st_size} {stat.st_mtime_ns}"
+        except (AttributeError, OSError):
+            scipy_key = "unknown"
+        digest.update(f"numpy {np.__version__} scipy {scipy_key}".encode())
         _code_digest = digest.hexdigest()
     return _code_digest
 

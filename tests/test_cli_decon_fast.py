@@ -110,11 +110,17 @@ def test_kernel_cache_ignores_bad_files_and_can_be_turned_off(tmp_path, monkeypa
         monkeypatch.setattr(decon_psf, "_PREPARED", {})
         np.testing.assert_array_equal(decon_psf._prepare_psf_cached(raw, (0.2, 0.1, 0.1), VOXEL_UM), expected)
         np.testing.assert_array_equal(np.load(path), expected)
+    # at most _MAX_FILES kernels are kept: the oldest go
+    monkeypatch.setattr(kernel_cache, "_MAX_FILES", 2)
+    for voxel in (0.21, 0.22, 0.23):
+        decon_psf._prepare_psf_cached(raw, (voxel, 0.1, 0.1), VOXEL_UM)
+    assert not path.exists() and len(list(path.parent.glob("*.npy"))) == 2
     # off: nothing written, nothing read
     monkeypatch.setenv(kernel_cache.PSF_CACHE_ENV, "off")
     monkeypatch.setattr(decon_psf, "_PREPARED", {})
     np.save(path, np.full((3, 3, 3), 1 / 27, np.float32))
     np.testing.assert_array_equal(decon_psf._prepare_psf_cached(raw, (0.2, 0.1, 0.1), VOXEL_UM), expected)
+    np.testing.assert_array_equal(np.load(path), np.full((3, 3, 3), 1 / 27, np.float32))
     assert not kernel_cache._enabled() and kernel_cache.kernel_path(raw, ()) is None
     # an unwritable cache directory: the kernel is prepared as before
     monkeypatch.delenv(kernel_cache.PSF_CACHE_ENV)

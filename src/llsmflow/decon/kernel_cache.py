@@ -12,7 +12,8 @@ installation; so a changed PSF, argument or preparation code never reads an old 
 Safety: a file is data, read with ``allow_pickle=False``, and used only if it is a finite, non-negative,
 odd-sized 3-D float32 array of sum 1 (to float32 round-off); anything else is ignored and replaced. Writes go
 to a temporary name in the same directory and are renamed (``os.replace``): a reader never sees half a file.
-Any error of the cache itself (read-only home, full disk) is ignored: the kernel is then prepared as before.
+At most ``_MAX_FILES`` kernels are kept (the oldest go). Any error of the cache itself (read-only home, full
+disk, a file removed by another process meanwhile) is ignored: the kernel is then prepared as before.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ PSF_CACHE_ENV = "LLSMFLOW_PSF_CACHE"
 """Environment variable: ``off`` (also ``0``, ``false``, ``none``, ``""``) keeps prepared kernels in memory
 only; unset or anything else: the per-user cache directory."""
 
+# at most this many kernels are kept (the oldest are removed when a new one is saved): a few KB each
+_MAX_FILES = 64
 # the modules whose code makes a kernel (their source is part of the key)
 _SOURCES = ("decon/psf.py", "decon/volumes.py", "deskew/shear.py", "deskew/frames.py", "deskew/workers.py")
 _code_digest: str | None = None
@@ -110,5 +113,8 @@ def save_kernel(path: Path | None, kernel: np.ndarray) -> None:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        kept = sorted(path.parent.glob("*.npy"), key=lambda p: p.stat().st_mtime_ns)
+        for old in kept[: max(len(kept) - _MAX_FILES, 0)]:
+            old.unlink(missing_ok=True)
     except OSError:
         pass

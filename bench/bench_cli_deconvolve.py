@@ -11,7 +11,8 @@ Contenders, run in interleaved rounds (so that load from other processes falls o
 
 * ``llsmflow cold``: an empty per-user cache (``XDG_CACHE_HOME`` a new empty directory each round);
 * ``llsmflow warm``: a cache holding measured plans for this shape (made once, untimed, by a run with
-  ``LLSMFLOW_FFTW_PLANNING=measure``);
+  ``LLSMFLOW_FFTW_PLANNING=measure``); since issue 18 (session 7) that run also leaves the prepared PSF
+  kernels there (``llsmflow.decon.kernel_cache``), as any first call with a PSF does;
 * ``llsmflow before`` (with ``--baseline SRC``): the same command from another checkout's ``src``;
 * ``skimage (uint16 as read)``: ``tifffile.imread`` both files, ``richardson_lucy(data, psf, num_iter=10,
   clip=False)`` (skimage computes uint16 input in float64), ``tifffile.imwrite`` the float32 result;

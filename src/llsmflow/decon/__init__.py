@@ -23,7 +23,9 @@ What is here and why it is hand-written
   per-user cache; one workspace serves every chunk of a volume), ``scipy.fft`` otherwise
   (``llsmflow.decon.fft.USE_PYFFTW = False`` forces it); every buffer preallocated and every element-wise step
   done in place, slab by slab (cache-sized blocks along z) on all threads. The 1/N of the inverse FFT is
-  folded into the OTFs, so no extra pass normalises.
+  folded into the OTFs, so no extra pass normalises; the OTFs are pruned transforms of the small kernels.
+  Prepared PSF kernels are kept per process and on disk (``kernel_cache``, the per-user cache): a repeated
+  ``llsmflow deconvolve`` with the same PSF imports no SciPy.
 * Volumes larger than a memory budget (``deconvolve(..., max_memory_gb=...)``) are deconvolved in
   overlapping chunks with a halo of real data around each (see ``plan_chunks``), read and written a few
   planes at a time (any array with slicing: zarr, h5py, memmap); away from the volume's border the result

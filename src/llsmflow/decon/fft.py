@@ -274,7 +274,7 @@ class _Workspace:
         """An uninitialised array on the workspace's device (SIMD-aligned with pyFFTW)."""
         return (pyfftw.empty_aligned if self.fftw else self.xp.empty)(shape, dtype=dtype)
 
-    def kernel_spectrum(self, targets, small: np.ndarray, out) -> bool:
+    def kernel_spectrum(self, targets, small: np.ndarray, out, precise: bool = False) -> bool:
         """Write into ``out`` (the workspace's ``spec`` shape, complex64) the real-FFT half-spectrum of a kernel
         that is zero on the grid except on the box ``np.ix_(*targets)``, where it is ``small`` (the kernel
         folded onto the grid, ``otf._folded``); return False, writing nothing, without pyFFTW.
@@ -285,7 +285,10 @@ class _Workspace:
         placement of the kernel on the full real grid: 36 ms of CPU time against 81 ms for placement, FFT and
         scaling (2-core machine, busy). Same values to float32 round-off (``tests/test_wb_fast.py``). FFTW has
         no pruned transform of its own, hence the three one-axis plans (``FFTW_ESTIMATE``: each runs once);
-        numpy.fft (one thread) and scipy.fft (0.1–0.5 s to import) are not used here for that reason."""
+        numpy.fft (one thread) and scipy.fft (0.1–0.5 s to import) are not used here for that reason.
+
+        ``precise``: ``small`` is float64 and the two small stages run in double precision (the OTF: see
+        ``engine._Engine.otf``); only the last stage, on the whole half-spectrum, runs in single precision."""
         if not self.fftw:
             return False
         (tz, ty, tx), (kz, ky, _) = targets, small.shape
@@ -293,12 +296,12 @@ class _Workspace:
         mx = self.spec_shape[-1]
         # the stages on the kernel's rows and planes are small: one thread (module docstring)
         few = {"threads": 1, "flags": ("FFTW_ESTIMATE", "FFTW_DESTROY_INPUT")}
-        rows = pyfftw.empty_aligned((kz, ky, nx), dtype=np.float32)
+        rows = pyfftw.empty_aligned((kz, ky, nx), dtype=np.float64 if precise else np.float32)
         rows.fill(0)
         rows[:, :, tx] = small
-        along_x = pyfftw.empty_aligned((kz, ky, mx), dtype=np.complex64)
+        along_x = pyfftw.empty_aligned((kz, ky, mx), dtype=np.complex128 if precise else np.complex64)
         pyfftw.FFTW(rows, along_x, axes=(2,), **few)()
-        planes = pyfftw.empty_aligned((kz, ny, mx), dtype=np.complex64)
+        planes = pyfftw.empty_aligned((kz, ny, mx), dtype=np.complex128 if precise else np.complex64)
         planes.fill(0)
         planes[:, ty, :] = along_x
         pyfftw.FFTW(planes, planes, axes=(1,), **few)()

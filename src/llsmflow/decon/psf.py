@@ -15,7 +15,6 @@ an isotropic grid and then rotated like the data (:func:`rotate_psf`), so that P
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 from llsmflow.decon.volumes import _check_volume
 from llsmflow.deskew.frames import frame_rotation_matrix, shear_px_per_plane
@@ -96,6 +95,8 @@ def _psf_support(signed: np.ndarray) -> np.ndarray:
     median that hold at least ``_PSF_MIN_LOBE`` of the brightest region's intensity, then dilate by
     ``_PSF_SUPPORT_DILATE`` voxels to keep the faint edges. A noise-free PSF keeps all its non-zero voxels.
     """
+    from scipy import ndimage  # imported on use: 0.1-0.4 s per process, skipped when the kernel is cached
+
     smooth = ndimage.gaussian_filter(signed, 1.0, mode="nearest")
     border = _border_voxels(smooth)
     level = float(np.median(border))
@@ -191,6 +192,8 @@ def _bead_drift_px(psf: np.ndarray, scan_axis: str) -> float | None:
         return None
     arr = np.clip(arr - float(np.median(_border_voxels(arr))), 0.0, None)
     # in-plane only: smoothing across planes would mix the bead's positions in neighbouring planes
+    from scipy import ndimage  # imported on use: 0.1-0.4 s per process, skipped when the kernel is cached
+
     smooth = ndimage.gaussian_filter(arr, (0.0, 1.0, 1.0), mode="nearest")
     peaks = smooth.max(axis=(1, 2))
     if not peaks.max() > 0:
@@ -242,6 +245,8 @@ def deskew_psf(
     valid = deskewed_valid_mask(arr.shape, dz, dx, angle_deg, scan_axis=scan_axis, margin_px=1, dy_um=dy)
     scan = 2 if scan_axis == "x" else 1
     valid_2d = valid[:, 0, :] if scan == 2 else valid[:, :, 0]  # (z, scan axis); the same for every row
+    from scipy import ndimage  # imported on use: 0.1-0.4 s per process, skipped when the kernel is cached
+
     smooth = ndimage.gaussian_filter(result.data, 1.0, mode="nearest")
     smooth[~valid] = -np.inf
     centre = np.unravel_index(int(np.argmax(smooth)), smooth.shape)
@@ -365,6 +370,8 @@ def prepare_psf(
         )
     arr = np.clip(arr, 0.0, None) * _psf_support(arr)
 
+    from scipy import ndimage  # imported on use: 0.1-0.4 s per process, skipped when the kernel is cached
+
     labels, count = ndimage.label(arr >= 0.5 * peak)
     sums = ndimage.sum(arr, labels, index=np.arange(1, count + 1))
     brightest = int(np.argmax(sums)) + 1
@@ -429,6 +436,8 @@ def rotate_psf(kernel: np.ndarray, voxel_um: float, angle_deg: float, scan_axis:
     # output index o -> coverslip offset (o − c_out)·v -> objective offset Rᵀ·(...) -> input index
     matrix = rotation.T
     offset = centre_in - matrix @ half_out
+    from scipy import ndimage  # imported on use: 0.1-0.4 s per process, skipped when the kernel is cached
+
     out = ndimage.affine_transform(
         arr, matrix, offset=offset, output_shape=tuple(2 * half_out + 1), order=1, mode="constant", cval=0.0
     )
@@ -445,19 +454,28 @@ _PREPARED: dict = {}
 _PREPARED_CACHE_SIZE = 4
 
 
-def _prepare_psf_cached(psf, psf_voxel_um, data_voxel_um, background: float | str = "auto") -> np.ndarray:
-    """:func:`prepare_psf` (default geometry), remembered for the last few PSFs; the kernel is read-only."""
+def _prepare_psf_cached(
+    psf, psf_voxel_um, data_voxel_um, background: float | str = "auto", geometry: str = "auto"
+) -> np.ndarray:
+    """:func:`prepare_psf` (its ``geometry``, no acquisition arguments), remembered for the last few PSFs in
+    memory and on disk (:mod:`llsmflow.decon.kernel_cache`); the kernel is read-only."""
     import hashlib
+
+    from llsmflow.decon import kernel_cache
 
     array = np.ascontiguousarray(psf)
     digest = hashlib.blake2b(array.view(np.uint8).reshape(-1), digest_size=16).hexdigest()
-    key = (
-        digest, array.shape, str(array.dtype), tuple(map(float, psf_voxel_um)), tuple(map(float, data_voxel_um)),
-        str(background),
+    arguments = (
+        tuple(map(float, psf_voxel_um)), tuple(map(float, data_voxel_um)), str(background), str(geometry),
     )  # fmt: skip
+    key = (digest, array.shape, str(array.dtype), *arguments)
     kernel = _PREPARED.pop(key, None)
     if kernel is None:
-        kernel = prepare_psf(array, psf_voxel_um, data_voxel_um, background=background)
+        path = kernel_cache.kernel_path(array, arguments)
+        kernel = kernel_cache.load_kernel(path)
+        if kernel is None:
+            kernel = prepare_psf(array, psf_voxel_um, data_voxel_um, background=background, geometry=geometry)
+            kernel_cache.save_kernel(path, kernel)
         kernel.flags.writeable = False
         while len(_PREPARED) >= _PREPARED_CACHE_SIZE:
             _PREPARED.pop(next(iter(_PREPARED)))

@@ -30,7 +30,7 @@ CHILD = """
 import json, sys
 from llsmflow.cli import main
 rc = main(sys.argv[1:])
-heavy = [m for m in ("llsmflow.ingest.model", "pandas", "scipy", "scipy.fft", "scipy.ndimage") if m in sys.modules]
+heavy = [m for m in ("pandas", "scipy", "scipy.fft", "scipy.ndimage") if m in sys.modules]
 print(json.dumps({"rc": rc, "heavy": heavy}))
 """
 

@@ -120,6 +120,7 @@ def _deskew_and_write(args, raw, deskew, deskew_rotate, write_volume) -> int:
 def cmd_deconvolve(args) -> int:
     from llsmflow.decon import deconvolve
     from llsmflow.decon.psf import _prepare_psf_cached, deskew_psf, resolve_psf_geometry
+    from llsmflow.ingest.files import require_psf_within_volume
     from llsmflow.io import read_volume, write_volume
 
     volume = read_volume(args.input, channel=args.channel, timepoint=args.timepoint)
@@ -157,14 +158,7 @@ def cmd_deconvolve(args) -> int:
         # kept in memory and on disk (decon.kernel_cache): a later call with this PSF skips the preparation
         kernel = _prepare_psf_cached(psf_data, psf_voxel, data_voxel, geometry="objective")
     try:
-        if any(k > n for k, n in zip(kernel.shape, volume.data.shape, strict=True)):
-            # the ingest check words the error; imported only then (ingest's table model imports pandas:
-            # 0.25-0.45 s of every call)
-            from llsmflow.ingest import require_psf_within_volume
-
-            require_psf_within_volume(
-                kernel.shape, volume.data.shape, args.psf, sizes="--dzpsf/--dxpsf, --dz/--dx"
-            )
+        require_psf_within_volume(kernel.shape, volume.data.shape, args.psf, sizes="--dzpsf/--dxpsf, --dz/--dx")
     except LlsmflowError as exc:
         if geometry == "skewed":
             raise

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from llsmflow.deskew.frames import deskewed_plane_spacing_um
 from llsmflow.errors import LlsmflowError
 from llsmflow.io import UrlPath, as_path, is_url, redact
+
+if TYPE_CHECKING:  # pandas (0.3 s) is imported where a table is made, not by every user of tile_name
+    import pandas as pd
 
 
 def raw_folder(raw_dir) -> Path | UrlPath:
@@ -130,6 +132,8 @@ class Acquisition:
         row = row.iloc[0]
 
         def index(value):
+            import pandas as pd
+
             return None if value is None or pd.isna(value) else int(value)
 
         return {
@@ -151,6 +155,8 @@ class Acquisition:
 
 def tiles_csv_table(acquisition: Acquisition, deskewed_paths: dict[str, str | Path]) -> pd.DataFrame:
     """The ``tiles.csv`` table (``path,x_um,y_um,z_um``) of nominal objective-frame tile origins."""
+    import pandas as pd
+
     rows = []
     for _, tile in acquisition.tiles.iterrows():
         rows.append(

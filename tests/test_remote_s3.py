@@ -70,6 +70,7 @@ def _user_environment(endpoint: str) -> dict[str, str]:
         "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_CONFIG_FILE": os.devnull,  # nothing of this machine's own AWS configuration
         "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+        "AWS_EC2_METADATA_DISABLED": "true",  # no credentials looked for on a cloud instance's metadata service
     }
 
 
@@ -96,7 +97,7 @@ def s3(tiny_run):
         fs = s3fs.S3FileSystem()
         archive = tiny_run.run_dir / "results" / "tiny" / "tiny.ome.zarr"
         raw = tiny_run.acquisition / "raw"
-        fs.mkdir(BUCKET)
+        fs.mkdir(BUCKET, acl="public-read")  # readable without credentials too, as public data are
         fs.put(str(archive), f"{BUCKET}/results/tiny.ome.zarr", recursive=True)
         fs.put(str(archive), f"{BUCKET}/results/tampered.ome.zarr", recursive=True)
         fs.put(str(raw), f"{BUCKET}/raw", recursive=True)
@@ -198,7 +199,30 @@ def test_raw_folder_and_stack_over_s3_equal_local(s3):
         read_acquisition(f"s3://{BUCKET}/no-such-folder/")
 
 
-def test_unreachable_endpoint_is_one_line(s3, tmp_path):
+def test_unreachable_endpoint_and_credentials_are_one_line(s3, tmp_path, capsys):
+    import s3fs
+
+    # a public bucket read without credentials: fsspec's configuration from the environment (FSSPEC_S3_ANON)
+    env = {k: v for k, v in os.environ.items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    public = subprocess.run(
+        [str(LLSMFLOW), "verify", s3.url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(env, FSSPEC_S3_ANON="true"),
+    )
+    assert public.returncode == 0 and "intact" in public.stdout, public.stdout + public.stderr
+    # no credentials at all (and no anon): one line that says what is missing
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("AWS_ACCESS_KEY_ID")
+        patch.delenv("AWS_SECRET_ACCESS_KEY")
+        s3fs.S3FileSystem.clear_instance_cache()
+        assert main(["verify", s3.url]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and "NoCredentialsError" in lines[0], lines
+        assert "expected credentials that may read it" in lines[0] and "FSSPEC_S3_ANON=true" in lines[0]
+    s3fs.S3FileSystem.clear_instance_cache()
+    # an endpoint that does not answer (one attempt: botocore retries 5 times with back-off by default)
     env = dict(os.environ, AWS_ENDPOINT_URL=f"http://127.0.0.1:{_free_port()}", AWS_MAX_ATTEMPTS="1")
     done = subprocess.run(
         [str(LLSMFLOW), "verify", s3.url], capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path
@@ -207,5 +231,5 @@ def test_unreachable_endpoint_is_one_line(s3, tmp_path):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith(f"llsmflow verify: error: {s3.url}/checksums.sha256: cannot be read")
-    assert "expected a reachable URL" in lines[0]
+    assert "EndpointConnectionError" in lines[0] and "expected a reachable URL" in lines[0]
     assert "llsmflow-test-secret" not in done.stderr + done.stdout

@@ -86,10 +86,10 @@ def s3(tiny_run):
     werkzeug.addHandler(requests)
     werkzeug.setLevel(logging.INFO)
     werkzeug.propagate = False  # the request log is counted, not printed
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
+    endpoint = f"http://127.0.0.1:{port}"
     with pytest.MonkeyPatch.context() as patch:
         for name, value in _user_environment(endpoint).items():
             patch.setenv(name, value)
@@ -120,9 +120,15 @@ def s3(tiny_run):
 
 
 def test_verify_over_s3_checks_every_file_extra_ones_too(s3):
-    # as a user runs it: a shell with AWS_ENDPOINT_URL and credentials in the environment
+    # as a user runs it, in a shell; the endpoint given the other way: fsspec's configuration from the
+    # environment (the in-process calls here use AWS_ENDPOINT_URL, read by botocore)
+    env = {k: v for k, v in os.environ.items() if k != "AWS_ENDPOINT_URL"}
     verified = subprocess.run(
-        [str(LLSMFLOW), "verify", s3.url], capture_output=True, text=True, timeout=120, env=dict(os.environ)
+        [str(LLSMFLOW), "verify", s3.url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(env, FSSPEC_S3_ENDPOINT_URL=s3.endpoint),
     )
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert "intact" in verified.stdout and "not checked: extra files" not in verified.stdout

@@ -141,6 +141,7 @@ def test_verify_over_s3_checks_every_file_extra_ones_too(s3):
         checked = verify_archive(archive, raw_dir=f"{s3.raw_url}/")
         assert checked["missing"] == checked["changed"] == checked["extra"] == [], checked
         assert not any("raw/" in line for line in checked.get("unchecked", []))
+        assert main(["verify", str(archive), "--raw-dir", s3.raw_url]) == 0
     raw_names = sorted(f"raw/{p.name}" for p in s3.raw.iterdir() if p.is_file())
     missing = verify_archive(s3.url, raw_dir=f"s3://{BUCKET}/elsewhere")["missing"]
     assert missing and set(missing) <= set(raw_names)

@@ -142,9 +142,9 @@ def test_verify_over_s3_checks_every_file_extra_ones_too(s3):
         assert checked["missing"] == checked["changed"] == checked["extra"] == [], checked
         assert not any("raw/" in line for line in checked.get("unchecked", []))
         assert main(["verify", str(archive), "--raw-dir", s3.raw_url]) == 0
-    raw_names = sorted(f"raw/{p.name}" for p in s3.raw.iterdir() if p.is_file())
-    missing = verify_archive(s3.url, raw_dir=f"s3://{BUCKET}/elsewhere")["missing"]
-    assert missing and set(missing) <= set(raw_names)
+    manifest = (s3.archive / "checksums.sha256").read_text(encoding="utf-8").split()
+    raw_names = sorted(name for name in manifest if name.startswith("raw/"))
+    assert raw_names and verify_archive(s3.url, raw_dir=f"s3://{BUCKET}/elsewhere")["missing"] == raw_names
 
     tampered = f"{BUCKET}/results/tampered.ome.zarr"
     s3.fs.pipe(f"{tampered}/s0/c/0/0/0/0/0", s3.fs.cat(f"{tampered}/s0/c/0/0/0/0/0")[::-1])
@@ -164,8 +164,8 @@ def test_track_and_read_ome_zarr_over_s3_equal_local(s3, tmp_path, capsys):
     assert remote_meta == local_meta and remote.shape == local.shape
     one = remote[1, 0].compute()
     chunks = {p for method, p in s3.requests.reset() if method == "GET" and "/c/" in p}
-    # one (t, c) of level 0 is one chunk object here: that one is fetched, no other
-    assert chunks == {f"/{BUCKET}/results/tiny.ome.zarr/s0/c/1/0/0/0/0"}, chunks
+    # only chunk objects of that (t, c) of level 0 are fetched (one object in the tiny run's archive)
+    assert chunks and all(p.startswith(f"/{BUCKET}/results/tiny.ome.zarr/s0/c/1/0/") for p in chunks), chunks
     np.testing.assert_array_equal(one, local[1, 0].compute())
     np.testing.assert_array_equal(remote.compute(), local.compute())
 

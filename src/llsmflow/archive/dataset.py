@@ -179,7 +179,7 @@ def verify_archive(archive: str | Path, raw_dir: str | Path | None = None) -> di
     expected = _parse_manifest(manifest)
     raw_names = [name[len(RAW_PREFIX) :] for name in expected if name.startswith(RAW_PREFIX)]
     attrs = _root_attributes(archive)
-    directories = [Path(raw_dir)] if raw_dir is not None else []
+    directories = [as_path(raw_dir)] if raw_dir is not None else []  # a URL too (s3://…/raw)
     if raw_dir is None:
         directories = [Path(d) for d in attrs.get("raw_inputs", {}).get("directories", [])]
     extra_files = {}
@@ -237,7 +237,7 @@ def _verify_remote_archive(url: str, raw_dir: str | Path | None) -> dict[str, li
             and name != MANIFEST_NAME
             and PurePosixPath(name).name not in WORKFLOW_MARKERS
         ]
-    directories = [Path(raw_dir)] if raw_dir is not None else []
+    directories = [as_path(raw_dir)] if raw_dir is not None else []  # a URL too (s3://…/raw)
     if raw_dir is None:
         directories = [Path(d) for d in attrs.get("raw_inputs", {}).get("directories", []) if not is_url(d)]
     for name in sorted(n for n in expected if n.startswith(RAW_PREFIX)):

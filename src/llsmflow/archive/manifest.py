@@ -213,7 +213,7 @@ def verify_manifest(
     expected = _parse_manifest(manifest_path)
     # symlinks under root are not followed (see symlinks_under): a listed one is missing as a file
     present = _files_under(root, {manifest_path.resolve()}, follow_symlinks=False)
-    outside = {_check_extra_name(k, manifest_path): Path(v) for k, v in (extra_files or {}).items()}
+    outside = {_check_extra_name(k, manifest_path): as_path(v) for k, v in (extra_files or {}).items()}
     missing, changed = [], []
     for name, digest in expected.items():
         file_path = outside.get(name, present.get(name))

@@ -45,10 +45,17 @@ def join(url: str, name: str) -> str:
 
 
 def unreachable(url: str, exc: BaseException) -> LlsmflowError:
-    """The one line for a URL that does not answer (connection refused, DNS, timeout, HTTP error)."""
-    return LlsmflowError(
-        f"cannot be read ({type(exc).__name__}: {redact(exc)}); expected a reachable URL", redact(url)
-    )
+    """The one line for a URL that does not answer (connection refused, DNS, timeout, HTTP error) or refuses
+    (no or wrong credentials: what an object store needs is named)."""
+    expected = "a reachable URL"
+    if "Credentials" in type(exc).__name__ or isinstance(exc, PermissionError):
+        expected = "credentials that may read it" + (
+            " (AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; FSSPEC_S3_ANON=true for a public "
+            "bucket)"
+            if url.lower().startswith("s3://")
+            else ""
+        )
+    return LlsmflowError(f"cannot be read ({type(exc).__name__}: {redact(exc)}); expected {expected}", redact(url))
 
 
 def read_text(url: str, what: str) -> str | None:

@@ -362,8 +362,8 @@ def register_stage_arguments(sub) -> None:
     p.add_argument("archive", type=str, help="the .ome.zarr archive: a directory or an http(s):// or s3:// URL")
     p.add_argument(
         "--raw-dir",
-        type=Path,
+        type=str,  # a folder or a URL (s3://…/raw): Path would fold the URL's //
         default=None,
-        help="where the raw inputs are now (default: where they were when archived)",
+        help="where the raw inputs are now, a folder or a URL (default: where they were when archived)",
     )
     p.set_defaults(func=cmd_verify)

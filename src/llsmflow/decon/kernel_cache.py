@@ -11,8 +11,8 @@ background, the geometry, the source code of the modules that prepare it, NumPy'
 installation; so a changed PSF, argument or preparation code never reads an old kernel.
 Safety: a file is data, read with ``allow_pickle=False``, and used only if it is a finite, non-negative,
 odd-sized 3-D float32 array of sum 1 (to float32 round-off); anything else is ignored and replaced. Writes go
-to a temporary name in the same directory and are renamed (``os.replace``): a reader never sees half a file;
-the file's mode follows the umask, as every output does (a group's jobs share a work directory's cache).
+through :func:`llsmflow.io.atomic_output` (a temporary name, then renamed): a reader never sees half a file,
+and the file's mode follows the umask, as every output does (a group's jobs share a work directory's cache).
 At most ``_MAX_FILES`` kernels are kept (the oldest go). Any error of the cache itself (read-only home, full
 disk, a file removed by another process meanwhile) is ignored: the kernel is then prepared as before.
 """
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -104,19 +103,11 @@ def save_kernel(path: Path | None, kernel: np.ndarray) -> None:
     """Store ``kernel`` at ``path`` atomically (temporary file, then rename); errors are ignored."""
     if path is None:
         return
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=path.parent)
-        try:
-            with os.fdopen(handle, "wb") as f:
-                np.save(f, np.ascontiguousarray(kernel, dtype=np.float32), allow_pickle=False)
-            from llsmflow.decon.wisdom import _umask
+    from llsmflow.io import atomic_output
 
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide it from the group's jobs
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+    try:
+        with atomic_output(path) as tmp, open(tmp, "wb") as f:  # a new file: its mode follows the umask
+            np.save(f, np.ascontiguousarray(kernel, dtype=np.float32), allow_pickle=False)
         kept = sorted(path.parent.glob("*.npy"), key=lambda p: p.stat().st_mtime_ns)
         for old in kept[: max(len(kept) - _MAX_FILES, 0)]:
             old.unlink(missing_ok=True)

@@ -10,7 +10,12 @@ from snakemake.utils import validate
 
 from llsmflow.errors import LlsmflowError
 from llsmflow.decon.backends import GPU_BACKENDS
-from llsmflow.hpc.resources import grow, step_resources, volume_sizes
+from llsmflow.hpc.resources import (
+    cached_volume_sizes,
+    grow,
+    step_resources,
+    volume_sizes,
+)
 from llsmflow.ingest import read_acquisition
 from llsmflow.io import is_url
 
@@ -198,51 +203,14 @@ def job_params(wildcards):
     }
 
 
-def url_volume_sizes():
-    """volume_sizes(ACQ) of raw data by URL, kept in WORK/.cache for the other parses of this workflow (each
-    job parses it again, and the sizes read every PSF whole): computed again when the acquisition or a PSF's
-    size or version (Last-Modified) on the server changed."""
-    import hashlib
-    import json
-    from dataclasses import asdict
-
-    from llsmflow.hpc.resources import VolumeSizes
-    from llsmflow.io import atomic_output
-
-    psfs = [ACQ.psf_path(c) for c in CHANNELS]
-    key = json.dumps(
-        [str(ACQ.raw_dir), ACQ.metadata, [vars(p.stat()) for p in psfs]],
-        sort_keys=True,
-        default=str,
-    )
-    cache = WORK / ".cache" / "volume-sizes.json"
-    digest = hashlib.sha256(key.encode()).hexdigest()
-    try:
-        kept = json.loads(cache.read_text(encoding="utf-8"))
-        if kept.get("key") == digest:
-            return VolumeSizes(
-                **{
-                    k: tuple(v) if isinstance(v, list) else v
-                    for k, v in kept["sizes"].items()
-                }
-            )
-    except (OSError, ValueError, TypeError, AttributeError):
-        pass  # absent or damaged: computed again
-    sizes = volume_sizes(ACQ)
-    try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_output(cache) as tmp:
-            tmp.write_text(
-                json.dumps({"key": digest, "sizes": asdict(sizes)}), encoding="utf-8"
-            )
-    except OSError:
-        pass  # only a cache
-    return sizes
-
-
 # Volume sizes and per-step resources: one model (llsmflow.hpc) for the jobs and `llsmflow estimate`.
 try:
-    SIZES = url_volume_sizes() if RAW_BY_URL else volume_sizes(ACQ)
+    # by URL the sizes read every PSF whole: kept for the jobs' parses of this workflow
+    SIZES = (
+        cached_volume_sizes(ACQ, WORK / ".cache" / "volume-sizes.json")
+        if RAW_BY_URL
+        else volume_sizes(ACQ)
+    )
 except LlsmflowError as error:
     raise WorkflowError(f"llsmflow: {error}") from None
 try:

@@ -150,6 +150,35 @@ def _prepared_psf_shape(acq, channel: int, voxel) -> tuple[int, int, int]:
         )
 
 
+def cached_volume_sizes(acq, cache_path: Path) -> VolumeSizes:
+    """:func:`volume_sizes` of ``acq``, kept in the JSON file ``cache_path`` for the other parses of a workflow
+    (each job parses it again; for raw data by URL the sizes read every PSF whole over the network). Computed
+    again when the raw folder, the metadata, or a PSF's size or version (``stat``: a server's
+    ``Last-Modified``) changed; a damaged or unwritable cache only costs the computation."""
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    from llsmflow.io import atomic_output
+
+    psfs = [acq.psf_path(c) for c in range(len(acq.channels))]
+    key = json.dumps([str(acq.raw_dir), acq.metadata, [vars(p.stat()) for p in psfs]], sort_keys=True, default=str)
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    try:
+        kept = json.loads(Path(cache_path).read_text(encoding="utf-8"))
+        if kept.get("key") == digest:
+            return VolumeSizes(**{k: tuple(v) if isinstance(v, list) else v for k, v in kept["sizes"].items()})
+    except (OSError, ValueError, TypeError, AttributeError):
+        pass  # absent or damaged: computed again
+    sizes = volume_sizes(acq)
+    try:
+        with atomic_output(cache_path) as tmp:
+            tmp.write_text(json.dumps({"key": digest, "sizes": asdict(sizes)}), encoding="utf-8")
+    except OSError:
+        pass  # only a cache
+    return sizes
+
+
 def rotated_shape(raw_shape, dz_um, dx_um, dy_um, angle_deg, scan_axis="x") -> tuple[int, int, int]:
     """ZYX shape of a raw stack deskewed and rotated to the coverslip frame on an isotropic grid of ``dx_um``
     (as :func:`llsmflow.deskew.deskew_rotate` makes it): the bounding box of the stack's corners. It is larger

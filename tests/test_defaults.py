@@ -16,7 +16,9 @@ from llsmflow.decon import BACKENDS, METHODS
 from llsmflow.decon.api import deconvolve
 from llsmflow.decon.psf import prepare_psf
 from llsmflow.deskew.shear import deskew
+from llsmflow.deskew.stack import deskew_stack
 from llsmflow.hpc.cluster import DEFAULTS as DASK_DEFAULTS
+from llsmflow.ingest.read import read_acquisition
 from llsmflow.stitch.fusion import fuse_to_zarr
 from llsmflow.stitch.optimise import optimise_positions, register_tiles
 from llsmflow.stitch.pairwise import register_pair
@@ -28,6 +30,8 @@ SCHEMA = yaml.safe_load((Path(__file__).parents[1] / "config" / "schema.yaml").r
 # (section, key) -> the library parameters that take the same value: (function, parameter name)
 LIBRARY = {
     ("deskew", "fill_value"): [(deskew, "fill_value")],
+    # which deskew the job calls, and the frame the ingest check prepares each PSF in
+    ("deskew", "rotate"): [(deskew_stack, "rotate"), (read_acquisition, "rotate")],
     ("deconvolution", "iterations"): [(deconvolve, "iterations")],
     ("deconvolution", "background"): [(deconvolve, "background")],
     ("deconvolution", "psf_background"): [(deconvolve, "psf_background"), (prepare_psf, "background")],
@@ -57,7 +61,6 @@ WORKFLOW_ONLY = {
     ("stitch", "reference_channel"): "which tiles the register job reads; the library registers what it is given",
     ("stitch", "reference_timepoint"): "which tiles the register job reads",
     ("track", "channels"): "which channels get a track job",
-    ("deskew", "rotate"): "which deskew function the job calls (deskew, or deskew_rotate with the PSF rotated alike)",
 }
 
 SECTIONS = ("deskew", "deconvolution", "stitch", "track", "archive")

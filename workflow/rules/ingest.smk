@@ -18,5 +18,7 @@ rule ingest:
         overrides=config.get("overrides") or {},
         psf_geometry=config["deconvolution"]["psf_geometry"],
         allow_missing_timepoints=config["ingest"]["allow_missing_timepoints"],
+        # deskew.rotate: the PSF check compares the rotated kernel with the rotated volume
+        rotate=config["deskew"]["rotate"],
     script:
         "../scripts/ingest.py"

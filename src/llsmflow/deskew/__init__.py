@@ -35,7 +35,8 @@ Submodules (re-exported here, each imported on first use)
   so ingest and the HPC layer size volumes without loading the resampling code.
 * ``shear``: :func:`deskew` (the per-plane shift) and :func:`deskewed_valid_mask`, which mirrors its rule.
 * ``rotate``: :func:`deskew_rotate` (sparse bilinear map, SciPy) and its ``affine_transform`` reference;
-  :func:`rotated_valid_mask`, where a rotated volume holds data (its empty wedges are not data).
+  :func:`rotated_valid_mask`, where a rotated volume holds data (its empty wedges are not data);
+  :func:`rotated_shape`, its shape from the geometry alone.
 * ``stack``: :func:`deskew_stack`, the one choice between the two frames (config ``deskew.rotate``) that the
   workflow's jobs, the QC previews and :func:`llsmflow.decon.deskew_deconvolve` make.
 * ``workers``: the thread pool both kernels use (:func:`default_workers`).
@@ -58,6 +59,7 @@ _EXPORTS = {
     "deskewed_valid_mask": "shear",
     "deskew_rotate": "rotate",
     "rotated_valid_mask": "rotate",
+    "rotated_shape": "rotate",
     "frame_rotation_matrix": "frames",
     "default_workers": "workers",
     "deskew_xp": "device",

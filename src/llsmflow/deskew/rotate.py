@@ -323,3 +323,29 @@ def rotated_valid_mask(
     if margin:
         plane = ndimage.binary_erosion(plane, iterations=margin, border_value=1)
     return np.broadcast_to(plane[:, None, :], out_shape)
+
+
+def rotated_shape(
+    raw_shape_zyx: tuple[int, int, int],
+    dz_um: float,
+    dx_um: float,
+    angle_deg: float,
+    dy_um: float | None = None,
+    output_voxel_um: float | None = None,
+    scan_axis: str = "x",
+) -> tuple[int, int, int]:
+    """ZYX shape of the volume :func:`deskew_rotate` makes from a raw stack of ``raw_shape_zyx``, from the
+    geometry alone (no voxel read or resampled): its own output grid, for the same arguments (ingest checks
+    a PSF against it before any job runs)."""
+    if scan_axis not in ("x", "y"):
+        raise LlsmflowError(f"scan axis {scan_axis!r} is invalid; expected 'x' or 'y'")
+    dy_um = dx_um if dy_um is None else dy_um
+    out_um = float(output_voxel_um or dx_um)
+    nz, ny, nx = (int(n) for n in raw_shape_zyx)
+    if scan_axis == "y":  # as deskew_rotate computes it: y and x swapped, the scan axis's pixel size dy
+        z, x, y = rotated_shape((nz, nx, ny), dz_um, dy_um, angle_deg, dx_um, out_um, "x")
+        return (z, y, x)
+    out_shape, _, _, _ = _deskew_rotate_geometry(
+        (nz, ny, nx), float(dz_um), float(dx_um), float(angle_deg), float(dy_um), out_um
+    )
+    return tuple(int(n) for n in out_shape)

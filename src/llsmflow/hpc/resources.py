@@ -548,6 +548,7 @@ def estimate(
     acq = read_acquisition(
         raw_dir, config.get("metadata"), config["overrides"],
         allow_missing_timepoints=(config.get("ingest") or {}).get("allow_missing_timepoints", False),
+        rotate=config["deskew"]["rotate"],
     )
     profile_cores, groups = profile_settings(Path(profile) if profile else None)
     groups.update(group_sizes or {})

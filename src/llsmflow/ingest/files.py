@@ -258,16 +258,20 @@ def check_psf(
     angle_deg: float | None = None,
     stage_step_um: float | None = None,
     scan_axis: str = "x",
+    rotate: bool = False,
 ) -> None:
     """Check a channel's PSF: readable, 3-D, finite, with signal, and its kernel no larger than the volume.
 
-    The kernel is the PSF as the deconvolution will use it: its geometry resolved as the workflow's
-    ``prepare_psf`` step resolves it (``geometry`` is the config's ``deconvolution.psf_geometry``; a skewed
-    bead stack is deskewed first, with the data's ``angle_deg``, ``stage_step_um`` and ``scan_axis``), then
-    :func:`llsmflow.decon.prepare_psf` on the deskewed voxel grid, compared with the deskewed volume's shape
-    (voxels, ZYX).
+    The kernel is the PSF as the deconvolution will use it, made by the calls of the workflow's
+    ``prepare_psf`` step: its geometry resolved (``geometry`` is the config's ``deconvolution.psf_geometry``;
+    a skewed bead stack is deskewed first, with the data's ``angle_deg``, ``stage_step_um`` and
+    ``scan_axis``), then :func:`llsmflow.decon.prepare_psf` on the grid of the volumes deconvolved
+    (``data_voxel_um``, ZYX µm), and with ``rotate`` (config ``deskew.rotate``) rotated to the coverslip
+    frame by :func:`llsmflow.decon.psf.rotate_psf` (``data_voxel_um`` is then the rotated volumes'
+    isotropic voxel). It is compared with ``volume_shape`` (voxels, ZYX): the deskewed volume's, or with
+    ``rotate`` the rotated one's.
     """
-    from llsmflow.decon.psf import prepare_psf, resolve_psf_geometry
+    from llsmflow.decon.psf import prepare_psf, resolve_psf_geometry, rotate_psf
     from llsmflow.errors import located
 
     psf = read_volume(path)
@@ -282,13 +286,15 @@ def check_psf(
             stage_step_um=stage_step_um,
             scan_axis=scan_axis,
         )
+        if rotate:
+            kernel = rotate_psf(kernel, data_voxel_um[0], angle_deg, scan_axis)
     require_psf_within_volume(
         kernel.shape,
         volume_shape,
         path,
         what=f"PSF of channel {channel}",
-        grid="the deskewed grid",
-        volume="deskewed volume",
+        grid="the coverslip-frame grid (deskew.rotate)" if rotate else "the deskewed grid",
+        volume="rotated volume" if rotate else "deskewed volume",
         sizes="psf_voxel_size_um; the PSF must be in the objective frame, or be declared skewed "
         "(deconvolution.psf_geometry: skewed)",
     )
@@ -296,17 +302,26 @@ def check_psf(
 
 def check_psfs(
     raw_dir: Path, channels: list[dict], raw_shape, dz: float, dy: float, dx: float, angle: float, scan_axis: str,
-    psf_geometry: str = "auto",
+    psf_geometry: str = "auto", rotate: bool = False,
 ) -> None:
-    """:func:`check_psf` for every channel, against the deskewed volume of ``raw_shape`` (ZYX raw voxels)."""
-    from llsmflow.deskew.frames import deskewed_plane_spacing_um, deskewed_shape
+    """:func:`check_psf` for every channel, against the volume deconvolved from a raw stack of ``raw_shape``
+    (ZYX raw voxels): the deskewed volume, or with ``rotate`` (config ``deskew.rotate``) the volume deskewed
+    and rotated to the coverslip frame on its isotropic grid of ``dx`` µm (the shape
+    :func:`llsmflow.deskew.deskew_rotate` gives, :func:`llsmflow.deskew.rotated_shape`)."""
+    if rotate:
+        from llsmflow.deskew.rotate import rotated_shape
 
-    deskewed = deskewed_shape(raw_shape, dz, dx if scan_axis == "x" else dy, angle, scan_axis)
-    voxel = (deskewed_plane_spacing_um(dz, angle), dy, dx)
+        volume = rotated_shape(raw_shape, dz, dx, angle, dy_um=dy, output_voxel_um=dx, scan_axis=scan_axis)
+        voxel = (dx, dx, dx)
+    else:
+        from llsmflow.deskew.frames import deskewed_plane_spacing_um, deskewed_shape
+
+        volume = deskewed_shape(raw_shape, dz, dx if scan_axis == "x" else dy, angle, scan_axis)
+        voxel = (deskewed_plane_spacing_um(dz, angle), dy, dx)
     for index, channel in enumerate(channels):
         check_psf(
-            raw_dir / channel["psf"], channel["psf_voxel_size_um"], voxel, deskewed, index,
-            psf_geometry, angle, dz, scan_axis,
+            raw_dir / channel["psf"], channel["psf_voxel_size_um"], voxel, volume, index,
+            psf_geometry, angle, dz, scan_axis, rotate,
         )
 
 

@@ -182,6 +182,7 @@ def read_instrument_acquisition(
     psf_geometry="auto",
     allow_missing_timepoints: bool = False,
     only_files=None,
+    rotate: bool = False,
 ) -> Acquisition:
     """An instrument folder read into an :class:`Acquisition` (see the module docstring for precedence)."""
     from llsmflow.ingest.read import tile_table
@@ -218,7 +219,7 @@ def read_instrument_acquisition(
     samples = samples.sort_values(["timepoint", "channel", "tile"]).reset_index(drop=True)
     if check_files:
         raw_shape = check_volumes(raw_dir, samples, meta.get("raw_shape_zyx"), path)
-        check_psfs(raw_dir, channels, raw_shape, dz, dy, dx, angle, scan_axis, psf_geometry)
+        check_psfs(raw_dir, channels, raw_shape, dz, dy, dx, angle, scan_axis, psf_geometry, rotate)
     meta["notes"] = reading.notes
     return Acquisition(
         raw_dir=raw_dir,

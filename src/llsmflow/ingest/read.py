@@ -39,6 +39,7 @@ def read_acquisition(
     psf_geometry: str = "auto",
     allow_missing_timepoints: bool = False,
     only_files=None,
+    rotate: bool = False,
 ) -> Acquisition:
     """Read an acquisition directory into an :class:`Acquisition`.
 
@@ -54,9 +55,9 @@ def read_acquisition(
         camera_offset``); ``None`` values are ignored.
     check_files:
         Also check every stack's TIFF header (readable, complete, real dtype, ZYX, one shape for all) and every
-        PSF (3-D, finite, with signal, smaller than the deskewed volume). This opens every file (a few ms each,
-        the PSFs read whole): done once per run (``llsmflow run`` and the ingest step), not every time the
-        workflow is parsed (each cluster job parses it again).
+        PSF (3-D, finite, with signal, smaller than the volume deconvolved: see ``rotate``). This opens every
+        file (a few ms each, the PSFs read whole): done once per run (``llsmflow run`` and the ingest step),
+        not every time the workflow is parsed (each cluster job parses it again).
     psf_geometry:
         The config's ``deconvolution.psf_geometry`` (``auto``, ``skewed``, ``objective``): the PSF check
         prepares each PSF as the workflow will (a skewed bead stack deskewed first).
@@ -67,6 +68,10 @@ def read_acquisition(
     only_files:
         An acquisition still being written (``llsmflow watch``): only the stack files named here (relative to
         ``raw_dir``) are taken, and the stacks not written yet are not missing.
+    rotate:
+        The config's ``deskew.rotate``: the volumes deconvolved are rotated to the coverslip frame, so the PSF
+        check prepares each PSF as the workflow then does (rotated, on the rotated volumes' isotropic grid)
+        and compares it with the rotated volume's shape.
 
     Raises
     ------
@@ -87,7 +92,7 @@ def read_acquisition(
 
         return read_instrument_acquisition(
             raw_dir, fmt, found_path, metadata_path, overrides, check_files, psf_geometry,
-            allow_missing_timepoints=allow_missing_timepoints, only_files=only_files,
+            allow_missing_timepoints=allow_missing_timepoints, only_files=only_files, rotate=rotate,
         )
     metadata_path = found_path
     meta = load_acquisition_json(metadata_path)
@@ -142,7 +147,7 @@ def read_acquisition(
     samples["file_timepoint"] = None
     if check_files:
         raw_shape = check_stacks(raw_dir, samples, meta.get("raw_shape_zyx"), metadata_path)
-        check_psfs(raw_dir, channels, raw_shape, dz, dy, dx, angle, scan_axis, psf_geometry)
+        check_psfs(raw_dir, channels, raw_shape, dz, dy, dx, angle, scan_axis, psf_geometry, rotate)
     return Acquisition(
         raw_dir=raw_dir,
         metadata_path=metadata_path,

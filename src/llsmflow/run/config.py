@@ -229,6 +229,7 @@ def check_config(
         check_files=check_files,
         psf_geometry=config["deconvolution"]["psf_geometry"],
         allow_missing_timepoints=config["ingest"]["allow_missing_timepoints"],
+        rotate=config["deskew"]["rotate"],
     )
     return config
 

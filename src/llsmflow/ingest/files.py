@@ -296,7 +296,7 @@ def check_psf(
         grid="the coverslip-frame grid (deskew.rotate)" if rotate else "the deskewed grid",
         volume="rotated volume" if rotate else "deskewed volume",
         sizes="psf_voxel_size_um; the PSF must be in the objective frame, or be declared skewed "
-        "(deconvolution.psf_geometry: skewed)",
+        "(deconvolution.psf_geometry: skewed)" + ("; deskew.rotate: false keeps the objective frame" if rotate else ""),
     )
 
 

@@ -31,12 +31,12 @@ Why the resampling is hand-written rather than done by ``scipy.ndimage.affine_tr
 
 Submodules (re-exported here, each imported on first use)
 ---------------------------------------------------------
-* ``frames``: the geometry relations (shear, plane spacing, deskewed shape, frame rotations); NumPy only,
-  so ingest and the HPC layer size volumes without loading the resampling code.
+* ``frames``: the geometry relations (shear, plane spacing, deskewed shape, frame rotations, the rotated
+  volume's grid and :func:`rotated_shape`); NumPy only, so ingest and the HPC layer size volumes without
+  loading the resampling code.
 * ``shear``: :func:`deskew` (the per-plane shift) and :func:`deskewed_valid_mask`, which mirrors its rule.
 * ``rotate``: :func:`deskew_rotate` (sparse bilinear map, SciPy) and its ``affine_transform`` reference;
-  :func:`rotated_valid_mask`, where a rotated volume holds data (its empty wedges are not data);
-  :func:`rotated_shape`, its shape from the geometry alone.
+  :func:`rotated_valid_mask`, where a rotated volume holds data (its empty wedges are not data).
 * ``stack``: :func:`deskew_stack`, the one choice between the two frames (config ``deskew.rotate``) that the
   workflow's jobs, the QC previews and :func:`llsmflow.decon.deskew_deconvolve` make.
 * ``workers``: the thread pool both kernels use (:func:`default_workers`).
@@ -59,7 +59,7 @@ _EXPORTS = {
     "deskewed_valid_mask": "shear",
     "deskew_rotate": "rotate",
     "rotated_valid_mask": "rotate",
-    "rotated_shape": "rotate",
+    "rotated_shape": "frames",
     "frame_rotation_matrix": "frames",
     "default_workers": "workers",
     "deskew_xp": "device",

@@ -11,7 +11,7 @@ and threads and are NumPy/SciPy only. Here:
   deskew bit for bit (tested); with CuPy each operation is an IEEE float32 operation too.
 * :func:`deskew_rotate_xp` is the general affine resampler of the array module
   (``scipy.ndimage.affine_transform`` / ``cupyx.scipy.ndimage.affine_transform``, order 1, mode
-  ``'constant'``) with the transform of the CPU code (``rotate._deskew_rotate_geometry``): what the CPU
+  ``'constant'``) with the transform of the CPU code (``frames._deskew_rotate_geometry``): what the CPU
   kernel's reference computes, so equal to :func:`llsmflow.deskew.deskew_rotate` within float32 round-off
   (tested). A general resampler is slow on a CPU (the reason for the CPU kernel) but takes milliseconds on
   a GPU (measured on an H200: 1.5 ms for a 201×1024×768 stack, issue 18).
@@ -159,7 +159,8 @@ def deskew_rotate_xp(
     (volume, voxel_size_um, origin_um)
         As :func:`llsmflow.deskew.deskew_rotate`; ``volume`` is a float32 array of ``xp``.
     """
-    from llsmflow.deskew.rotate import _deskew_rotate_geometry, rotated_valid_mask
+    from llsmflow.deskew.frames import _deskew_rotate_geometry
+    from llsmflow.deskew.rotate import rotated_valid_mask
 
     xp = _module_of(raw_zyx) if xp is None else xp
     dy_um = checked_stage_scan(raw_zyx.shape, dz_um, dx_um, dy_um, scan_axis)

@@ -102,3 +102,73 @@ def checked_stage_scan(shape, dz_um, dx_um, dy_um, scan_axis: str, min_planes: i
     if scan_axis not in ("x", "y"):
         raise LlsmflowError(f"scan axis {scan_axis!r} is invalid; expected 'x' or 'y'")
     return dy_um
+
+
+def _deskew_rotate_geometry(raw_shape, dz_um, dx_um, angle_deg, dy_um, out_um, scan_axis="x"):
+    """Output shape, origin (µm) and the affine (matrix, offset) from output index to raw index (k, j, i).
+
+    raw index (k, j, i) → objective µm (k·dz', j·dy, (i + k·s)·dx) → coverslip µm by the rotation about Y;
+    the output grid is the bounding box of the raw stack's corners at ``out_um`` spacing. The inverse keeps Y
+    exactly decoupled from (Z, X) (inverted as a 2×2 block and a scale). For ``scan_axis="y"`` the shear is
+    along y (``(k·dz', (j + k·s)·dy, i·dx)``) and the rotation about X: the same matrices with y and x swapped.
+    """
+    if scan_axis == "y":
+        return _deskew_rotate_geometry_y(raw_shape, dz_um, dx_um, angle_deg, dy_um, out_um)
+    shear = shear_px_per_plane(dz_um, dx_um, angle_deg)
+    dzp = deskewed_plane_spacing_um(dz_um, angle_deg)
+    raw_to_obj = np.array([[dzp, 0, 0], [0, dy_um, 0], [shear * dx_um, 0, dx_um]])
+    raw_to_cov = objective_to_coverslip_matrix(angle_deg) @ raw_to_obj
+    nz, ny, nx = raw_shape
+    corners = np.array([[k, j, i] for k in (0, nz - 1) for j in (0, ny - 1) for i in (0, nx - 1)], float)
+    cov_corners = corners @ raw_to_cov.T
+    lo, hi = cov_corners.min(axis=0), cov_corners.max(axis=0)
+    out_shape = tuple(int(math.floor((h - lo_) / out_um)) + 1 for lo_, h in zip(lo, hi, strict=True))
+    zx = np.ix_((0, 2), (0, 2))
+    cov_to_raw = np.zeros((3, 3))
+    cov_to_raw[zx] = np.linalg.inv(raw_to_cov[zx])
+    cov_to_raw[1, 1] = 1.0 / dy_um
+    # output index o -> coverslip µm lo + o·out_um -> raw index
+    return out_shape, tuple(float(v) for v in lo), cov_to_raw * out_um, cov_to_raw @ lo
+
+
+def _deskew_rotate_geometry_y(raw_shape, dz_um, dx_um, angle_deg, dy_um, out_um):
+    """:func:`_deskew_rotate_geometry` for scan axis y, written out (the reference for the swapped kernel)."""
+    shear = shear_px_per_plane(dz_um, dy_um, angle_deg)
+    dzp = deskewed_plane_spacing_um(dz_um, angle_deg)
+    raw_to_obj = np.array([[dzp, 0, 0], [shear * dy_um, dy_um, 0], [0, 0, dx_um]])
+    swap = np.array([[1.0, 0, 0], [0, 0, 1.0], [0, 1.0, 0]])  # (z, y, x) <-> (z, x, y)
+    rotation = swap @ objective_to_coverslip_matrix(angle_deg) @ swap  # about X: Y = z·sin θ + y·cos θ
+    raw_to_cov = rotation @ raw_to_obj
+    nz, ny, nx = raw_shape
+    corners = np.array([[k, j, i] for k in (0, nz - 1) for j in (0, ny - 1) for i in (0, nx - 1)], float)
+    cov_corners = corners @ raw_to_cov.T
+    lo, hi = cov_corners.min(axis=0), cov_corners.max(axis=0)
+    out_shape = tuple(int(math.floor((h - lo_) / out_um)) + 1 for lo_, h in zip(lo, hi, strict=True))
+    cov_to_raw = np.linalg.inv(raw_to_cov)
+    return out_shape, tuple(float(v) for v in lo), cov_to_raw * out_um, cov_to_raw @ lo
+
+
+def rotated_shape(
+    raw_shape_zyx: tuple[int, int, int],
+    dz_um: float,
+    dx_um: float,
+    angle_deg: float,
+    dy_um: float | None = None,
+    output_voxel_um: float | None = None,
+    scan_axis: str = "x",
+) -> tuple[int, int, int]:
+    """ZYX shape of the volume :func:`deskew_rotate` makes from a raw stack of ``raw_shape_zyx``, from the
+    geometry alone (no voxel read or resampled): its own output grid, for the same arguments (ingest checks
+    a PSF against it, and the HPC layer sizes jobs with it, before any job runs)."""
+    if scan_axis not in ("x", "y"):
+        raise LlsmflowError(f"scan axis {scan_axis!r} is invalid; expected 'x' or 'y'")
+    dy_um = dx_um if dy_um is None else dy_um
+    out_um = float(output_voxel_um or dx_um)
+    nz, ny, nx = (int(n) for n in raw_shape_zyx)
+    if scan_axis == "y":  # as deskew_rotate computes it: y and x swapped, the scan axis's pixel size dy
+        z, x, y = rotated_shape((nz, nx, ny), dz_um, dy_um, angle_deg, dx_um, out_um, "x")
+        return (z, y, x)
+    out_shape, _, _, _ = _deskew_rotate_geometry(
+        (nz, ny, nx), float(dz_um), float(dx_um), float(angle_deg), float(dy_um), out_um
+    )
+    return tuple(int(n) for n in out_shape)

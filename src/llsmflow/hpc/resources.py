@@ -179,48 +179,16 @@ def cached_volume_sizes(acq, cache_path: Path) -> VolumeSizes:
     return sizes
 
 
-def rotated_shape(raw_shape, dz_um, dx_um, dy_um, angle_deg, scan_axis="x") -> tuple[int, int, int]:
-    """ZYX shape of a raw stack deskewed and rotated to the coverslip frame on an isotropic grid of ``dx_um``
-    (as :func:`llsmflow.deskew.deskew_rotate` makes it): the bounding box of the stack's corners. It is larger
-    than the objective-frame volume (the tilted stack's box holds empty wedges).
-
-    Written here, with NumPy only, because ``deskew.rotate`` holds it in a private helper and imports SciPy;
-    ``tests/test_hpc.py`` checks it against the real function.
-    """
-    import numpy as np
-
-    from llsmflow.deskew.frames import (
-        deskewed_plane_spacing_um,
-        objective_to_coverslip_matrix,
-        shear_px_per_plane,
-    )
-
-    dzp = deskewed_plane_spacing_um(dz_um, angle_deg)
-    rotation = objective_to_coverslip_matrix(angle_deg)
-    if scan_axis == "y":
-        shear = shear_px_per_plane(dz_um, dy_um, angle_deg)
-        raw_to_obj = np.array([[dzp, 0, 0], [shear * dy_um, dy_um, 0], [0, 0, dx_um]])
-        swap = np.array([[1.0, 0, 0], [0, 0, 1.0], [0, 1.0, 0]])
-        rotation = swap @ rotation @ swap
-    else:
-        shear = shear_px_per_plane(dz_um, dx_um, angle_deg)
-        raw_to_obj = np.array([[dzp, 0, 0], [0, dy_um, 0], [shear * dx_um, 0, dx_um]])
-    nz, ny, nx = raw_shape
-    corners = np.array([[k, j, i] for k in (0, nz - 1) for j in (0, ny - 1) for i in (0, nx - 1)], float)
-    cov = corners @ (rotation @ raw_to_obj).T
-    extent = cov.max(axis=0) - cov.min(axis=0)
-    return tuple(int(math.floor(e / dx_um)) + 1 for e in extent)
-
-
 def volume_sizes(acq, rotate: bool = False) -> VolumeSizes:
     """Sizes of the volumes of an acquisition (:class:`llsmflow.ingest.Acquisition`).
 
     The raw shape comes from the metadata's ``raw_shape_zyx`` or, without it, from the first raw stack's
     header; the deskewed shape from the geometry (``rotate``: config ``deskew.rotate``, the coverslip-frame
-    volume on its isotropic grid, :func:`rotated_shape`); the PSF shape from the PSF stacks prepared as the
-    deconvolution prepares them (the largest over channels); the fused shape from the tiles' nominal positions.
+    volume on its isotropic grid, :func:`llsmflow.deskew.rotated_shape`); the PSF shape from the PSF stacks
+    prepared as the deconvolution prepares them (the largest over channels); the fused shape from the tiles'
+    nominal positions.
     """
-    from llsmflow.deskew.frames import deskewed_shape
+    from llsmflow.deskew.frames import deskewed_shape, rotated_shape
     from llsmflow.stitch.grid import fused_extent
 
     raw = acq.metadata.get("raw_shape_zyx")
@@ -228,7 +196,7 @@ def volume_sizes(acq, rotate: bool = False) -> VolumeSizes:
         raw = _tiff_shape(acq.raw_dir / acq.samples["path"].iloc[0])[-3:]
     raw = tuple(int(n) for n in raw)
     if rotate:
-        deskewed = rotated_shape(raw, acq.dz_um, acq.dx_um, acq.dy_um, acq.angle_deg, acq.scan_axis)
+        deskewed = rotated_shape(raw, acq.dz_um, acq.dx_um, acq.angle_deg, acq.dy_um, scan_axis=acq.scan_axis)
         voxel = (acq.dx_um,) * 3
     else:
         deskewed = deskewed_shape(raw, acq.dz_um, acq.dx_um, acq.angle_deg, acq.scan_axis)

@@ -309,7 +309,7 @@ def check_psfs(
     and rotated to the coverslip frame on its isotropic grid of ``dx`` µm (the shape
     :func:`llsmflow.deskew.deskew_rotate` gives, :func:`llsmflow.deskew.rotated_shape`)."""
     if rotate:
-        from llsmflow.deskew.rotate import rotated_shape
+        from llsmflow.deskew.frames import rotated_shape
 
         volume = rotated_shape(raw_shape, dz, dx, angle, dy_um=dy, output_voxel_um=dx, scan_axis=scan_axis)
         voxel = (dx, dx, dx)

@@ -103,7 +103,7 @@ def _validity_weight(
     constant = constant + _constant_axes(valid)
     valid = valid[tuple(slice(0, 1) if axis in constant else slice(None) for axis in range(3))]
     if width_um > 0:
-        from scipy import ndimage as ndi  # here: only blocks where a tile's mask changes need it
+        from scipy import ndimage as ndi  # here: only tiles with a validity mask need it (see fuse_to_zarr)
 
         distance = ndi.distance_transform_edt(valid, sampling=voxel)
         weight = np.where(valid, _ramp(distance, width_um), 0.0).astype(np.float32)
@@ -333,6 +333,10 @@ def fuse_to_zarr(
 
         workers, figures = client_threads(client), {}
     else:
+        if blend_width_um > 0 and any(t.valid is not None for t in tiles):
+            # the blend weights of masked tiles need SciPy's distance transform: imported before the memory in
+            # use is measured for the budget (some 10 MiB resident), not by the first chunk that needs it
+            import scipy.ndimage  # noqa: F401
         workers, figures = _plan_workers(
             max_memory_gb,
             _block_bytes(tiles, chunks, voxel, float(blend_width_um), dtype) if max_memory_gb else 0,

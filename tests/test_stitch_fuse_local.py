@@ -4,7 +4,8 @@ job's imports stay free of dask.
 
 The reference is dask's own threaded and synchronous schedulers, reached through ``fuse_to_zarr``'s dask path
 (a dask ``get`` function as ``scheduler``), on a 2 x 2 mosaic of deskewed-looking tiles (validity wedges, so
-the blend weights' distance transform runs) at sub-voxel positions.
+the blend weights' distance transform runs) at sub-voxel positions. The client path against this one:
+``tests/test_hpc.py::test_fusion_on_a_client_equals_in_process``.
 """
 
 from __future__ import annotations
@@ -152,26 +153,3 @@ def test_fuse_job_imports_no_dask():
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=120)
 
-
-def test_distributed_client_path_gives_the_same_volume(mosaic, tmp_path):
-    """The client path (``_fuse_on``, unchanged) against the thread pool, on an in-process dask cluster."""
-    distributed = pytest.importorskip("distributed")
-    tiles, positions = mosaic
-    local = read_fused(fuse_to_zarr(tiles, positions, VOXEL, tmp_path / "local.zarr", chunks=CHUNKS))[0]
-    calls = []
-    with (
-        distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as c,
-        distributed.Client(c) as client,
-    ):
-        out = fuse_to_zarr(
-            tiles,
-            positions,
-            VOXEL,
-            tmp_path / "client.zarr",
-            chunks=CHUNKS,
-            client=client,
-            progress=lambda done, total: calls.append((done, total)),
-        )
-    np.testing.assert_array_equal(read_fused(out)[0], local)
-    total = math.prod(-(-n // c) for n, c in zip(local.shape, CHUNKS, strict=True))
-    assert calls == [(i, total) for i in range(1, total + 1)]

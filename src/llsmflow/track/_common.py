@@ -116,7 +116,11 @@ _TRACKPY_LAZY = ("scipy.stats",)
 
 def _import_lazily(name: str) -> None:
     """Put module ``name`` in ``sys.modules`` unexecuted: it runs on first attribute access
-    (:class:`importlib.util.LazyLoader`, the standard library's recipe), as one module object for everyone."""
+    (:class:`importlib.util.LazyLoader`, the standard library's recipe), as one module object for everyone.
+
+    Python 3.11's lazy module takes no lock: its first use should not happen in several threads at once (the
+    tracking here never uses it; a program that does can ``import scipy.stats`` before tracking).
+    """
     import importlib.util
 
     spec = importlib.util.find_spec(name)

@@ -335,7 +335,7 @@ def fuse_to_zarr(
     else:
         if blend_width_um > 0 and any(t.valid is not None for t in tiles):
             # the blend weights of masked tiles need SciPy's distance transform: imported before the memory in
-            # use is measured for the budget (some 10 MiB resident), not by the first chunk that needs it
+            # use is measured for the budget (about 18 MiB resident), not by the first chunk that needs it
             import scipy.ndimage  # noqa: F401
         workers, figures = _plan_workers(
             max_memory_gb,

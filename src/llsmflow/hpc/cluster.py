@@ -2,10 +2,11 @@
 
 Fusion (:func:`llsmflow.stitch.fuse_to_zarr`) and chunked deconvolution (:func:`llsmflow.decon.deconvolve`
 with ``max_memory_gb``) split one large volume into chunks. By default (``cluster: local``) the chunks run
-in the job's own process, on dask's threaded scheduler, under the job's memory budget. With
-``cluster: slurm`` a ``dask_jobqueue.SLURMCluster`` submits worker jobs (``cores``, ``memory``, ``walltime``,
-``partition``, ``account`` per worker job) and the chunks run there, so one volume is processed by several
-nodes; the worker jobs are cancelled when the step ends, whether it succeeds or fails.
+in the job's own process (fusion on a thread pool, deconvolution block by block), under the job's memory
+budget, and neither dask nor ``distributed`` is imported. With ``cluster: slurm`` a
+``dask_jobqueue.SLURMCluster`` submits worker jobs (``cores``, ``memory``, ``walltime``, ``partition``,
+``account`` per worker job) and the chunks run there, so one volume is processed by several nodes;
+the worker jobs are cancelled when the step ends, whether it succeeds or fails.
 
 dask-jobqueue does the submitting; this module only turns the workflow's ``dask`` config section into its
 arguments and guarantees that the cluster is closed.
@@ -96,7 +97,7 @@ def dask_cluster(config: Mapping | None = None) -> Iterator[object | None]:
     Yields
     ------
     distributed.Client or None
-        None for ``local``: the steps then use dask's threaded scheduler in this process.
+        None for ``local`` (nothing imported): the steps then run their chunks in this process.
 
     Raises
     ------

@@ -1,25 +1,30 @@
-"""Fusion: every tile resampled onto the common grid and blended, chunk by chunk with dask, into a Zarr v3
-array (:func:`fuse_to_zarr`), within a memory budget if one is given (:mod:`._budget`).
+"""Fusion: every tile resampled onto the common grid and blended, chunk by chunk, into a Zarr v3 array
+(:func:`fuse_to_zarr`), within a memory budget if one is given (:mod:`._budget`).
+
+The chunks run on a :class:`concurrent.futures.ThreadPoolExecutor` of this process (or in the calling
+thread, ``scheduler="synchronous"``), on a dask ``distributed`` client's workers (``client=``), or on
+another dask scheduler (``"processes"``). The thread pool stands in for ``dask.compute(...,
+scheduler="threads")``: each chunk is one independent call that writes its own part of the output, with no
+graph to schedule, and the fuse job runs once per timepoint (thousands of jobs in a large run), so importing
+dask (about 0.1 s per job) bought nothing there. dask is imported only on the client and ``"processes"``
+paths, SciPy's ``ndimage`` only where a tile's validity mask needs a distance transform.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import itertools
 import logging
 import math
+import os
 import threading
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
-import dask
 import numpy as np
 import zarr
-from dask.base import named_schedulers
-from dask.callbacks import Callback
-from dask.system import CPU_COUNT
-from scipy import ndimage as ndi
 
 from llsmflow.errors import LlsmflowError
 from llsmflow.io import atomic_output
@@ -31,6 +36,18 @@ from llsmflow.stitch.tiles import Tile, _check_tiles
 __all__ = ["fuse_to_zarr"]
 
 log = logging.getLogger("llsmflow.stitch")  # the stage's logger, as before the package was split
+
+# dask's names of its local schedulers that run in this process: a thread pool here, or the calling thread
+_THREADS = ("threads", "threading")
+_SYNCHRONOUS = ("synchronous", "sync", "single-threaded")
+
+
+def _local_cpus() -> int:
+    """CPUs this process may run on (its affinity: a SLURM job's allocation), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def _ramp(distance_um: np.ndarray, width_um: float) -> np.ndarray:
@@ -86,6 +103,8 @@ def _validity_weight(
     constant = constant + _constant_axes(valid)
     valid = valid[tuple(slice(0, 1) if axis in constant else slice(None) for axis in range(3))]
     if width_um > 0:
+        from scipy import ndimage as ndi  # here: only tiles with a validity mask need it (see fuse_to_zarr)
+
         distance = ndi.distance_transform_edt(valid, sampling=voxel)
         weight = np.where(valid, _ramp(distance, width_um), 0.0).astype(np.float32)
         del distance
@@ -206,19 +225,6 @@ class _Fuser:
         self._array[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))] = block
 
 
-class _ChunkCounter(Callback):
-    """Calls ``progress(done, total)`` in the scheduling process after each fused chunk is stored."""
-
-    def __init__(self, progress: Callable[[int, int], None], total: int, prefix: str):
-        super().__init__()
-        self.progress, self.total, self.prefix, self.done = progress, total, prefix, 0
-
-    def _posttask(self, key, result, dsk, state, worker_id):
-        if isinstance(key, str) and key.startswith(self.prefix):
-            self.done += 1
-            self.progress(self.done, self.total)
-
-
 def fuse_to_zarr(
     tiles: Sequence[Tile],
     positions_um: Mapping[str, Sequence[float]],
@@ -242,14 +248,14 @@ def fuse_to_zarr(
     voxel over ``blend_width_um``, so that the empty wedges of a deskewed tile never darken another tile's
     data. Voxels covered by no tile's valid data are 0.
 
-    The fused volume is never held in memory: each dask task computes one output chunk from the tile windows
-    that cover it and writes it to the store; tasks are submitted in batches, so the task graph stays small
-    too. With ``max_memory_gb`` the number of chunks computed at once is bounded so that this process stays
-    within the budget: the memory it holds when fusion starts (interpreter, libraries, tiles held in memory)
-    plus, per chunk in flight, an upper estimate of one chunk's working set (accumulators, the tile windows
-    read, as decoded from disk, and the validity mask's distance transform over the chunk plus the blending
-    halo), with a 20 % margin. Tiles given by ``path`` (``data=None``) are read window by window, so the
-    tiles need not fit in memory; tiles given as arrays count as already held.
+    The fused volume is never held in memory: each task computes one output chunk from the tile windows that
+    cover it and writes it to the store; tasks are submitted in batches, so the list of tasks (or the dask
+    graph) stays small too. With ``max_memory_gb`` the number of chunks computed at once is bounded so that
+    this process stays within the budget: the memory it holds when fusion starts (interpreter, libraries,
+    tiles held in memory) plus, per chunk in flight, an upper estimate of one chunk's working set
+    (accumulators, the tile windows read, as decoded from disk, and the validity mask's distance transform
+    over the chunk plus the blending halo), with a 20 % margin. Tiles given by ``path`` (``data=None``) are
+    read window by window, so the tiles need not fit in memory; tiles given as arrays count as already held.
 
     Parameters
     ----------
@@ -268,8 +274,10 @@ def fuse_to_zarr(
     dtype:
         Output dtype; integer dtypes are rounded and clipped.
     scheduler:
-        Dask scheduler (``"threads"``, ``"synchronous"``; ``"processes"`` works without a memory budget but
-        copies tile data per task).
+        Where the chunks run without ``client``: ``"threads"`` (a thread pool of this process, one thread per
+        CPU or as many as the memory budget allows), ``"synchronous"`` (one after the other in the calling
+        thread); any other dask scheduler name or ``get`` function runs them through ``dask.compute``
+        (``"processes"`` works without a memory budget but copies tile data per task).
     progress:
         ``callable(done, total)`` called in this process after each chunk is stored (any local scheduler),
         or True for progress lines on the ``llsmflow.stitch`` logger (level INFO, at most one every 10 s, with
@@ -280,8 +288,8 @@ def fuse_to_zarr(
         have their own memory limits).
     client:
         A ``distributed.Client`` (e.g. from :func:`llsmflow.cluster.dask_cluster`): chunks are computed on its
-        workers, which must see the tiles' files and ``out_path`` (a shared file system). Default: dask's
-        local ``scheduler`` in this process.
+        workers, which must see the tiles' files and ``out_path`` (a shared file system). Default: ``scheduler``
+        in this process.
 
     Returns
     -------
@@ -325,11 +333,15 @@ def fuse_to_zarr(
 
         workers, figures = client_threads(client), {}
     else:
+        if blend_width_um > 0 and any(t.valid is not None for t in tiles):
+            # the blend weights of masked tiles need SciPy's distance transform: imported before the memory in
+            # use is measured for the budget (about 18 MiB resident), not by the first chunk that needs it
+            import scipy.ndimage  # noqa: F401
         workers, figures = _plan_workers(
             max_memory_gb,
             _block_bytes(tiles, chunks, voxel, float(blend_width_um), dtype) if max_memory_gb else 0,
             scheduler,
-            CPU_COUNT if scheduler != "synchronous" else 1,
+            1 if scheduler in _SYNCHRONOUS else _local_cpus(),
         )
     detail = ""
     if figures:
@@ -371,29 +383,84 @@ def fuse_to_zarr(
         if client is not None:
             _fuse_on(client, fuser, grid, chunks, shape, n_blocks, max(64, 8 * workers), progress)
             return out_path
-        store = dask.delayed(fuser.store, pure=False)
-        prefix = f"llsmflow-fuse-{uuid.uuid4().hex}-"
-        # C order: neighbouring chunks read neighbouring tile windows; batches keep the task graph (and the
-        # list of chunks) small however large the volume
-        starts = iter(itertools.product(*grid))
-        # the scheduler's function rather than its name: given a name, dask imports distributed (0.1-0.2 s per
-        # job) only to look for a client, and there is none here (``client`` is None)
-        local_scheduler = named_schedulers.get(scheduler, scheduler)
+        # C order: neighbouring chunks read neighbouring tile windows; batches keep the chunks in flight (and
+        # the list of them) small however large the volume
+        blocks = (
+            (lo, tuple(min(a + c, n) for a, c, n in zip(lo, chunks, shape, strict=True)))
+            for lo in itertools.product(*grid)
+        )
         batch = max(64, 8 * workers)
-        with contextlib.ExitStack() as stack:
-            if progress is not None:
-                stack.enter_context(_ChunkCounter(progress, n_blocks, prefix))
-            for first in range(0, n_blocks, batch):
-                tasks = [
-                    store(
-                        lo,
-                        tuple(min(a + c, n) for a, c, n in zip(lo, chunks, shape, strict=True)),
-                        dask_key_name=f"{prefix}{first + i}",
-                    )
-                    for i, lo in enumerate(itertools.islice(starts, batch))
-                ]
-                dask.compute(*tasks, scheduler=local_scheduler, num_workers=workers)
+        if scheduler in _THREADS or scheduler in _SYNCHRONOUS:
+            threads = 1 if scheduler in _SYNCHRONOUS else workers
+            _fuse_here(fuser, blocks, n_blocks, threads, batch, progress)
+        else:
+            _fuse_with_dask(fuser, blocks, n_blocks, scheduler, workers, batch, progress)
     return out_path
+
+
+def _fuse_here(fuser, blocks: Iterator, n_blocks: int, threads: int, batch: int, progress) -> None:
+    """Compute and store every chunk in this process: on ``threads`` threads, at most ``batch`` chunks submitted
+    at once, or in the calling thread for one thread. ``progress`` is called in the calling thread.
+
+    On a failure the chunks not started are cancelled and those running are waited for before the error is
+    raised, so that none writes into the temporary store after :func:`atomic_output` has removed it.
+    """
+    done = 0
+    if threads == 1:
+        for lo, hi in blocks:
+            fuser.store(lo, hi)
+            done += 1
+            if progress is not None:
+                progress(done, n_blocks)
+        return
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="llsmflow-fuse")
+    try:
+        pending = {pool.submit(fuser.store, lo, hi) for lo, hi in itertools.islice(blocks, batch)}
+        while pending:
+            finished, pending = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in finished:
+                future.result()  # re-raises a chunk's error here
+                done += 1
+                if progress is not None:
+                    progress(done, n_blocks)
+            pending |= {pool.submit(fuser.store, lo, hi) for lo, hi in itertools.islice(blocks, len(finished))}
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _fuse_with_dask(
+    fuser, blocks: Iterator, n_blocks: int, scheduler, workers: int, batch: int, progress
+) -> None:
+    """Compute and store every chunk with ``dask.compute`` on a local dask ``scheduler`` (a name or a ``get``
+    function), ``batch`` chunks per graph; ``progress`` is called in this process after each stored chunk."""
+    import dask
+    from dask.base import named_schedulers
+    from dask.callbacks import Callback
+
+    class ChunkCounter(Callback):
+        def __init__(self, prefix: str):
+            super().__init__()
+            self.prefix, self.done = prefix, 0
+
+        def _posttask(self, key, result, dsk, state, worker_id):
+            if isinstance(key, str) and key.startswith(self.prefix):
+                self.done += 1
+                progress(self.done, n_blocks)
+
+    store = dask.delayed(fuser.store, pure=False)
+    prefix = f"llsmflow-fuse-{uuid.uuid4().hex}-"
+    # the scheduler's function rather than its name: given a name, dask imports distributed (0.1-0.2 s) only to
+    # look for a client, and there is none here
+    local_scheduler = named_schedulers.get(scheduler, scheduler)
+    with contextlib.ExitStack() as stack:
+        if progress is not None:
+            stack.enter_context(ChunkCounter(prefix))
+        for first in range(0, n_blocks, batch):
+            tasks = [
+                store(lo, hi, dask_key_name=f"{prefix}{first + i}")
+                for i, (lo, hi) in enumerate(itertools.islice(blocks, batch))
+            ]
+            dask.compute(*tasks, scheduler=local_scheduler, num_workers=workers)
 
 
 def _fuse_on(client, fuser, grid, chunks, shape, n_blocks: int, batch: int, progress) -> None:

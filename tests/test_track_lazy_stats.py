@@ -1,7 +1,8 @@
 """The track job's start-up (issue 18): trackpy is imported with ``scipy.stats`` left unexecuted until first use.
 
 ``trackpy.utils`` imports ``scipy.stats`` at its top level for two functions the tracking here never calls
-(:data:`llsmflow.track._common._TRACKPY_LAZY`). In a fresh interpreter, as a workflow job runs, the whole step
+(:data:`llsmflow.track._common._TRACKPY_LAZY`). In a fresh interpreter, as the workflow's track job runs it
+(``import_trackpy(defer_unused=True)``), the whole step
 (detection, linking, statistics, tables) must run without executing ``scipy.stats`` and give exactly the
 tracks and statistics this (pytest) process gives, and ``scipy.stats`` must still work for anyone who uses it
 afterwards, as one module.
@@ -51,7 +52,7 @@ CHILD = textwrap.dedent(
     import numpy as np
     from llsmflow import track
     from llsmflow.track._common import import_trackpy
-    tp = import_trackpy()
+    tp = import_trackpy(defer_unused=True)  # as the track job asks for it
     frames = list(np.load(sys.argv[1]))
     tracks = track.track_particles(frames, (0.2, 0.1, 0.1), 0.5, diameter_um=0.5, search_range_um=1.0,
                                    min_track_length=3)
@@ -70,6 +71,17 @@ CHILD = textwrap.dedent(
     print(json.dumps(fit))
     """
 )
+
+
+def test_the_library_imports_scipy_stats_as_usual():
+    """Inside someone else's program (no ``defer_unused``) the import is the usual one."""
+    code = (
+        "import sys; from llsmflow.track._common import import_trackpy; import_trackpy(); "
+        "import importlib.util; assert not isinstance(sys.modules['scipy.stats'].__spec__.loader, "
+        "importlib.util.LazyLoader); assert 'scipy.stats._distn_infrastructure' in sys.modules"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
 
 
 def test_track_step_runs_without_executing_scipy_stats_and_gives_the_same_tracks(tmp_path):

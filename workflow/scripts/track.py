@@ -9,12 +9,16 @@ from llsmflow.stitch.fused import read_fused
 from llsmflow.track import (
     ensemble_msd,
     fit_diffusion,
+    import_trackpy,
     plot_msd,
     plot_tracks,
     summarise_tracks,
     track_particles,
     write_tracks,
 )
+
+# this job's own fresh interpreter: trackpy's scipy.stats, which tracking never uses, runs only if used
+import_trackpy(defer_unused=True)
 
 with StepRecorder.for_workflow_job(snakemake) as step:
     p = snakemake.params

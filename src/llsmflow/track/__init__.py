@@ -67,6 +67,7 @@ _EXPORTS = {
     "fit_diffusion": "stats",
     "plot_tracks": "plots",
     "plot_msd": "plots",
+    "import_trackpy": "_common",
 }
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
@@ -85,4 +86,5 @@ __all__ = [
     "plot_tracks",
     "plot_msd",
     "write_tracks",
+    "import_trackpy",
 ]

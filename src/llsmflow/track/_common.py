@@ -109,8 +109,9 @@ def _quiet_trackpy() -> Iterator[None]:
 #: IPython only chooses trackpy's log handler inside a running IPython (where it is already imported).
 _TRACKPY_SKIPPED = ("pyfftw", "IPython")
 #: Modules ``import trackpy`` imports at its top level (``trackpy.utils``: ``from scipy import stats``) but that
-#: only functions the tracking here never calls use (``fit_powerlaw``, the bright-field ring refinement):
-#: imported lazily, i.e. executed on first attribute access (about 0.1-0.2 s of the track job's start-up).
+#: only functions the tracking here never calls use (``fit_powerlaw``, the bright-field ring refinement): with
+#: ``import_trackpy(defer_unused=True)`` imported lazily, i.e. executed on first attribute access (about
+#: 0.1-0.2 s of the track job's start-up).
 _TRACKPY_LAZY = ("scipy.stats",)
 
 
@@ -136,19 +137,23 @@ def _import_lazily(name: str) -> None:
         setattr(sys.modules[parent], child, module)  # as the import system binds a loaded submodule
 
 
-def import_trackpy():
+def import_trackpy(defer_unused: bool = False):
     """trackpy, imported without :data:`_TRACKPY_SKIPPED` when this process has not imported them yet.
 
     While trackpy is first imported, each skipped module not yet in ``sys.modules`` is marked absent there
     (``None``: Python's documented way of making an import fail), so trackpy takes its fallbacks (NumPy's FFT
     for its legacy FFTW band-pass; the plain log handler, its choice anyway outside IPython); the marks are
     removed right after, so that later imports of pyfftw or IPython work as usual. ``trackpy.locate``'s
-    band-pass (scipy.ndimage) and everything else this package calls are unaffected. Each module of
-    :data:`_TRACKPY_LAZY` not yet imported is imported lazily (it runs when first used, by trackpy or anyone).
+    band-pass (scipy.ndimage) and everything else this package calls are unaffected.
+
+    ``defer_unused``: each module of :data:`_TRACKPY_LAZY` not yet imported is imported lazily (it runs when
+    first used, by trackpy or anyone). That changes how the whole process imports it, so only a process that
+    is the caller's own asks for it: the workflow's track job (a fresh, single-threaded interpreter), not
+    the library's calls inside someone else's program.
     """
     if "trackpy" in sys.modules:
         return sys.modules["trackpy"]
-    for name in _TRACKPY_LAZY:
+    for name in _TRACKPY_LAZY if defer_unused else ():
         if name not in sys.modules:
             _import_lazily(name)
     skipped = [name for name in _TRACKPY_SKIPPED if name not in sys.modules]

@@ -13,7 +13,8 @@ Contenders, run in interleaved rounds (so that load from other processes falls o
 * ``llsmflow warm``: a cache holding measured plans for this shape (made once, untimed, by a run with
   ``LLSMFLOW_FFTW_PLANNING=measure``); since issue 18 (session 7) that run also leaves the prepared PSF
   kernels there (``llsmflow.decon.kernel_cache``), as any first call with a PSF does;
-* ``llsmflow before`` (with ``--baseline SRC``): the same command from another checkout's ``src``;
+* ``llsmflow before`` (with ``--baseline SRC``): the same command from another checkout's ``src``, with the
+  same warm cache (session 8: before, it used the user's own cache, warm or not);
 * ``skimage (uint16 as read)``: ``tifffile.imread`` both files, ``richardson_lucy(data, psf, num_iter=10,
   clip=False)`` (skimage computes uint16 input in float64), ``tifffile.imwrite`` the float32 result;
 * ``skimage (float32)``: the same with ``data.astype(np.float32)`` (skimage's fastest path).
@@ -128,10 +129,8 @@ def main() -> None:
             ),
         }
         if args.baseline is not None:
-            old = dict(base, PYTHONPATH=str(args.baseline.resolve()))
-            runs["llsmflow before (--baseline)"] = lambda r: timed(
-                [*llsmflow, *[c for c in command if c != "-v"]], old
-            )
+            old = dict(base, PYTHONPATH=str(args.baseline.resolve()), XDG_CACHE_HOME=str(warm_cache))
+            runs["llsmflow before (--baseline, the same warm cache)"] = lambda r: timed([*llsmflow, *command], old)
         for kind in ("uint16", "float32"):
             label = f"skimage script ({'uint16 as read' if kind == 'uint16' else 'cast to float32'})"
             runs[label] = lambda r, kind=kind: timed(

@@ -13,12 +13,14 @@ Contenders, run in interleaved rounds (so that load from other processes falls o
 * ``llsmflow warm``: a cache holding measured plans for this shape (made once, untimed, by a run with
   ``LLSMFLOW_FFTW_PLANNING=measure``); since issue 18 (session 7) that run also leaves the prepared PSF
   kernels there (``llsmflow.decon.kernel_cache``), as any first call with a PSF does;
-* ``llsmflow before`` (with ``--baseline SRC``): the same command from another checkout's ``src``;
+* ``llsmflow before`` (with ``--baseline SRC``): the same command from another checkout's ``src``, with the
+  same warm cache (session 8: before, it used the user's own cache, warm or not);
 * ``skimage (uint16 as read)``: ``tifffile.imread`` both files, ``richardson_lucy(data, psf, num_iter=10,
   clip=False)`` (skimage computes uint16 input in float64), ``tifffile.imwrite`` the float32 result;
 * ``skimage (float32)``: the same with ``data.astype(np.float32)`` (skimage's fastest path).
 
-Run: python bench/bench_cli_deconvolve.py [--rounds 3] [--baseline /path/to/other/checkout/src]
+Run: python bench/bench_cli_deconvolve.py [--rounds 3] [--baseline /path/to/other/checkout/src] [--no-skimage]
+(``--no-skimage``: llsmflow alone, for many quick rounds of a before/after comparison)
 """
 
 from __future__ import annotations
@@ -102,6 +104,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--baseline", type=Path, help="another checkout's src (the code before), also timed")
     parser.add_argument("--no-write", action="store_true", help="print, do not append to RESULTS.md")
+    parser.add_argument("--no-skimage", action="store_true", help="time llsmflow only (before/after)")
     args = parser.parse_args()
     python = sys.executable
     llsmflow = [python, "-c", "import sys; from llsmflow.cli import main; sys.exit(main())"]
@@ -128,11 +131,9 @@ def main() -> None:
             ),
         }
         if args.baseline is not None:
-            old = dict(base, PYTHONPATH=str(args.baseline.resolve()))
-            runs["llsmflow before (--baseline)"] = lambda r: timed(
-                [*llsmflow, *[c for c in command if c != "-v"]], old
-            )
-        for kind in ("uint16", "float32"):
+            old = dict(base, PYTHONPATH=str(args.baseline.resolve()), XDG_CACHE_HOME=str(warm_cache))
+            runs["llsmflow before (--baseline, the same warm cache)"] = lambda r: timed([*llsmflow, *command], old)
+        for kind in () if args.no_skimage else ("uint16", "float32"):
             label = f"skimage script ({'uint16 as read' if kind == 'uint16' else 'cast to float32'})"
             runs[label] = lambda r, kind=kind: timed(
                 [python, "-c", SKIMAGE_SCRIPT, str(data), str(psf), str(tmp / "sk.tif"), kind, str(ITERATIONS)],
@@ -173,6 +174,18 @@ def main() -> None:
                     f"{statistics.median(cpus[sk]) / statistics.median(cpus[ours]):.1f}×",
                 )
             )
+    before = next((k for k in runs if "before" in k), None)
+    if before is not None:
+        warm = next(k for k in runs if k.startswith("llsmflow warm"))
+        rows.append(
+            (
+                "llsmflow warm, before − after: wall best; median of rounds; CPU best; CPU median of rounds",
+                f"{min(walls[before]) - min(walls[warm]):+.3f} s; "
+                f"{statistics.median(np.array(walls[before]) - np.array(walls[warm])):+.3f} s; "
+                f"{min(cpus[before]) - min(cpus[warm]):+.3f} s; "
+                f"{statistics.median(np.array(cpus[before]) - np.array(cpus[warm])):+.3f} s",
+            )
+        )
     for key in [k for k in runs if k.startswith("llsmflow") and "before" not in k]:
         own = deconvolution_seconds(logs[key])
         rows.append((f"{key}: the command's own 'in … s' (deconvolution, last round)", own))

@@ -101,7 +101,7 @@ def test_concurrent_jobs_keep_each_others_plans(tmp_path):
     running = [child(tmp_path, f"job{i}", s, wait=False, LLSMFLOW_FFTW_WISDOM=shared) for i, s in enumerate(shapes)]
     for i, process in enumerate(running):
         finish(process, tmp_path, f"job{i}")
-    assert not [p for p in (tmp_path / "shared").iterdir() if p.name.endswith(".tmp")]  # no temporary left
+    assert not [p for p in (tmp_path / "shared").iterdir() if p.name.endswith((".tmp", ".partial"))]  # no temporary
     for i, shape in enumerate(shapes):
         log, _ = child(tmp_path, f"check{i}", shape, LLSMFLOW_FFTW_WISDOM=shared)
         assert "taken from wisdom" in log and "FFTW planned (" not in log, shape
@@ -241,3 +241,25 @@ def test_pyfftw_interfaces_still_work_for_libraries_imported_after_the_engine():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_saved_wisdom_follows_the_umask_and_leaves_nothing_temporary(clean):
+    """``wisdom.save`` writes through io.atomic_output: a new file whose mode follows the umask (a group's jobs
+    share a work directory's file), FFTW's three parts, nothing temporary left (the merge of concurrent
+    writers: test_concurrent_jobs_keep_each_others_plans); an unwritable place costs one warning, never an
+    exception."""
+    pyfftw = decon_fft.pyfftw
+    path = clean / "shared" / "fftw-wisdom"
+    old = os.umask(0o002)
+    try:
+        decon_wisdom.save(path, pyfftw)
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o664
+    assert sorted(p.name for p in path.parent.iterdir()) == sorted([path.name, f".{path.name}.lock"])
+    parts = path.read_bytes().split(b"\0")
+    assert len(parts) == 3 and parts == list(pyfftw.export_wisdom())
+    blocked = clean / "file" / "fftw-wisdom"
+    blocked.parent.write_text("a file, not a directory")
+    decon_wisdom.save(blocked, pyfftw)  # one warning, no exception
+    assert blocked.parent.read_text() == "a file, not a directory"

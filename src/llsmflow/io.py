@@ -352,7 +352,7 @@ def write_volume(
     if metadata:
         ome_meta["Description"] = json.dumps(metadata, sort_keys=True, default=str)
     # A content-derived UUID (tifffile would use a random one) keeps identical results byte-identical.
-    content = hashlib.sha256(np.ascontiguousarray(data).tobytes())
+    content = hashlib.sha256(np.ascontiguousarray(data).reshape(-1).view(np.uint8))  # no copy (tobytes: 25 MB)
     content.update(json.dumps(ome_meta, sort_keys=True, default=str).encode())
     ome_meta["UUID"] = str(uuid.uuid5(uuid.NAMESPACE_URL, f"llsmflow:{content.hexdigest()}"))
     with atomic_output(path) as tmp:

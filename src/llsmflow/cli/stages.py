@@ -118,6 +118,13 @@ def _deskew_and_write(args, raw, deskew, deskew_rotate, write_volume) -> int:
 
 
 def cmd_deconvolve(args) -> int:
+    import os
+
+    if "numpy" not in sys.modules:  # a fresh process (the llsmflow command), not a caller that imported NumPy
+        # no BLAS in the deconvolution: OpenBLAS's worker thread, started when NumPy loads, spins on the other
+        # core for 0.05-0.1 s of CPU time (numpy import 0.13 -> 0.08 s CPU, a warm 96x256x256 RL-10 call
+        # 2.55 -> 2.46 s CPU; wall unchanged on an idle machine, bench/RESULTS.md session 8)
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     from llsmflow.decon import deconvolve
     from llsmflow.decon.psf import _prepare_psf_cached, deskew_psf, resolve_psf_geometry
     from llsmflow.ingest.files import require_psf_within_volume

@@ -101,15 +101,9 @@ class _Engine:
             transforms += 1 if method == "rl" else 2  # the OTF (and the WB back projector)
         self.ws = _Workspace(padded_shape, xp, threads, 5 if acceleration else 3, transforms)
         self.run_blocks = _Runner(xp, self.ws.shape, threads)
-        scale = np.float32(1.0 / math.prod(self.ws.shape))
-        buffer = self.ws.reals[0]
         self.otf_bp = self.ws.empty(self.ws.spec_shape, xp.complex64)
         # H applied to a constant is that constant times the kernel's sum (the flat start's first step)
         self._psf, self._otf, self.kernel_sum = psf, None, float(np.sum(psf, dtype=np.float64))
-
-        def scaled(otf, s):
-            xp.multiply(s, scale, out=otf)
-
         if method == "rl":
 
             def adjoint(bp, otf):
@@ -118,40 +112,43 @@ class _Engine:
             self.run_blocks(adjoint, self.otf_bp, self.otf)
         else:
             # the WB back projector is a spatial kernel (like the PSF), so that every FFT window, whole volume
-            # or chunk, applies the same filter; with pyFFTW its spectrum is a pruned transform of the small
-            # kernel (fft._Workspace.kernel_spectrum: no FFT of the mostly zero padded grid)
-            back = wb_back_projector(psf, wb_alpha, wb_beta, wb_order)
-            targets, small = _folded(back, self.ws.shape, np.float32)
-            small *= scale
-            if not (_PRUNED_SPECTRUM and self.ws.kernel_spectrum(targets, small, self.otf_bp)):
-                _place_kernel(buffer, back, xp)
-                spec = self.ws.forward(buffer)
-                self.run_blocks(scaled, self.otf_bp, spec)
+            # or chunk, applies the same filter
+            self._spectrum(wb_back_projector(psf, wb_alpha, wb_beta, wb_order), self.otf_bp)
+
+    def _spectrum(self, kernel, out, precise: bool = False) -> None:
+        """Write into ``out`` (the half-spectrum's shape, complex64) the spectrum of ``kernel`` (centred at
+        voxel 0 of the padded grid, wrapped around) times 1/N, N the grid's voxel count: the OTF, the WB back
+        projector's spectrum. With pyFFTW a pruned transform of the small kernel (``fft._Workspace.
+        kernel_spectrum``: no placement on the full grid and no full FFT of a mostly zero volume; 30 ms
+        against 67 ms for 128x288x280); ``precise``: its first two stages in float64. Otherwise the kernel is
+        placed on the grid in the last workspace array (free before the iterations start), transformed and
+        scaled."""
+        xp = self.xp
+        scale = np.float32(1.0 / math.prod(self.ws.shape))
+        targets, small = _folded(kernel, self.ws.shape, np.float64 if precise else np.float32)
+        small *= small.dtype.type(scale)
+        if _PRUNED_SPECTRUM and self.ws.kernel_spectrum(targets, small, out, precise=precise):
+            return
+        buffer = self.ws.reals[-1]
+        _place_kernel(buffer, kernel, xp)
+        spec = self.ws.forward(buffer)
+
+        def scaled(o, s):
+            xp.multiply(s, scale, out=o)
+
+        self.run_blocks(scaled, out, spec)
 
     @property
     def otf(self):
         """The OTF (times 1/N), made on first use with the last workspace array as scratch (free before the
         iterations start): WB from a flat start needs it only from its second iteration on."""
         if self._otf is None:
-            xp, buffer = self.xp, self.ws.reals[-1]
-            scale = np.float32(1.0 / math.prod(self.ws.shape))
-            otf = self.ws.empty(self.ws.spec_shape, xp.complex64)
-            # with pyFFTW a pruned transform of the small kernel (as for the WB back projector above): no
-            # placement on the full grid and no full FFT of a mostly zero volume (30 ms against 67 ms for
-            # 128x288x280). Its first two stages in float64 ("precise"): then the OTF is as close to a float64
-            # FFT as the full float32 FFT's (1.4e-7 against 1.6e-7 of the maximum), and WB-3 from a flat start
-            # stays as close to its general path (tests/test_decon.py) as before (1.6e-5 against 1.4e-5 of the
-            # maximum; 2.8e-5 with the stages in float32)
-            targets, small = _folded(self._psf, self.ws.shape, np.float64)
-            small *= float(scale)
-            if not (_PRUNED_SPECTRUM and self.ws.kernel_spectrum(targets, small, otf, precise=True)):
-                _place_kernel(buffer, self._psf, xp)
-                spec = self.ws.forward(buffer)
-
-                def scaled(o, s):
-                    xp.multiply(s, scale, out=o)
-
-                self.run_blocks(scaled, otf, spec)
+            otf = self.ws.empty(self.ws.spec_shape, self.xp.complex64)
+            # the pruned transform's first two stages in float64 ("precise"): then the OTF is as close to a
+            # float64 FFT as the full float32 FFT's (1.4e-7 against 1.6e-7 of the maximum), and WB-3 from a
+            # flat start stays as close to its general path (tests/test_decon.py) as before (1.6e-5 against
+            # 1.4e-5 of the maximum; 2.8e-5 with the stages in float32)
+            self._spectrum(self._psf, otf, precise=True)
             self._otf = otf
         return self._otf
 

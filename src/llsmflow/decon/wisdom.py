@@ -17,9 +17,11 @@ Safety: the file is data, never code. It is read only if it is at most ``_MAX_BY
 NUL-separated parts, and each part is printable ASCII that starts like FFTW's own export
 (``(fftw-<version> fftw{,f,l}_wisdom``); FFTW's parser then accepts or rejects it as a whole (a wisdom file of
 another FFTW version or build is rejected). A file that fails any of this is ignored with one warning and
-replaced at the next save; nothing raises. Writes merge what is on disk, go to a temporary file in the same
-directory and are renamed over the old one (``os.replace``), under an advisory lock (``fcntl.flock``) where
-the platform has one, so concurrent jobs neither see a half-written file nor lose each other's plans.
+replaced at the next save; nothing raises. Writes merge what is on disk and go through
+:func:`llsmflow.io.atomic_output` (a temporary file in the same directory, renamed over the old one; a new file
+whose mode follows the umask, so that a group's jobs share a work directory's file), under an advisory lock
+(``fcntl.flock``) where the platform has one, so concurrent jobs neither see a half-written file nor lose each
+other's plans.
 
 Hand-written rather than ``platformdirs`` (a dependency for three lines of path rules).
 """
@@ -32,7 +34,6 @@ import logging
 import os
 import platform
 import sys
-import tempfile
 from pathlib import Path
 
 log = logging.getLogger("llsmflow.decon")
@@ -175,29 +176,17 @@ def _locked(path: Path):
         handle.close()  # releases the lock
 
 
-def _umask() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
-
-
 def save(path: Path, pyfftw) -> None:
     """Write all FFTW wisdom of this process, merged with what ``path`` holds now, to ``path`` atomically.
     Failures (read-only file system, ...) cost only a new planning in the next process: one warning."""
-    temporary = None
+    from llsmflow.io import atomic_output
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with _locked(path):
             import_file(path, pyfftw, quiet=True)  # plans another process saved since we read the file
-            handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-            with os.fdopen(handle, "wb") as out:
+            # a new file: its mode follows the umask (mkstemp's 0600 would hide it from the group's jobs)
+            with atomic_output(path) as temporary, open(temporary, "wb") as out:
                 out.write(b"\0".join(pyfftw.export_wisdom()))
-            os.chmod(temporary, 0o666 & ~_umask())  # mkstemp's 0600 would hide it from the group's jobs
-            os.replace(temporary, path)
-            temporary = None
     except OSError as exc:
         log.warning("could not save FFTW wisdom to %s: %s", path, exc)
-    finally:
-        if temporary is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)

@@ -14,10 +14,11 @@ import yaml
 from llsmflow.archive.ome_zarr import write_ome_zarr
 from llsmflow.decon import BACKENDS, METHODS
 from llsmflow.decon.api import deconvolve
-from llsmflow.decon.psf import prepare_psf
+from llsmflow.decon.psf import prepare_psf, prepare_psf_for_run
 from llsmflow.deskew.shear import deskew
 from llsmflow.deskew.stack import deskew_stack
 from llsmflow.hpc.cluster import DEFAULTS as DASK_DEFAULTS
+from llsmflow.hpc.resources import cached_volume_sizes, volume_sizes
 from llsmflow.ingest.read import read_acquisition
 from llsmflow.stitch.fusion import fuse_to_zarr
 from llsmflow.stitch.optimise import optimise_positions, register_tiles
@@ -31,11 +32,21 @@ SCHEMA = yaml.safe_load((Path(__file__).parents[1] / "config" / "schema.yaml").r
 LIBRARY = {
     ("deskew", "fill_value"): [(deskew, "fill_value")],
     # which deskew the job calls, and the frame the ingest check prepares each PSF in
-    ("deskew", "rotate"): [(deskew_stack, "rotate"), (read_acquisition, "rotate")],
+    # and the volumes and PSF kernels the resource model sizes jobs with
+    ("deskew", "rotate"): [
+        (deskew_stack, "rotate"), (read_acquisition, "rotate"), (prepare_psf_for_run, "rotate"),
+        (volume_sizes, "rotate"), (cached_volume_sizes, "rotate"),
+    ],
     ("deconvolution", "iterations"): [(deconvolve, "iterations")],
     ("deconvolution", "background"): [(deconvolve, "background")],
-    ("deconvolution", "psf_background"): [(deconvolve, "psf_background"), (prepare_psf, "background")],
-    ("deconvolution", "psf_geometry"): [(prepare_psf, "geometry")],
+    ("deconvolution", "psf_background"): [
+        (deconvolve, "psf_background"), (prepare_psf, "background"), (prepare_psf_for_run, "background"),
+        (volume_sizes, "psf_background"), (cached_volume_sizes, "psf_background"),
+    ],
+    ("deconvolution", "psf_geometry"): [
+        (prepare_psf, "geometry"), (prepare_psf_for_run, "geometry"), (volume_sizes, "psf_geometry"),
+        (cached_volume_sizes, "psf_geometry"),
+    ],
     ("deconvolution", "backend"): [(deconvolve, "backend")],
     ("deconvolution", "method"): [(deconvolve, "method")],
     ("deconvolution", "max_memory_gb"): [(deconvolve, "max_memory_gb")],

@@ -269,6 +269,15 @@ def test_profile_init_flags_and_snakemake_accepts_it(tmp_path, tiny_acquisition)
     assert all(
         f"mem_mb={max(expected.mem_mb, 500)}," in r and f"runtime={expected.runtime_min}" in r for r in decon
     )
+    # deskew.rotate: the jobs are sized for the rotated volumes and the rotated PSF kernel (here 1.5 times the
+    # objective frame's voxels), as `llsmflow estimate` sizes them
+    rotated = base | {"deskew": base["deskew"] | {"rotate": True}}
+    decon = _rule_resources(_dry_run(rotated, run_dir, outdir), "deskew_deconvolve")
+    rotated_sizes = resource_model.config_volume_sizes(read_acquisition(tiny_acquisition / "raw"), rotated)
+    assert math.prod(rotated_sizes.deskewed_shape) > 1.5 * math.prod(sizes.deskewed_shape)
+    expected_rotated = hpc.step_resources(rotated_sizes, rotated, cores=4)["deskew_deconvolve"]
+    assert expected_rotated.mem_mb > expected.mem_mb
+    assert all(f"mem_mb={max(expected_rotated.mem_mb, 500)}," in r for r in decon), decon[0]
 
 
 def test_profile_init_asks_on_a_terminal(tmp_path):

@@ -10,12 +10,7 @@ from snakemake.utils import validate
 
 from llsmflow.errors import LlsmflowError
 from llsmflow.decon.backends import GPU_BACKENDS
-from llsmflow.hpc.resources import (
-    cached_volume_sizes,
-    grow,
-    step_resources,
-    volume_sizes,
-)
+from llsmflow.hpc.resources import config_volume_sizes, grow, step_resources
 from llsmflow.ingest import read_acquisition
 from llsmflow.io import is_url
 
@@ -206,10 +201,8 @@ def job_params(wildcards):
 # Volume sizes and per-step resources: one model (llsmflow.hpc) for the jobs and `llsmflow estimate`.
 try:
     # by URL the sizes read every PSF whole: kept for the jobs' parses of this workflow
-    SIZES = (
-        cached_volume_sizes(ACQ, WORK / ".cache" / "volume-sizes.json")
-        if RAW_BY_URL
-        else volume_sizes(ACQ)
+    SIZES = config_volume_sizes(
+        ACQ, config, WORK / ".cache" / "volume-sizes.json" if RAW_BY_URL else None
     )
 except LlsmflowError as error:
     raise WorkflowError(f"llsmflow: {error}") from None

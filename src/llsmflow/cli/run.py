@@ -83,7 +83,7 @@ def cluster_cores(config: dict, profile: Path, cores):
 
     if profile_options(profile).get("executor") != "slurm":
         return cores
-    from llsmflow.hpc.resources import fit_to_partition, volume_sizes
+    from llsmflow.hpc.resources import config_volume_sizes, fit_to_partition
     from llsmflow.ingest import read_acquisition
 
     wanted = whole_cores(cores)
@@ -91,7 +91,7 @@ def cluster_cores(config: dict, profile: Path, cores):
         config["raw_dir"], config.get("metadata"), config["overrides"], check_files=False,
         allow_missing_timepoints=config["ingest"]["allow_missing_timepoints"],
     )
-    capped, note = fit_to_partition(volume_sizes(acq), config, profile, wanted)
+    capped, note = fit_to_partition(config_volume_sizes(acq, config), config, profile, wanted)
     if note:
         print(f"llsmflow run: note: {note}", file=sys.stderr, flush=True)
     return capped if capped != wanted else cores

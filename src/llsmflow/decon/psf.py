@@ -448,6 +448,43 @@ def rotate_psf(kernel: np.ndarray, voxel_um: float, angle_deg: float, scan_axis:
     return (out / total).astype(np.float32)
 
 
+def prepare_psf_for_run(
+    psf: np.ndarray,
+    psf_voxel_um,
+    data_voxel_um,
+    background: float | str = "auto",
+    geometry: str = "auto",
+    angle_deg: float | None = None,
+    stage_step_um: float | None = None,
+    scan_axis: str = "x",
+    rotate: bool = False,
+) -> tuple[np.ndarray, str, str]:
+    """A channel's PSF as the workflow deconvolves with it: ``(kernel, geometry, reason)``.
+
+    The one sequence that the ``prepare_psf`` step runs, that ingest checks against the volume's size before
+    a job starts and that the resource model sizes jobs with: the PSF's ``geometry`` resolved
+    (:func:`resolve_psf_geometry`, config ``deconvolution.psf_geometry``; a skewed bead stack is deskewed with
+    the data's ``angle_deg``, ``stage_step_um`` and ``scan_axis``), :func:`prepare_psf` on the grid of the
+    volumes deconvolved (``data_voxel_um``, ZYX µm: the deskewed grid, or with ``rotate`` the rotated
+    volumes' isotropic grid), and with ``rotate`` (config ``deskew.rotate``) :func:`rotate_psf` to the
+    coverslip frame, as the data are rotated. ``geometry`` and ``reason`` say which geometry was used and why.
+    """
+    geometry, reason = resolve_psf_geometry(geometry, psf_voxel_um, angle_deg, stage_step_um, psf, scan_axis)
+    kernel = prepare_psf(
+        psf,
+        psf_voxel_um,
+        data_voxel_um,
+        background=background,
+        geometry=geometry,
+        angle_deg=angle_deg,
+        stage_step_um=stage_step_um,
+        scan_axis=scan_axis,
+    )
+    if rotate:
+        kernel = rotate_psf(kernel, float(data_voxel_um[0]), angle_deg, scan_axis)
+    return kernel, geometry, reason
+
+
 # Prepared kernels kept per process, keyed by the PSF's content and the arguments: a job that deconvolves many
 # volumes with one PSF prepares it once (the support, centring and resampling take 10–200 ms per call).
 _PREPARED: dict = {}

@@ -131,17 +131,24 @@ def _tiff_shape(path: Path) -> tuple[int, ...]:
         return tuple(int(n) for n in tif.series[0].shape)
 
 
-def _prepared_psf_shape(acq, channel: int, voxel) -> tuple[int, int, int]:
-    """Shape of a channel's PSF as the deconvolution uses it (prepared: resampled, cropped to its support);
-    if it cannot be prepared here, the stack's shape resampled to ``voxel`` (an upper bound)."""
-    from llsmflow.decon.psf import prepare_psf
+def _prepared_psf_shape(
+    acq, channel: int, voxel, rotate: bool, geometry: str, background: float | str
+) -> tuple[int, int, int]:
+    """Shape of a channel's PSF as the deconvolution uses it (the ``prepare_psf`` step's function: geometry
+    resolved, resampled to ``voxel``, cropped to its support, with ``rotate`` rotated to the coverslip frame);
+    if it cannot be prepared here, the stack's shape resampled to ``voxel`` (an upper bound without rotation)."""
+    from llsmflow.decon.psf import prepare_psf_for_run
     from llsmflow.io import read_volume
 
     path = acq.psf_path(channel)
     psf_voxel = acq.channels[channel].get("psf_voxel_size_um")
     try:
         stack = read_volume(path)
-        return tuple(prepare_psf(stack.data, psf_voxel or stack.voxel_size_um, voxel).shape)
+        kernel, _, _ = prepare_psf_for_run(
+            stack.data, psf_voxel or stack.voxel_size_um, voxel, background=background, geometry=geometry,
+            angle_deg=acq.angle_deg, stage_step_um=acq.dz_um, scan_axis=acq.scan_axis, rotate=rotate,
+        )  # fmt: skip
+        return tuple(kernel.shape)
     except (LlsmflowError, OSError, ValueError):
         shape = _tiff_shape(path)[-3:]
         psf_voxel = psf_voxel or voxel
@@ -150,7 +157,9 @@ def _prepared_psf_shape(acq, channel: int, voxel) -> tuple[int, int, int]:
         )
 
 
-def cached_volume_sizes(acq, cache_path: Path) -> VolumeSizes:
+def cached_volume_sizes(
+    acq, cache_path: Path, rotate: bool = False, psf_geometry: str = "auto", psf_background: float | str = "auto"
+) -> VolumeSizes:
     """:func:`volume_sizes` of ``acq``, kept in the JSON file ``cache_path`` for the other parses of a workflow
     (each job parses it again; for raw data by URL the sizes read every PSF whole over the network). Computed
     again when the raw folder, the metadata, or a PSF's size or version (``stat``: a server's
@@ -162,7 +171,10 @@ def cached_volume_sizes(acq, cache_path: Path) -> VolumeSizes:
     from llsmflow.io import atomic_output
 
     psfs = [acq.psf_path(c) for c in range(len(acq.channels))]
-    key = json.dumps([str(acq.raw_dir), acq.metadata, [vars(p.stat()) for p in psfs]], sort_keys=True, default=str)
+    arguments = [rotate, psf_geometry, psf_background]
+    key = json.dumps(
+        [str(acq.raw_dir), acq.metadata, [vars(p.stat()) for p in psfs], arguments], sort_keys=True, default=str
+    )
     digest = hashlib.sha256(key.encode()).hexdigest()
     try:
         kept = json.loads(Path(cache_path).read_text(encoding="utf-8"))
@@ -170,7 +182,7 @@ def cached_volume_sizes(acq, cache_path: Path) -> VolumeSizes:
             return VolumeSizes(**{k: tuple(v) if isinstance(v, list) else v for k, v in kept["sizes"].items()})
     except (OSError, ValueError, TypeError, AttributeError):
         pass  # absent or damaged: computed again
-    sizes = volume_sizes(acq)
+    sizes = volume_sizes(acq, rotate, psf_geometry, psf_background)
     try:
         with atomic_output(cache_path) as tmp:
             tmp.write_text(json.dumps({"key": digest, "sizes": asdict(sizes)}), encoding="utf-8")
@@ -179,14 +191,27 @@ def cached_volume_sizes(acq, cache_path: Path) -> VolumeSizes:
     return sizes
 
 
-def volume_sizes(acq, rotate: bool = False) -> VolumeSizes:
+def config_volume_sizes(acq, config: Mapping, cache_path: Path | None = None) -> VolumeSizes:
+    """:func:`volume_sizes` for a run's ``config`` (``deskew.rotate``, ``deconvolution.psf_geometry`` and
+    ``psf_background``: the volumes and PSF kernels its jobs make), kept in ``cache_path`` if given
+    (:func:`cached_volume_sizes`). What the workflow sizes its jobs with, and ``llsmflow estimate`` prints."""
+    decon = config["deconvolution"]
+    arguments = (bool(config["deskew"]["rotate"]), decon["psf_geometry"], decon["psf_background"])
+    if cache_path is not None:
+        return cached_volume_sizes(acq, cache_path, *arguments)
+    return volume_sizes(acq, *arguments)
+
+
+def volume_sizes(
+    acq, rotate: bool = False, psf_geometry: str = "auto", psf_background: float | str = "auto"
+) -> VolumeSizes:
     """Sizes of the volumes of an acquisition (:class:`llsmflow.ingest.Acquisition`).
 
     The raw shape comes from the metadata's ``raw_shape_zyx`` or, without it, from the first raw stack's
     header; the deskewed shape from the geometry (``rotate``: config ``deskew.rotate``, the coverslip-frame
     volume on its isotropic grid, :func:`llsmflow.deskew.rotated_shape`); the PSF shape from the PSF stacks
-    prepared as the deconvolution prepares them (the largest over channels); the fused shape from the tiles'
-    nominal positions.
+    prepared as the deconvolution prepares them (config ``deconvolution.psf_geometry`` and ``psf_background``;
+    with ``rotate`` rotated too; the largest over channels); the fused shape from the tiles' nominal positions.
     """
     from llsmflow.deskew.frames import deskewed_shape, rotated_shape
     from llsmflow.stitch.grid import fused_extent
@@ -203,7 +228,8 @@ def volume_sizes(acq, rotate: bool = False) -> VolumeSizes:
         voxel = acq.deskewed_voxel_size_um
     psf = (1, 1, 1)
     for c in range(len(acq.channels)):
-        psf = tuple(max(a, b) for a, b in zip(psf, _prepared_psf_shape(acq, c, voxel), strict=True))
+        kernel = _prepared_psf_shape(acq, c, voxel, rotate, psf_geometry, psf_background)
+        psf = tuple(max(a, b) for a, b in zip(psf, kernel, strict=True))
     # the tiles at their nominal positions, each the size of a deskewed volume
     positions = {t.tile: (t.z_um, t.y_um, t.x_um) for t in acq.tiles.itertuples()}
     _, fused = fused_extent(positions, dict.fromkeys(positions, deskewed), voxel)
@@ -520,7 +546,7 @@ def estimate(
     )
     profile_cores, groups = profile_settings(Path(profile) if profile else None)
     groups.update(group_sizes or {})
-    sizes = volume_sizes(acq, rotate=config["deskew"]["rotate"])
+    sizes = config_volume_sizes(acq, config)
     cores, note = fit_to_partition(sizes, config, profile, cores or profile_cores)
     resources = step_resources(sizes, config, cores or profile_cores)
     table = format_estimate(sizes, resources, submissions(resources, groups))

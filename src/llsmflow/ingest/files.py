@@ -262,32 +262,27 @@ def check_psf(
 ) -> None:
     """Check a channel's PSF: readable, 3-D, finite, with signal, and its kernel no larger than the volume.
 
-    The kernel is the PSF as the deconvolution will use it, made by the calls of the workflow's
-    ``prepare_psf`` step: its geometry resolved (``geometry`` is the config's ``deconvolution.psf_geometry``;
-    a skewed bead stack is deskewed first, with the data's ``angle_deg``, ``stage_step_um`` and
-    ``scan_axis``), then :func:`llsmflow.decon.prepare_psf` on the grid of the volumes deconvolved
-    (``data_voxel_um``, ZYX µm), and with ``rotate`` (config ``deskew.rotate``) rotated to the coverslip
-    frame by :func:`llsmflow.decon.psf.rotate_psf` (``data_voxel_um`` is then the rotated volumes'
-    isotropic voxel). It is compared with ``volume_shape`` (voxels, ZYX): the deskewed volume's, or with
-    ``rotate`` the rotated one's.
+    The kernel is the PSF as the deconvolution will use it, made by the workflow's ``prepare_psf`` step's
+    function, :func:`llsmflow.decon.psf.prepare_psf_for_run` (``geometry``: the config's
+    ``deconvolution.psf_geometry``; ``data_voxel_um``: the grid of the volumes deconvolved, with ``rotate``
+    the rotated volumes' isotropic voxel), and compared with ``volume_shape`` (voxels, ZYX): the deskewed
+    volume's, or with ``rotate`` (config ``deskew.rotate``) the rotated one's.
     """
-    from llsmflow.decon.psf import prepare_psf, resolve_psf_geometry, rotate_psf
+    from llsmflow.decon.psf import prepare_psf_for_run
     from llsmflow.errors import located
 
     psf = read_volume(path)
     with located(path):
-        resolved, _ = resolve_psf_geometry(geometry, psf_voxel_um, angle_deg, stage_step_um, psf.data, scan_axis)
-        kernel = prepare_psf(
+        kernel, _, _ = prepare_psf_for_run(
             psf.data,
             psf_voxel_um,
             data_voxel_um,
-            geometry=resolved,
+            geometry=geometry,
             angle_deg=angle_deg,
             stage_step_um=stage_step_um,
             scan_axis=scan_axis,
+            rotate=rotate,
         )
-        if rotate:
-            kernel = rotate_psf(kernel, data_voxel_um[0], angle_deg, scan_axis)
     require_psf_within_volume(
         kernel.shape,
         volume_shape,

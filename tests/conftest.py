@@ -152,6 +152,17 @@ def write_workflow_config(run_dir: Path, config: dict) -> Path:
     return path
 
 
+def zarr_array_names(path) -> list[str]:
+    """Names of a Zarr group's top-level arrays (an archive's resolution levels), from the folder's Zarr nodes
+    (``zarr.json``, or ``.zarray`` for zarr v2) rather than by ``group.arrays()``, which in zarr 3 warns about
+    each non-Zarr entry of an archive (``tables``, ``checksums.sha256``); any other warning still shows."""
+    import zarr
+
+    group = zarr.open_group(str(path), mode="r")
+    nodes = sorted(p.name for p in Path(path).iterdir() if (p / "zarr.json").is_file() or (p / ".zarray").is_file())
+    return [name for name in nodes if isinstance(group[name], zarr.Array)]
+
+
 def sha256(path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 

@@ -41,11 +41,12 @@ LIBRARY = {
     ("deconvolution", "background"): [(deconvolve, "background")],
     ("deconvolution", "psf_background"): [
         (deconvolve, "psf_background"), (prepare_psf, "background"), (prepare_psf_for_run, "background"),
+        (read_acquisition, "psf_background"),
         (volume_sizes, "psf_background"), (cached_volume_sizes, "psf_background"),
     ],
     ("deconvolution", "psf_geometry"): [
         (prepare_psf, "geometry"), (prepare_psf_for_run, "geometry"), (volume_sizes, "psf_geometry"),
-        (cached_volume_sizes, "psf_geometry"),
+        (cached_volume_sizes, "psf_geometry"), (read_acquisition, "psf_geometry"),
     ],
     ("deconvolution", "backend"): [(deconvolve, "backend")],
     ("deconvolution", "method"): [(deconvolve, "method")],

@@ -74,6 +74,21 @@ def test_volume_sizes_match_the_real_volumes(acquisition, deskewed_tile, tiny_ac
     rotated, voxel, _ = deskew_rotate(raw, acquisition.dz_um, acquisition.dx_um, acquisition.angle_deg)
     assert hpc.volume_sizes(acquisition, rotate=True).deskewed_shape == rotated.shape
     assert math.prod(rotated.shape) > math.prod(deskewed.shape) and voxel == (acquisition.dx_um,) * 3
+    # and the PSF kernel as the prepare_psf step makes it for rotated data (rotated on the grid of dx); the
+    # bound used when a PSF cannot be prepared at parse time holds it
+    from llsmflow.decon.psf import prepare_psf_for_run
+
+    kernels = []
+    for c, channel in enumerate(acquisition.channels):
+        stack = read_volume(acquisition.psf_path(c)).data
+        kernel, _, _ = prepare_psf_for_run(
+            stack, channel["psf_voxel_size_um"], voxel, angle_deg=acquisition.angle_deg,
+            stage_step_um=acquisition.dz_um, rotate=True,
+        )  # fmt: skip
+        kernels.append(kernel.shape)
+        bound = resource_model._psf_shape_bound(stack.shape, channel["psf_voxel_size_um"], voxel, True, "x")
+        assert all(k <= b for k, b in zip(kernel.shape, bound, strict=True)), (kernel.shape, bound)
+    assert hpc.volume_sizes(acquisition, rotate=True).psf_shape == tuple(np.max(kernels, axis=0))
     # without raw_shape_zyx in the metadata the first stack's header gives the same shape
     acquisition.metadata.pop("raw_shape_zyx")
     try:

@@ -127,3 +127,25 @@ def test_rotated_volume_of_few_planes_holds_the_janelia_psf(real_data, tmp_path)
 def test_rotated_shape_is_the_shape_deskew_rotate_makes(scan_axis, shape, dz, dx, dy, angle, out):
     made = deskew_rotate(np.zeros(shape, np.float32), dz, dx, angle, dy, out, scan_axis=scan_axis)[0]
     assert rotated_shape(shape, dz, dx, angle, dy, out, scan_axis) == made.shape
+
+
+def test_the_check_subtracts_the_configs_psf_background(tmp_path):
+    """The check prepares the kernel with the config's ``deconvolution.psf_background``, as the prepare_psf
+    step does: the background sets the bead's support, hence the kernel's size (here 25 planes with "auto",
+    15 with 150 counts), so a volume of 20 planes fits one kernel and not the other."""
+    from llsmflow.decon.psf import prepare_psf_for_run
+    from llsmflow.ingest.files import check_psf
+    from llsmflow.io import write_volume
+
+    rng = np.random.default_rng(0)
+    z, y, x = np.indices((41, 41, 41))
+    bead = 100 + 1000 * np.exp(-((z - 20) ** 2 / 18.0 + (y - 20) ** 2 / 4.5 + (x - 20) ** 2 / 4.5))
+    path = tmp_path / "psf.ome.tif"
+    write_volume(path, rng.poisson(bead).astype(np.uint16), (0.2, 0.1, 0.1), compression=None)
+    voxel, volume = (0.2, 0.1, 0.1), (20, 64, 64)
+    psf = read_volume(path).data
+    assert prepare_psf_for_run(psf, voxel, voxel, background="auto")[0].shape[0] > 20  # the truth: too long
+    assert prepare_psf_for_run(psf, voxel, voxel, background=150)[0].shape[0] <= 20  # fits
+    with pytest.raises(LlsmflowError, match=r"PSF of channel 0 spans \(25, "):
+        check_psf(path, voxel, voxel, volume, 0, "objective", rotate=False, background="auto")
+    check_psf(path, voxel, voxel, volume, 0, "objective", rotate=False, background=150)

@@ -26,7 +26,7 @@ import yaml
 pytest.importorskip("fsspec")
 pytest.importorskip("aiohttp")
 
-from tests.conftest import LLSMFLOW, REPO, run_workflow, write_workflow_config  # noqa: E402
+from tests.conftest import LLSMFLOW, REPO, run_workflow, write_workflow_config, zarr_array_names  # noqa: E402
 from tests.test_remote_tiff import RangeHandler  # noqa: E402 (the one Range-answering server of the tests)
 
 
@@ -93,16 +93,6 @@ def test_init_by_url_writes_the_url_as_raw_dir(url_run):
     assert sent < 0.1 * sum(p.stat().st_size for p in stacks)
 
 
-def _array_names(path) -> list[str]:
-    """Names of the archive's top-level arrays, from the folder's Zarr nodes (``zarr.json``): zarr 3's
-    ``array_keys()`` warns about each non-Zarr entry of an archive (``tables``, ``checksums.sha256``)."""
-    import zarr
-
-    group = zarr.open_group(str(path), mode="r")
-    nodes = sorted(p.name for p in path.iterdir() if (p / "zarr.json").is_file() or (p / ".zarray").is_file())
-    return [name for name in nodes if isinstance(group[name], zarr.Array)]
-
-
 def test_run_by_url_equals_the_run_on_the_local_folder(url_run, tiny_run):
     import pandas as pd
     import zarr
@@ -111,8 +101,8 @@ def test_run_by_url_equals_the_run_on_the_local_folder(url_run, tiny_run):
     remote = url_run.run_dir / "results" / "tiny"
     a = zarr.open_group(str(local / "tiny.ome.zarr"), mode="r")
     b = zarr.open_group(str(remote / "tiny.ome.zarr"), mode="r")
-    levels = _array_names(local / "tiny.ome.zarr")
-    assert levels and _array_names(remote / "tiny.ome.zarr") == levels
+    levels = zarr_array_names(local / "tiny.ome.zarr")
+    assert levels and zarr_array_names(remote / "tiny.ome.zarr") == levels
     # the same raw bytes in (test_records…: same sha256); equal to 1e-3 relative: the deconvolution is not
     # bit-reproducible from run to run (one comparison here was bit-identical, another differed by 7e-4)
     for level in levels:

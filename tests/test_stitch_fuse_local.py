@@ -22,7 +22,7 @@ from dask import get as dask_synchronous_get
 from dask.threaded import get as dask_threaded_get
 
 from llsmflow.errors import LlsmflowError
-from llsmflow.stitch import Tile, fuse_to_zarr, read_fused
+from llsmflow.stitch import Tile, fuse_to_zarr, fusion, read_fused
 
 VOXEL = (0.5, 0.25, 0.25)  # (dz, dy, dx) µm
 SHAPE = (12, 40, 48)
@@ -54,7 +54,8 @@ def mosaic():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.uint16])
-def test_local_paths_match_dask_bit_for_bit(mosaic, tmp_path, dtype):
+def test_local_paths_match_dask_bit_for_bit(mosaic, tmp_path, dtype, monkeypatch):
+    monkeypatch.setattr(fusion, "available_cpus", lambda: 4)  # the thread pool, however many CPUs CI has
     tiles, positions = mosaic
     results, progress = {}, {}
     for name, scheduler in [
@@ -90,7 +91,8 @@ def test_local_paths_match_dask_bit_for_bit(mosaic, tmp_path, dtype):
     assert all(c[2] == main for c in progress["threads"] + progress["synchronous"])  # in the calling thread
 
 
-def test_a_failing_chunk_stops_fusion_and_leaves_nothing(mosaic, tmp_path):
+def test_a_failing_chunk_stops_fusion_and_leaves_nothing(mosaic, tmp_path, monkeypatch):
+    monkeypatch.setattr(fusion, "available_cpus", lambda: 4)  # chunks running on several threads at once
     tiles, positions = mosaic
     running, calls, lock = [0], [0], threading.Lock()
 

@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 import zarr
 
+from tests.conftest import zarr_array_names
 from tests.faults.conftest import (
     DATASET,
     clean_env,
@@ -27,13 +28,9 @@ from tests.faults.conftest import (
 
 
 def _arrays(path: Path) -> dict[str, np.ndarray]:
-    """The archive's top-level arrays by name. Listed from the folder's Zarr nodes (``zarr.json``, or
-    ``.zarray`` for zarr v2) rather than by ``group.arrays()``, which in zarr 3 warns about each non-Zarr
-    entry of the archive (``tables``, ``checksums.sha256``); any other warning still shows."""
+    """The archive's top-level arrays by name (:func:`tests.conftest.zarr_array_names`)."""
     group = zarr.open_group(str(path), mode="r")
-    nodes = sorted(p.name for p in path.iterdir() if (p / "zarr.json").is_file() or (p / ".zarray").is_file())
-    arrays = {name: group[name] for name in nodes}
-    return {name: np.asarray(array[...]) for name, array in arrays.items() if isinstance(array, zarr.Array)}
+    return {name: np.asarray(group[name][...]) for name in zarr_array_names(path)}
 
 
 def _manifest(results: Path) -> dict[str, str]:

@@ -20,5 +20,6 @@ rule ingest:
         allow_missing_timepoints=config["ingest"]["allow_missing_timepoints"],
         # deskew.rotate: the PSF check compares the rotated kernel with the rotated volume
         rotate=config["deskew"]["rotate"],
+        psf_background=config["deconvolution"]["psf_background"],
     script:
         "../scripts/ingest.py"

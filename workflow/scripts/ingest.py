@@ -16,6 +16,7 @@ with StepRecorder.for_workflow_job(snakemake) as step:
         psf_geometry=snakemake.params.psf_geometry,
         allow_missing_timepoints=snakemake.params.allow_missing_timepoints,
         rotate=snakemake.params.rotate,
+        psf_background=snakemake.params.psf_background,
     )
     with atomic_output(snakemake.output.samples) as tmp:
         acquisition.samples.to_csv(tmp, sep="\t", index=False)

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import math
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -14,6 +13,7 @@ from llsmflow.decon.otf import _WB_ALPHA, _WB_ORDER, _folded, _place_kernel, wb_
 from llsmflow.decon.padding import _reflect_fill
 from llsmflow.decon.volumes import _read_block, _slabs, _sub_z
 from llsmflow.errors import LlsmflowError
+from llsmflow.parallel import available_cpus
 
 # Element-wise steps run on blocks of about this many bytes per array (fits the L2 cache with 3 operands).
 _SLAB_BYTES = 1 << 18
@@ -29,10 +29,7 @@ _PRUNED_SPECTRUM = True
 
 def _resolve_threads(threads) -> int:
     if threads is None:
-        try:
-            return max(len(os.sched_getaffinity(0)), 1)
-        except (AttributeError, OSError):  # pragma: no cover - not Linux
-            return max(os.cpu_count() or 1, 1)
+        return available_cpus()
     if isinstance(threads, bool) or not isinstance(threads, int | np.integer) or threads < 1:
         raise LlsmflowError(f"threads {threads!r} is invalid; expected an integer >= 1 or None (all cores)")
     return int(threads)

@@ -469,6 +469,11 @@ def prepare_psf_for_run(
     volumes' isotropic grid), and with ``rotate`` (config ``deskew.rotate``) :func:`rotate_psf` to the
     coverslip frame, as the data are rotated. ``geometry`` and ``reason`` say which geometry was used and why.
     """
+    if rotate and (angle_deg is None or len({float(v) for v in data_voxel_um}) != 1):
+        raise LlsmflowError(
+            f"rotate=True with data voxel {tuple(data_voxel_um)} µm and angle {angle_deg}; expected the rotated "
+            "volumes' isotropic voxel (dx, dx, dx) and the sheet angle"
+        )
     geometry, reason = resolve_psf_geometry(geometry, psf_voxel_um, angle_deg, stage_step_um, psf, scan_axis)
     kernel = prepare_psf(
         psf,

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import ctypes
 import math
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+
+from llsmflow.parallel import available_cpus
 
 # Bytes per piece of a staged transfer (two pinned buffers of this size per direction are kept).
 _PIECE_BYTES = 64 << 20
@@ -38,11 +39,7 @@ def _copy_pool() -> ThreadPoolExecutor:
 
 
 def _copy_threads() -> int:
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # pragma: no cover - not Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(_COPY_THREADS, cores))
+    return max(1, min(_COPY_THREADS, available_cpus()))
 
 
 def _parallel_copy(dst: np.ndarray, src: np.ndarray) -> None:

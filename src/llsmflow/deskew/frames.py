@@ -172,3 +172,20 @@ def rotated_shape(
         (nz, ny, nx), float(dz_um), float(dx_um), float(angle_deg), float(dy_um), out_um
     )
     return tuple(int(n) for n in out_shape)
+
+
+def deconvolved_grid(
+    raw_shape_zyx, dz_um: float, dx_um: float, dy_um: float, angle_deg: float, scan_axis: str = "x",
+    rotate: bool = False,
+) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
+    """ZYX shape and voxel size (µm) of the volume the workflow deconvolves from a raw stack of
+    ``raw_shape_zyx``: the objective-frame deskewed volume (voxel ``(dz', dy, dx)``), or with ``rotate``
+    (config ``deskew.rotate``) the coverslip-frame volume on its isotropic grid of ``dx_um``
+    (:func:`rotated_shape`, as :func:`llsmflow.deskew.deskew_rotate` makes it). The one choice that the
+    ingest PSF check and the resource model make."""
+    if rotate:
+        shape = rotated_shape(raw_shape_zyx, dz_um, dx_um, angle_deg, dy_um=dy_um, scan_axis=scan_axis)
+        return shape, (float(dx_um),) * 3
+    scan_pixel_um = dx_um if scan_axis == "x" else dy_um
+    shape = deskewed_shape(raw_shape_zyx, dz_um, scan_pixel_um, angle_deg, scan_axis)
+    return shape, (deskewed_plane_spacing_um(dz_um, angle_deg), float(dy_um), float(dx_um))

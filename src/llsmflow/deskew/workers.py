@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 
 from llsmflow.errors import LlsmflowError
+from llsmflow.parallel import available_cpus
 
 
 def default_workers() -> int:
@@ -21,11 +22,7 @@ def default_workers() -> int:
             return max(1, int(env))
         except ValueError:
             raise LlsmflowError(f"LLSMFLOW_THREADS={env!r} is invalid; expected a positive integer") from None
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cpus = os.cpu_count() or 1
-    return max(1, min(cpus, 8))
+    return max(1, min(available_cpus(), 8))
 
 
 @lru_cache(maxsize=4)

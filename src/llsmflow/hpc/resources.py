@@ -136,7 +136,8 @@ def _prepared_psf_shape(
 ) -> tuple[int, int, int]:
     """Shape of a channel's PSF as the deconvolution uses it (the ``prepare_psf`` step's function: geometry
     resolved, resampled to ``voxel``, cropped to its support, with ``rotate`` rotated to the coverslip frame);
-    if it cannot be prepared here, the stack's shape resampled to ``voxel`` (an upper bound without rotation)."""
+    if it cannot be prepared here, an upper bound: the stack's shape resampled to ``voxel``, with ``rotate`` the
+    diagonal of the rotation's plane (Z and the scan axis) along both of its axes."""
     from llsmflow.decon.psf import prepare_psf_for_run
     from llsmflow.io import read_volume
 
@@ -150,11 +151,18 @@ def _prepared_psf_shape(
         )  # fmt: skip
         return tuple(kernel.shape)
     except (LlsmflowError, OSError, ValueError):
-        shape = _tiff_shape(path)[-3:]
-        psf_voxel = psf_voxel or voxel
-        return tuple(
-            max(1, math.ceil(n * p / v)) | 1 for n, p, v in zip(shape, psf_voxel, voxel, strict=True)
-        )
+        return _psf_shape_bound(_tiff_shape(path)[-3:], psf_voxel or voxel, voxel, rotate, acq.scan_axis)
+
+
+def _psf_shape_bound(stack_shape, psf_voxel_um, voxel_um, rotate: bool, scan_axis: str) -> tuple[int, int, int]:
+    """An upper bound of a prepared PSF kernel's shape (ZYX voxels) from its stack's: the stack resampled from
+    ``psf_voxel_um`` to ``voxel_um`` (odd sizes), with ``rotate`` the diagonal of the rotation's plane along
+    both of its axes (rotated about Y for scan axis x, about X for scan axis y: Z and the scan axis mix)."""
+    bound = [max(1, math.ceil(n * p / v)) | 1 for n, p, v in zip(stack_shape, psf_voxel_um, voxel_um, strict=True)]
+    if rotate:
+        scan = 2 if scan_axis == "x" else 1
+        bound[0] = bound[scan] = math.ceil(math.hypot(bound[0], bound[scan])) | 1
+    return tuple(bound)
 
 
 def cached_volume_sizes(
@@ -213,19 +221,14 @@ def volume_sizes(
     prepared as the deconvolution prepares them (config ``deconvolution.psf_geometry`` and ``psf_background``;
     with ``rotate`` rotated too; the largest over channels); the fused shape from the tiles' nominal positions.
     """
-    from llsmflow.deskew.frames import deskewed_shape, rotated_shape
+    from llsmflow.deskew.frames import deconvolved_grid
     from llsmflow.stitch.grid import fused_extent
 
     raw = acq.metadata.get("raw_shape_zyx")
     if raw is None:
         raw = _tiff_shape(acq.raw_dir / acq.samples["path"].iloc[0])[-3:]
     raw = tuple(int(n) for n in raw)
-    if rotate:
-        deskewed = rotated_shape(raw, acq.dz_um, acq.dx_um, acq.angle_deg, acq.dy_um, scan_axis=acq.scan_axis)
-        voxel = (acq.dx_um,) * 3
-    else:
-        deskewed = deskewed_shape(raw, acq.dz_um, acq.dx_um, acq.angle_deg, acq.scan_axis)
-        voxel = acq.deskewed_voxel_size_um
+    deskewed, voxel = deconvolved_grid(raw, acq.dz_um, acq.dx_um, acq.dy_um, acq.angle_deg, acq.scan_axis, rotate)
     psf = (1, 1, 1)
     for c in range(len(acq.channels)):
         kernel = _prepared_psf_shape(acq, c, voxel, rotate, psf_geometry, psf_background)
@@ -543,6 +546,8 @@ def estimate(
         raw_dir, config.get("metadata"), config["overrides"],
         allow_missing_timepoints=(config.get("ingest") or {}).get("allow_missing_timepoints", False),
         rotate=config["deskew"]["rotate"],
+        psf_geometry=config["deconvolution"]["psf_geometry"],
+        psf_background=config["deconvolution"]["psf_background"],
     )
     profile_cores, groups = profile_settings(Path(profile) if profile else None)
     groups.update(group_sizes or {})

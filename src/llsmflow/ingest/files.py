@@ -258,14 +258,17 @@ def check_psf(
     angle_deg: float | None = None,
     stage_step_um: float | None = None,
     scan_axis: str = "x",
-    rotate: bool = False,
+    *,
+    rotate: bool,
+    background: float | str,
 ) -> None:
     """Check a channel's PSF: readable, 3-D, finite, with signal, and its kernel no larger than the volume.
 
     The kernel is the PSF as the deconvolution will use it, made by the workflow's ``prepare_psf`` step's
     function, :func:`llsmflow.decon.psf.prepare_psf_for_run` (``geometry``: the config's
     ``deconvolution.psf_geometry``; ``data_voxel_um``: the grid of the volumes deconvolved, with ``rotate``
-    the rotated volumes' isotropic voxel), and compared with ``volume_shape`` (voxels, ZYX): the deskewed
+    the rotated volumes' isotropic voxel; ``background``: the config's ``deconvolution.psf_background``), and
+    compared with ``volume_shape`` (voxels, ZYX): the deskewed
     volume's, or with ``rotate`` (config ``deskew.rotate``) the rotated one's.
     """
     from llsmflow.decon.psf import prepare_psf_for_run
@@ -282,6 +285,7 @@ def check_psf(
             stage_step_um=stage_step_um,
             scan_axis=scan_axis,
             rotate=rotate,
+            background=background,
         )
     require_psf_within_volume(
         kernel.shape,
@@ -291,32 +295,26 @@ def check_psf(
         grid="the coverslip-frame grid (deskew.rotate)" if rotate else "the deskewed grid",
         volume="rotated volume" if rotate else "deskewed volume",
         sizes="psf_voxel_size_um; the PSF must be in the objective frame, or be declared skewed "
-        "(deconvolution.psf_geometry: skewed)" + ("; deskew.rotate: false keeps the objective frame" if rotate else ""),
+        "(deconvolution.psf_geometry: skewed)",
+        hint="; or deconvolve in the objective frame (deskew.rotate: false)" if rotate else "",
     )
 
 
 def check_psfs(
     raw_dir: Path, channels: list[dict], raw_shape, dz: float, dy: float, dx: float, angle: float, scan_axis: str,
-    psf_geometry: str = "auto", rotate: bool = False,
+    *, psf_geometry: str, rotate: bool, psf_background: float | str,
 ) -> None:
     """:func:`check_psf` for every channel, against the volume deconvolved from a raw stack of ``raw_shape``
     (ZYX raw voxels): the deskewed volume, or with ``rotate`` (config ``deskew.rotate``) the volume deskewed
     and rotated to the coverslip frame on its isotropic grid of ``dx`` µm (the shape
     :func:`llsmflow.deskew.deskew_rotate` gives, :func:`llsmflow.deskew.rotated_shape`)."""
-    if rotate:
-        from llsmflow.deskew.frames import rotated_shape
+    from llsmflow.deskew.frames import deconvolved_grid
 
-        volume = rotated_shape(raw_shape, dz, dx, angle, dy_um=dy, output_voxel_um=dx, scan_axis=scan_axis)
-        voxel = (dx, dx, dx)
-    else:
-        from llsmflow.deskew.frames import deskewed_plane_spacing_um, deskewed_shape
-
-        volume = deskewed_shape(raw_shape, dz, dx if scan_axis == "x" else dy, angle, scan_axis)
-        voxel = (deskewed_plane_spacing_um(dz, angle), dy, dx)
+    volume, voxel = deconvolved_grid(raw_shape, dz, dx, dy, angle, scan_axis, rotate)
     for index, channel in enumerate(channels):
         check_psf(
             raw_dir / channel["psf"], channel["psf_voxel_size_um"], voxel, volume, index,
-            psf_geometry, angle, dz, scan_axis, rotate,
+            psf_geometry, angle, dz, scan_axis, rotate=rotate, background=psf_background,
         )
 
 
@@ -328,17 +326,19 @@ def require_psf_within_volume(
     grid: str = "the data grid",
     volume: str = "volume",
     sizes: str = "the voxel sizes",
+    hint: str = "",
 ) -> None:
     """Raise if a prepared PSF (``kernel_shape``, voxels ZYX) is larger than the volume along any axis.
 
     Deconvolution itself copes (the volume is padded by reflection), but its result would then be shaped by
-    the padding more than by the data: almost always a wrong PSF file or wrong PSF voxel sizes.
+    the padding more than by the data: almost always a wrong PSF file or wrong PSF voxel sizes. ``hint`` ends
+    the message (another way out, e.g. another frame).
     """
     larger = [f"{a}: {k} > {n}" for a, k, n in zip("zyx", kernel_shape, volume_shape, strict=True) if k > n]
     if larger:
         raise LlsmflowError(
             f"{what} spans {tuple(kernel_shape)} voxels (ZYX) on {grid}, larger than the {volume} "
             f"{tuple(volume_shape)} ({', '.join(larger)}); expected a PSF smaller than the volume "
-            f"(check {sizes} and the PSF file)",
+            f"(check {sizes} and the PSF file{hint})",
             path,
         )

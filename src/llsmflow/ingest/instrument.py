@@ -179,10 +179,11 @@ def read_instrument_acquisition(
     metadata_path,
     overrides,
     check_files: bool,
-    psf_geometry="auto",
-    allow_missing_timepoints: bool = False,
-    only_files=None,
-    rotate: bool = False,
+    psf_geometry: str,
+    allow_missing_timepoints: bool,
+    only_files,
+    rotate: bool,
+    psf_background: float | str,
 ) -> Acquisition:
     """An instrument folder read into an :class:`Acquisition` (see the module docstring for precedence)."""
     from llsmflow.ingest.read import tile_table
@@ -219,7 +220,10 @@ def read_instrument_acquisition(
     samples = samples.sort_values(["timepoint", "channel", "tile"]).reset_index(drop=True)
     if check_files:
         raw_shape = check_volumes(raw_dir, samples, meta.get("raw_shape_zyx"), path)
-        check_psfs(raw_dir, channels, raw_shape, dz, dy, dx, angle, scan_axis, psf_geometry, rotate)
+        check_psfs(
+            raw_dir, channels, raw_shape, dz, dy, dx, angle, scan_axis,
+            psf_geometry=psf_geometry, rotate=rotate, psf_background=psf_background,
+        )  # fmt: skip
     meta["notes"] = reading.notes
     return Acquisition(
         raw_dir=raw_dir,

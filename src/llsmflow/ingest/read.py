@@ -40,6 +40,7 @@ def read_acquisition(
     allow_missing_timepoints: bool = False,
     only_files=None,
     rotate: bool = False,
+    psf_background: float | str = "auto",
 ) -> Acquisition:
     """Read an acquisition directory into an :class:`Acquisition`.
 
@@ -72,6 +73,9 @@ def read_acquisition(
         The config's ``deskew.rotate``: the volumes deconvolved are rotated to the coverslip frame, so the PSF
         check prepares each PSF as the workflow then does (rotated, on the rotated volumes' isotropic grid)
         and compares it with the rotated volume's shape.
+    psf_background:
+        The config's ``deconvolution.psf_background``: the PSF check subtracts it as the workflow does (the
+        kernel's support, hence its size, depends on it).
 
     Raises
     ------
@@ -93,6 +97,7 @@ def read_acquisition(
         return read_instrument_acquisition(
             raw_dir, fmt, found_path, metadata_path, overrides, check_files, psf_geometry,
             allow_missing_timepoints=allow_missing_timepoints, only_files=only_files, rotate=rotate,
+            psf_background=psf_background,
         )
     metadata_path = found_path
     meta = load_acquisition_json(metadata_path)
@@ -147,7 +152,10 @@ def read_acquisition(
     samples["file_timepoint"] = None
     if check_files:
         raw_shape = check_stacks(raw_dir, samples, meta.get("raw_shape_zyx"), metadata_path)
-        check_psfs(raw_dir, channels, raw_shape, dz, dy, dx, angle, scan_axis, psf_geometry, rotate)
+        check_psfs(
+            raw_dir, channels, raw_shape, dz, dy, dx, angle, scan_axis,
+            psf_geometry=psf_geometry, rotate=rotate, psf_background=psf_background,
+        )  # fmt: skip
     return Acquisition(
         raw_dir=raw_dir,
         metadata_path=metadata_path,

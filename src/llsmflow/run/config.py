@@ -230,6 +230,7 @@ def check_config(
         psf_geometry=config["deconvolution"]["psf_geometry"],
         allow_missing_timepoints=config["ingest"]["allow_missing_timepoints"],
         rotate=config["deskew"]["rotate"],
+        psf_background=config["deconvolution"]["psf_background"],
     )
     return config
 

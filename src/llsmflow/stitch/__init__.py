@@ -11,7 +11,8 @@ The chain is the classic one (Preibisch et al. 2009; BigStitcher; ASHLAR):
    links of low quality, and removes, one at a time, the link with the largest residual while it exceeds a
    tolerance, so that one wrong pairwise estimate in a redundant graph does not bend the mosaic.
 3. :func:`fuse_to_zarr` resamples every tile onto a common grid (linear interpolation for sub-voxel offsets)
-   and blends overlaps with smooth weights, chunk by chunk with dask, into a Zarr v3 array, optionally within
+   and blends overlaps with smooth weights, chunk by chunk (a thread pool of the process, or a dask client's
+   workers), into a Zarr v3 array, optionally within
    a memory budget (``max_memory_gb``: chunks in flight bounded, tiles read window by window from disk).
 
 Why this is hand-written: multiview-stitcher (the Python tool a user would otherwise reach for) was evaluated
@@ -49,7 +50,8 @@ Submodules, split where a workflow job's needs divide (so that each job imports 
   sub-voxel refinement with scikit-image in ``_refine``).
 - :mod:`.optimise` -- :func:`optimise_positions` over the tile graph and :func:`register_tiles`, the register
   job's whole step. No dask, no Zarr.
-- :mod:`.fusion` -- :func:`fuse_to_zarr` (dask, Zarr), with the memory model in ``_budget``.
+- :mod:`.fusion` -- :func:`fuse_to_zarr` (Zarr; dask only with a client or another dask scheduler), with
+  the memory model in ``_budget``.
 - :mod:`.fused` -- reading fused volumes back (:func:`read_fused` for tracking: Zarr only; :func:`stack_fused`
   for the archive).
 

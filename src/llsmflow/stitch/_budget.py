@@ -29,7 +29,7 @@ _MASK_BYTES_PER_VOXEL = 52
 # Resident memory per byte allocated at the peak: the allocator keeps freed blocks and one arena per thread, so
 # a process's resident memory runs above what numpy allocates (measured: 1.2-1.3x, bench/bench_fusion.py).
 _RESIDENT_PER_ALLOCATED = 1.5
-# Share of the budget left after what the process holds that chunks may take; the rest is for dask's
+# Share of the budget left after what the process holds that chunks may take; the rest is for the task
 # bookkeeping, the Zarr store's buffers and open files.
 _BUDGET_SAFETY = 0.8
 
@@ -88,16 +88,22 @@ def _block_bytes(
     return int(_RESIDENT_PER_ALLOCATED * (block + largest))
 
 
+# dask's names of its local schedulers that run in this process: a thread pool, or the calling thread (the only
+# ones a memory budget of this process can bound)
+THREADS = ("threads", "threading")
+SYNCHRONOUS = ("synchronous", "sync", "single-threaded")
+
+
 def _plan_workers(
     max_memory_gb: float | None, per_block: int, scheduler: str, requested: int
 ) -> tuple[int, dict[str, float]]:
     """Number of chunks to compute at once under a memory budget, and the figures it rests on."""
     if max_memory_gb is None:
         return requested, {}
-    if scheduler == "processes":
+    if scheduler not in THREADS + SYNCHRONOUS:
         raise LlsmflowError(
-            f"max_memory_gb={max_memory_gb!r} bounds the memory of this process, but the 'processes' scheduler "
-            "starts others; expected scheduler='threads' or 'synchronous' with a memory budget"
+            f"max_memory_gb={max_memory_gb!r} bounds the memory of this process, but the {scheduler!r} scheduler "
+            "may start others; expected scheduler='threads' or 'synchronous' with a memory budget"
         )
     budget = float(max_memory_gb) * 2**30
     in_use = _current_rss_bytes()

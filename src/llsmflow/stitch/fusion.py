@@ -17,7 +17,6 @@ import contextlib
 import itertools
 import logging
 import math
-import os
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -28,7 +27,10 @@ import zarr
 
 from llsmflow.errors import LlsmflowError
 from llsmflow.io import atomic_output
+from llsmflow.parallel import available_cpus
 from llsmflow.progress import progress_logger
+from llsmflow.stitch._budget import SYNCHRONOUS as _SYNCHRONOUS
+from llsmflow.stitch._budget import THREADS as _THREADS
 from llsmflow.stitch._budget import _block_bytes, _plan_workers
 from llsmflow.stitch.grid import _sample, _sample_window, _tile_range, _voxel3, fused_extent
 from llsmflow.stitch.tiles import Tile, _check_tiles
@@ -37,17 +39,6 @@ __all__ = ["fuse_to_zarr"]
 
 log = logging.getLogger("llsmflow.stitch")  # the stage's logger, as before the package was split
 
-# dask's names of its local schedulers that run in this process: a thread pool here, or the calling thread
-_THREADS = ("threads", "threading")
-_SYNCHRONOUS = ("synchronous", "sync", "single-threaded")
-
-
-def _local_cpus() -> int:
-    """CPUs this process may run on (its affinity: a SLURM job's allocation), at least 1."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def _ramp(distance_um: np.ndarray, width_um: float) -> np.ndarray:
@@ -276,8 +267,8 @@ def fuse_to_zarr(
     scheduler:
         Where the chunks run without ``client``: ``"threads"`` (a thread pool of this process, one thread per
         CPU or as many as the memory budget allows), ``"synchronous"`` (one after the other in the calling
-        thread); any other dask scheduler name or ``get`` function runs them through ``dask.compute``
-        (``"processes"`` works without a memory budget but copies tile data per task).
+        thread); any other dask scheduler name or ``get`` function runs them through ``dask.compute``, without
+        a memory budget (``"processes"`` copies tile data per task).
     progress:
         ``callable(done, total)`` called in this process after each chunk is stored (any local scheduler),
         or True for progress lines on the ``llsmflow.stitch`` logger (level INFO, at most one every 10 s, with
@@ -341,7 +332,7 @@ def fuse_to_zarr(
             max_memory_gb,
             _block_bytes(tiles, chunks, voxel, float(blend_width_um), dtype) if max_memory_gb else 0,
             scheduler,
-            1 if scheduler in _SYNCHRONOUS else _local_cpus(),
+            1 if scheduler in _SYNCHRONOUS else available_cpus(),
         )
     detail = ""
     if figures:

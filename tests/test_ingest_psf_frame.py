@@ -149,3 +149,17 @@ def test_the_check_subtracts_the_configs_psf_background(tmp_path):
     with pytest.raises(LlsmflowError, match=r"PSF of channel 0 spans \(25, "):
         check_psf(path, voxel, voxel, volume, 0, "objective", rotate=False, background="auto")
     check_psf(path, voxel, voxel, volume, 0, "objective", rotate=False, background=150)
+
+
+@pytest.mark.parametrize("rotate", [False, True])
+@pytest.mark.parametrize("scan_axis", ["x", "y"])
+def test_deconvolved_grid_is_the_grid_deskew_stack_makes(scan_axis, rotate):
+    """The shape and voxel the ingest check and the resource model use are those of the volume the job
+    deskews, with the scan axis's own pixel size (here dy != dx)."""
+    from llsmflow.deskew.frames import deconvolved_grid
+
+    shape, dz, dx, dy, angle = (12, 20, 24), 0.4, 0.1, 0.13, 31.5
+    made = deskew_stack(np.ones(shape, np.float32), dz, dx, angle, dy, scan_axis, rotate=rotate)
+    grid_shape, grid_voxel = deconvolved_grid(shape, dz, dx, dy, angle, scan_axis, rotate)
+    assert grid_shape == made.data.shape
+    np.testing.assert_allclose(grid_voxel, made.voxel_size_um, rtol=1e-12)

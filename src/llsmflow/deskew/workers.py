@@ -13,8 +13,9 @@ from llsmflow.parallel import available_cpus
 def default_workers() -> int:
     """Threads used by :func:`deskew` and :func:`deskew_rotate` when ``workers`` is not given.
 
-    ``$LLSMFLOW_THREADS`` if set (e.g. by a workflow rule's ``threads``), else the CPUs this process may run on,
-    at most 8 (the resampling is bound by memory bandwidth beyond a few cores).
+    ``$LLSMFLOW_THREADS`` if set (to leave cores to other work; the workflow's jobs pass their ``threads``
+    instead), else the CPUs this process may run on (:func:`llsmflow.parallel.available_cpus`), at most 8 (the
+    resampling is bound by memory bandwidth beyond a few cores).
     """
     env = os.environ.get("LLSMFLOW_THREADS")
     if env:

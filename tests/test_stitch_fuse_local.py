@@ -128,6 +128,39 @@ def test_a_failing_chunk_stops_fusion_and_leaves_nothing(mosaic, tmp_path, monke
         fuse_to_zarr(tiles, positions, VOXEL, out, scheduler="processes", max_memory_gb=64)
 
 
+def test_threads_bound_the_chunks_in_flight(mosaic, tmp_path, monkeypatch):
+    """``threads`` (the fuse rule's threads in a job) bounds the threads whatever the CPU count: one runs every
+    chunk in the calling thread, three on pool threads; the result is the same."""
+    monkeypatch.setattr(fusion, "available_cpus", lambda: 64)  # a large node that does not confine the job
+    tiles, positions = mosaic
+    results = {}
+    for threads in (1, 3):
+        seen = set()
+
+        def reading(tile, seen=seen):
+            data = tile.data
+
+            class Reader:
+                shape, dtype, ndim = data.shape, data.dtype, data.ndim
+
+                def __getitem__(self, index):
+                    seen.add(threading.get_ident())
+                    return data[index]
+
+            return Tile(tile.key, tile.origin_um, None, data=Reader(), valid=tile.valid)
+
+        out = fuse_to_zarr(
+            [reading(t) for t in tiles], positions, VOXEL, tmp_path / f"t{threads}.zarr", chunks=CHUNKS,
+            threads=threads,
+        )  # fmt: skip
+        results[threads] = (read_fused(out)[0], seen)
+    np.testing.assert_array_equal(results[1][0], results[3][0])
+    assert results[1][1] == {threading.get_ident()}
+    assert threading.get_ident() not in results[3][1] and 1 <= len(results[3][1]) <= 3
+    with pytest.raises(LlsmflowError, match="threads=0 is invalid"):
+        fuse_to_zarr(tiles, positions, VOXEL, tmp_path / "bad.zarr", threads=0)
+
+
 def test_fuse_job_imports_no_dask():
     """The fuse script's imports and a fusion of deskewed tiles import neither dask nor distributed."""
     code = textwrap.dedent(

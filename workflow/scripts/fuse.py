@@ -41,6 +41,7 @@ with StepRecorder.for_workflow_job(snakemake) as step, dask_cluster(snakemake.co
             chunks=tuple(p.chunks),
             max_memory_gb=p.max_memory_gb,
             client=client,
+            threads=snakemake.threads,  # what the rule declares (its memory request assumes as many chunks)
             progress=progress_logger(log, f"ch{channel} fused chunk", interval_s=10),
         )
         del tiles  # one channel's tiles in memory at a time

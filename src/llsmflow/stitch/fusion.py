@@ -228,6 +228,7 @@ def fuse_to_zarr(
     progress: Callable[[int, int], None] | bool | None = None,
     max_memory_gb: float | None = None,
     client=None,
+    threads: int | None = None,
 ) -> Path:
     """Fuse tiles at given positions into one ZYX Zarr v3 array, chunk by chunk.
 
@@ -281,6 +282,11 @@ def fuse_to_zarr(
         A ``distributed.Client`` (e.g. from :func:`llsmflow.cluster.dask_cluster`): chunks are computed on its
         workers, which must see the tiles' files and ``out_path`` (a shared file system). Default: ``scheduler``
         in this process.
+    threads:
+        Chunks computed at once in this process (``"threads"`` or another local dask scheduler), at most; None:
+        one per CPU the process may run on (:func:`llsmflow.parallel.available_cpus`). A workflow job passes
+        the rule's ``threads``, which its memory request and a local run's core accounting assume (a SLURM
+        node that does not confine a job to its CPUs would otherwise see one thread per node CPU).
 
     Returns
     -------
@@ -294,6 +300,8 @@ def fuse_to_zarr(
         message gives the figures).
     """
     tiles = _check_tiles(tiles)
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise LlsmflowError(f"threads={threads!r} is invalid; expected a whole number >= 1 or None (every CPU)")
     voxel = np.array(_voxel3(voxel_size_um))
     missing = [t.key for t in tiles if t.key not in positions_um]
     if missing:
@@ -332,7 +340,7 @@ def fuse_to_zarr(
             max_memory_gb,
             _block_bytes(tiles, chunks, voxel, float(blend_width_um), dtype) if max_memory_gb else 0,
             scheduler,
-            1 if scheduler in _SYNCHRONOUS else available_cpus(),
+            1 if scheduler in _SYNCHRONOUS else threads or available_cpus(),
         )
     detail = ""
     if figures:

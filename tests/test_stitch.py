@@ -831,7 +831,7 @@ def test_components_equal_the_hand_written_search():
     for graph in graphs:
         for order in (keys, keys[::-1]):
             assert _components(order, graph) == _components_reference(order, graph), graph
-    # one or two tiles (answered without SciPy's graphs): alone, joined either way, or not joined
+    # one or two tiles: alone, joined either way, or not joined
     small = [(["r"], []), (["r", "a"], []), (["r", "a"], links(("r", "a"))), (["a", "r"], links(("r", "a")))]
     for order, graph in small:
         assert _components(order, graph) == _components_reference(order, graph), (order, graph)

@@ -268,8 +268,8 @@ def check_psf(
     function, :func:`llsmflow.decon.psf.prepare_psf_for_run` (``geometry``: the config's
     ``deconvolution.psf_geometry``; ``data_voxel_um``: the grid of the volumes deconvolved, with ``rotate``
     the rotated volumes' isotropic voxel; ``background``: the config's ``deconvolution.psf_background``), and
-    compared with ``volume_shape`` (voxels, ZYX): the deskewed
-    volume's, or with ``rotate`` (config ``deskew.rotate``) the rotated one's.
+    compared with ``volume_shape`` (voxels, ZYX): the deskewed volume's, or with ``rotate`` (config
+    ``deskew.rotate``) the rotated one's.
     """
     from llsmflow.decon.psf import prepare_psf_for_run
     from llsmflow.errors import located

@@ -40,7 +40,6 @@ __all__ = ["fuse_to_zarr"]
 log = logging.getLogger("llsmflow.stitch")  # the stage's logger, as before the package was split
 
 
-
 def _ramp(distance_um: np.ndarray, width_um: float) -> np.ndarray:
     """Blending weight (> 0) from the distance (µm) to the tile border: cosine ramp to 1 over ``width_um``."""
     if width_um <= 0:
@@ -389,9 +388,8 @@ def fuse_to_zarr(
             for lo in itertools.product(*grid)
         )
         batch = max(64, 8 * workers)
-        if scheduler in _THREADS or scheduler in _SYNCHRONOUS:
-            threads = 1 if scheduler in _SYNCHRONOUS else workers
-            _fuse_here(fuser, blocks, n_blocks, threads, batch, progress)
+        if scheduler in _THREADS or scheduler in _SYNCHRONOUS:  # workers: 1 for "synchronous"
+            _fuse_here(fuser, blocks, n_blocks, workers, batch, progress)
         else:
             _fuse_with_dask(fuser, blocks, n_blocks, scheduler, workers, batch, progress)
     return out_path

@@ -10,6 +10,8 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
+from scipy.sparse import coo_array
+from scipy.sparse.csgraph import connected_components
 
 from llsmflow.errors import LlsmflowError
 from llsmflow.stitch.grid import _voxel3
@@ -26,13 +28,6 @@ class StitchWarning(UserWarning):
 def _components(keys: Sequence[str], links: Sequence[PairLink]) -> list[list[str]]:
     """The connected components of the tile graph (tiles ``keys``, edges ``links``): each in the order of
     ``keys``, the components in the order of their first key (so the reference, listed first, heads its own)."""
-    if len(keys) <= 2:  # one tile, or two joined or not by a link: no graph search needed
-        joined = len(keys) == 2 and any({link.a, link.b} == set(keys) for link in links)
-        return [list(keys)] if joined or len(keys) < 2 else [[k] for k in keys]
-    # here: SciPy's sparse graphs cost a register job of one or two tiles (the demo's) 0.1 s to import
-    from scipy.sparse import coo_array
-    from scipy.sparse.csgraph import connected_components
-
     index = {k: i for i, k in enumerate(keys)}
     rows = [index[link.a] for link in links]
     cols = [index[link.b] for link in links]

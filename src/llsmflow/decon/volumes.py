@@ -47,9 +47,8 @@ def _read_block(volume, region, check: bool = True, what: str = "volume") -> np.
     """Read ``volume[region]`` to the host as a NumPy array; ``check``: raise on NaN or infinite values."""
     block = volume[region]
     if not isinstance(block, np.ndarray):
-        block = (
-            block.get() if hasattr(block, "get") and not hasattr(block, "__array__") else np.asarray(block)
-        )
+        # a CuPy array has __array__ too, but it raises (no implicit device-to-host copy): .get() for it
+        block = block.get() if hasattr(block, "__cuda_array_interface__") else np.asarray(block)
     if check and block.dtype.kind == "f" and not np.isfinite(block).all():
         raise LlsmflowError(f"{what} contains NaN or infinite values; expected finite intensities")
     return block

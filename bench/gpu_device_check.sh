@@ -31,12 +31,12 @@ cat "$OUT/env.txt"
 "$PY" -c "import cupy; cupy.show_config()" > "$OUT/cupy_config.txt" 2>&1 || true
 # the benchmark first (it is what the issue asks for)
 # BENCH_BACKEND=numpy: the rehearsal without a GPU (the same script, the GPU code paths with NumPy)
-timeout 360 "$PY" bench/bench_gpu.py --backend "${BENCH_BACKEND:-cupy}" --repeats 3 --budget-s 320 --json "$OUT/bench_gpu.json" \
+timeout -k 10 360 "$PY" bench/bench_gpu.py --backend "${BENCH_BACKEND:-cupy}" --repeats 3 --budget-s 320 --json "$OUT/bench_gpu.json" \
     2>&1 | tee "$OUT/bench_gpu.txt"
 status=${PIPESTATUS[0]}
 # the tests that need a GPU (skipped elsewhere; -ra says why one was skipped); conftest imports llsmflow.synth,
 # which the GPU machine can import
-timeout 120 "$PY" -m pytest -q -p no:cacheprovider --durations=10 tests/test_gpu_path.py \
+timeout -k 10 120 "$PY" -m pytest -q -p no:cacheprovider --durations=10 tests/test_gpu_path.py \
     "tests/test_decon.py::test_cupy_matches_numpy" tests/faults/test_gpu_memory.py > "$OUT/pytest_gpu.txt" 2>&1
 tests=$?
 tail -40 "$OUT/pytest_gpu.txt"

@@ -93,9 +93,11 @@ def _xp(backend: str):
 
         if cupy.cuda.runtime.getDeviceCount() > 0:
             return cupy
-    except Exception as error:  # no CuPy or no device
-        if backend == "cupy":
-            raise SystemExit(f"bench_gpu.py: error: --backend cupy, but CuPy has no GPU ({error})") from error
+        error = "no CUDA device"
+    except Exception as exc:  # no CuPy or no device
+        error = exc
+    if backend == "cupy":
+        raise SystemExit(f"bench_gpu.py: error: --backend cupy, but CuPy has no GPU ({error})")
     return np
 
 

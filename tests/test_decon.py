@@ -806,7 +806,7 @@ def test_deconvolve_methods_defaults_and_errors(beads):
 
 
 @pytest.mark.skipif(decon.available_backends()["cupy"] != "available", reason="needs CuPy and a CUDA GPU")
-def test_cupy_matches_numpy(beads, real_psf):
+def test_cupy_matches_numpy(beads):
     import cupy
 
     kernel = decon.prepare_psf(beads["psf"], VOXEL_UM, VOXEL_UM)

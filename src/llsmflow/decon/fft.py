@@ -183,8 +183,8 @@ def _load_wisdom() -> None:
 
 
 class _Workspace:
-    """Preallocated buffers and FFTs for one padded shape: ``n_real`` float32 arrays and one complex64
-    half-spectrum ``spec``. Transforms are unnormalised both ways (the OTFs carry the 1/N).
+    """Preallocated buffers and FFTs for one padded shape: ``n_real`` float32 arrays and, with pyFFTW, one
+    complex64 half-spectrum ``spec``. Transforms are unnormalised both ways (the OTFs carry the 1/N).
 
     With pyFFTW, all buffers are SIMD-aligned and the two plans (real → ``spec``, ``spec`` → real) are made
     once, before any data is written (``FFTW_MEASURE`` overwrites its arrays while planning), then pointed
@@ -202,7 +202,9 @@ class _Workspace:
         self.effort = None
         empty = pyfftw.empty_aligned if self.fftw else xp.empty
         self.reals = [empty(self.shape, dtype=np.float32) for _ in range(n_real)]
-        self.spec = empty(self.spec_shape, dtype=np.complex64)
+        # the transforms' output buffer exists only for FFTW's plans: scipy.fft and cuFFT return new arrays,
+        # and a buffer they never use would hold 2.8 GB of GPU memory at a 351-million-voxel padded shape
+        self.spec = empty(self.spec_shape, dtype=np.complex64) if self.fftw else None
         if self.fftw:
             self._make_plans(threads, transforms)
 

@@ -43,8 +43,11 @@ COMMANDS = {
     "estimate RAW": ["estimate", "demo/raw"],
     "estimate --configfile": ["estimate", "--configfile", "config.yaml"],
     "init": ["init", "demo/raw", "--dataset", "demo", "-o", "{tmp}/config.yaml"],
-    "convert (to 0.4)": ["convert", "results/demo/demo.ome.zarr", "--ngff-version", "0.4", "-o", "{tmp}/v04.ome.zarr"],
-    "reproduce (to its input check)": ["reproduce", "results/demo/provenance", "-o", "{tmp}/rerun", "--raw-dir", "empty"],
+    "convert (to 0.4)": ["convert", "results/demo/demo.ome.zarr", "--ngff-version", "0.4", "-o",
+                         "{tmp}/v04.ome.zarr"],  # fmt: skip
+    # a full re-run is the workflow's time: the command up to its check of the raw inputs (none in empty/)
+    "reproduce (to its input check)": ["reproduce", "results/demo/provenance", "-o", "{tmp}/rerun", "--raw-dir",
+                                       "empty"],  # fmt: skip
     "container info": ["container", "info"],
     "container recipe cpu": ["container", "recipe", "cpu"],
     "profile init": ["profile", "init", "{tmp}/profile", "--partition", "cpu", "--no-input"],
@@ -82,8 +85,8 @@ def prepare(run_dir: Path, checkout: Path) -> None:
     if not (run_dir / "config2.yaml").exists():  # a dataset never run: status --configfile plans it
         llsmflow("init", "demo/raw", "--dataset", "demo2", "-o", "config2.yaml")
     if not (run_dir / "config-omero.yaml").exists():  # export omero --dry-run needs a server named
-        text = (run_dir / "config.yaml").read_text(encoding="utf-8")
-        (run_dir / "config-omero.yaml").write_text(text + "omero:\n  host: omero.example.org\n  dataset_id: 1\n", encoding="utf-8")
+        text = (run_dir / "config.yaml").read_text(encoding="utf-8") + "omero:\n  host: omero.example.org\n"
+        (run_dir / "config-omero.yaml").write_text(text + "  dataset_id: 1\n", encoding="utf-8")
     fill_rembi(run_dir / "rembi.yaml")  # export refuses a template still holding "FILL IN" values
     (run_dir / "empty").mkdir(exist_ok=True)
     inputs = run_dir / "in"

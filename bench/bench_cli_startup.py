@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -127,18 +128,22 @@ def fill_rembi(path: Path) -> None:
 
 
 def run_once(words: list[str], checkout: Path, run_dir: Path, importtime: bool = False):
-    """Wall time (s) of one fresh ``llsmflow`` process, and its ``-X importtime`` rows if asked."""
+    """Wall and CPU time (user + system, s) of one fresh ``llsmflow`` process, and its ``-X importtime`` rows
+    if asked."""
     with tempfile.TemporaryDirectory(dir=run_dir) as tmp:
         argv = [w.replace("{tmp}", tmp) for w in words]
         command = [str(LLSMFLOW), *argv]
         if importtime:
             command = [sys.executable, "-X", "importtime", str(LLSMFLOW), *argv]
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
         done = subprocess.run(command, cwd=run_dir, env=_env(checkout), capture_output=True, text=True)
         wall = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     if done.returncode not in (0, 2) or (done.returncode == 2 and "reproduce" not in words):
         sys.exit(f"llsmflow {' '.join(argv)} exited {done.returncode}:\n{done.stderr[-3000:]}")
-    return wall, (parse_importtime(done.stderr) if importtime else None)
+    return wall, cpu, (parse_importtime(done.stderr) if importtime else None)
 
 
 def by_package(rows) -> dict[str, float]:
@@ -175,20 +180,25 @@ def main() -> None:
     names = [n for n in COMMANDS if not args.only or any(n.startswith(o) for o in args.only.split(","))]
     bare = bare_interpreter_modules()
     best = {(n, v): float("inf") for n in names for v in versions}
-    for _ in range(args.repeats):
+    cpu = dict(best)
+    print(f"load average {os.getloadavg()[0]:.2f} at the start")
+    for round_ in range(args.repeats):
         for name in names:
-            for version, checkout in versions.items():
-                wall, _ = run_once(COMMANDS[name], checkout, root)
+            order = list(versions.items())
+            for version, checkout in order if round_ % 2 == 0 else order[::-1]:  # neither always goes first
+                wall, used, _ = run_once(COMMANDS[name], checkout, root)
                 best[name, version] = min(best[name, version], wall)
+                cpu[name, version] = min(cpu[name, version], used)
     print(f"load average {os.getloadavg()[0]:.2f}; best of {args.repeats}, seconds")
-    header = "| command | " + " | ".join(f"wall {v} | imports {v} | heaviest imports {v}" for v in versions) + " |"
+    header = "| command | " + " | ".join(f"wall {v} | CPU {v} | imports {v} | heaviest imports {v}" for v in versions)
+    header += " |"
     print(header + "\n|" + "---|" * (header.count("|") - 1))
     for name in names:
         cells = []
         for version, checkout in versions.items():
-            _, rows = run_once(COMMANDS[name], checkout, root, importtime=True)
+            *_, rows = run_once(COMMANDS[name], checkout, root, importtime=True)
             imports, heavy = import_summary(rows, bare)
-            cells += [f"{best[name, version]:.2f}", f"{imports:.2f}", heavy]
+            cells += [f"{best[name, version]:.2f}", f"{cpu[name, version]:.2f}", f"{imports:.2f}", heavy]
         print(f"| {name} | " + " | ".join(cells) + " |")
     if args.run_dir is None:
         shutil.rmtree(root, ignore_errors=True)

@@ -5,7 +5,7 @@ Verification hashes files and reads the root attributes, nothing more, so the wr
 ome-zarr-py, its pydantic models, scikit-image, dask, about 0.6 s to import) is imported inside
 :func:`write_dataset_archive` only, and Zarr (0.2 s) where an archive is written or a remote one read: a local
 archive's root attributes are one JSON document (``zarr.json``'s ``attributes``, or a Zarr v2 ``.zattrs``),
-read here with :mod:`json` as Zarr reads them (``llsmflow verify`` 1.1 s → 0.3 s; bench/bench_cli_startup.py).
+read here with :mod:`json` as Zarr reads them (``llsmflow verify`` 1.00 s → 0.16 s; bench/bench_cli_startup.py).
 """
 
 from __future__ import annotations

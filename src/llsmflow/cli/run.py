@@ -109,7 +109,7 @@ def register_run_commands(sub) -> None:
         "with a summary of what ran. Finished steps are kept: running again resumes.",
         epilog=example(
             "llsmflow run --configfile config.yaml",
-            "llsmflow run --configfile config.yaml --cores 8 -- --until deconvolve",
+            "llsmflow run --configfile config.yaml --cores 8 -- --until deskew_deconvolve",
             "llsmflow run --profile slurm --configfile config.yaml",
             "llsmflow run --configfile config.yaml -- --dry-run",
         ),

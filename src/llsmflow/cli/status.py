@@ -34,8 +34,8 @@ def register_status_commands(subparsers) -> None:
     p = subparsers.add_parser(
         "status",
         help="what is done and what is left for a results directory (or a config)",
-        description="What is done (jobs per step, from the step records) and what is left (a Snakemake dry\n"
-        "run) for a results directory or a config; runs nothing.",
+        description="What is done (jobs per step, from the step records) and what is left (the run's job plan,\n"
+        "else a Snakemake dry run) for a results directory or a config; runs nothing.",
         epilog=example("llsmflow status results/demo", "llsmflow status --configfile config.yaml"),
     )
     p.add_argument(

@@ -118,7 +118,7 @@ def register_stage_arguments(sub) -> None:
 
     p = sub.add_parser(
         "deconvolve",
-        help="Richardson–Lucy deconvolution of a (deskewed) volume",
+        help="Richardson–Lucy or Wiener–Butterworth deconvolution of a (deskewed) volume",
         description="Deconvolve one volume (ZYX) with a measured PSF: Richardson–Lucy or the\n"
         "Wiener–Butterworth back projector, on the CPU or a GPU, in chunks when it does not fit in memory.",
         epilog=example(

@@ -67,9 +67,9 @@ def _wait(proc_log, what):
 
 @pytest.fixture(scope="module")
 def small_acquisition(tmp_path_factory) -> Path:
-    """The tiny synthetic acquisition with one channel and three timepoints: 2 tiles × 3 stacks, 21 cluster
-    jobs (the 61 of the two-channel, five-timepoint one would make this test several minutes longer: each
-    job starts Snakemake and Python again inside its SLURM allocation)."""
+    """The tiny synthetic acquisition with one channel and three timepoints: 2 tiles × 3 stacks, 12 cluster
+    jobs (the two-channel, five-timepoint one would make this test minutes longer: each job starts Snakemake
+    and Python again inside its SLURM allocation)."""
     outdir = tmp_path_factory.mktemp("small_acquisition")
     generate(outdir, tiny_params(channels=1, timepoints=3))
     return outdir

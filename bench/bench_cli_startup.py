@@ -30,6 +30,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_imports import bare_interpreter_modules, parse_importtime  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the REMBI filled as the FAIR tests fill it
+from tests.rembi_filled import fill_in  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 LLSMFLOW = Path(sys.executable).parent / "llsmflow"
 RAW_T0 = "Scan_Iter_0000_CamA_ch0_CAM1_stack0000_488nm_0000000msec_0000000000msecAbs_000x_{y}y_000z_0000t.tif"
@@ -88,7 +91,7 @@ def prepare(run_dir: Path, checkout: Path) -> None:
     if not (run_dir / "config-omero.yaml").exists():  # export omero --dry-run needs a server named
         text = (run_dir / "config.yaml").read_text(encoding="utf-8") + "omero:\n  host: omero.example.org\n"
         (run_dir / "config-omero.yaml").write_text(text + "  dataset_id: 1\n", encoding="utf-8")
-    fill_rembi(run_dir / "rembi.yaml")  # export refuses a template still holding "FILL IN" values
+    fill_in(run_dir / "rembi.yaml", run_dir / "rembi.yaml")  # export refuses a template still holding "FILL IN" values
     (run_dir / "empty").mkdir(exist_ok=True)
     inputs = run_dir / "in"
     if not (inputs / "fused.zarr").exists():
@@ -99,32 +102,6 @@ def prepare(run_dir: Path, checkout: Path) -> None:
             rows.append(f"{inputs / y}.ome.tif,0.0,{y_um},0.0,t{y}")
         (inputs / "tiles.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
         llsmflow("stitch", "--tiles", "in/tiles.csv", "--output", "in/fused.zarr")
-
-
-def fill_rembi(path: Path) -> None:
-    """The REMBI YAML ``llsmflow init`` wrote, with every ``FILL IN`` replaced as a user would."""
-    import yaml
-
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    study = data["study"]
-    study.update(
-        title="Particle dynamics in a synthetic lattice light-sheet time-lapse",
-        description="A synthetic acquisition with ground truth, processed end to end by llsmflow.",
-        keywords="lattice light-sheet, particle tracking, synthetic",
-    )
-    study["authors"][0].update(
-        first_name="Ada", last_name="Lovelace", email="ada@example.org", orcid="0000-0002-1825-0097",
-        affiliation={"name": "Example Institute", "address": "Heidelberg, Germany"},
-    )  # fmt: skip
-    data["sample"][0]["organism"].update(
-        scientific_name="Homo sapiens", ncbi_taxon="http://purl.obolibrary.org/obo/NCBITaxon_9606"
-    )
-    data["sample"][0]["biological_entity"] = "HeLa cells"
-    data["specimen"][0]["sample_preparation"] = "Cells grown on 5 mm coverslips, imaged live at 37 °C."
-    acquisition = data["image_acquisition"][0]
-    if str(acquisition["imaging_instrument"]).startswith("FILL IN"):
-        acquisition["imaging_instrument"] = "synthetic lattice light-sheet (llsmflow synth)"
-    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
 
 
 def run_once(words: list[str], checkout: Path, run_dir: Path, importtime: bool = False):

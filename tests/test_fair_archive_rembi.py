@@ -17,7 +17,7 @@ def template(tiny_acquisition, tmp_path):
 
 
 def test_a_filled_rembi_is_stored_as_json_values(template, tmp_path):
-    from tests.test_fair_rembi import fill_in
+    from tests.rembi_filled import fill_in
 
     filled = fill_in(template, tmp_path / "filled.yaml")
     rembi, not_stored = rembi_for_archive(filled)

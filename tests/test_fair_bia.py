@@ -23,7 +23,7 @@ import jsonschema
 import pytest
 
 from llsmflow.cli import main
-from tests.test_fair_rembi import fill_in
+from tests.rembi_filled import fill_in
 
 pytest.importorskip("rembi_mifa")
 

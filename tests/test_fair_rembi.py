@@ -10,41 +10,13 @@ import yaml
 from llsmflow.errors import LlsmflowError
 from llsmflow.fair.rembi import FILL, key_values, load_rembi, rembi_json, write_rembi_template
 from llsmflow.ingest import read_acquisition
+from tests.rembi_filled import fill_in
 
 REAL = Path("/work/shared/data/real")
 if not REAL.is_dir():
     REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 
 pytest.importorskip("rembi_mifa")
-
-
-def fill_in(template: Path, out: Path, **study) -> Path:
-    """A REMBI YAML with every ``FILL IN`` of ``template`` replaced as a user would (study fields overridable)."""
-    data = yaml.safe_load(template.read_text(encoding="utf-8"))
-    s = data["study"]
-    s.update(
-        title="Particle dynamics in a synthetic lattice light-sheet time-lapse",
-        description="A synthetic acquisition with ground truth, processed end to end by llsmflow.",
-        keywords="lattice light-sheet, particle tracking, synthetic",
-    )
-    s["authors"][0].update(
-        first_name="Ada",
-        last_name="Lovelace",
-        email="ada@example.org",
-        orcid="0000-0002-1825-0097",
-        affiliation={"name": "Example Institute", "address": "Heidelberg, Germany"},
-    )
-    s.update(study)
-    sample = data["sample"][0]
-    sample["organism"].update(
-        scientific_name="Homo sapiens", ncbi_taxon="http://purl.obolibrary.org/obo/NCBITaxon_9606"
-    )
-    sample["biological_entity"] = "HeLa cells"
-    data["specimen"][0]["sample_preparation"] = "Cells grown on 5 mm coverslips, imaged live at 37 °C."
-    if data["image_acquisition"][0]["imaging_instrument"].startswith(FILL):
-        data["image_acquisition"][0]["imaging_instrument"] = "synthetic lattice light-sheet (llsmflow synth)"
-    out.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -128,7 +128,7 @@ def test_run_crate_carries_the_rembi_study_and_validates_offline(tiny_run, tmp_p
 
     from llsmflow.fair.rembi import write_rembi_template
     from llsmflow.ingest import read_acquisition
-    from tests.test_fair_rembi import fill_in
+    from tests.rembi_filled import fill_in
 
     template = write_rembi_template(read_acquisition(tiny_run.acquisition / "raw"), tmp_path / "t.yaml", "tiny")
     rembi = fill_in(template, tmp_path / "rembi.yaml")

@@ -84,13 +84,10 @@ def cluster_cores(config: dict, profile: Path, cores):
     if profile_options(profile).get("executor") != "slurm":
         return cores
     from llsmflow.hpc.resources import config_volume_sizes, fit_to_partition
-    from llsmflow.ingest import read_acquisition
+    from llsmflow.run.config import config_acquisition
 
     wanted = whole_cores(cores)
-    acq = read_acquisition(
-        config["raw_dir"], config.get("metadata"), config["overrides"], check_files=False,
-        allow_missing_timepoints=config["ingest"]["allow_missing_timepoints"],
-    )
+    acq = config_acquisition(config, check_files=False)
     capped, note = fit_to_partition(config_volume_sizes(acq, config), config, profile, wanted)
     if note:
         print(f"llsmflow run: note: {note}", file=sys.stderr, flush=True)

@@ -532,8 +532,7 @@ def estimate(
         Group name -> jobs per submission, instead of the profile's.
     """
     from llsmflow.hpc.profiles import profile_settings
-    from llsmflow.ingest import read_acquisition
-    from llsmflow.run.config import read_config
+    from llsmflow.run.config import config_acquisition, read_config
 
     config = read_config(configfile)
     if configfile is not None:
@@ -542,13 +541,7 @@ def estimate(
         raise LlsmflowError("no raw data given; expected RAW_DIR or --configfile with raw_dir")
     if backend:
         config["deconvolution"]["backend"] = backend
-    acq = read_acquisition(
-        raw_dir, config.get("metadata"), config["overrides"],
-        allow_missing_timepoints=(config.get("ingest") or {}).get("allow_missing_timepoints", False),
-        rotate=config["deskew"]["rotate"],
-        psf_geometry=config["deconvolution"]["psf_geometry"],
-        psf_background=config["deconvolution"]["psf_background"],
-    )
+    acq = config_acquisition(config, raw_dir)
     profile_cores, groups = profile_settings(Path(profile) if profile else None)
     groups.update(group_sizes or {})
     sizes = config_volume_sizes(acq, config)

@@ -220,10 +220,19 @@ def check_config(
     Returns the config with the schema's defaults filled in. ``check_files=False`` skips reading every
     stack's header and PSF (``llsmflow status`` must answer even when the raw data are no longer mounted)."""
     config = effective_config(Path(configfile), Path(workflow_root), overrides)
+    config_acquisition(config, check_files=check_files)
+    return config
+
+
+def config_acquisition(config: Mapping, raw_dir=None, check_files: bool = True):
+    """The acquisition a run's ``config`` (schema defaults filled in) describes: ``raw_dir`` (default: the
+    config's) read with its ``metadata``, ``overrides`` and ``ingest.allow_missing_timepoints``, and with
+    ``check_files`` every stack's header and PSF checked as the workflow will use them (``deskew.rotate``,
+    ``deconvolution.psf_geometry`` and ``psf_background``: :func:`llsmflow.ingest.read_acquisition`)."""
     from llsmflow.ingest import read_acquisition
 
-    read_acquisition(
-        config["raw_dir"],
+    return read_acquisition(
+        config["raw_dir"] if raw_dir is None else raw_dir,
         config.get("metadata"),
         config["overrides"],
         check_files=check_files,
@@ -232,7 +241,6 @@ def check_config(
         rotate=config["deskew"]["rotate"],
         psf_background=config["deconvolution"]["psf_background"],
     )
-    return config
 
 
 def snakemake_base_command(workflow_root: Path, configfile: Path) -> list[str]:
